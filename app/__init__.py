@@ -1,0 +1,1 @@
+"""antiphon application: CLI, runtime, TUI, headless server, recording, evaluation."""

@@ -1,0 +1,1 @@
+"""antiphon audio I/O: sound devices, audio files, resampling, re-framing."""

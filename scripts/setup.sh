@@ -1,0 +1,93 @@
+#!/usr/bin/env bash
+# The one setup script (README, CI): a virtual environment at .venv with antiphon installed
+# editable.
+#
+#   bash scripts/setup.sh          # to run antiphon: torch + antiphon[hf]
+#   bash scripts/setup.sh --dev    # to develop and test: + pytest, ruff, mypy, einops and the
+#                                  # reference moshi package (a test-only oracle, --no-deps)
+#
+# Idempotent: a second run with nothing changed only checks and returns in about a second.
+# PYTHON picks the interpreter that creates the venv (default python3, must be >= 3.11).
+set -euo pipefail
+
+TORCH_VERSION=2.13.0   # pinned: this resolves to a local CPU build; unpinned pulls GB of CUDA
+MOSHI_VERSION=0.2.13   # the reference implementation the parity tests compare against
+
+dev=0
+for arg in "$@"; do
+    case "$arg" in
+        --dev) dev=1 ;;
+        -h|--help) sed -n '2,10p' "$0"; exit 0 ;;
+        *) echo "setup.sh: unknown option $arg (try --help)" >&2; exit 2 ;;
+    esac
+done
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+repo=$(pwd)
+venv="$repo/.venv"
+py="$venv/bin/python"
+export PIP_NO_INPUT=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+pip_quiet=(--quiet)
+[ "${CI:-}" = "true" ] && pip_quiet+=(--progress-bar off)
+
+say() { echo "setup: $*"; }
+
+# 1. the virtual environment
+if [ -x "$py" ] && "$py" -c 'import sys; assert sys.version_info >= (3, 11)' 2>/dev/null; then
+    say "using existing $venv ($("$py" --version))"
+else
+    python=${PYTHON:-python3}
+    if ! "$python" -c 'import sys; assert sys.version_info >= (3, 11)' 2>/dev/null; then
+        echo "setup: $python is missing or older than Python 3.11; set PYTHON=python3.11" >&2
+        exit 1
+    fi
+    [ -e "$venv" ] && say "removing unusable $venv"
+    rm -rf "$venv"
+    say "creating $venv with $("$python" --version)"
+    "$python" -m venv "$venv"
+fi
+pip=("$py" -m pip)
+
+installed_version() {  # prints the installed version of a distribution, or nothing
+    "$py" -c 'import importlib.metadata as m, sys
+try: print(m.version(sys.argv[1]))
+except m.PackageNotFoundError: pass' "$1"
+}
+
+# 2. torch first, pinned, so that nothing later resolves an unpinned (CUDA) torch
+if [[ "$(installed_version torch)" == "$TORCH_VERSION"* ]]; then
+    say "torch $(installed_version torch) already installed"
+else
+    say "installing torch==$TORCH_VERSION"
+    "${pip[@]}" install "${pip_quiet[@]}" "torch==$TORCH_VERSION"
+fi
+
+# 3. antiphon itself, editable, with its extras; skipped when pyproject.toml is unchanged
+extras=hf
+[ "$dev" = 1 ] && extras=dev,hf
+stamp="$venv/.antiphon-setup"
+want="$extras $(sha256sum pyproject.toml | cut -d' ' -f1) $repo"
+if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] && [ -n "$(installed_version antiphon)" ]; then
+    say "antiphon[$extras] already installed (pyproject.toml unchanged)"
+else
+    say "installing antiphon[$extras] (editable)"
+    "${pip[@]}" install "${pip_quiet[@]}" -e ".[$extras]"
+    echo "$want" > "$stamp"
+fi
+
+# 4. the reference moshi package: test-only; --no-deps keeps its torch<2.10 pin from replacing
+#    torch (its imports, einops safetensors sentencepiece numpy huggingface_hub, come from [dev,hf])
+if [ "$dev" = 1 ]; then
+    if [ "$(installed_version moshi)" = "$MOSHI_VERSION" ]; then
+        say "reference moshi $MOSHI_VERSION already installed"
+    else
+        say "installing reference moshi==$MOSHI_VERSION (--no-deps, test-only)"
+        "${pip[@]}" install "${pip_quiet[@]}" --no-deps "moshi==$MOSHI_VERSION"
+    fi
+fi
+
+if [[ "$(installed_version torch)" != "$TORCH_VERSION"* ]]; then
+    echo "setup: torch is $(installed_version torch), expected $TORCH_VERSION" >&2
+    exit 1
+fi
+say "done: torch $(installed_version torch), antiphon $(installed_version antiphon) in $venv"
