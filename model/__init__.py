@@ -1,0 +1,1 @@
+"""antiphon model core: pure torch codec, LM, sampling, checkpoints, tokenizer."""

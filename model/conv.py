@@ -1,0 +1,193 @@
+"""Causal 1-d convolutions with explicit streaming state.
+
+Streaming a causal convolution needs only the last few inputs (a strided conv) or the last few
+output samples still waiting for overlap-add (a transposed conv). Those live in small fixed-shape
+state tensors owned by the caller, so the modules hold weights only and one module serves any
+number of independent batch slots.
+
+Semantics follow Kyutai's Mimi: a whole-signal `forward` equals stepping chunk by chunk from a
+fresh state, so training-style and streaming use give the same numbers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from model.streaming import keep_inactive, reset_slots_
+
+PadMode = Literal["constant", "replicate"]
+
+
+@dataclass
+class ConvState:
+    """Streaming state of a `CausalConv1d`."""
+
+    history: torch.Tensor  # [B, C_in, K_eff - stride] last inputs, prepended to the next chunk
+    first: torch.Tensor  # [B] bool: no input seen yet (used by pad_mode "replicate" only)
+
+    def reset(self, mask: torch.Tensor) -> None:
+        reset_slots_(self.history, mask, 0.0)
+        reset_slots_(self.first, mask, True)
+
+
+@dataclass
+class ConvTransposeState:
+    """Streaming state of a `CausalConvTranspose1d`."""
+
+    partial: torch.Tensor  # [B, C_out, K - stride] overlap-add tail (bias excluded)
+
+    def reset(self, mask: torch.Tensor) -> None:
+        reset_slots_(self.partial, mask, 0.0)
+
+
+def _check_input(x: torch.Tensor, channels: int, stride: int, what: str) -> None:
+    if x.dim() != 3 or x.shape[1] != channels:
+        raise ValueError(f"{what} expects input [B, {channels}, T], got {tuple(x.shape)}")
+    if x.shape[-1] == 0 or x.shape[-1] % stride:
+        raise ValueError(
+            f"{what}: input length {x.shape[-1]} must be a positive multiple of the stride "
+            f"{stride}; buffer the signal into whole strides before calling"
+        )
+
+
+def _check_batch(x: torch.Tensor, state_batch: int, what: str) -> None:
+    if x.shape[0] != state_batch:
+        raise ValueError(f"{what}: input batch {x.shape[0]} != state batch {state_batch}")
+
+
+class CausalConv1d(nn.Module):
+    """Conv1d padded on the left only, so output t depends on inputs <= t * stride + stride - 1.
+
+    The left padding is K_eff - stride samples (K_eff = (kernel - 1) * dilation + 1): each output
+    frame then consumes exactly `stride` new samples, which is what makes chunked streaming exact.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int,
+        stride: int = 1,
+        dilation: int = 1,
+        groups: int = 1,
+        bias: bool = True,
+        pad_mode: PadMode = "constant",
+    ) -> None:
+        super().__init__()
+        if pad_mode not in ("constant", "replicate"):
+            raise ValueError(f"pad_mode must be 'constant' or 'replicate', got {pad_mode!r}")
+        effective_kernel = (kernel_size - 1) * dilation + 1
+        if effective_kernel < stride:
+            raise ValueError(f"effective kernel {effective_kernel} smaller than stride {stride}")
+        self.pad_mode = pad_mode
+        self.stride = stride
+        self.padding = effective_kernel - stride  # history length
+        self.conv = nn.Conv1d(
+            in_channels,
+            out_channels,
+            kernel_size,
+            stride=stride,
+            dilation=dilation,
+            groups=groups,
+            bias=bias,
+        )
+
+    def init_state(self, batch_size: int) -> ConvState:
+        weight = self.conv.weight
+        history = weight.new_zeros(batch_size, self.conv.in_channels, self.padding)
+        first = torch.ones(batch_size, dtype=torch.bool, device=weight.device)
+        return ConvState(history=history, first=first)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Whole signal [B, C_in, T] -> [B, C_out, T / stride], as if stepped from fresh."""
+        _check_input(x, self.conv.in_channels, self.stride, "CausalConv1d")
+        if self.padding:
+            mode = "replicate" if self.pad_mode == "replicate" else "constant"
+            x = F.pad(x, (self.padding, 0), mode=mode)
+        return self.conv(x)
+
+    def step(
+        self, x: torch.Tensor, state: ConvState, active: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """One chunk [B, C_in, T] (T a multiple of the stride) -> [B, C_out, T / stride].
+
+        The state is updated in place in the `active` slots only (all slots when None).
+        """
+        _check_input(x, self.conv.in_channels, self.stride, "CausalConv1d.step")
+        _check_batch(x, state.history.shape[0], "CausalConv1d.step")
+        P = self.padding
+        if P == 0:
+            return self.conv(x)
+        history = state.history  # [B, C_in, P]
+        if self.pad_mode == "replicate":
+            # Before any input, the "past" is the first sample repeated (F.pad's replicate).
+            history = torch.where(state.first.view(-1, 1, 1), x[..., :1], history)
+        x = torch.cat([history, x], dim=-1)  # [B, C_in, P + T]
+        y = self.conv(x)
+        state.history.copy_(keep_inactive(active, x[..., -P:], state.history))
+        if self.pad_mode == "replicate":
+            seen = torch.zeros_like(state.first)
+            state.first.copy_(keep_inactive(active, seen, state.first))
+        return y
+
+
+class CausalConvTranspose1d(nn.Module):
+    """ConvTranspose1d whose K - stride trailing samples are trimmed, so T frames give T * stride
+    samples and no output depends on a later frame.
+
+    Streaming keeps the trimmed tail (without bias) and adds it to the start of the next chunk:
+    overlap-add, exactly as the whole-signal transposed convolution sums overlapping kernels.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int,
+        stride: int,
+        groups: int = 1,
+        bias: bool = True,
+    ) -> None:
+        super().__init__()
+        if kernel_size < stride:
+            raise ValueError(f"kernel_size {kernel_size} smaller than stride {stride}")
+        self.stride = stride
+        self.trim = kernel_size - stride
+        self.convtr = nn.ConvTranspose1d(
+            in_channels, out_channels, kernel_size, stride=stride, groups=groups, bias=bias
+        )
+
+    def init_state(self, batch_size: int) -> ConvTransposeState:
+        weight = self.convtr.weight
+        partial = weight.new_zeros(batch_size, self.convtr.out_channels, self.trim)
+        return ConvTransposeState(partial=partial)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Whole signal [B, C_in, T] -> [B, C_out, T * stride]."""
+        _check_input(x, self.convtr.in_channels, 1, "CausalConvTranspose1d")
+        y = self.convtr(x)  # [B, C_out, (T - 1) * stride + K]
+        return y[..., : y.shape[-1] - self.trim]
+
+    def step(
+        self, x: torch.Tensor, state: ConvTransposeState, active: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """One chunk [B, C_in, T] -> [B, C_out, T * stride]; state updated in `active` slots."""
+        _check_input(x, self.convtr.in_channels, 1, "CausalConvTranspose1d.step")
+        _check_batch(x, state.partial.shape[0], "CausalConvTranspose1d.step")
+        P = self.trim
+        y = self.convtr(x)  # [B, C_out, T * stride + P]
+        if P == 0:
+            return y
+        # Head first, then read the tail: when K > 2 * stride and T is small they overlap, and
+        # the carried tail must include what was just added.
+        y[..., :P] += state.partial
+        tail = y[..., -P:]  # [B, C_out, P]
+        if self.convtr.bias is not None:
+            tail = tail - self.convtr.bias[:, None]  # the next chunk adds its own bias
+        state.partial.copy_(keep_inactive(active, tail, state.partial))
+        return y[..., :-P]

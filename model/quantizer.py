@@ -1,0 +1,152 @@
+"""Mimi's split residual vector quantizer (inference only).
+
+The latent [B, D, T] is quantized by two residual VQs that both see the full latent: `rvq_first`
+(the semantic codebook(s), distilled from WavLM in training) and `rvq_rest` (the acoustic ones).
+Their decoded outputs are summed. Each RVQ projects D -> codebook_dim, quantizes the residual
+codebook by codebook, and projects back.
+
+Codebooks are stored the way Kyutai trains them (EMA sums), so released files load unchanged:
+the centroid is `embedding_sum / cluster_usage`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from model.config import MimiConfig
+
+_EPSILON = 1e-5  # floor on cluster usage, as in training
+
+
+class Codebook(nn.Module):
+    """One codebook of `size` centroids of `dim` dims; encode = index of the nearest centroid."""
+
+    def __init__(self, dim: int, size: int) -> None:
+        super().__init__()
+        self._initialized: torch.Tensor
+        self.cluster_usage: torch.Tensor
+        self.embedding_sum: torch.Tensor
+        self.embedding: torch.Tensor
+        # Names and shapes as in Kyutai's checkpoints. `_initialized` is a training flag kept only
+        # so strict loading works.
+        self.register_buffer("_initialized", torch.zeros(1))
+        self.register_buffer("cluster_usage", torch.ones(size))
+        self.register_buffer("embedding_sum", torch.zeros(size, dim))
+        # Derived centroids [size, dim], cached; not saved.
+        self.register_buffer("embedding", torch.zeros(size, dim), persistent=False)
+        self.refresh()
+
+    def refresh(self) -> None:
+        """Recompute the cached centroids (done after loading and after `.to()`)."""
+        usage = self.cluster_usage.clamp(min=_EPSILON)[:, None]
+        self.embedding = self.embedding_sum / usage
+
+    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
+        super()._load_from_state_dict(state_dict, prefix, *args)
+        self.refresh()
+
+    def _apply(self, fn: Any, recurse: bool = True) -> Codebook:
+        super()._apply(fn, recurse)
+        self.refresh()
+        return self
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """Vectors [N, dim] -> codes [N] (long)."""
+        # torch.cdist, as the reference uses: an ||e||^2 - 2 x.e argmin agrees on random data but
+        # rounds differently and flips codes when two centroids are nearly equidistant.
+        distances = torch.cdist(x[None], self.embedding[None], p=2)[0]  # [N, size]
+        return distances.argmin(dim=-1)
+
+    def decode(self, codes: torch.Tensor) -> torch.Tensor:
+        """Codes [*] -> centroids [*, dim]."""
+        return F.embedding(codes, self.embedding)
+
+
+class ResidualVQ(nn.Module):
+    """Projection in, residual quantization over `num_codebooks` codebooks, projection out."""
+
+    def __init__(self, dim: int, codebook_dim: int, num_codebooks: int, codebook_size: int) -> None:
+        super().__init__()
+        self.input_proj = nn.Conv1d(dim, codebook_dim, 1, bias=False)
+        self.output_proj = nn.Conv1d(codebook_dim, dim, 1, bias=False)
+        self.codebooks = nn.ModuleList(
+            [Codebook(codebook_dim, codebook_size) for _ in range(num_codebooks)]
+        )
+
+    def encode(self, x: torch.Tensor, num_codebooks: int) -> torch.Tensor:
+        """Latent [B, D, T] -> codes [B, num_codebooks, T]."""
+        B, _, T = x.shape
+        residual = self.input_proj(x)  # [B, C, T], C = codebook_dim
+        codes = []
+        for codebook in self.codebooks[:num_codebooks]:
+            flat = residual.transpose(1, 2).reshape(B * T, -1)  # [B*T, C]
+            index = codebook.encode(flat)  # [B*T]
+            residual = residual - codebook.decode(index).view(B, T, -1).transpose(1, 2)
+            codes.append(index.view(B, T))
+        return torch.stack(codes, dim=1)  # [B, K, T]
+
+    def decode(self, codes: torch.Tensor) -> torch.Tensor:
+        """Codes [B, K, T] (1 <= K <= num_codebooks) -> latent [B, D, T]."""
+        quantized = self.codebooks[0].decode(codes[:, 0])  # [B, T, C]
+        for k in range(1, codes.shape[1]):
+            quantized = quantized + self.codebooks[k].decode(codes[:, k])
+        return self.output_proj(quantized.transpose(1, 2))  # [B, D, T]
+
+
+class SplitResidualVQ(nn.Module):
+    """`rvq_first` (semantic) + `rvq_rest` (acoustic), codes concatenated in that order."""
+
+    def __init__(self, cfg: MimiConfig) -> None:
+        super().__init__()
+        if not 0 < cfg.semantic_codebooks < cfg.total_codebooks:
+            raise ValueError(
+                f"need 0 < semantic_codebooks ({cfg.semantic_codebooks}) "
+                f"< total_codebooks ({cfg.total_codebooks})"
+            )
+        self.dim = cfg.seanet.dimension
+        self.semantic_codebooks = cfg.semantic_codebooks
+        self.total_codebooks = cfg.total_codebooks
+        self.rvq_first = ResidualVQ(
+            self.dim, cfg.codebook_dim, cfg.semantic_codebooks, cfg.codebook_size
+        )
+        self.rvq_rest = ResidualVQ(
+            self.dim,
+            cfg.codebook_dim,
+            cfg.total_codebooks - cfg.semantic_codebooks,
+            cfg.codebook_size,
+        )
+
+    def _check_count(self, num_codebooks: int) -> None:
+        if not self.semantic_codebooks <= num_codebooks <= self.total_codebooks:
+            raise ValueError(
+                f"number of codebooks {num_codebooks} must be between "
+                f"{self.semantic_codebooks} and {self.total_codebooks}"
+            )
+
+    def encode(self, x: torch.Tensor, num_codebooks: int) -> torch.Tensor:
+        """Latent [B, D, T] -> codes [B, num_codebooks, T] (long)."""
+        if x.dim() != 3 or x.shape[1] != self.dim:
+            raise ValueError(f"expected latent [B, {self.dim}, T], got {tuple(x.shape)}")
+        self._check_count(num_codebooks)
+        S = self.semantic_codebooks
+        codes = self.rvq_first.encode(x, S)  # [B, S, T]
+        if num_codebooks > S:
+            # The acoustic RVQ quantizes the latent itself, not the semantic residual.
+            rest = self.rvq_rest.encode(x, num_codebooks - S)  # [B, K - S, T]
+            codes = torch.cat([codes, rest], dim=1)
+        return codes
+
+    def decode(self, codes: torch.Tensor) -> torch.Tensor:
+        """Codes [B, K, T] -> latent [B, D, T]."""
+        if codes.dim() != 3 or codes.dtype.is_floating_point:
+            raise ValueError(f"expected integer codes [B, K, T], got {codes.dtype} {codes.shape}")
+        self._check_count(codes.shape[1])
+        S = self.semantic_codebooks
+        quantized = self.rvq_first.decode(codes[:, :S])
+        if codes.shape[1] > S:
+            quantized = quantized + self.rvq_rest.decode(codes[:, S:])
+        return quantized

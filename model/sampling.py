@@ -1,0 +1,134 @@
+"""Token sampling with parameters and random streams per batch slot.
+
+Every slot has its own temperature and top-k for text and audio, and its own seed. The noise is
+a counter-based hash of (seed, frame counter, stream, token id) computed on the device, so a
+slot's samples depend only on its own seed and history: not on which other sessions share the
+batch, not on the host, and with no host synchronisation (a step can be captured in a CUDA graph).
+Temperature 0 means greedy (argmax), which is what the parity tests compare.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .streaming import reset_slots_
+
+_MASK32 = 0xFFFFFFFF
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """Kyutai's defaults: audio T 0.8 top-k 250, text T 0.7 top-k 25."""
+
+    text_temperature: float = 0.7
+    text_top_k: int = 25  # 0: no top-k cut
+    audio_temperature: float = 0.8
+    audio_top_k: int = 250
+    seed: int = 0
+
+    @classmethod
+    def greedy(cls, seed: int = 0) -> SamplingParams:
+        return cls(text_temperature=0.0, audio_temperature=0.0, seed=seed)
+
+    def __post_init__(self) -> None:
+        if self.text_temperature < 0 or self.audio_temperature < 0:
+            raise ValueError("temperatures must be >= 0 (0 is greedy)")
+        if self.text_top_k < 0 or self.audio_top_k < 0:
+            raise ValueError("top-k must be >= 0 (0 keeps every token)")
+
+
+@dataclass
+class SamplingState:
+    """Per-slot sampling parameters and random-stream counters, as device tensors."""
+
+    text_temperature: torch.Tensor  # [B] float
+    text_top_k: torch.Tensor  # [B] long
+    audio_temperature: torch.Tensor  # [B] float
+    audio_top_k: torch.Tensor  # [B] long
+    seed: torch.Tensor  # [B] long
+    counter: torch.Tensor  # [B] long: frames drawn so far
+    # Host-side bounds of the top-k values, kept by `set` so `torch.topk` has a static size.
+    text_top_k_bound: int
+    audio_top_k_bound: int
+
+    @classmethod
+    def create(
+        cls, batch_size: int, params: SamplingParams, device: torch.device | str
+    ) -> SamplingState:
+        def full(value: float | int, dtype: torch.dtype) -> torch.Tensor:
+            return torch.full((batch_size,), value, dtype=dtype, device=device)
+
+        return cls(
+            text_temperature=full(params.text_temperature, torch.float32),
+            text_top_k=full(params.text_top_k, torch.long),
+            audio_temperature=full(params.audio_temperature, torch.float32),
+            audio_top_k=full(params.audio_top_k, torch.long),
+            seed=full(params.seed, torch.long),
+            counter=full(0, torch.long),
+            text_top_k_bound=params.text_top_k,
+            audio_top_k_bound=params.audio_top_k,
+        )
+
+    def set(self, slot: int, params: SamplingParams) -> None:
+        """Change one slot's parameters; nothing is rebuilt."""
+        self.text_temperature[slot] = params.text_temperature
+        self.text_top_k[slot] = params.text_top_k
+        self.audio_temperature[slot] = params.audio_temperature
+        self.audio_top_k[slot] = params.audio_top_k
+        self.seed[slot] = params.seed
+        self.text_top_k_bound = _bound(self.text_top_k_bound, params.text_top_k)
+        self.audio_top_k_bound = _bound(self.audio_top_k_bound, params.audio_top_k)
+
+    def reset(self, mask: torch.Tensor) -> None:
+        """Restart the random stream of the masked slots (their parameters stay)."""
+        reset_slots_(self.counter, mask, 0)
+
+
+def _bound(current: int, new: int) -> int:
+    # 0 means "no cut", which dominates every finite k.
+    return 0 if 0 in (current, new) else max(current, new)
+
+
+def _mix32(x: torch.Tensor) -> torch.Tensor:
+    """A 32-bit integer hash (Wang/Mueller style) on int64 tensors holding 32-bit values."""
+    x = ((x ^ (x >> 16)) * 0x45D9F3B) & _MASK32
+    x = ((x ^ (x >> 16)) * 0x45D9F3B) & _MASK32
+    return x ^ (x >> 16)
+
+
+def uniform_noise(
+    seed: torch.Tensor, counter: torch.Tensor, stream: int, token_ids: torch.Tensor
+) -> torch.Tensor:
+    """Uniform values in (0, 1), one per token id [B, N], from per-slot seed and counter [B]."""
+    key = _mix32((seed & _MASK32) ^ _mix32((counter * 0x9E3779B1 + stream * 0x85EBCA77) & _MASK32))
+    bits = _mix32((key[:, None] ^ (token_ids * 0x27D4EB2F)) & _MASK32)
+    return (bits >> 8).float() * 2.0**-24 + 2.0**-25
+
+
+def sample(
+    logits: torch.Tensor,
+    temperature: torch.Tensor,
+    top_k: torch.Tensor,
+    top_k_bound: int,
+    seed: torch.Tensor,
+    counter: torch.Tensor,
+    stream: int,
+) -> torch.Tensor:
+    """One token per slot from logits [B, V]; greedy where temperature is 0."""
+    B, V = logits.shape
+    logits = logits.float()
+    greedy = logits.argmax(dim=-1)
+    k = V if top_k_bound == 0 else min(top_k_bound, V)
+    values, token_ids = torch.topk(logits, k, dim=-1)  # [B, k], sorted descending
+    rank = torch.arange(k, device=logits.device)
+    slot_k = torch.where(top_k > 0, top_k, V)[:, None]
+    values = values.masked_fill(rank >= slot_k, float("-inf"))
+    safe_temperature = torch.where(temperature > 0, temperature, 1.0)[:, None]
+    probs = torch.softmax(values / safe_temperature, dim=-1)
+    # Exponential race: argmax p_i / E_i with E_i ~ Exp(1) draws i with probability p_i.
+    exponential = -torch.log(uniform_noise(seed, counter, stream, token_ids))
+    choice = (probs / exponential).argmax(dim=-1, keepdim=True)
+    sampled = token_ids.gather(-1, choice)[:, 0]
+    return torch.where(temperature > 0, sampled, greedy)

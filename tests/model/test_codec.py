@@ -1,0 +1,258 @@
+"""The codec: streaming equals whole-signal, causality, per-slot reset, and parity with the
+reference `moshi` Mimi on random weights."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from model.codec import NO_FRAME, Codec
+from model.config import MimiConfig, mimi, tiny_mimi
+from model.errors import AudioInputError
+from model.kyutai_names import codec_key_from_kyutai
+
+
+def kyutai_mimi_config(config: MimiConfig) -> dict:
+    """Our config written as the reference loader's `mimi_config` dict."""
+    seanet, tr = config.seanet, config.transformer
+    seanet_kw = dict(
+        channels=1,
+        dimension=seanet.dimension,
+        causal=True,
+        n_filters=seanet.n_filters,
+        n_residual_layers=seanet.n_residual_layers,
+        activation="ELU",
+        compress=seanet.compress,
+        dilation_base=seanet.dilation_base,
+        disable_norm_outer_blocks=0,
+        kernel_size=seanet.kernel_size,
+        residual_kernel_size=seanet.residual_kernel_size,
+        last_kernel_size=seanet.last_kernel_size,
+        norm="none",
+        pad_mode="constant",
+        ratios=list(seanet.ratios),
+        true_skip=True,
+    )
+    return dict(
+        sample_rate=config.sample_rate,
+        channels=1,
+        frame_rate=config.frame_rate,
+        seanet=seanet_kw,
+        quantizer=dict(
+            dimension=config.codebook_dim,
+            n_q=config.total_codebooks,
+            bins=config.codebook_size,
+            input_dimension=seanet.dimension,
+            output_dimension=seanet.dimension,
+        ),
+        transformer=dict(
+            d_model=tr.dim,
+            num_heads=tr.num_heads,
+            num_layers=tr.num_layers,
+            causal=True,
+            layer_scale=tr.layer_scale,
+            context=tr.context,
+            conv_layout=True,
+            max_period=tr.max_period,
+            gating="none",
+            norm="layer_norm",
+            positional_embedding="rope",
+            dim_feedforward=tr.ffn_dim,
+            input_dimension=seanet.dimension,
+            output_dimensions=[seanet.dimension],
+        ),
+    )
+
+
+def reference_and_ours(config: MimiConfig, seed: int = 0):
+    from moshi.models.loaders import get_mimi
+
+    torch.manual_seed(seed)
+    reference = get_mimi(None, kyutai_mimi_config(config), num_codebooks=config.num_codebooks)
+    state = reference.state_dict()
+    for name, tensor in state.items():  # random codebooks: the loader leaves them empty
+        if name.endswith("embedding_sum"):
+            tensor.copy_(torch.randn_like(tensor))
+        elif name.endswith("cluster_usage"):
+            tensor.uniform_(0.5, 2.0)
+    reference.load_state_dict(state)
+    ours = Codec(config).eval()
+    ours.load_state_dict({codec_key_from_kyutai(k): v for k, v in state.items()}, strict=True)
+    return reference, ours
+
+
+def speechlike(batch: int, frames: int, frame_size: int, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    t = torch.arange(frames * frame_size) / 24_000
+    tone = torch.sin(2 * torch.pi * 180 * t) * torch.sin(2 * torch.pi * 3 * t)
+    return (0.3 * tone + 0.05 * torch.randn(batch, 1, t.numel(), generator=g)).float()
+
+
+@pytest.fixture(scope="module")
+def tiny_pair():
+    return reference_and_ours(tiny_mimi())
+
+
+@pytest.mark.parity
+def test_whole_signal_matches_reference(tiny_pair) -> None:
+    reference, ours = tiny_pair
+    pcm = speechlike(2, 12, ours.frame_size)  # 12 frames: past the tiny transformer's context
+    with torch.no_grad():
+        codes = ours.encode(pcm)
+        expected = reference.encode(pcm)
+        assert torch.equal(codes, expected)
+        torch.testing.assert_close(ours.decode(codes), reference.decode(codes), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parity
+def test_streamed_matches_reference(tiny_pair) -> None:
+    reference, ours = tiny_pair
+    # The reference's ring cache keeps `context` entries and so forgets one key per two-step
+    # frame once past the context; ours keeps the whole context. Compare within the context.
+    frames = ours.config.transformer.context // 2
+    pcm = speechlike(2, frames, ours.frame_size, seed=1)
+    enc, dec = ours.init_encoder_state(2), ours.init_decoder_state(2)
+    with torch.no_grad(), reference.streaming(2):
+        for t in range(frames):
+            frame = pcm[:, :, t * ours.frame_size : (t + 1) * ours.frame_size]
+            codes = ours.encode_step(frame, enc)
+            assert torch.equal(codes, reference.encode(frame))
+            torch.testing.assert_close(
+                ours.decode_step(codes, dec), reference.decode(codes), atol=1e-5, rtol=0
+            )
+
+
+@pytest.mark.parity
+def test_released_config_matches_reference() -> None:
+    """The released Mimi shape (random weights): identical codes, audio within 1e-5."""
+    reference, ours = reference_and_ours(mimi())
+    pcm = speechlike(1, 3, ours.frame_size, seed=2)
+    with torch.no_grad():
+        codes = ours.encode(pcm)
+        assert torch.equal(codes, reference.encode(pcm))
+        torch.testing.assert_close(ours.decode(codes), reference.decode(codes), atol=1e-5, rtol=0)
+
+
+def _stream(codec: Codec, pcm: torch.Tensor):
+    B, frames = pcm.shape[0], pcm.shape[2] // codec.frame_size
+    enc, dec = codec.init_encoder_state(B), codec.init_decoder_state(B)
+    codes, audio = [], []
+    for t in range(frames):
+        c = codec.encode_step(pcm[:, :, t * codec.frame_size : (t + 1) * codec.frame_size], enc)
+        codes.append(c)
+        audio.append(codec.decode_step(c, dec))
+    return torch.cat(codes, dim=2), torch.cat(audio, dim=2)
+
+
+def test_streaming_equals_whole_signal_beyond_the_context(tiny_pair) -> None:
+    _, codec = tiny_pair
+    pcm = speechlike(2, 3 * codec.config.transformer.context, codec.frame_size, seed=3)
+    with torch.no_grad():
+        codes, audio = _stream(codec, pcm)
+        assert torch.equal(codes, codec.encode(pcm))
+        torch.testing.assert_close(audio, codec.decode(codes), atol=1e-5, rtol=0)
+
+
+def _latent(codec: Codec, pcm: torch.Tensor) -> torch.Tensor:
+    x = codec.encoder(pcm)
+    x = codec.encoder_transformer(x.transpose(1, 2)).transpose(1, 2)
+    return codec.downsample(x)  # [B, D, frames], what the quantizer sees
+
+
+def test_encoding_and_decoding_are_causal(tiny_pair) -> None:
+    _, codec = tiny_pair
+    F = codec.frame_size
+    pcm = speechlike(1, 8, F, seed=4)
+    changed = pcm.clone()
+    changed[:, :, 5 * F :] = torch.randn_like(changed[:, :, 5 * F :])
+    codes = torch.randint(0, codec.config.codebook_size, (1, codec.num_codebooks, 8))
+    other = codes.clone()
+    other[:, :, 5:] = (other[:, :, 5:] + 1) % codec.config.codebook_size
+    with torch.no_grad():
+        a, b = _latent(codec, pcm), _latent(codec, changed)
+        assert torch.equal(a[:, :, :5], b[:, :, :5])
+        assert not torch.allclose(a[:, :, 5:], b[:, :, 5:])
+        da, db = codec.decode(codes), codec.decode(other)
+        assert torch.equal(da[:, :, : 5 * F], db[:, :, : 5 * F])
+        assert not torch.allclose(da[:, :, 5 * F :], db[:, :, 5 * F :])
+
+
+def test_reset_one_slot_leaves_the_others_bit_identical(tiny_pair) -> None:
+    _, codec = tiny_pair
+    pcm = speechlike(3, 8, codec.frame_size, seed=5)
+    F = codec.frame_size
+    enc, dec = codec.init_encoder_state(3), codec.init_decoder_state(3)
+    ref_enc, ref_dec = codec.init_encoder_state(3), codec.init_decoder_state(3)
+    mask = torch.tensor([False, True, False])
+    with torch.no_grad():
+        for t in range(8):
+            if t == 4:
+                enc.reset(mask)
+                dec.reset(mask)
+            frame = pcm[:, :, t * F : (t + 1) * F]
+            out = codec.decode_step(codec.encode_step(frame, enc), dec)
+            expected = codec.decode_step(codec.encode_step(frame, ref_enc), ref_dec)
+            assert torch.equal(out[[0, 2]], expected[[0, 2]])
+        # The reset slot behaves like a fresh conversation that started at frame 4 (up to
+        # rounding: a batch of one runs other matmul kernels than a batch of three).
+        _, fresh_audio = _stream(codec, pcm[1:2, :, 4 * F :])
+        torch.testing.assert_close(out[1:2], fresh_audio[:, :, -F:], atol=1e-6, rtol=0)
+
+
+def test_inactive_slot_is_skipped_without_disturbing_the_others(tiny_pair) -> None:
+    _, codec = tiny_pair
+    F = codec.frame_size
+    pcm = speechlike(2, 6, F, seed=6)
+    enc = codec.init_encoder_state(2)
+    skipped = torch.tensor([True, False])
+    codes = []
+    with torch.no_grad():
+        for t in range(6):
+            frame = pcm[:, :, t * F : (t + 1) * F]
+            active = skipped if t == 2 else None  # slot 1's frame 2 "did not arrive"
+            c = codec.encode_step(frame, enc, active)
+            codes.append(c)
+        assert (codes[2][1] == NO_FRAME).all()
+        alone = torch.cat([codes[t] for t in range(6)], dim=2)
+        assert torch.equal(alone[0:1], codec.encode(pcm[0:1]))
+        # Slot 1 saw frames 0, 1, 3, 4, 5 as one continuous stream.
+        kept = torch.cat([pcm[1:2, :, t * F : (t + 1) * F] for t in (0, 1, 3, 4, 5)], dim=2)
+        assert torch.equal(
+            torch.cat([codes[t][1:2] for t in (0, 1, 3, 4, 5)], dim=2), codec.encode(kept)
+        )
+
+
+def test_decode_step_plays_silence_for_frames_not_ready(tiny_pair) -> None:
+    _, codec = tiny_pair
+    dec = codec.init_decoder_state(2)
+    codes = torch.zeros(2, codec.num_codebooks, 1, dtype=torch.long)
+    codes[1] = NO_FRAME
+    with torch.no_grad():
+        pcm = codec.decode_step(codes, dec)
+    assert (pcm[1] == 0).all() and pcm[0].abs().sum() > 0
+
+
+def test_selectable_number_of_codebooks(tiny_pair) -> None:
+    _, codec = tiny_pair
+    pcm = speechlike(1, 2, codec.frame_size)
+    try:
+        codec.num_codebooks = 2
+        assert codec.encode(pcm).shape == (1, 2, 2)
+        with pytest.raises(ValueError, match="num_codebooks"):
+            codec.num_codebooks = codec.config.total_codebooks + 1
+    finally:
+        codec.num_codebooks = codec.config.num_codebooks
+
+
+@pytest.mark.parametrize(
+    ("pcm", "error", "match"),
+    [
+        (torch.zeros(1, 1, 1000), ValueError, "exactly one frame of 1920"),
+        (torch.zeros(1, 2, 1920), ValueError, "mono"),
+        (torch.full((1, 1, 1920), float("nan")), AudioInputError, "NaN"),
+    ],
+)
+def test_bad_frames_are_refused_clearly(tiny_pair, pcm, error, match) -> None:
+    _, codec = tiny_pair
+    with pytest.raises(error, match=match):
+        codec.encode_step(pcm, codec.init_encoder_state(1))
