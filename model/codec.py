@@ -1,7 +1,7 @@
 """The streaming neural codec (Mimi architecture): 24 kHz audio <-> K tokens per 80 ms frame.
 
-    encode: pcm → SEANet encoder (25 Hz) → transformer → learned 2x downsampling (12.5 Hz) → split RVQ
-    decode: codes → RVQ lookup → learned 2x upsampling (25 Hz) → transformer → SEANet decoder → pcm
+    encode: pcm → SEANet encoder (25 Hz) → transformer → learned 2x downsampling (12.5 Hz) → RVQ
+    decode: codes → RVQ lookup → learned 2x upsampling (25 Hz) → transformer → SEANet → pcm
 
 `encode`/`decode` take whole signals; `encode_step`/`decode_step` take exactly one frame per
 batch slot with explicit `EncoderState`/`DecoderState`, and give the same numbers.

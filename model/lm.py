@@ -23,7 +23,7 @@ UNGENERATED = -2  # a token ring entry not written yet
 NOT_READY = -1  # an output token of a frame whose delays have not passed
 
 
-def embed(table: nn.Embedding, tokens: torch.Tensor) -> torch.Tensor:
+def embed(table: nn.Module, tokens: torch.Tensor) -> torch.Tensor:
     """Embedding lookup where token -1 means "no input" (a zero vector), as Kyutai trains."""
     out = table(tokens.clamp(min=0))
     return out.masked_fill((tokens < 0)[..., None], 0.0)
@@ -94,7 +94,7 @@ class LM(nn.Module):
         return x + embed(self.text_emb, tokens[:, 0])
 
     def _depth_input(self, codebook: int, temporal_out: torch.Tensor, previous: torch.Tensor):
-        """Input of depth step `codebook`: projected temporal output + previous token's embedding."""
+        """Depth step `codebook`'s input: the projected temporal output + the previous token."""
         config = self.config
         if config.depth_multi_linear:
             index = (
@@ -232,7 +232,7 @@ class LM(nn.Module):
         """
         config = self.config
         B, S, T = codes.shape
-        if S != config.num_streams:
+        if config.num_streams != S:
             raise ValueError(f"codes must have {config.num_streams} streams, got {S}")
         initial = torch.full(
             (B, S, 1), config.audio_initial_id, dtype=codes.dtype, device=codes.device

@@ -11,7 +11,7 @@ the centroid is `embedding_sum / cluster_usage`.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -77,12 +77,16 @@ class ResidualVQ(nn.Module):
             [Codebook(codebook_dim, codebook_size) for _ in range(num_codebooks)]
         )
 
+    def codebook(self, k: int) -> Codebook:
+        return cast(Codebook, self.codebooks[k])
+
     def encode(self, x: torch.Tensor, num_codebooks: int) -> torch.Tensor:
         """Latent [B, D, T] -> codes [B, num_codebooks, T]."""
         B, _, T = x.shape
         residual = self.input_proj(x)  # [B, C, T], C = codebook_dim
         codes = []
-        for codebook in self.codebooks[:num_codebooks]:
+        for k in range(num_codebooks):
+            codebook = self.codebook(k)
             flat = residual.transpose(1, 2).reshape(B * T, -1)  # [B*T, C]
             index = codebook.encode(flat)  # [B*T]
             residual = residual - codebook.decode(index).view(B, T, -1).transpose(1, 2)
@@ -91,9 +95,9 @@ class ResidualVQ(nn.Module):
 
     def decode(self, codes: torch.Tensor) -> torch.Tensor:
         """Codes [B, K, T] (1 <= K <= num_codebooks) -> latent [B, D, T]."""
-        quantized = self.codebooks[0].decode(codes[:, 0])  # [B, T, C]
+        quantized = self.codebook(0).decode(codes[:, 0])  # [B, T, C]
         for k in range(1, codes.shape[1]):
-            quantized = quantized + self.codebooks[k].decode(codes[:, k])
+            quantized = quantized + self.codebook(k).decode(codes[:, k])
         return self.output_proj(quantized.transpose(1, 2))  # [B, D, T]
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 from torch import nn
@@ -51,7 +52,7 @@ class ResidualBlock(nn.Module):
         )
 
     def convs(self) -> list[CausalConv1d]:
-        return [self.block[1], self.block[3]]
+        return [cast(CausalConv1d, self.block[1]), cast(CausalConv1d, self.block[3])]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = x
@@ -60,11 +61,11 @@ class ResidualBlock(nn.Module):
         return x + h
 
     def step(
-        self, x: torch.Tensor, states: Sequence[AnyConvState], active: torch.Tensor | None
+        self, x: torch.Tensor, states: Sequence[ConvState], active: torch.Tensor | None
     ) -> torch.Tensor:
-        act1, conv1, act2, conv2 = self.block
-        h = conv1.step(act1(x), states[0], active)
-        h = conv2.step(act2(h), states[1], active)
+        conv1, conv2 = self.convs()
+        h = conv1.step(self.block[0](x), states[0], active)
+        h = conv2.step(self.block[2](h), states[1], active)
         return x + h
 
 
@@ -85,7 +86,7 @@ def _step(
     i = 0  # index of the next conv state
     for layer in layers:
         if isinstance(layer, ResidualBlock):
-            x = layer.step(x, state.convs[i : i + 2], active)
+            x = layer.step(x, state.convs[i : i + 2], active)  # type: ignore[arg-type]
             i += 2
         elif isinstance(layer, CausalConv1d | CausalConvTranspose1d):
             x = layer.step(x, state.convs[i], active)  # type: ignore[arg-type]

@@ -13,7 +13,9 @@ from __future__ import annotations
 import torch
 
 
-def keep_inactive(active: torch.Tensor | None, new: torch.Tensor, old: torch.Tensor) -> torch.Tensor:
+def keep_inactive(
+    active: torch.Tensor | None, new: torch.Tensor, old: torch.Tensor
+) -> torch.Tensor:
     """`new` in active slots, `old` in the others (batch is the first dimension)."""
     if active is None:
         return new

@@ -9,7 +9,9 @@ so their checkpoints load as they are.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -18,7 +20,7 @@ from torch import nn
 from .config import TransformerConfig
 from .streaming import keep_inactive, reset_slots_
 
-_ACTIVATIONS = {
+_ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "silu": F.silu,
     "gelu": F.gelu,
     "relu": F.relu,
@@ -210,6 +212,7 @@ class TransformerLayer(nn.Module):
         self.self_attn = Attention(config)
         self.norm1 = make_norm(config.norm, config.dim)
         self.norm2 = make_norm(config.norm, config.dim)
+        self.gating: nn.Module
         if config.gating == "none":
             if config.weights_per_step:
                 raise ValueError("weights per step need a gated FFN (as Kyutai's)")
@@ -233,7 +236,7 @@ class TransformerLayer(nn.Module):
         if self.config.gating == "none":
             return self.linear2(F.gelu(self.linear1(x)))
         if self.config.weights_per_step:
-            return self.gating[weight_set](x)
+            return cast(nn.ModuleList, self.gating)[weight_set](x)
         return self.gating(x)
 
     def _finish(self, x: torch.Tensor, attended: torch.Tensor, weight_set: int) -> torch.Tensor:
@@ -268,7 +271,7 @@ class Transformer(nn.Module):
             capacity = config.weights_per_step
         else:
             raise ValueError("a streaming transformer needs a context (KV-cache capacity)")
-        weight = self.layers[0].self_attn.in_projs[0].weight
+        weight = next(self.parameters())
         shape = (batch_size, config.num_heads, capacity, config.head_dim)
         caches = [
             KVCache(
@@ -309,7 +312,8 @@ class Transformer(nn.Module):
         """x [B, T, dim] → [B, T, dim]; advances the active slots by T positions."""
         T = x.shape[1]
         positions = state.offset[:, None] + torch.arange(T, device=x.device)  # [B, T]
-        for layer, cache in zip(self.layers, state.caches, strict=True):
+        layers = cast(list[TransformerLayer], list(self.layers))
+        for layer, cache in zip(layers, state.caches, strict=True):
             x = layer.step(x, cache, positions, active, weight_set)
         state.offset.copy_(keep_inactive(active, state.offset + T, state.offset))
         return x

@@ -16,12 +16,30 @@ from model.sampling import SamplingParams
 pytestmark = pytest.mark.parity
 
 _BASE = dict(
-    dim=64, text_card=100, existing_text_padding_id=3, card=64, num_heads=4, num_layers=2,
-    hidden_scale=4.125, causal=True, layer_scale=None, context=12, max_period=10000,
-    gating="silu", norm="rms_norm_f32", positional_embedding="rope", depformer_dim=32,
-    depformer_dim_feedforward=132, depformer_num_heads=2, depformer_num_layers=2,
-    depformer_layer_scale=None, depformer_multi_linear=True, depformer_context=4,
-    depformer_max_period=10000, depformer_gating="silu", depformer_pos_emb="none",
+    dim=64,
+    text_card=100,
+    existing_text_padding_id=3,
+    card=64,
+    num_heads=4,
+    num_layers=2,
+    hidden_scale=4.125,
+    causal=True,
+    layer_scale=None,
+    context=12,
+    max_period=10000,
+    gating="silu",
+    norm="rms_norm_f32",
+    positional_embedding="rope",
+    depformer_dim=32,
+    depformer_dim_feedforward=132,
+    depformer_num_heads=2,
+    depformer_num_layers=2,
+    depformer_layer_scale=None,
+    depformer_multi_linear=True,
+    depformer_context=4,
+    depformer_max_period=10000,
+    depformer_gating="silu",
+    depformer_pos_emb="none",
     depformer_weights_per_step=True,
 )
 
@@ -31,14 +49,27 @@ CONFIGS = {
     # Longer delays, RoPE in the depth transformer, one shared temporal->depth projection,
     # layer scale, and a short context so the ring KV cache wraps many times.
     "delay2-rope-depth": dict(
-        _BASE, n_q=6, dep_q=3, delays=[0, 0, 2, 2, 0, 2, 2], depformer_pos_emb="rope",
-        depformer_multi_linear=False, layer_scale=0.1, context=5, depformer_num_layers=1,
+        _BASE,
+        n_q=6,
+        dep_q=3,
+        delays=[0, 0, 2, 2, 0, 2, 2],
+        depformer_pos_emb="rope",
+        depformer_multi_linear=False,
+        layer_scale=0.1,
+        context=5,
+        depformer_num_layers=1,
     ),
     # A weight-sharing schedule in the depth transformer, LayerNorm, GELU gating, a delayed
     # text stream, and fewer user than assistant codebooks.
     "schedule-layernorm": dict(
-        _BASE, n_q=5, dep_q=3, delays=[1, 0, 1, 2, 0, 1], norm="layer_norm", gating="gelu",
-        depformer_weights_per_step_schedule=[0, 1, 1], depformer_gating="silu",
+        _BASE,
+        n_q=5,
+        dep_q=3,
+        delays=[1, 0, 1, 2, 0, 1],
+        norm="layer_norm",
+        gating="gelu",
+        depformer_weights_per_step_schedule=[0, 1, 1],
+        depformer_gating="silu",
     ),
 }
 
@@ -62,13 +93,20 @@ def test_streamed_logits_and_greedy_tokens_match_reference(name: str) -> None:
     reference, ours = _pair(kwargs)
     config = ours.config
     B, frames = 2, 100
-    user = torch.randint(0, config.card, (B, config.user_codebooks, frames),
-                         generator=torch.Generator().manual_seed(1))
+    user = torch.randint(
+        0,
+        config.card,
+        (B, config.user_codebooks, frames),
+        generator=torch.Generator().manual_seed(1),
+    )
 
     ref_text_logits: list[torch.Tensor] = []
     ref_audio_logits: list[torch.Tensor] = []
-    generator = LMGen(reference, use_sampling=False,
-                      on_text_logits_hook=lambda x: ref_text_logits.append(x[:, 0, 0].clone()))
+    generator = LMGen(
+        reference,
+        use_sampling=False,
+        on_text_logits_hook=lambda x: ref_text_logits.append(x[:, 0, 0].clone()),
+    )
     depth_step = reference.forward_depformer
 
     def recording_depth_step(*args, **kw):
@@ -86,8 +124,10 @@ def test_streamed_logits_and_greedy_tokens_match_reference(name: str) -> None:
             frame = ours.step(user[:, :, t : t + 1], state)
             torch.testing.assert_close(frame.text_logits, ref_text_logits[-1], atol=1e-5, rtol=0)
             torch.testing.assert_close(
-                frame.audio_logits, torch.stack(ref_audio_logits[-config.dep_q :], dim=1),
-                atol=1e-5, rtol=0,
+                frame.audio_logits,
+                torch.stack(ref_audio_logits[-config.dep_q :], dim=1),
+                atol=1e-5,
+                rtol=0,
             )
             if expected is None:
                 assert not frame.ready.any()
@@ -109,6 +149,7 @@ def test_teacher_forced_logits_match_reference(name: str) -> None:
     with torch.no_grad():
         expected = reference(codes)
         text_logits, audio_logits = ours(codes)
-    torch.testing.assert_close(text_logits, expected.text_logits[:, 0], atol=1e-5, rtol=0,
-                               equal_nan=True)
+    torch.testing.assert_close(
+        text_logits, expected.text_logits[:, 0], atol=1e-5, rtol=0, equal_nan=True
+    )
     torch.testing.assert_close(audio_logits, expected.logits, atol=1e-5, rtol=0, equal_nan=True)

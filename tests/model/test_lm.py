@@ -1,0 +1,122 @@
+"""Our LM's own streaming behaviour: delays, per-slot reset and skip, batch independence,
+long conversations past the context."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from model.config import tiny_lm
+from model.lm import LM, NOT_READY
+from model.sampling import SamplingParams
+
+
+@pytest.fixture(scope="module")
+def lm() -> LM:
+    torch.manual_seed(0)
+    return LM(tiny_lm()).eval()
+
+
+def _user(batch: int, frames: int, lm: LM, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, lm.config.card, (batch, lm.config.user_codebooks, frames), generator=g)
+
+
+def _run(lm: LM, user: torch.Tensor, params: SamplingParams, batch: int | None = None):
+    state = lm.init_state(batch or user.shape[0], params)
+    return [lm.step(user[:, :, t : t + 1], state) for t in range(user.shape[2])]
+
+
+def test_nothing_comes_out_until_the_delays_have_passed(lm: LM) -> None:
+    frames = _run(lm, _user(1, 4, lm), SamplingParams.greedy())
+    assert lm.config.max_delay == 1
+    assert not frames[0].ready.any()
+    assert (frames[0].text == NOT_READY).all() and (frames[0].audio == NOT_READY).all()
+    assert all(f.ready.all() for f in frames[1:])
+    assert frames[1].audio.shape == (1, lm.config.dep_q, 1)
+    assert ((frames[1].audio >= 0) & (frames[1].audio < lm.config.card)).all()
+
+
+def test_a_conversation_runs_far_past_the_context(lm: LM) -> None:
+    context = lm.config.temporal.context
+    frames = _run(lm, _user(1, 5 * context, lm), SamplingParams(seed=1))
+    assert all(f.ready.all() for f in frames[1:])
+    assert all(torch.isfinite(f.text_logits).all() for f in frames)
+
+
+def test_reset_one_slot_leaves_the_others_bit_identical(lm: LM) -> None:
+    user = _user(3, 12, lm, seed=2)
+    params = SamplingParams(seed=5)
+    state, untouched = lm.init_state(3, params), lm.init_state(3, params)
+    mask = torch.tensor([False, True, False])
+    for t in range(12):
+        if t == 6:
+            state.reset(mask)
+        out = lm.step(user[:, :, t : t + 1], state)
+        expected = lm.step(user[:, :, t : t + 1], untouched)
+        assert torch.equal(out.text_logits[[0, 2]], expected.text_logits[[0, 2]])
+        assert torch.equal(out.audio[[0, 2]], expected.audio[[0, 2]])
+        if t == 6:
+            assert not out.ready[1] and out.ready[[0, 2]].all()  # slot 1 starts over
+    # After the reset slot 1 is a fresh conversation that began at frame 6.
+    fresh = _run(lm, user[1:2, :, 6:], params)
+    torch.testing.assert_close(out.text_logits[1:2], fresh[-1].text_logits, atol=1e-5, rtol=0)
+    assert torch.equal(out.audio[1:2], fresh[-1].audio)
+
+
+def test_a_slot_whose_frame_did_not_arrive_is_skipped(lm: LM) -> None:
+    user = _user(2, 8, lm, seed=3)
+    params = SamplingParams(seed=7)
+    state = lm.init_state(2, params)
+    outputs = []
+    for t in range(8):
+        active = torch.tensor([True, t != 3])  # slot 1 misses frame 3
+        outputs.append(lm.step(user[:, :, t : t + 1], state, active))
+    assert not outputs[3].ready[1] and (outputs[3].audio[1] == NOT_READY).all()
+    # Slot 0 is as if alone; slot 1 as if frame 3 never existed.
+    alone = _run(lm, user[0:1], params)
+    for t in range(8):
+        assert torch.equal(outputs[t].audio[0:1], alone[t].audio)
+    kept = [t for t in range(8) if t != 3]
+    skipping = _run(lm, user[1:2, :, kept], params)
+    for i, t in enumerate(kept):
+        assert torch.equal(outputs[t].audio[1:2], skipping[i].audio)
+
+
+def test_a_session_does_not_depend_on_its_batch_neighbours(lm: LM) -> None:
+    """Same input and seed → same tokens, alone or next to other sessions with other seeds."""
+    user = _user(4, 10, lm, seed=4)
+    state = lm.init_state(4, SamplingParams())
+    for slot, seed in enumerate((11, 12, 13, 14)):
+        state.sampling.set(slot, SamplingParams(seed=seed, audio_top_k=0 if slot == 2 else 250))
+    batched = [lm.step(user[:, :, t : t + 1], state) for t in range(10)]
+    alone = _run(lm, user[1:2], SamplingParams(seed=12))
+    for t in range(10):
+        assert torch.equal(batched[t].text[1:2], alone[t].text)
+        assert torch.equal(batched[t].audio[1:2], alone[t].audio)
+
+
+def test_sampling_parameters_change_per_session_without_rebuilding(lm: LM) -> None:
+    user = _user(2, 20, lm, seed=5)
+    state = lm.init_state(2, SamplingParams(seed=3, text_temperature=1.0, text_top_k=0))
+    outputs = []
+    for t in range(20):
+        if t == 2:
+            state.sampling.set(0, SamplingParams.greedy())
+        outputs.append(lm.step(user[:, :, t : t + 1], state))
+    # The text token read out at frame t was drawn at frame t - 1 (max delay 1).
+    drawn_greedy = [
+        bool(outputs[t].text[slot] == outputs[t - 1].text_logits[slot].argmax())
+        for slot in (0, 1)
+        for t in range(3, 20)
+    ]
+    assert all(drawn_greedy[:17])  # slot 0: greedy from frame 2 on
+    assert not all(drawn_greedy[17:])  # slot 1: still sampling at temperature 1
+
+
+def test_wrong_user_codes_are_refused(lm: LM) -> None:
+    state = lm.init_state(1)
+    with pytest.raises(ValueError, match="user codebooks"):
+        lm.step(torch.zeros(1, 1, 1, dtype=torch.long), state)
+    with pytest.raises(ValueError, match=r"\[1, 4, 1\]"):
+        lm.step(torch.zeros(2, 4, 1, dtype=torch.long), state)
