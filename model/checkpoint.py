@@ -12,7 +12,7 @@ import json
 import logging
 import os
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +21,7 @@ from safetensors import SafetensorError, safe_open
 from torch import nn
 
 from .codec import Codec
-from .config import LMConfig, MimiConfig, TransformerConfig, mimi
+from .config import LMConfig, MimiConfig, TransformerConfig, mimi, moshi_7b
 from .errors import CheckpointError, ConfigError
 from .kyutai_names import codec_key_from_kyutai
 from .lm import LM
@@ -43,6 +43,15 @@ _IGNORED_KEYS = {
     "model_id",
     "existing_text_end_padding_id",
 }
+# Keys with no sensible default: without them the shapes are unknown.
+_REQUIRED_KEYS = (
+    "dim",
+    "num_heads",
+    "num_layers",
+    "context",
+    "depformer_num_heads",
+    "depformer_num_layers",
+)
 
 
 @dataclass(frozen=True)
@@ -61,6 +70,9 @@ class ModelFiles:
 def lm_config_from_kyutai(raw: dict[str, Any]) -> LMConfig:
     """Translate Kyutai's LM keyword config (config.json minus file keys) into an LMConfig."""
     kw = {k: v for k, v in raw.items() if k not in _FILE_KEYS | _IGNORED_KEYS}
+    absent = sorted(key for key in _REQUIRED_KEYS if kw.get(key) is None)
+    if absent:
+        raise ConfigError(f"config.json: the LM config lacks {absent}; is it Moshi's config.json?")
 
     def take(key: str, default: Any = None) -> Any:
         return kw.pop(key, default)
@@ -125,8 +137,6 @@ def lm_config_from_kyutai(raw: dict[str, Any]) -> LMConfig:
         )
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"config.json: inconsistent LM config: {exc}") from exc
-    if config.temporal.context is None:
-        raise ConfigError("config.json: the LM needs a `context` to stream")
     if kw:
         raise ConfigError(
             f"config.json: options this version does not implement: {sorted(kw)}. "
@@ -136,16 +146,38 @@ def lm_config_from_kyutai(raw: dict[str, Any]) -> LMConfig:
 
 
 def sampling_from_kyutai(lm_gen_config: dict[str, Any]) -> SamplingParams:
+    """Kyutai's `lm_gen_config` ({"temp", "temp_text", "top_k", "top_k_text"}) as our params."""
+    if not isinstance(lm_gen_config, dict):
+        raise ConfigError(f"config.json: lm_gen_config must be an object, got {lm_gen_config!r}")
     defaults = SamplingParams()
-    return SamplingParams(
-        text_temperature=lm_gen_config.get("temp_text", defaults.text_temperature),
-        text_top_k=lm_gen_config.get("top_k_text", defaults.text_top_k),
-        audio_temperature=lm_gen_config.get("temp", defaults.audio_temperature),
-        audio_top_k=lm_gen_config.get("top_k", defaults.audio_top_k),
-    )
+    try:
+        return SamplingParams(
+            text_temperature=lm_gen_config.get("temp_text", defaults.text_temperature),
+            text_top_k=lm_gen_config.get("top_k_text", defaults.text_top_k),
+            audio_temperature=lm_gen_config.get("temp", defaults.audio_temperature),
+            audio_top_k=lm_gen_config.get("top_k", defaults.audio_top_k),
+        )
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"config.json: bad lm_gen_config {lm_gen_config}: {exc}") from exc
 
 
-def _hf_download(repo: str, filename: str) -> Path:
+def _hf_cache_dir() -> str | None:
+    """The hub cache the environment names now. huggingface_hub reads these variables once, at
+    import; reading them at call time lets a caller (or a test) set them later."""
+    for var in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE"):
+        if os.environ.get(var):
+            return os.path.expanduser(os.environ[var])
+    if os.environ.get("HF_HOME"):
+        return os.path.join(os.path.expanduser(os.environ["HF_HOME"]), "hub")
+    return None  # huggingface_hub's default (~/.cache/huggingface/hub)
+
+
+def _hf_offline() -> bool:
+    value = os.environ.get("HF_HUB_OFFLINE") or os.environ.get("TRANSFORMERS_OFFLINE") or ""
+    return value.upper() in ("1", "ON", "YES", "TRUE")  # huggingface_hub's truthy values
+
+
+def _hf_download(repo: str, filename: str, cache_dir: str | Path | None, offline: bool) -> Path:
     try:
         from huggingface_hub import hf_hub_download
         from huggingface_hub.errors import LocalEntryNotFoundError
@@ -155,16 +187,15 @@ def _hf_download(repo: str, filename: str) -> Path:
             "or pass local files with --moshi-weight, --mimi-weight, --tokenizer and --config"
         ) from exc
     try:
-        return Path(hf_hub_download(repo, filename))
+        return Path(hf_hub_download(repo, filename, cache_dir=cache_dir, local_files_only=offline))
     except LocalEntryNotFoundError as exc:
-        offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false")
         hint = (
             "offline mode is on (HF_HUB_OFFLINE): download it once while online"
             if offline
             else "check the network or download it into the cache first"
         )
         raise CheckpointError(
-            f"{repo}/{filename} is not in the Hugging Face cache; {hint}"
+            f"{repo}/{filename} is not in the Hugging Face cache ({cache_dir or 'default'}); {hint}"
         ) from exc
     except Exception as exc:  # the hub raises many kinds; all mean "could not get the file"
         raise CheckpointError(f"could not get {filename} from {repo}: {exc}") from exc
@@ -176,8 +207,16 @@ def resolve_files(
     codec_weights: str | Path | None = None,
     tokenizer: str | Path | None = None,
     config: str | Path | None = None,
+    cache_dir: str | Path | None = None,
+    offline: bool | None = None,
 ) -> ModelFiles:
-    """Find a model's files: local paths win, the rest come from `hf_repo` (through the cache)."""
+    """Find a model's files: local paths win, the rest come from `hf_repo` (through the cache).
+
+    `cache_dir` and `offline` default to the environment at call time (HF_HUB_CACHE or HF_HOME,
+    HF_HUB_OFFLINE), as huggingface_hub documents them.
+    """
+    cache_dir = cache_dir if cache_dir is not None else _hf_cache_dir()
+    offline = offline if offline is not None else _hf_offline()
 
     def find(explicit: str | Path | None, name: str) -> Path:
         if explicit is not None:
@@ -187,27 +226,25 @@ def resolve_files(
             return path
         if hf_repo is None:
             raise CheckpointError(f"no {name} given: pass its path or --hf-repo")
-        return _hf_download(hf_repo, name)
+        return _hf_download(hf_repo, name, cache_dir, offline)
 
     raw: dict[str, Any] = {}
     config_path = Path(config) if config is not None else None
     if config_path is None and hf_repo is not None:
         try:
-            config_path = _hf_download(hf_repo, CONFIG_FILE)
+            config_path = _hf_download(hf_repo, CONFIG_FILE, cache_dir, offline)
         except CheckpointError:
             log.warning("%s has no config.json: assuming the Moshi 7B configuration", hf_repo)
     if config_path is not None:
         try:
             raw = json.loads(config_path.read_text())
-        except (OSError, json.JSONDecodeError) as exc:
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise CheckpointError(f"{config_path}: not a readable JSON config: {exc}") from exc
         if not isinstance(raw, dict):
             raise CheckpointError(f"{config_path}: expected a JSON object")
     model_type = raw.get("model_type", "moshi")
     if model_type != "moshi":
         raise ConfigError(f"{config_path}: model_type {model_type!r} is not supported (moshi)")
-    from .config import moshi_7b
-
     lm_config = lm_config_from_kyutai(raw) if raw else moshi_7b()
     codec_config = mimi(num_codebooks=max(lm_config.dep_q, lm_config.user_codebooks))
     return ModelFiles(
@@ -222,8 +259,16 @@ def resolve_files(
 
 
 def default_dtype(device: torch.device) -> torch.dtype:
-    """bf16 on a GPU (as released), fp32 on a CPU (bf16 matmuls are slow there)."""
+    """The LM's dtype: bf16 on a GPU (as released), fp32 on a CPU (bf16 matmuls are slow there).
+
+    The codec always defaults to fp32, as Kyutai runs it: it is small, and its codebook
+    distances and convolutions are sensitive to rounding."""
     return torch.bfloat16 if device.type == "cuda" else torch.float32
+
+
+def _some(names: list[str], limit: int = 5) -> str:
+    more = f" and {len(names) - limit} more" if len(names) > limit else ""
+    return ", ".join(names[:limit]) + more
 
 
 def load_weights(
@@ -235,47 +280,58 @@ def load_weights(
 ) -> None:
     """Load a safetensors file into `module` after checking every tensor's name and shape.
 
-    Floating tensors are cast to `dtype` (None: keep the module's). Nothing is loaded unless
-    the whole file matches.
+    Floating tensors are cast to `dtype` (None: keep the module's); `rename` maps the file's
+    names to the module's. Nothing is loaded unless the whole file matches, and nothing is
+    unpickled: a file that is not safetensors is refused.
     """
     path = Path(path)
     device = torch.device(device)
     expected = module.state_dict()
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such file")
     try:
         with safe_open(str(path), framework="pt", device="cpu") as f:
-            names = {(rename(k) if rename else k): k for k in f.keys()}
+            names: dict[str, str] = {}  # ours -> the file's
+            for theirs in f.keys():  # noqa: SIM118 (safe_open is not iterable)
+                ours = rename(theirs) if rename else theirs
+                if ours in names:
+                    raise CheckpointError(
+                        f"{path}: tensors {names[ours]} and {theirs} both load into {ours}"
+                    )
+                names[ours] = theirs
             missing = sorted(set(expected) - set(names))
-            unexpected = sorted(set(names) - set(expected))
+            unexpected = sorted(names[k] for k in set(names) - set(expected))
             if missing or unexpected:
                 raise CheckpointError(
-                    f"{path}: does not match this model: "
-                    + (f"missing {len(missing)} tensors (first: {missing[0]}) " if missing else "")
+                    f"{path}: does not match this model (is it the right file for this config?)"
+                    + (f"; missing {len(missing)} tensors: {_some(missing)}" if missing else "")
                     + (
-                        f"unexpected {len(unexpected)} (first: {unexpected[0]}) "
+                        f"; {len(unexpected)} unexpected tensors: {_some(unexpected)}"
                         if unexpected
                         else ""
                     )
-                    + "- is it the right file for this config?"
                 )
+            wrong = []
             for ours, theirs in names.items():
                 found = tuple(f.get_slice(theirs).get_shape())
                 want = tuple(expected[ours].shape)
                 if found != want:
-                    raise CheckpointError(
-                        f"{path}: tensor {theirs} has shape {found}, this model expects {want}"
-                    )
+                    wrong.append(f"tensor {theirs} has shape {found}, this model expects {want}")
+            if wrong:
+                raise CheckpointError(
+                    f"{path}: {len(wrong)} tensors do not have the shapes of this config "
+                    f"(is it the right file for this config?): {_some(wrong, 3)}"
+                )
             state = {}
             for ours, theirs in names.items():
-                tensor = f.get_tensor(theirs)
-                target_dtype = (
-                    dtype
-                    if (dtype is not None and tensor.is_floating_point())
-                    else expected[ours].dtype
-                )
-                state[ours] = tensor.to(device=device, dtype=target_dtype)
+                want_dtype = expected[ours].dtype
+                if dtype is not None and want_dtype.is_floating_point:
+                    want_dtype = dtype
+                state[ours] = f.get_tensor(theirs).to(device=device, dtype=want_dtype)
     except SafetensorError as exc:
         raise CheckpointError(
-            f"{path}: not a readable safetensors file ({exc}); re-download it"
+            f"{path}: not a safetensors file, or a damaged one ({exc}); re-download it. "
+            "Only safetensors are read: pickled checkpoints (.pt, .bin) are never loaded"
         ) from exc
     except OSError as exc:
         raise CheckpointError(f"{path}: cannot read ({exc})") from exc
@@ -288,6 +344,7 @@ def load_lm(
     device: torch.device | str = "cpu",
     dtype: torch.dtype | None = None,
 ) -> LM:
+    """Load the LM in `dtype` (None: `default_dtype(device)`), without first allocating it."""
     device = torch.device(device)
     dtype = dtype or default_dtype(device)
     with torch.device("meta"):
@@ -300,11 +357,11 @@ def load_codec(
     path: str | Path,
     config: MimiConfig,
     device: torch.device | str = "cpu",
-    dtype: torch.dtype | None = None,
+    dtype: torch.dtype = torch.float32,
 ) -> Codec:
-    """Load a codec: Kyutai's Mimi file (their tensor names) or one saved by this project."""
-    device = torch.device(device)
-    dtype = dtype or default_dtype(device)
+    """Load a codec: Kyutai's Mimi file (their tensor names) or one saved by this project.
+
+    fp32 on every device unless `dtype` says otherwise (see `default_dtype`)."""
     with torch.device("meta"):
         codec = Codec(config)
     load_weights(codec, path, device, dtype, rename=codec_key_from_kyutai)
@@ -318,7 +375,6 @@ __all__ = [
     "load_codec",
     "load_lm",
     "load_weights",
-    "replace",
     "resolve_files",
     "sampling_from_kyutai",
 ]
