@@ -1,0 +1,99 @@
+"""What a conversation reports as it runs: small, JSON-ready event records and their sinks.
+
+Producers (the engine thread, the audio callbacks' accounting, the runtime) create events; sinks
+(the recording's events.jsonl, the terminal printer, later the TUI and MQTT) consume them. Every
+event carries the conversation time in seconds and the frame index it belongs to.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from typing import Any, ClassVar, Protocol
+
+
+@dataclass(frozen=True)
+class Event:
+    kind: ClassVar[str] = "event"
+    time: float  # seconds since the conversation started (the frame clock)
+    frame: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"type": self.kind, **dataclasses.asdict(self)}
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), ensure_ascii=False, separators=(",", ":"))
+
+
+@dataclass(frozen=True)
+class TextEvent(Event):
+    """A visible piece of the inner monologue (PAD and specials are not reported)."""
+
+    kind: ClassVar[str] = "text"
+    token: int
+    text: str
+
+
+@dataclass(frozen=True)
+class FrameStats(Event):
+    """Per-frame figures: compute times, real-time factor, queue health, latency."""
+
+    kind: ClassVar[str] = "frame"
+    encode_ms: float
+    lm_ms: float
+    decode_ms: float
+    compute_ms: float  # encode + LM + decode, as measured around the whole step
+    real_time_factor: float  # compute time / frame duration (> 1: slower than real time)
+    dropped_input: int = 0  # microphone frames dropped so far (queue full)
+    underruns: int = 0  # speaker blocks played as silence so far
+    overruns: int = 0  # output audio dropped so far to keep latency bounded
+    xruns: int = 0  # device-reported over/underflows so far
+    latency_ms: float | None = None  # microphone-to-speaker, when measurable
+
+
+@dataclass(frozen=True)
+class StateEvent(Event):
+    """A change in the conversation: started, stopped, reset, muted, recording..."""
+
+    kind: ClassVar[str] = "state"
+    state: str
+    detail: str = ""
+
+
+@dataclass(frozen=True)
+class ErrorEvent(Event):
+    """Something went wrong; `hint` says what to do. The conversation may go on."""
+
+    kind: ClassVar[str] = "error"
+    message: str
+    hint: str = ""
+    fatal: bool = False
+
+
+class EventSink(Protocol):
+    def emit(self, event: Event) -> None: ...
+
+
+class EventFanout:
+    """Send each event to several sinks."""
+
+    def __init__(self, *sinks: EventSink) -> None:
+        self.sinks = list(sinks)
+
+    def emit(self, event: Event) -> None:
+        for sink in self.sinks:
+            sink.emit(event)
+
+
+class EventLog:
+    """Keep events in memory (tests, summaries)."""
+
+    def __init__(self) -> None:
+        self.events: list[Event] = []
+
+    def emit(self, event: Event) -> None:
+        self.events.append(event)
+
+    def of(self, kind: type[Event]) -> list[Any]:
+        return [e for e in self.events if isinstance(e, kind)]

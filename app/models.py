@@ -1,0 +1,115 @@
+"""One set of model options for every command, and loading what they name.
+
+Defaults: the bundled demo model once it exists; until then a small randomly initialised model,
+announced as such. Kyutai's released files load through `--hf-repo` or local paths.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from model import (
+    LM,
+    Codec,
+    ModelFiles,
+    SamplingParams,
+    TextTokenizer,
+    load_codec,
+    load_lm,
+    resolve_files,
+    tiny_lm,
+    tiny_mimi,
+)
+from model.errors import ConfigError
+from model.quantizer import Codebook
+
+log = logging.getLogger(__name__)
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass
+class LoadedModel:
+    codec: Codec
+    lm: LM
+    tokenizer: TextTokenizer | None  # None for the random stand-in model
+    sampling: SamplingParams
+    name: str
+    device: torch.device
+    files: ModelFiles | None = None  # where the weights came from (None: random stand-in)
+
+
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("model")
+    group.add_argument("--hf-repo", help="Hugging Face repo, e.g. kyutai/moshiko-pytorch-bf16")
+    group.add_argument("--moshi-weight", type=Path, help="LM weights (.safetensors)")
+    group.add_argument("--mimi-weight", type=Path, help="codec weights (.safetensors)")
+    group.add_argument("--tokenizer", type=Path, help="SentencePiece text tokenizer (.model)")
+    group.add_argument("--config", type=Path, help="Kyutai-style config.json of the LM")
+    group.add_argument(
+        "--device", default=None, help="cpu, cuda, cuda:1 (default: cuda if present)"
+    )
+    group.add_argument(
+        "--dtype", choices=sorted(_DTYPES), help="LM dtype (default: bf16 on GPU, fp32 on CPU)"
+    )
+    group.add_argument("--text-temperature", type=float)
+    group.add_argument("--text-top-k", type=int)
+    group.add_argument("--audio-temperature", type=float)
+    group.add_argument("--audio-top-k", type=int)
+    group.add_argument("--seed", type=int, default=0)
+
+
+def _sampling(args: argparse.Namespace, defaults: SamplingParams) -> SamplingParams:
+    def pick(value, default):
+        return default if value is None else value
+
+    return SamplingParams(
+        text_temperature=pick(args.text_temperature, defaults.text_temperature),
+        text_top_k=pick(args.text_top_k, defaults.text_top_k),
+        audio_temperature=pick(args.audio_temperature, defaults.audio_temperature),
+        audio_top_k=pick(args.audio_top_k, defaults.audio_top_k),
+        seed=args.seed,
+    )
+
+
+def load_from_args(args: argparse.Namespace) -> LoadedModel:
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    dtype = _DTYPES[args.dtype] if args.dtype else None
+    named = [args.hf_repo, args.moshi_weight, args.mimi_weight, args.tokenizer, args.config]
+    if not any(named):
+        return random_model(device, _sampling(args, SamplingParams()), args.seed)
+    if args.hf_repo is None and not (args.moshi_weight and args.mimi_weight and args.tokenizer):
+        raise ConfigError(
+            "without --hf-repo, pass all of --moshi-weight, --mimi-weight and "
+            "--tokenizer (and --config unless it is the Moshi 7B)"
+        )
+    files = resolve_files(
+        args.hf_repo, args.moshi_weight, args.mimi_weight, args.tokenizer, args.config
+    )
+    log.info("loading %s on %s", files.lm_weights, device)
+    return LoadedModel(
+        codec=load_codec(files.codec_weights, files.codec_config, device),
+        lm=load_lm(files.lm_weights, files.lm_config, device, dtype),
+        tokenizer=TextTokenizer(files.tokenizer),
+        sampling=_sampling(args, files.sampling),
+        name=args.hf_repo or files.lm_weights.name,
+        device=device,
+        files=files,
+    )
+
+
+def random_model(device: torch.device, sampling: SamplingParams, seed: int = 0) -> LoadedModel:
+    """The stand-in until the bundled demo model exists: tiny shapes, random weights."""
+    torch.manual_seed(seed)
+    codec = Codec(tiny_mimi()).to(device).eval()
+    for module in codec.quantizer.modules():
+        if isinstance(module, Codebook):  # an untrained codebook is all zeros: give it spread
+            module.embedding_sum.normal_()
+            module.refresh()
+    lm = LM(tiny_lm()).to(device).eval()
+    return LoadedModel(codec, lm, None, sampling, "random tiny model (untrained)", device)
