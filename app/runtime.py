@@ -1,0 +1,323 @@
+"""A real-time conversation: capture, inference and playback as three tasks of one TaskGroup.
+
+    source ─► capture ─► input queue ─► inference ─► output queue ─► playback ─► sink
+              task       (bounded,       task         (bounded,       task       (jitter buffer:
+                         drop oldest)    (Engine.step  drop oldest)              silence on
+                                         in the torch                            underrun)
+                                         thread)
+
+Drop policies keep the clock: when a step is slower than real time, the oldest microphone frames
+are dropped (and counted) instead of piling up, so latency stays bounded in a long conversation;
+the speaker's jitter buffer plays silence on underrun and drops audio when its lag grows.
+The clock is injectable: tests run a conversation faster than real time with `VirtualClock`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import statistics
+import time
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Generic, Protocol, TypeVar
+
+import numpy as np
+
+from model import SamplingParams
+
+from .engine import Engine, StepResult
+from .events import ErrorEvent, EventSink, FrameStats, StateEvent, TextEvent
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+class Clock(Protocol):
+    def now(self) -> float: ...
+
+    async def sleep_until(self, deadline: float) -> None: ...
+
+
+class RealClock:
+    def now(self) -> float:
+        return time.monotonic()
+
+    async def sleep_until(self, deadline: float) -> None:
+        await asyncio.sleep(max(0.0, deadline - self.now()))
+
+
+class VirtualClock:
+    """Time that jumps forward instead of waiting: a paced source runs as fast as it can."""
+
+    def __init__(self) -> None:
+        self._now = 0.0
+
+    def now(self) -> float:
+        return self._now
+
+    async def sleep_until(self, deadline: float) -> None:
+        self._now = max(self._now, deadline)
+        await asyncio.sleep(0)
+
+
+@dataclass(frozen=True)
+class CapturedFrame:
+    pcm: np.ndarray  # [frame_size] float32, 24 kHz mono
+    time: float  # when it was captured, on the conversation's clock
+
+
+class AudioSource(Protocol):
+    """Where the user's audio comes from (a microphone, a file played in real time, MQTT)."""
+
+    def frames(self) -> AsyncIterator[CapturedFrame]: ...
+
+
+class AudioSink(Protocol):
+    """Where the assistant's audio goes. `play` must not block."""
+
+    def play(self, pcm: np.ndarray) -> None: ...
+
+    def buffered_seconds(self) -> float:
+        """Audio handed over but not yet heard (jitter buffer and device), for latency."""
+        ...
+
+    def counters(self) -> dict[str, int]:
+        """Cumulative `underruns`, `overruns`, `xruns` where the sink knows them."""
+        ...
+
+
+class DropOldestQueue(Generic[T]):
+    """A bounded asyncio queue whose `put` never waits: when full, the oldest item goes."""
+
+    def __init__(self, maxsize: int) -> None:
+        self._queue: asyncio.Queue[T] = asyncio.Queue(maxsize)
+        self.dropped = 0
+
+    def put(self, item: T) -> None:
+        if self._queue.full():
+            self._queue.get_nowait()
+            self.dropped += 1
+        self._queue.put_nowait(item)
+
+    async def get(self) -> T:
+        return await self._queue.get()
+
+    def qsize(self) -> int:
+        return self._queue.qsize()
+
+
+@dataclass
+class ConversationSummary:
+    frames: int = 0
+    compute_ms: list[float] = field(default_factory=list)
+    latency_ms: list[float] = field(default_factory=list)
+    dropped_input: int = 0
+    dropped_output: int = 0
+    sink_counters: dict[str, int] = field(default_factory=dict)
+
+    def as_dict(self, frame_duration: float) -> dict[str, float | int | None]:
+        def pct(values: list[float], q: float) -> float | None:
+            return float(np.percentile(values, q)) if values else None
+
+        median = statistics.median(self.compute_ms) if self.compute_ms else None
+        return {
+            "frames": self.frames,
+            "compute_ms_median": median,
+            "compute_ms_p99": pct(self.compute_ms, 99),
+            "real_time_factor": None if median is None else median / (1000 * frame_duration),
+            "latency_ms_median": pct(self.latency_ms, 50),
+            "latency_ms_p99": pct(self.latency_ms, 99),
+            "dropped_input_frames": self.dropped_input,
+            "dropped_output_frames": self.dropped_output,
+            **self.sink_counters,
+        }
+
+
+class FrameRecorder(Protocol):
+    def write_frame(self, assistant: np.ndarray, user: np.ndarray) -> None: ...
+
+
+class Conversation:
+    """One conversation between a source, the engine and a sink, on one clock.
+
+    Controls (from any task of the loop): `muted`, `request_reset()`, `request_sampling()`.
+    They take effect between two frames, in the torch thread.
+    """
+
+    def __init__(
+        self,
+        engine: Engine,
+        source: AudioSource,
+        sink: AudioSink,
+        events: EventSink,
+        clock: Clock | None = None,
+        recorder: FrameRecorder | None = None,
+        input_queue_frames: int = 4,
+        output_queue_frames: int = 4,
+    ) -> None:
+        self.engine = engine
+        self.source = source
+        self.sink = sink
+        self.events = events
+        self.clock = clock or RealClock()
+        self.recorder = recorder
+        self.muted = False
+        self.summary = ConversationSummary()
+        self._inputs: DropOldestQueue[CapturedFrame | None] = DropOldestQueue(input_queue_frames)
+        self._outputs: DropOldestQueue[tuple[CapturedFrame, StepResult] | None] = DropOldestQueue(
+            output_queue_frames
+        )
+        self._reset_requested = False
+        self._sampling_requested: SamplingParams | None = None
+        self._start = 0.0
+        self._frame = 0
+        self._slow_reported_at = float("-inf")
+
+    def request_reset(self) -> None:
+        self._reset_requested = True
+
+    def request_sampling(self, params: SamplingParams) -> None:
+        self._sampling_requested = params
+
+    @property
+    def elapsed(self) -> float:
+        return self.clock.now() - self._start
+
+    async def run(self) -> ConversationSummary:
+        """Run until the source ends (or the task is cancelled); returns the figures."""
+        self._start = self.clock.now()
+        self.events.emit(StateEvent(0.0, 0, "started"))
+        torch_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="antiphon-torch")
+        try:
+            async with asyncio.TaskGroup() as group:
+                group.create_task(self._capture())
+                group.create_task(self._infer(torch_thread))
+                group.create_task(self._playback())
+        finally:
+            # A step still running finishes in its thread; wait so torch is idle at exit.
+            torch_thread.shutdown(wait=True, cancel_futures=True)
+            self.summary.dropped_input = self._inputs.dropped
+            self.summary.dropped_output = self._outputs.dropped
+            self.summary.sink_counters = dict(self.sink.counters())
+            self.events.emit(StateEvent(self.elapsed, self._frame, "stopped"))
+        return self.summary
+
+    async def _capture(self) -> None:
+        async for frame in self.source.frames():
+            self._inputs.put(frame)
+        self._inputs.put(None)  # end of input (never dropped: the queue just lost its oldest)
+
+    def _apply_controls(self) -> None:
+        """Runs in the torch thread, between frames."""
+        if self._reset_requested:
+            self._reset_requested = False
+            self.engine.reset()
+        if self._sampling_requested is not None:
+            self.engine.set_sampling(self._sampling_requested)
+            self._sampling_requested = None
+
+    def _step(self, pcm: np.ndarray) -> StepResult:
+        self._apply_controls()
+        return self.engine.step(pcm)
+
+    async def _infer(self, torch_thread: ThreadPoolExecutor) -> None:
+        loop = asyncio.get_running_loop()
+        silence = np.zeros(self.engine.frame_size, dtype=np.float32)
+        try:
+            while (frame := await self._inputs.get()) is not None:
+                was_reset = self._reset_requested
+                pcm = silence if self.muted else frame.pcm
+                result = await loop.run_in_executor(torch_thread, self._step, pcm)
+                now = self.elapsed
+                if was_reset:
+                    self.events.emit(StateEvent(now, self._frame, "reset"))
+                if result.text:
+                    self.events.emit(TextEvent(now, self._frame, result.text_token, result.text))
+                if self.recorder is not None:
+                    self.recorder.write_frame(result.pcm, pcm)
+                self._report_if_slow(result, now)
+                self.summary.compute_ms.append(result.compute_ms)
+                self._outputs.put((frame, result))
+                self._frame += 1
+        finally:
+            self._outputs.put(None)
+
+    def _report_if_slow(self, result: StepResult, now: float) -> None:
+        frame_ms = 1000 * self.engine.frame_duration
+        if result.compute_ms > frame_ms and now - self._slow_reported_at > 5.0:
+            self._slow_reported_at = now
+            self.events.emit(
+                ErrorEvent(
+                    now,
+                    self._frame,
+                    f"the model is slower than real time ({result.compute_ms:.0f} ms for a "
+                    f"{frame_ms:.0f} ms frame): audio is being dropped to keep up",
+                    hint="use a GPU (--device cuda), a smaller model, or close other programs",
+                )
+            )
+
+    async def _playback(self) -> None:
+        frame_ms = 1000 * self.engine.frame_duration
+        while (item := await self._outputs.get()) is not None:
+            captured, result = item
+            self.sink.play(result.pcm)
+            latency = 1000 * (self.clock.now() - captured.time + self.sink.buffered_seconds())
+            self.summary.latency_ms.append(latency)
+            self.summary.frames += 1
+            counters = self.sink.counters()
+            self.events.emit(
+                FrameStats(
+                    self.elapsed,
+                    self.summary.frames - 1,
+                    encode_ms=result.encode_ms,
+                    lm_ms=result.lm_ms,
+                    decode_ms=result.decode_ms,
+                    compute_ms=result.compute_ms,
+                    real_time_factor=result.compute_ms / frame_ms,
+                    dropped_input=self._inputs.dropped,
+                    underruns=counters.get("underruns", 0),
+                    overruns=counters.get("overruns", 0) + self._outputs.dropped,
+                    xruns=counters.get("xruns", 0),
+                    latency_ms=latency,
+                )
+            )
+
+
+class PacedFileSource:
+    """A recorded signal played as if it were a microphone: one frame per frame duration."""
+
+    def __init__(self, audio: np.ndarray, frame_size: int, sample_rate: int, clock: Clock) -> None:
+        self.audio = np.pad(audio.astype(np.float32), (0, -len(audio) % frame_size))
+        self.frame_size = frame_size
+        self.frame_duration = frame_size / sample_rate
+        self.clock = clock
+
+    async def frames(self) -> AsyncIterator[CapturedFrame]:
+        start = self.clock.now()
+        for i in range(len(self.audio) // self.frame_size):
+            # A frame exists once its last sample has been "captured".
+            await self.clock.sleep_until(start + (i + 1) * self.frame_duration)
+            pcm = self.audio[i * self.frame_size : (i + 1) * self.frame_size]
+            yield CapturedFrame(pcm, self.clock.now())
+
+
+class CollectingSink:
+    """Keeps everything played (files, tests); no device, so no buffering."""
+
+    def __init__(self) -> None:
+        self.played: list[np.ndarray] = []
+
+    def play(self, pcm: np.ndarray) -> None:
+        self.played.append(pcm)
+
+    def buffered_seconds(self) -> float:
+        return 0.0
+
+    def counters(self) -> dict[str, int]:
+        return {}
+
+    def audio(self) -> np.ndarray:
+        return np.concatenate(self.played) if self.played else np.zeros(0, np.float32)
