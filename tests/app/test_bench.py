@@ -1,0 +1,82 @@
+"""`antiphon bench` at tiny configs: it runs, and reports both implementations side by side.
+
+A smoke test, not a timed test: it checks the shape of what is reported, not the speed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from app import bench
+from model.config import moshi_7b, tiny_lm
+from model.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _args(*argv: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    bench.add_arguments(parser)
+    return parser.parse_args(argv)
+
+
+@pytest.mark.parity
+def test_tiny_frame_is_timed_for_ours_and_the_reference(tmp_path: Path, capsys) -> None:
+    out = tmp_path / "bench.json"
+    args = _args("--frames", "2", "--warmup", "2", "--batch", "1", "2", "--json", str(out))
+    assert bench.run(args) == 0
+
+    printed = capsys.readouterr().out
+    assert "reference" in printed and "ref/ours" in printed
+    assert printed.count("batch ") == 2
+    results = json.loads(out.read_text())["results"]
+    assert [row["batch"] for row in results] == [1, 2]
+    for row in results:
+        for side in ("ours", "reference"):
+            for part in bench.PARTS:
+                assert len(row[side][part]["samples_ms"]) == 2
+                assert 0 < row[side][part]["median_ms"] <= row[side][part]["p99_ms"]
+        assert all(ratio > 0 for ratio in row["ratio"].values())
+
+
+def test_codec_only_without_the_reference(tmp_path: Path, capsys) -> None:
+    out = tmp_path / "bench.json"
+    args = _args(
+        "--lm", "none", "--frames", "2", "--warmup", "0", "--no-reference", "--json", str(out)
+    )
+    assert bench.run(args) == 0
+    printed = capsys.readouterr().out
+    assert "ref/ours" not in printed
+    assert re.search(r"^encode +\d", printed, re.M) and not re.search(r"^lm +\d", printed, re.M)
+    (row,) = json.loads(out.read_text())["results"]
+    assert "reference" not in row and row["ours"]["frame"]["median_ms"] > 0
+
+
+def test_7b_needs_the_mimi_codec() -> None:
+    with pytest.raises(ConfigError, match="--codec mimi"):
+        bench.configs("7b", "tiny")
+
+
+@pytest.mark.parity
+def test_reference_configs_translate_back_to_ours() -> None:
+    from moshi.models.loaders import _lm_kwargs
+
+    from app.bench_reference import kyutai_lm_kwargs
+
+    assert kyutai_lm_kwargs(moshi_7b()) == _lm_kwargs  # the released config itself
+    kyutai_lm_kwargs(tiny_lm(dep_q=8, n_q=16, card=2048))  # checks the round trip inside
+
+
+def test_importing_the_bench_does_not_import_the_reference() -> None:
+    code = "import sys, app.bench; print('moshi' in sys.modules)"
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True
+    )
+    assert result.stdout.strip() == "False"
