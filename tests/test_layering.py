@@ -19,7 +19,7 @@ PRODUCT_PACKAGES = ("model", "audio_io", "app")
 # top-level module names each part of the product must never import
 FORBIDDEN = {
     "model": {"app", "textual", "aiomqtt", "sounddevice", "moshi"},
-    "audio_io": {"app", "textual", "aiomqtt", "moshi"},
+    "audio_io": {"app", "model", "torch", "textual", "aiomqtt", "moshi"},
     "app": {"moshi"},  # the reference package is a test-only oracle
 }
 # the headless server never imports the TUI
