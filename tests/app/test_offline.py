@@ -1,0 +1,152 @@
+"""`antiphon run` on real files with the random tiny model: lengths, alignment, text, FDB trees."""
+
+from __future__ import annotations
+
+import argparse
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile
+import torch
+
+from app import offline
+from app.engine import Engine, StepResult
+from app.models import random_model
+from app.recording import SESSION_WAV, read_recording
+from audio_io.files import read_audio
+from model import SamplingParams
+from model.errors import ConfigError
+
+F = 1920
+
+
+@pytest.fixture(autouse=True)
+def hash_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ANTIPHON_CACHE", str(tmp_path / "cache"))
+
+
+def _args(*argv: str | Path) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    offline.add_arguments(parser)
+    return parser.parse_args([str(a) for a in (*argv, "--device", "cpu")])
+
+
+def _tone(path: Path, seconds: float, sample_rate: int, channels: int = 1) -> None:
+    t = np.arange(round(seconds * sample_rate)) / sample_rate
+    audio = 0.3 * np.sin(2 * math.pi * 220 * t[:, None] * np.arange(1, channels + 1))
+    soundfile.write(path, audio, sample_rate)
+
+
+def test_file_in_wav_and_text_out(tmp_path: Path, capsys) -> None:
+    source, out = tmp_path / "question.wav", tmp_path / "reply.wav"
+    _tone(source, 3.0 + 7 / 48000, 48000, channels=2)  # 48 kHz stereo, not whole frames
+    assert offline.run(_args(source, out, "--record", tmp_path / "rec")) == 0
+
+    expected = len(read_audio(source, sample_rate=24000))
+    reply, rate = soundfile.read(out)
+    assert rate == 24000 and reply.ndim == 1 and len(reply) == expected
+    assert soundfile.info(out).subtype == "PCM_16"
+    assert np.abs(reply).max() > 0  # the model said something
+
+    header = (tmp_path / "reply.text.tsv").read_text().splitlines()[0]
+    assert header.split("\t") == list(offline.TEXT_HEADER)
+    rows = offline.read_text(tmp_path / "reply.text.tsv")
+    assert rows, "the random model emits non-PAD tokens, shown as <id>"
+    for start_s, frame, token, text in rows:
+        assert start_s == pytest.approx(frame * 0.08) and text == f"<{token}>"
+    assert [r[1] for r in rows] == sorted({r[1] for r in rows})  # at most one piece per frame
+
+    recording = read_recording(tmp_path / "rec")
+    frames = math.ceil(expected / F)
+    assert len(recording.user) == frames * F  # the recording keeps whole frames
+    assert recording.meta["summary"]["frames"] == frames
+    kinds = [e["type"] for e in recording.events]
+    assert kinds.count("frame") == frames and kinds.count("text") == len(rows)
+    np.testing.assert_allclose(recording.assistant[:expected], reply, atol=2 / 32768)
+
+    printed = capsys.readouterr().out
+    assert f"{frames} frames" in printed and "real-time factor" in printed
+
+
+class EchoEngine:
+    """Says back twice what it is fed, in the same step: any shift in the output would show."""
+
+    frame_size, sample_rate, frame_duration = F, 24000, F / 24000
+
+    def __init__(self) -> None:
+        self.model = random_model(torch.device("cpu"), SamplingParams())
+        self.model.tokenizer = None
+
+    def step(self, pcm: np.ndarray) -> StepResult:
+        return StepResult(2 * pcm, -1, "", 0.0, 0.0, 0.0)
+
+
+def test_output_frame_t_is_the_step_fed_input_frame_t() -> None:
+    user = np.random.default_rng(0).uniform(-0.4, 0.4, 5 * F + 100).astype(np.float32)
+    result = offline.converse(EchoEngine(), user, progress=False)  # type: ignore[arg-type]
+    assert len(result.reply) == len(user)
+    np.testing.assert_array_equal(result.reply, 2 * user)
+    assert [s.frame for s in result.stats] == list(range(6))
+
+
+def test_fdb_tree_with_one_corrupt_input(tmp_path: Path, capsys) -> None:
+    root = tmp_path / "fdb"
+    lengths = {"candor/1": 1.0, "candor/2": 1.3 + 5 / 16000}
+    for name, seconds in lengths.items():
+        (root / name).mkdir(parents=True)
+        _tone(root / name / "input.wav", seconds, 16000)
+    (root / "candor/3").mkdir()
+    (root / "candor/3/input.wav").write_bytes(b"RIFF, but not really a WAV file")
+
+    assert offline.run(_args("--fdb", root, "--record", tmp_path / "rec")) == 1
+
+    for name in lengths:
+        source, output = soundfile.info(root / name / "input.wav"), root / name / "output.wav"
+        info = soundfile.info(output)
+        assert (info.samplerate, info.frames, info.channels) == (16000, source.frames, 1)
+        assert (root / name / "output.text.tsv").is_file()
+        assert (tmp_path / "rec" / name / SESSION_WAV).is_file()
+    assert not (root / "candor/3/output.wav").exists()
+    captured = capsys.readouterr()
+    assert str(root / "candor/3/input.wav") in captured.err  # the bad file, by name
+    assert "2 written, 0 skipped" in captured.out and "1 failed" in captured.out
+
+    before = (root / "candor/1/output.wav").stat().st_mtime_ns
+    assert offline.run(_args("--fdb", root)) == 1  # the corrupt one still fails
+    assert "0 written, 2 skipped" in capsys.readouterr().out
+    assert (root / "candor/1/output.wav").stat().st_mtime_ns == before
+
+
+def test_each_fdb_folder_is_a_fresh_conversation(tmp_path: Path) -> None:
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        _tone(tmp_path / name / "input.wav", 1.0, 24000)  # the same input twice
+    assert offline.run(_args("--fdb", tmp_path)) == 0
+    a, _ = soundfile.read(tmp_path / "a/output.wav")
+    b, _ = soundfile.read(tmp_path / "b/output.wav")
+    np.testing.assert_array_equal(a, b)  # the second did not continue the first
+    assert len(a) == 24000
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [(), ("in.wav",), ("in.wav", "out.wav", "--fdb", ".")],
+    ids=["nothing", "no-output", "both"],
+)
+def test_either_files_or_fdb(argv: tuple[str, ...]) -> None:
+    with pytest.raises(ConfigError, match="--fdb"):
+        offline.run(_args(*argv))
+
+
+def test_help_documents_the_text_format() -> None:
+    parser = argparse.ArgumentParser()
+    offline.add_arguments(parser)
+    assert "start_s" in parser.format_help() and ".text.tsv" in parser.format_help()
+
+
+def test_every_frame_of_the_real_engine_is_timed() -> None:
+    engine = Engine(random_model(torch.device("cpu"), SamplingParams()))
+    result = offline.converse(engine, np.zeros(3 * F, np.float32), progress=False)
+    assert len(result.stats) == 3 and all(s.compute_ms > 0 for s in result.stats)
