@@ -65,6 +65,14 @@ class Engine:
         if self._text is not None:
             self._text.reset()
 
+    def warm_up(self, frames: int = 3) -> None:
+        """Run a few silent frames, then start over: the first steps are slow (allocations,
+        kernel selection), and a live microphone would drop frames while they run."""
+        silence = np.zeros(self.frame_size, dtype=np.float32)
+        for _ in range(frames):
+            self.step(silence)
+        self.reset()
+
     def set_sampling(self, params: SamplingParams) -> None:
         self.sampling = params
         self._lm.sampling.set(0, params)

@@ -190,7 +190,9 @@ def run(args: argparse.Namespace) -> int:
             "answers with noise and meaningless tokens; --hf-repo loads Kyutai's models",
             file=sys.stderr,
         )
-    return asyncio.run(_talk(args, Engine(model)))
+    engine = Engine(model)
+    engine.warm_up()
+    return asyncio.run(_talk(args, engine))
 
 
 async def _talk(args: argparse.Namespace, engine: Engine) -> int:

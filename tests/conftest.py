@@ -1,7 +1,30 @@
-"""Test-wide setup."""
+"""Test-wide setup, and the spoken utterance several test packages use."""
 
 import os
+import subprocess
+from pathlib import Path
 
 # The reference `moshi` package (a test-only oracle) compiles a few functions lazily with
-# torch.compile; that is slow and pointless for CPU parity tests.
+# torch.compile; that is slow and pointless for CPU parity tests. Set before anything imports it.
 os.environ.setdefault("NO_TORCH_COMPILE", "1")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+from audio_io.files import read_audio  # noqa: E402
+from tests.jack_server import require_tool  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def speech_wav(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """espeak-ng's "hello there" as it writes it (22.05 kHz mono PCM 16)."""
+    espeak = require_tool("espeak-ng", "espeak-ng")
+    path = tmp_path_factory.mktemp("speech") / "hello.wav"
+    subprocess.run([espeak, "-w", str(path), "hello there"], check=True, capture_output=True)
+    return path
+
+
+@pytest.fixture(scope="session")
+def speech(speech_wav: Path) -> np.ndarray:
+    """The utterance at 24 kHz, float32 mono."""
+    return read_audio(speech_wav, 24000)

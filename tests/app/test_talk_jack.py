@@ -16,10 +16,8 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pytest
 import soundfile
 
-from tests.audio_io.conftest import speech, speech_wav  # noqa: F401  (fixtures)
 from tests.jack_server import JackPeer, JackServer, make_jack_fixture
 
 jack_server = make_jack_fixture()
@@ -47,7 +45,7 @@ def _portaudio_ports_connected(peer: JackPeer) -> bool:
 def test_talk_records_every_frame_and_plays_the_reply(
     jack_server: JackServer,
     speech: np.ndarray,
-    tmp_path: Path,  # noqa: F811
+    tmp_path: Path,
 ) -> None:
     record = tmp_path / "session"
     env = {**os.environ, "JACK_DEFAULT_SERVER": jack_server.name, "PYTHONUNBUFFERED": "1"}
