@@ -282,8 +282,16 @@ class Conversation:
                     overruns=counters.get("overruns", 0) + self._outputs.dropped,
                     xruns=counters.get("xruns", 0),
                     latency_ms=latency,
+                    input_level_db=level_db(captured.pcm),
+                    output_level_db=level_db(result.pcm),
                 )
             )
+
+
+def level_db(pcm: np.ndarray) -> float:
+    """RMS level in dBFS (-120 for silence)."""
+    rms = float(np.sqrt(np.mean(np.square(pcm, dtype=np.float64)))) if len(pcm) else 0.0
+    return max(-120.0, 20 * np.log10(rms + 1e-12))
 
 
 class PacedFileSource:

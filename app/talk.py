@@ -21,9 +21,10 @@ import numpy as np
 from audio_io.devices import DeviceInfo, Microphone, Speaker, find_device
 from audio_io.errors import AudioDeviceError
 from audio_io.files import write_wav
+from model import SamplingParams
 
 from .engine import Engine
-from .events import ErrorEvent, Event, EventFanout, EventSink, TextEvent
+from .events import ErrorEvent, Event, EventFanout, EventSink, StateEvent, TextEvent
 from .models import add_model_arguments, load_from_args
 from .recording import Recorder
 from .runtime import (
@@ -32,6 +33,7 @@ from .runtime import (
     CapturedFrame,
     CollectingSink,
     Conversation,
+    ConversationSummary,
     DropOldestQueue,
     PacedFileSource,
     RealClock,
@@ -139,47 +141,156 @@ class TerminalPrinter:
 
 @contextlib.contextmanager
 def _devices(
-    args: argparse.Namespace,
-    engine: Engine,
-    clock: RealClock,
-    events: EventSink,
-    on_speaker_lost: Callable[[str], None],
-) -> Iterator[tuple[AudioSource, AudioSink, CollectingSink | None, dict[str, str]]]:
+    session: TalkSession, on_speaker_lost: Callable[[str], None]
+) -> Iterator[tuple[AudioSource, AudioSink, CollectingSink | None]]:
     """The source and sink of a conversation, falling back to a demo when there are none."""
-    names: dict[str, str] = {}
+    engine, names = session.engine, session.devices
     try:
-        microphone = find_device(args.input_device, "input")
+        microphone = find_device(session.input_device, "input")
     except AudioDeviceError as exc:
-        if args.input_device is not None:
+        if session.input_device is not None:
             raise
-        print(
-            f"antiphon: {exc}\nantiphon: no microphone, so a demo utterance plays as your "
-            "voice (pass --input-device to choose one)",
-            file=sys.stderr,
+        session.notice(
+            f"{exc}\nno microphone, so a demo utterance plays as your voice "
+            "(pass --input-device to choose one)"
         )
         audio = generated_user_signal(6.0, engine.sample_rate)
-        source: AudioSource = PacedFileSource(audio, engine.frame_size, engine.sample_rate, clock)
+        source: AudioSource = PacedFileSource(
+            audio, engine.frame_size, engine.sample_rate, session.clock
+        )
         names["input"] = "demo utterance (generated)"
     else:
-        source = MicrophoneSource(microphone, events)
+        source = MicrophoneSource(microphone, session.events)
         names["input"] = microphone.describe()
     try:
-        speaker_device = find_device(args.output_device, "output")
+        speaker_device = find_device(session.output_device, "output")
     except AudioDeviceError as exc:
-        if args.output_device is not None:
+        if session.output_device is not None:
             raise
-        print(
-            f"antiphon: {exc}\nantiphon: no speaker: the reply goes to {args.demo_out}",
-            file=sys.stderr,
-        )
+        session.notice(f"{exc}\nno speaker: the reply goes to {session.demo_out}")
         collected = CollectingSink()
-        names["output"] = f"file {args.demo_out}"
-        yield source, collected, collected, names
+        names["output"] = f"file {session.demo_out}"
+        yield source, collected, collected
         return
     names["output"] = speaker_device.describe()
     # The speaker opens first: frames the microphone captures meanwhile would pile up.
     with Speaker(speaker_device, on_error=on_speaker_lost) as speaker:
-        yield source, SpeakerSink(speaker), None, names
+        yield source, SpeakerSink(speaker), None
+
+
+class TalkSession:
+    """A live conversation with its devices, recording and controls.
+
+    What a front end drives: the terminal printer below, the TUI, and (through the same calls)
+    a remote server's session. Controls may be called from the event loop at any time.
+    """
+
+    def __init__(
+        self,
+        engine: Engine,
+        input_device: str | None = None,
+        output_device: str | None = None,
+        record: Path | None = None,
+        demo_out: Path = Path("antiphon-talk.wav"),
+        notices: Callable[[str], None] | None = None,
+    ) -> None:
+        self.engine = engine
+        self.input_device = input_device
+        self.output_device = output_device
+        self.demo_out = demo_out
+        self.clock = RealClock()
+        self.events = EventFanout()
+        self.devices: dict[str, str] = {}
+        self.recorder: Recorder | None = None
+        self.recording_started: float | None = None
+        self._initial_record = record
+        self._notices = notices or (lambda text: print(f"antiphon: {text}", file=sys.stderr))
+        self._conversation: Conversation | None = None
+
+    @property
+    def model_name(self) -> str:
+        return self.engine.model.name
+
+    @property
+    def sampling(self) -> SamplingParams:
+        return self.engine.sampling
+
+    @property
+    def muted(self) -> bool:
+        return self._conversation.muted if self._conversation else False
+
+    @muted.setter
+    def muted(self, value: bool) -> None:
+        if self._conversation is not None:
+            self._conversation.muted = value
+            self.events.emit(
+                StateEvent(self._conversation.elapsed, -1, "muted" if value else "unmuted")
+            )
+
+    def notice(self, text: str) -> None:
+        self._notices(text)
+
+    def reset(self) -> None:
+        if self._conversation is not None:
+            self._conversation.request_reset()
+
+    def set_sampling(self, params: SamplingParams) -> None:
+        if self._conversation is not None:
+            self._conversation.request_sampling(params)
+
+    def start_recording(self, folder: Path) -> None:
+        recorder = Recorder(folder, self.engine.model, self.engine.sampling, self.devices)
+        self.recorder, self.recording_started = recorder, self.clock.now()
+        self.events.sinks.append(recorder)
+        if self._conversation is not None:
+            self._conversation.recorder = recorder
+
+    def stop_recording(self) -> Path | None:
+        recorder, self.recorder = self.recorder, None
+        if recorder is None:
+            return None
+        if self._conversation is not None:
+            self._conversation.recorder = None
+            recorder.close(self._conversation.summary.as_dict(self.engine.frame_duration))
+        else:
+            recorder.close()
+        self.events.sinks.remove(recorder)
+        self.recording_started = None
+        return recorder.folder
+
+    async def run(self) -> ConversationSummary:
+        """Open the devices and converse until the source ends or the task is cancelled."""
+        loop = asyncio.get_running_loop()
+        task = asyncio.current_task()
+        assert task is not None
+
+        def speaker_lost(message: str) -> None:  # PortAudio's thread
+            def stop() -> None:
+                self.events.emit(
+                    ErrorEvent(
+                        0.0,
+                        -1,
+                        f"speaker lost: {message}",
+                        hint="reconnect it and start again; the recording is kept",
+                        fatal=True,
+                    )
+                )
+                task.cancel()
+
+            loop.call_soon_threadsafe(stop)
+
+        with _devices(self, speaker_lost) as (source, sink, collected):
+            conversation = Conversation(self.engine, source, sink, self.events, self.clock)
+            self._conversation = conversation
+            if self._initial_record is not None:
+                self.start_recording(self._initial_record)
+            try:
+                return await conversation.run()
+            finally:
+                self.stop_recording()
+                if collected is not None:
+                    write_wav(self.demo_out, collected.audio(), self.engine.sample_rate)
+                    self.notice(f"wrote the reply to {self.demo_out}")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -192,62 +303,38 @@ def run(args: argparse.Namespace) -> int:
         )
     engine = Engine(model)
     engine.warm_up()
-    return asyncio.run(_talk(args, engine))
+    session = TalkSession(engine, args.input_device, args.output_device, args.record, args.demo_out)
+    session.events.sinks.append(TerminalPrinter())
+    return asyncio.run(_talk_in_terminal(session))
 
 
-async def _talk(args: argparse.Namespace, engine: Engine) -> int:
-    clock = RealClock()
+async def _talk_in_terminal(session: TalkSession) -> int:
     loop = asyncio.get_running_loop()
     task = asyncio.current_task()
     assert task is not None
-    events = EventFanout(TerminalPrinter())
-
-    def speaker_lost(message: str) -> None:  # PortAudio's thread
-        def stop() -> None:
-            events.emit(
-                ErrorEvent(
-                    0.0,
-                    -1,
-                    f"speaker lost: {message}",
-                    hint="reconnect it and start again; the recording is kept",
-                    fatal=True,
-                )
-            )
-            task.cancel()
-
-        loop.call_soon_threadsafe(stop)
-
-    with contextlib.ExitStack() as stack:
-        source, sink, collected, names = stack.enter_context(
-            _devices(args, engine, clock, events, speaker_lost)
-        )
-        recorder = None
-        if args.record is not None:
-            recorder = Recorder(args.record, engine.model, engine.sampling, names)
-            stack.callback(lambda: recorder.close(summary.as_dict(engine.frame_duration)))
-            events.sinks.append(recorder)
-        conversation = Conversation(engine, source, sink, events, clock, recorder)
-        summary = conversation.summary
-        print(
-            f"antiphon: {engine.model.name} | in: {names['input']} | out: {names['output']}"
-            + (f" | recording to {args.record}" if recorder else "")
-            + " | Ctrl-C to stop",
-            file=sys.stderr,
-        )
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, task.cancel)
+    print(
+        f"antiphon: {session.model_name}"
+        + (f" | recording to {session._initial_record}" if session._initial_record else "")
+        + " | Ctrl-C to stop",
+        file=sys.stderr,
+    )
+    run = asyncio.create_task(session.run())
+    summary: ConversationSummary | None
+    try:
+        summary = await asyncio.shield(run)
+    except asyncio.CancelledError:
+        run.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await run
+        summary = session._conversation.summary if session._conversation else None
+    finally:
         for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, task.cancel)
-        try:
-            summary = await conversation.run()
-        except asyncio.CancelledError:
-            summary = conversation.summary
-        finally:
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                loop.remove_signal_handler(sig)
-        print()
-        if collected is not None:
-            write_wav(args.demo_out, collected.audio(), engine.sample_rate)
-            print(f"antiphon: wrote the reply to {args.demo_out}", file=sys.stderr)
-        figures = summary.as_dict(engine.frame_duration)
+            loop.remove_signal_handler(sig)
+    print()
+    if summary is not None:
+        figures = summary.as_dict(session.engine.frame_duration)
         print(
             f"antiphon: {figures['frames']} frames, compute median "
             f"{figures['compute_ms_median'] or 0:.1f} ms (real-time factor "
