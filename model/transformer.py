@@ -158,7 +158,15 @@ class Attention(nn.Module):
             allowed = allowed & (delta >= 0)
         if self.config.context is not None:
             allowed = allowed & (delta < self.config.context)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed[:, None])
+        if q.device.type == "cpu":
+            # Explicit softmax attention: PyTorch's fused CPU kernel picks its blocking from the
+            # whole batch's mask, so one conversation's numbers changed (by ~1e-8) with what its
+            # batch neighbours were doing. This way each slot is computed on its own.
+            scores = (q @ k.transpose(-1, -2)) * q.shape[-1] ** -0.5  # [B, H, T, S]
+            scores = scores.masked_fill(~allowed[:, None], float("-inf"))
+            out = torch.softmax(scores.float(), dim=-1).to(v.dtype) @ v
+        else:
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed[:, None])
         B, H, T, D = out.shape
         out = out.transpose(1, 2).reshape(B, T, H * D)
         return self.out_projs[weight_set](out)
