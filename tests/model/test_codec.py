@@ -6,62 +6,11 @@ from __future__ import annotations
 import pytest
 import torch
 
+from app.bench_reference import kyutai_mimi_config
 from model.codec import NO_FRAME, Codec
 from model.config import MimiConfig, mimi, tiny_mimi
 from model.errors import AudioInputError
 from model.kyutai_names import codec_key_from_kyutai
-
-
-def kyutai_mimi_config(config: MimiConfig) -> dict:
-    """Our config written as the reference loader's `mimi_config` dict."""
-    seanet, tr = config.seanet, config.transformer
-    seanet_kw = dict(
-        channels=1,
-        dimension=seanet.dimension,
-        causal=True,
-        n_filters=seanet.n_filters,
-        n_residual_layers=seanet.n_residual_layers,
-        activation="ELU",
-        compress=seanet.compress,
-        dilation_base=seanet.dilation_base,
-        disable_norm_outer_blocks=0,
-        kernel_size=seanet.kernel_size,
-        residual_kernel_size=seanet.residual_kernel_size,
-        last_kernel_size=seanet.last_kernel_size,
-        norm="none",
-        pad_mode="constant",
-        ratios=list(seanet.ratios),
-        true_skip=True,
-    )
-    return dict(
-        sample_rate=config.sample_rate,
-        channels=1,
-        frame_rate=config.frame_rate,
-        seanet=seanet_kw,
-        quantizer=dict(
-            dimension=config.codebook_dim,
-            n_q=config.total_codebooks,
-            bins=config.codebook_size,
-            input_dimension=seanet.dimension,
-            output_dimension=seanet.dimension,
-        ),
-        transformer=dict(
-            d_model=tr.dim,
-            num_heads=tr.num_heads,
-            num_layers=tr.num_layers,
-            causal=True,
-            layer_scale=tr.layer_scale,
-            context=tr.context,
-            conv_layout=True,
-            max_period=tr.max_period,
-            gating="none",
-            norm="layer_norm",
-            positional_embedding="rope",
-            dim_feedforward=tr.ffn_dim,
-            input_dimension=seanet.dimension,
-            output_dimensions=[seanet.dimension],
-        ),
-    )
 
 
 def reference_and_ours(config: MimiConfig, seed: int = 0):
