@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from audio_io.errors import AudioError
 from model.errors import AntiphonError
 
-from . import bench, offline, talk
+from . import bench, evaluate, offline, talk
 
 
 def _devices(_args: argparse.Namespace) -> int:
@@ -38,6 +38,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     offline.add_arguments(running)
     running.set_defaults(handler=offline.run)
+
+    scoring = commands.add_parser(
+        "eval", help="score recorded conversations: turn-taking, latency, a timeline picture"
+    )
+    evaluate.add_arguments(scoring)
+    scoring.set_defaults(handler=evaluate.run)
 
     listing = commands.add_parser("devices", help="list sound devices")
     listing.set_defaults(handler=_devices)

@@ -3,8 +3,9 @@
 # editable.
 #
 #   bash scripts/setup.sh          # to run antiphon: torch + antiphon[hf]
-#   bash scripts/setup.sh --dev    # to develop and test: + pytest, ruff, mypy, einops and the
-#                                  # reference moshi package (a test-only oracle, --no-deps)
+#   bash scripts/setup.sh --eval   # + `antiphon eval`'s silero-vad (--no-deps) and matplotlib
+#   bash scripts/setup.sh --dev    # to develop and test: all of the above + pytest, ruff, mypy,
+#                                  # einops, the reference moshi package (test-only, --no-deps)
 #
 # Idempotent: a second run with nothing changed only checks and returns in about a second.
 # PYTHON picks the interpreter that creates the venv (default python3, must be >= 3.11).
@@ -12,12 +13,15 @@ set -euo pipefail
 
 TORCH_VERSION=2.13.0   # pinned: this resolves to a local CPU build; unpinned pulls GB of CUDA
 MOSHI_VERSION=0.2.13   # the reference implementation the parity tests compare against
+SILERO_VAD_VERSION=6.2.3  # voice activity for `antiphon eval`; its model ships in the wheel
 
 dev=0
+eval_extra=0
 for arg in "$@"; do
     case "$arg" in
-        --dev) dev=1 ;;
-        -h|--help) sed -n '2,10p' "$0"; exit 0 ;;
+        --dev) dev=1; eval_extra=1 ;;
+        --eval) eval_extra=1 ;;
+        -h|--help) sed -n '2,11p' "$0"; exit 0 ;;
         *) echo "setup.sh: unknown option $arg (try --help)" >&2; exit 2 ;;
     esac
 done
@@ -62,9 +66,21 @@ else
     "${pip[@]}" install "${pip_quiet[@]}" "torch==$TORCH_VERSION"
 fi
 
-# 3. antiphon itself, editable, with its extras; skipped when pyproject.toml is unchanged
+# 3. silero-vad before the extras that name it: --no-deps, since its metadata asks for torch
+#    (and torchaudio in its extras); what it imports is torch and packaging (from [eval])
+if [ "$eval_extra" = 1 ]; then
+    if [ "$(installed_version silero-vad)" = "$SILERO_VAD_VERSION" ]; then
+        say "silero-vad $SILERO_VAD_VERSION already installed"
+    else
+        say "installing silero-vad==$SILERO_VAD_VERSION (--no-deps)"
+        "${pip[@]}" install "${pip_quiet[@]}" --no-deps "silero-vad==$SILERO_VAD_VERSION"
+    fi
+fi
+
+# 4. antiphon itself, editable, with its extras; skipped when pyproject.toml is unchanged
 extras=hf
-[ "$dev" = 1 ] && extras=dev,hf
+[ "$eval_extra" = 1 ] && extras=eval,hf
+[ "$dev" = 1 ] && extras=dev,eval,hf
 stamp="$venv/.antiphon-setup"
 want="$extras $(sha256sum pyproject.toml | cut -d' ' -f1) $repo"
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] && [ -n "$(installed_version antiphon)" ]; then
@@ -75,7 +91,7 @@ else
     echo "$want" > "$stamp"
 fi
 
-# 4. the reference moshi package: test-only; --no-deps keeps its torch<2.10 pin from replacing
+# 5. the reference moshi package: test-only; --no-deps keeps its torch<2.10 pin from replacing
 #    torch (its imports, einops safetensors sentencepiece numpy huggingface_hub, come from [dev,hf])
 if [ "$dev" = 1 ]; then
     if [ "$(installed_version moshi)" = "$MOSHI_VERSION" ]; then
