@@ -16,7 +16,7 @@ import torch
 
 from model import SamplingParams, TextStream
 
-from .engine import StepResult
+from .engine import StepResult, readable_text
 from .models import LoadedModel
 
 
@@ -123,8 +123,7 @@ class BatchEngine:
         # The step's cost is shared: each session is charged the whole batched step.
         times = (1000 * (encoded - start), 1000 * (stepped - encoded), 1000 * (decoded - stepped))
         for slot in frames:
-            stream = self._sessions[slot].text
-            text = stream.step(tokens[slot]) if stream is not None else ""
+            text = readable_text(self._sessions[slot].text, tokens[slot], lm.config)
             results[slot] = StepResult(replies[slot], tokens[slot], text, *times)
         return results
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from model import SamplingParams
+from model import LMConfig, SamplingParams, TextStream
 
 from .models import LoadedModel
 
@@ -32,6 +32,16 @@ class StepResult:
     @property
     def compute_ms(self) -> float:
         return self.encode_ms + self.lm_ms + self.decode_ms
+
+
+def readable_text(stream: TextStream | None, token: int, config: LMConfig) -> str:
+    """The newly readable text for one text token. A model without a tokenizer (the random
+    stand-in) shows non-special tokens as `<id>`, so its monologue is visible, if meaningless."""
+    if stream is not None:
+        return stream.step(token)
+    if token < 0 or token in (config.text_padding_id, config.end_of_text_padding_id):
+        return ""
+    return f"<{token}>"
 
 
 class Engine:
@@ -99,7 +109,7 @@ class Engine:
         decoded = self._clock()
 
         token = int(out.text[0])
-        text = self._text.step(token) if self._text is not None else ""
+        text = readable_text(self._text, token, lm.config)
         return StepResult(
             pcm=reply_pcm,
             text_token=token,

@@ -35,7 +35,7 @@ from audio_io.errors import AudioError
 from audio_io.files import read_audio, write_wav
 from model.errors import AntiphonError, ConfigError
 
-from .engine import Engine, StepResult
+from .engine import Engine
 from .events import EventFanout, EventLog, EventSink, FrameStats, StateEvent, TextEvent
 from .models import add_model_arguments, load_from_args
 from .recording import Recorder, resample, timing_summary
@@ -116,7 +116,7 @@ def converse(
         if recorder is not None:
             recorder.write_frame(result.pcm, frame)
         now = t * engine.frame_duration
-        text = visible_text(engine, result)
+        text = result.text
         if text:
             out.emit(TextEvent(now, t, result.text_token, text))
         out.emit(
@@ -133,16 +133,6 @@ def converse(
     wall_s = time.perf_counter() - start
     out.emit(StateEvent(len(frames) * engine.frame_duration, len(frames), "stopped"))
     return Conversation(reply[: len(user)], events.of(TextEvent), events.of(FrameStats), wall_s)
-
-
-def visible_text(engine: Engine, result: StepResult) -> str:
-    """The step's readable text; for a model without tokenizer, `<id>` of non-special tokens."""
-    if result.text or engine.model.tokenizer is not None or result.text_token < 0:
-        return result.text
-    config = engine.model.lm.config
-    if result.text_token in (config.text_padding_id, config.end_of_text_padding_id):
-        return ""
-    return f"<{result.text_token}>"
 
 
 def write_text(path: Path, pieces: list[TextEvent]) -> None:
