@@ -28,7 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     talking = commands.add_parser(
-        "talk", help="talk with the assistant: microphone in, speaker out, text printed"
+        "talk", help="talk with the assistant: microphone in, speaker out, the monologue shown"
     )
     talk.add_arguments(talking)
     talking.set_defaults(handler=talk.run)

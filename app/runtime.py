@@ -238,22 +238,25 @@ class Conversation:
                     self.events.emit(TextEvent(now, self._frame, result.text_token, result.text))
                 if self.recorder is not None:
                     self.recorder.write_frame(result.pcm, pcm)
-                self._report_if_slow(result, now)
                 self.summary.compute_ms.append(result.compute_ms)
+                self._report_if_slow(now)
                 self._outputs.put((frame, result))
                 self._frame += 1
         finally:
             self._outputs.put(None)
 
-    def _report_if_slow(self, result: StepResult, now: float) -> None:
+    def _report_if_slow(self, now: float) -> None:
+        """Warn (at most every 5 s) when the recent frames' median is over budget: one slow
+        frame (a first step, a hiccup) is absorbed by the queues and is no news."""
         frame_ms = 1000 * self.engine.frame_duration
-        if result.compute_ms > frame_ms and now - self._slow_reported_at > 5.0:
+        recent = statistics.median(self.summary.compute_ms[-5:])
+        if recent > frame_ms and now - self._slow_reported_at > 5.0:
             self._slow_reported_at = now
             self.events.emit(
                 ErrorEvent(
                     now,
                     self._frame,
-                    f"the model is slower than real time ({result.compute_ms:.0f} ms for a "
+                    f"the model is slower than real time ({recent:.0f} ms for a "
                     f"{frame_ms:.0f} ms frame): audio is being dropped to keep up",
                     hint="use a GPU (--device cuda), a smaller model, or close other programs",
                 )

@@ -62,6 +62,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=Path("antiphon-talk.wav"),
         help="where the reply goes when there is no speaker",
     )
+    parser.add_argument(
+        "--record-dir",
+        type=Path,
+        default=Path("recordings"),
+        metavar="DIR",
+        help="where the TUI's record key (c) records: DIR/<date-time> (default %(default)s)",
+    )
+    parser.add_argument(
+        "--no-tui",
+        action="store_true",
+        help="print the inner monologue instead of the full-screen TUI (also when stdout is "
+        "not a terminal)",
+    )
 
 
 class MicrophoneSource:
@@ -206,6 +219,8 @@ class TalkSession:
         self._initial_record = record
         self._notices = notices or (lambda text: print(f"antiphon: {text}", file=sys.stderr))
         self._conversation: Conversation | None = None
+        self._muted = False
+        self._sampling = engine.sampling
 
     @property
     def model_name(self) -> str:
@@ -213,14 +228,17 @@ class TalkSession:
 
     @property
     def sampling(self) -> SamplingParams:
-        return self.engine.sampling
+        """The latest parameters asked for (applied between two frames)."""
+        return self._sampling
 
     @property
     def muted(self) -> bool:
-        return self._conversation.muted if self._conversation else False
+        return self._muted
 
     @muted.setter
     def muted(self, value: bool) -> None:
+        # Kept here too, so a key pressed while the devices are still opening is not lost.
+        self._muted = value
         if self._conversation is not None:
             self._conversation.muted = value
             self.events.emit(
@@ -235,11 +253,12 @@ class TalkSession:
             self._conversation.request_reset()
 
     def set_sampling(self, params: SamplingParams) -> None:
+        self._sampling = params
         if self._conversation is not None:
             self._conversation.request_sampling(params)
 
     def start_recording(self, folder: Path) -> None:
-        recorder = Recorder(folder, self.engine.model, self.engine.sampling, self.devices)
+        recorder = Recorder(folder, self.engine.model, self._sampling, self.devices)
         self.recorder, self.recording_started = recorder, self.clock.now()
         self.events.sinks.append(recorder)
         if self._conversation is not None:
@@ -280,9 +299,14 @@ class TalkSession:
             loop.call_soon_threadsafe(stop)
 
         with _devices(self, speaker_lost) as (source, sink, collected):
-            conversation = Conversation(self.engine, source, sink, self.events, self.clock)
+            conversation = Conversation(
+                self.engine, source, sink, self.events, self.clock, self.recorder
+            )
+            conversation.muted = self._muted
+            if self._sampling != self.engine.sampling:
+                conversation.request_sampling(self._sampling)
             self._conversation = conversation
-            if self._initial_record is not None:
+            if self._initial_record is not None and self.recorder is None:
                 self.start_recording(self._initial_record)
             try:
                 return await conversation.run()
@@ -295,17 +319,40 @@ class TalkSession:
 
 def run(args: argparse.Namespace) -> int:
     model = load_from_args(args)
-    if model.tokenizer is None:
-        print(
-            "antiphon: no bundled model yet: this is a small RANDOMLY INITIALISED model, so it "
-            "answers with noise and meaningless tokens; --hf-repo loads Kyutai's models",
-            file=sys.stderr,
-        )
+    untrained = (
+        "no bundled model yet: this is a small RANDOMLY INITIALISED model, so it answers with "
+        "noise and meaningless tokens; --hf-repo loads Kyutai's models"
+        if model.tokenizer is None
+        else None
+    )
+    use_tui = not args.no_tui and sys.stdout.isatty()
+    if untrained and not use_tui:
+        print(f"antiphon: {untrained}", file=sys.stderr)
     engine = Engine(model)
     engine.warm_up()
-    session = TalkSession(engine, args.input_device, args.output_device, args.record, args.demo_out)
-    session.events.sinks.append(TerminalPrinter())
-    return asyncio.run(_talk_in_terminal(session))
+    if not use_tui:
+        session = TalkSession(
+            engine, args.input_device, args.output_device, args.record, args.demo_out
+        )
+        session.events.sinks.append(TerminalPrinter())
+        return asyncio.run(_talk_in_terminal(session))
+
+    from .tui import logging_into, make_app  # lazily: the headless server never loads textual
+
+    session = TalkSession(
+        engine,
+        args.input_device,
+        args.output_device,
+        args.record,
+        args.demo_out,
+        notices=lambda text: tui.notice(text),  # `tui` exists before the session runs
+    )
+    tui = make_app(session, args.record_dir)
+    if untrained:
+        tui.notice(untrained)
+    with logging_into(tui):
+        tui.run()
+    return tui.return_code or 0
 
 
 async def _talk_in_terminal(session: TalkSession) -> int:

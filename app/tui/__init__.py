@@ -1,0 +1,6 @@
+"""The Textual TUI of `antiphon talk`. Imported lazily: the headless server never loads textual."""
+
+from .app import TalkApp, logging_into, make_app
+from .controls import TalkControls
+
+__all__ = ["TalkApp", "TalkControls", "logging_into", "make_app"]
