@@ -36,6 +36,33 @@ pip_quiet=(--quiet)
 
 say() { echo "setup: $*"; }
 
+# 0. Debian packages: PortAudio for sound devices; with --dev also what the tests talk to for
+#    real: a JACK server (dummy backend), espeak-ng speech, the mosquitto broker. Installed only
+#    where missing, and only as root (or with sudo); otherwise the command is printed.
+system_packages=(libportaudio2)
+[ "$dev" = 1 ] && system_packages+=(jackd2 espeak-ng mosquitto)
+missing=()
+if command -v dpkg-query >/dev/null; then
+    for package in "${system_packages[@]}"; do
+        dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" \
+            || missing+=("$package")
+    done
+fi
+if [ "${#missing[@]}" -gt 0 ]; then
+    sudo=()
+    [ "$(id -u)" != 0 ] && command -v sudo >/dev/null && sudo=(sudo)
+    if [ "$(id -u)" = 0 ] || [ "${#sudo[@]}" -gt 0 ]; then
+        say "apt-get install ${missing[*]}"
+        export DEBIAN_FRONTEND=noninteractive
+        # jackd2 asks whether to allow realtime priority; the tests run it with --no-realtime
+        echo "jackd2 jackd/tweak_rt_limits boolean false" | "${sudo[@]}" debconf-set-selections
+        "${sudo[@]}" apt-get update -qq && "${sudo[@]}" apt-get install -y -qq \
+            --no-install-recommends "${missing[@]}"
+    else
+        say "missing Debian packages (install them as root): apt-get install ${missing[*]}"
+    fi
+fi
+
 # 1. the virtual environment
 if [ -x "$py" ] && "$py" -c 'import sys; assert sys.version_info >= (3, 11)' 2>/dev/null; then
     say "using existing $venv ($("$py" --version))"
