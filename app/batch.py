@@ -104,8 +104,8 @@ class BatchEngine:
             raise KeyError(f"no open session in slots {sorted(unknown)}")
         codec, lm, device = self.model.codec, self.model.lm, self.model.device
         batch = np.zeros((self.slots, self.frame_size), dtype=np.float32)
-        for slot, pcm in frames.items():
-            batch[slot] = pcm
+        for slot, frame in frames.items():
+            batch[slot] = frame
         pcm = torch.from_numpy(batch).to(device).view(self.slots, 1, -1)
         active = self._mask(set(frames))
 

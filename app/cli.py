@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from audio_io.errors import AudioError
 from model.errors import AntiphonError
 
-from . import bench, evaluate, offline, talk
+from . import bench, evaluate, offline, talk, train
 
 
 def _devices(_args: argparse.Namespace) -> int:
@@ -44,6 +44,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     evaluate.add_arguments(scoring)
     scoring.set_defaults(handler=evaluate.run)
+
+    training = commands.add_parser(
+        "train", help="make the demo model: dialogues, tokenizer, codec, LM (docs/demo-model.md)"
+    )
+    train.add_arguments(training)
+    training.set_defaults(handler=train.run)
 
     listing = commands.add_parser("devices", help="list sound devices")
     listing.set_defaults(handler=_devices)

@@ -1,7 +1,8 @@
 """One set of model options for every command, and loading what they name.
 
-Defaults: the bundled demo model once it exists; until then a small randomly initialised model,
-announced as such. Kyutai's released files load through `--hf-repo` or local paths.
+Defaults: the bundled demo model in assets/ when it is there; otherwise a small randomly
+initialised model, announced as such. Kyutai's released files load through `--hf-repo` or
+local paths.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from model.quantizer import Codebook
 
 log = logging.getLogger(__name__)
 
+ASSETS = Path(__file__).resolve().parent.parent / "assets"  # the bundled demo model, once trained
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -82,6 +84,8 @@ def load_from_args(args: argparse.Namespace) -> LoadedModel:
     dtype = _DTYPES[args.dtype] if args.dtype else None
     named = [args.hf_repo, args.moshi_weight, args.mimi_weight, args.tokenizer, args.config]
     if not any(named):
+        if (ASSETS / "config.json").is_file():
+            return bundled_model(device, args)
         return random_model(device, _sampling(args, SamplingParams()), args.seed)
     if args.hf_repo is None and not (args.moshi_weight and args.mimi_weight and args.tokenizer):
         raise ConfigError(
@@ -98,6 +102,22 @@ def load_from_args(args: argparse.Namespace) -> LoadedModel:
         tokenizer=TextTokenizer(files.tokenizer),
         sampling=_sampling(args, files.sampling),
         name=args.hf_repo or files.lm_weights.name,
+        device=device,
+        files=files,
+    )
+
+
+def bundled_model(device: torch.device, args: argparse.Namespace) -> LoadedModel:
+    """The small demo model shipped in assets/ (see docs/demo-model.md)."""
+    from .export import demo_files
+
+    files = demo_files(ASSETS)
+    return LoadedModel(
+        codec=load_codec(files.codec_weights, files.codec_config, device),
+        lm=load_lm(files.lm_weights, files.lm_config, device),
+        tokenizer=TextTokenizer(files.tokenizer),
+        sampling=_sampling(args, files.sampling),
+        name="bundled demo model",
         device=device,
         files=files,
     )

@@ -1,16 +1,21 @@
-"""Mimi's split residual vector quantizer (inference only).
+"""Mimi's split residual vector quantizer: inference, and the training path.
 
 The latent [B, D, T] is quantized by two residual VQs that both see the full latent: `rvq_first`
-(the semantic codebook(s), distilled from WavLM in training) and `rvq_rest` (the acoustic ones).
-Their decoded outputs are summed. Each RVQ projects D -> codebook_dim, quantizes the residual
-codebook by codebook, and projects back.
+(the semantic codebook(s), distilled from WavLM in Kyutai's training) and `rvq_rest` (the
+acoustic ones). Their decoded outputs are summed. Each RVQ projects D -> codebook_dim, quantizes
+the residual codebook by codebook, and projects back.
 
 Codebooks are stored the way Kyutai trains them (EMA sums), so released files load unchanged:
-the centroid is `embedding_sum / cluster_usage`.
+the centroid is `embedding_sum / cluster_usage`. Training (`forward_train`) keeps that layout:
+codebooks are not parameters but exponential moving averages of the vectors assigned to them
+(`embedding_sum`) and of their counts (`cluster_usage`); the encoder gets a commitment loss and
+the gradient passes the quantizer straight through; codes that fall out of use are replaced by
+vectors of the current batch. A trained codec therefore saves and loads like Kyutai's.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, cast
 
 import torch
@@ -20,6 +25,18 @@ from torch import nn
 from model.config import MimiConfig
 
 _EPSILON = 1e-5  # floor on cluster usage, as in training
+
+
+@dataclass(frozen=True)
+class CodebookTraining:
+    """How codebooks learn (Kyutai's defaults where they have one)."""
+
+    decay: float = 0.99  # EMA decay of embedding_sum and cluster_usage
+    # A code whose usage falls below this fraction of the mean usage is replaced by a vector of
+    # the batch, with the mean usage (as Kyutai's threshold_usage_ratio / replaced_usage_ratio).
+    dead_usage_ratio: float = 0.1
+    replace_every: int = 5  # check for dead codes every this many updates
+    kmeans_iterations: int = 10  # initialisation on the first batch
 
 
 class Codebook(nn.Module):
@@ -65,6 +82,53 @@ class Codebook(nn.Module):
         """Codes [*] -> centroids [*, dim]."""
         return F.embedding(codes, self.embedding)
 
+    # --- training ------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def initialize(self, x: torch.Tensor, iterations: int) -> None:
+        """k-means on vectors x [N, dim] (sampled with replacement when N < size)."""
+        size = self.embedding_sum.shape[0]
+        pick = torch.randperm(len(x), device=x.device)[:size]
+        if len(pick) < size:
+            pick = torch.randint(0, len(x), (size,), device=x.device)
+        centroids = x[pick].float().clone()
+        centroids += 1e-3 * x.float().std() * torch.randn_like(centroids)
+        for _ in range(iterations):
+            codes = torch.cdist(x.float()[None], centroids[None])[0].argmin(dim=-1)
+            counts = torch.bincount(codes, minlength=size).float()
+            sums = torch.zeros_like(centroids).index_add_(0, codes, x.float())
+            used = counts > 0
+            centroids[used] = sums[used] / counts[used, None]
+        self.embedding_sum.copy_(centroids)
+        self.cluster_usage.fill_(1.0)
+        self._initialized.fill_(1.0)
+        self.refresh()
+
+    @torch.no_grad()
+    def update(self, x: torch.Tensor, codes: torch.Tensor, training: CodebookTraining) -> None:
+        """One EMA step with vectors x [N, dim] assigned to codes [N]."""
+        size = self.embedding_sum.shape[0]
+        counts = torch.bincount(codes, minlength=size).to(self.cluster_usage.dtype)
+        sums = torch.zeros_like(self.embedding_sum).index_add_(0, codes, x.to(self.embedding_sum))
+        self.cluster_usage.mul_(training.decay).add_(counts, alpha=1 - training.decay)
+        self.embedding_sum.mul_(training.decay).add_(sums, alpha=1 - training.decay)
+        self._initialized.add_(1.0)  # also counts updates (Kyutai's only tests > 0)
+        if int(self._initialized.item()) % training.replace_every == 0:
+            self.replace_dead(x, training.dead_usage_ratio)
+        self.refresh()
+
+    @torch.no_grad()
+    def replace_dead(self, x: torch.Tensor, ratio: float) -> int:
+        """Codes used less than `ratio` x the mean become random vectors of x; how many."""
+        mean_usage = self.cluster_usage.mean()
+        dead = self.cluster_usage < ratio * mean_usage
+        count = int(dead.sum())
+        if count:
+            picks = x[torch.randint(0, len(x), (count,), device=x.device)].to(self.embedding_sum)
+            self.cluster_usage[dead] = mean_usage
+            self.embedding_sum[dead] = picks * mean_usage
+        return count
+
 
 class ResidualVQ(nn.Module):
     """Projection in, residual quantization over `num_codebooks` codebooks, projection out."""
@@ -99,6 +163,36 @@ class ResidualVQ(nn.Module):
         for k in range(1, codes.shape[1]):
             quantized = quantized + self.codebook(k).decode(codes[:, k])
         return self.output_proj(quantized.transpose(1, 2))  # [B, D, T]
+
+    def forward_train(
+        self, x: torch.Tensor, num_codebooks: int, training: CodebookTraining | None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Latent [B, D, T] -> (quantized latent [B, D, T], codes [B, K, T], commitment loss).
+
+        The gradient flows straight through the quantizer to `x`; the commitment loss pulls each
+        codebook's input towards its centroid. With `training`, codebooks learn from this batch
+        (initialised by k-means on the first one); with None they stay as they are.
+        """
+        B, _, T = x.shape
+        projected = self.input_proj(x).transpose(1, 2).reshape(B * T, -1)  # [B*T, C]
+        residual, total = projected, torch.zeros_like(projected)
+        commitment = projected.new_zeros(())
+        codes = []
+        for k in range(num_codebooks):
+            codebook = self.codebook(k)
+            if training is not None and not codebook._initialized.item():
+                codebook.initialize(residual.detach(), training.kmeans_iterations)
+            index = codebook.encode(residual.detach())  # [B*T]
+            centroid = codebook.decode(index)  # a buffer: no gradient
+            commitment = commitment + F.mse_loss(residual, centroid)
+            if training is not None:
+                codebook.update(residual.detach(), index, training)
+            residual = residual - centroid
+            total = total + centroid
+            codes.append(index.view(B, T))
+        quantized = projected + (total - projected).detach()  # straight-through estimator
+        out = self.output_proj(quantized.view(B, T, -1).transpose(1, 2))
+        return out, torch.stack(codes, dim=1), commitment
 
 
 class SplitResidualVQ(nn.Module):
@@ -143,6 +237,23 @@ class SplitResidualVQ(nn.Module):
             rest = self.rvq_rest.encode(x, num_codebooks - S)  # [B, K - S, T]
             codes = torch.cat([codes, rest], dim=1)
         return codes
+
+    def forward_train(
+        self, x: torch.Tensor, num_codebooks: int, training: CodebookTraining | None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Training: latent [B, D, T] -> (quantized [B, D, T], codes [B, K, T], commitment loss).
+
+        As `encode` then `decode`, with a straight-through gradient (see ResidualVQ)."""
+        self._check_count(num_codebooks)
+        S = self.semantic_codebooks
+        quantized, codes, loss = self.rvq_first.forward_train(x, S, training)
+        if num_codebooks > S:
+            rest, rest_codes, rest_loss = self.rvq_rest.forward_train(
+                x, num_codebooks - S, training
+            )
+            quantized, loss = quantized + rest, loss + rest_loss
+            codes = torch.cat([codes, rest_codes], dim=1)
+        return quantized, codes, loss
 
     def decode(self, codes: torch.Tensor) -> torch.Tensor:
         """Codes [B, K, T] -> latent [B, D, T]."""

@@ -1,0 +1,388 @@
+"""`antiphon train eval`: the demo model's quality figures (issue 6) on held-out dialogues.
+
+Each held-out dialogue (`train data --split eval`: held-out phrasings, numbers and voices) has
+its user channel streamed through the model frame by frame, exactly as `antiphon run` does; the
+figures compare what the model said and wrote with what the dialogue asked for:
+
+- answer_correct     the inner monologue after a request contains the expected answer
+                     ("is twelve", "c a t", "yes"), per request           (target >= 0.80)
+- audio_matches      DTW on MFCCs of the assistant's audio after a request against espeak-ng
+                     renderings of the right answer and of wrong answers of the same form
+                     picks a right one                                     (target >= 0.90)
+- codec_stoi         STOI of the codec's reconstruction of the held-out user voices
+                                                                           (target >= 0.80)
+- silent_while_user  share of the frames with user speech in which the assistant is silent
+                                                                           (target >= 0.90)
+- answers_within_1s  share of requests answered (audio) within 1.0 s of the user's end
+                                                                           (target >= 0.80)
+- pause_kept_silent  share of mid-sentence pauses during which the assistant stayed silent
+- stops_within_0_5s  share of interruptions (the assistant was speaking) after which it is
+                     silent within 0.5 s                                   (target >= 0.80)
+
+Activity is the assistant channel's RMS per 80 ms frame above ACTIVE_RMS (the demo voice
+speaks at about 0.08). A JSON report has every figure and the per-request details.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import soxr
+import torch
+from tqdm import tqdm
+
+from model.checkpoint import load_codec, load_lm
+from model.codec import Codec
+from model.sampling import SamplingParams
+from model.tokenizer import TextTokenizer
+
+from .audio_features import dtw_cost, mfcc
+from .dialogue_content import ASSISTANT_VOICE
+from .dialogues import USER, read_dialogue, read_manifest
+from .engine import Engine
+from .export import demo_files
+from .models import LoadedModel
+from .speech import SAMPLE_RATE, speak
+
+log = logging.getLogger(__name__)
+
+ACTIVE_RMS = 0.01  # -40 dBFS
+QUIET_FRAMES = 5  # 400 ms of silence: the assistant has stopped (not a pause between words)
+FIGURES = (
+    "answer_correct",
+    "audio_matches",
+    "codec_stoi",
+    "silent_while_user",
+    "answers_within_1s",
+    "pause_kept_silent",
+    "stops_within_0_5s",
+)
+TARGETS = {
+    "answer_correct": 0.8,
+    "audio_matches": 0.9,
+    "codec_stoi": 0.8,
+    "silent_while_user": 0.9,
+    "answers_within_1s": 0.8,
+    "stops_within_0_5s": 0.8,
+}
+
+
+# --- STOI (Taal et al., 2011), as the reference implementation computes it ----------------------
+
+_STOI_RATE, _STOI_FRAME, _STOI_FFT, _STOI_BANDS, _STOI_MIN_HZ = 10_000, 256, 512, 15, 150
+_STOI_SEGMENT, _STOI_CLIP_DB, _STOI_RANGE_DB = 30, -15, 40
+
+
+def _third_octaves() -> np.ndarray:
+    """Band matrix [15, 257]: one third-octave band per row, FFT bins at 10 kHz / 512."""
+    freqs = np.linspace(0, _STOI_RATE, _STOI_FFT + 1)[: _STOI_FFT // 2 + 1]
+    k = np.arange(_STOI_BANDS, dtype=float)
+    low = _STOI_MIN_HZ * 2.0 ** ((2 * k - 1) / 6)
+    high = _STOI_MIN_HZ * 2.0 ** ((2 * k + 1) / 6)
+    bands = np.zeros((_STOI_BANDS, len(freqs)))
+    for i in range(_STOI_BANDS):
+        bands[i, np.argmin((freqs - low[i]) ** 2) : np.argmin((freqs - high[i]) ** 2)] = 1
+    return bands
+
+
+def _frames(x: np.ndarray) -> np.ndarray:
+    window = np.hanning(_STOI_FRAME + 2)[1:-1]
+    hop = _STOI_FRAME // 2
+    count = max(0, (len(x) - _STOI_FRAME) // hop + 1)
+    return np.stack([x[i * hop : i * hop + _STOI_FRAME] * window for i in range(count)])
+
+
+def _drop_silent_frames(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Keep the frames of x within 40 dB of its loudest, overlap-added back (both signals)."""
+    fx, fy = _frames(x), _frames(y)
+    energy = 20 * np.log10(np.linalg.norm(fx, axis=1) + np.finfo(float).eps)
+    keep = energy > energy.max() - _STOI_RANGE_DB
+    fx, fy = fx[keep], fy[keep]
+    hop = _STOI_FRAME // 2
+    length = (len(fx) - 1) * hop + _STOI_FRAME
+    out_x, out_y = np.zeros(length), np.zeros(length)
+    for i in range(len(fx)):
+        out_x[i * hop : i * hop + _STOI_FRAME] += fx[i]
+        out_y[i * hop : i * hop + _STOI_FRAME] += fy[i]
+    return out_x, out_y
+
+
+def stoi(clean: np.ndarray, processed: np.ndarray, sample_rate: int) -> float:
+    """Short-time objective intelligibility of `processed` against `clean` (0..1)."""
+    n = min(len(clean), len(processed))
+    x = soxr.resample(clean[:n].astype(np.float64), sample_rate, _STOI_RATE)
+    y = soxr.resample(processed[:n].astype(np.float64), sample_rate, _STOI_RATE)
+    x, y = _drop_silent_frames(x, y)
+    bands = _third_octaves()
+    spectra = [np.abs(np.fft.rfft(_frames(s), n=_STOI_FFT)) ** 2 for s in (x, y)]
+    x_bands, y_bands = (np.sqrt(bands @ s.T) for s in spectra)  # [15, frames]
+    frames = x_bands.shape[1]
+    if frames < _STOI_SEGMENT:
+        raise ValueError("STOI needs at least 30 frames (about 0.4 s) of speech")
+    clip = 10 ** (-_STOI_CLIP_DB / 20)
+    scores = []
+    for m in range(_STOI_SEGMENT, frames + 1):
+        xs, ys = x_bands[:, m - _STOI_SEGMENT : m], y_bands[:, m - _STOI_SEGMENT : m]
+        scale = np.linalg.norm(xs, axis=1, keepdims=True) / (
+            np.linalg.norm(ys, axis=1, keepdims=True) + np.finfo(float).eps
+        )
+        ys = np.minimum(ys * scale, xs * (1 + clip))
+        xs = xs - xs.mean(axis=1, keepdims=True)
+        ys = ys - ys.mean(axis=1, keepdims=True)
+        xs /= np.linalg.norm(xs, axis=1, keepdims=True) + np.finfo(float).eps
+        ys /= np.linalg.norm(ys, axis=1, keepdims=True) + np.finfo(float).eps
+        scores.append((xs * ys).sum(axis=1).mean())
+    return float(np.mean(scores))
+
+
+# --- running a dialogue ---------------------------------------------------------------------------
+
+
+@dataclass
+class Session:
+    """What the model did over one dialogue."""
+
+    assistant: np.ndarray  # float32 [frames * frame_size]
+    texts: list[tuple[int, str]]  # (frame, new readable text)
+    frame_duration: float
+
+    def active(self) -> np.ndarray:
+        """[frames] bool: the assistant is audible in the frame."""
+        frames = self.assistant.reshape(-1, int(round(self.frame_duration * SAMPLE_RATE)))
+        return np.sqrt((frames**2).mean(axis=1)) > ACTIVE_RMS
+
+    def text_between(self, start: float, end: float) -> str:
+        return "".join(t for f, t in self.texts if start <= f * self.frame_duration < end)
+
+
+def run_dialogue(engine: Engine, user: np.ndarray) -> Session:
+    engine.reset()
+    size = engine.frame_size
+    padded = np.pad(user, (0, -len(user) % size)).astype(np.float32)
+    out, texts = [], []
+    for i in range(len(padded) // size):
+        result = engine.step(padded[i * size : (i + 1) * size])
+        out.append(result.pcm)
+        if result.text:
+            texts.append((i, result.text))
+    return Session(np.concatenate(out), texts, engine.frame_duration)
+
+
+def normalise(text: str) -> str:
+    """Lower case, words only, padded with spaces: " seven plus five is twelve "."""
+    return " " + " ".join(re.sub(r"[^a-z0-9' ]", " ", text.lower()).split()) + " "
+
+
+@dataclass
+class _Renderings:
+    """MFCCs of espeak-ng renderings of candidate answers in the assistant's voice, cached."""
+
+    cache: dict[str, np.ndarray] = field(default_factory=dict)
+
+    def __call__(self, text: str) -> np.ndarray:
+        if text not in self.cache:
+            self.cache[text] = mfcc(speak(text, ASSISTANT_VOICE).pcm, SAMPLE_RATE)
+        return self.cache[text]
+
+
+def score_dialogue(session: Session, description: dict, renderings: _Renderings) -> dict:
+    """Per-request and per-frame results of one dialogue."""
+    active = session.active()
+    step = session.frame_duration
+    frames = len(active)
+    turns = description["turns"]
+    user_frames = np.zeros(frames, dtype=bool)
+    for _word, (start, end), speaker in description["alignments"]:
+        if speaker == USER:
+            user_frames[int(start / step) : int(np.ceil(end / step))] = True
+    requests = []
+    for i, turn in enumerate(turns):
+        following = [t["user_start"] for t in turns[i + 1 :] if t["user_start"] > turn["user_end"]]
+        window_end = min(following) if following else frames * step
+        record: dict[str, Any] = {"kind": turn["kind"], "question": turn["turn"]["question"]}
+        if turn["kind"] in ("answer", "pause"):
+            record.update(_answer(session, active, turn, window_end, renderings))
+        if turn["kind"] == "pause" and turn["pause"]:
+            a, b = (int(t / step) for t in turn["pause"])
+            record["pause_silent"] = bool(not active[a + 1 : b].any())
+        if turn["kind"] == "interrupt":
+            record.update(_interruption(active, turn["interrupted_at"], step))
+        requests.append(record)
+    silent = ~active[user_frames[:frames]]
+    return {
+        "requests": requests,
+        "user_frames": int(user_frames.sum()),
+        "silent_user_frames": int(silent.sum()),
+    }
+
+
+def _answer(
+    session: Session, active: np.ndarray, turn: dict, window_end: float, renderings
+) -> dict:
+    step = session.frame_duration
+    user_end = turn["user_end"]
+    text = session.text_between(user_end - step, window_end)
+    normalised = normalise(text)
+    correct = any(f" {accept} " in normalised for accept in turn["turn"]["accept"])
+    a, b = int(user_end / step), int(window_end / step)
+    onsets = np.flatnonzero(active[a:b])
+    latency = None if len(onsets) == 0 else max(0.0, float((a + onsets[0]) * step - user_end))
+    picked, audio_ok = None, False
+    if len(onsets):
+        start = (a + onsets[0]) * step
+        stop = (a + onsets[-1] + 1) * step
+        segment = session.assistant[int(start * SAMPLE_RATE) : int(stop * SAMPLE_RATE)]
+        features = mfcc(segment, SAMPLE_RATE)
+        answers, distractors = turn["turn"]["answers"], turn["turn"]["distractors"]
+        costs = {c: dtw_cost(features, renderings(c)) for c in [*answers, *distractors]}
+        picked = min(costs, key=costs.__getitem__)
+        audio_ok = picked in answers
+    return {
+        "text": text.strip(),
+        "answer_correct": correct,
+        "latency": latency,
+        "audio_picked": picked,
+        "audio_matches": audio_ok,
+    }
+
+
+def _interruption(active: np.ndarray, interrupted_at: float, step: float) -> dict:
+    """When the assistant went quiet for good (QUIET_FRAMES in a row: a pause between counted
+    words is shorter) after the user cut in; only if it was speaking then."""
+    at = int(interrupted_at / step)
+    speaking = bool(active[max(0, at - 3) : at + 1].any())
+    if not speaking:
+        return {"speaking_when_interrupted": False}
+    stop = None
+    for f in range(at, len(active)):
+        if not active[f : f + QUIET_FRAMES].any():
+            stop = max(0.0, float(f * step - interrupted_at))
+            break
+    return {"speaking_when_interrupted": True, "stop_after": stop}
+
+
+# --- the figures ---------------------------------------------------------------------------------
+
+
+def codec_stoi(codec: Codec, user: np.ndarray) -> float:
+    with torch.no_grad():
+        pcm = torch.from_numpy(user).to(next(codec.parameters()).device).view(1, 1, -1)
+        decoded = codec.decode(codec.encode(pcm))[0, 0, : len(user)].float().cpu().numpy()
+    return stoi(user, decoded, SAMPLE_RATE)
+
+
+def _share(values: list[bool]) -> float | None:
+    return float(np.mean(values)) if values else None
+
+
+def summarize(results: list[dict], stois: list[float]) -> dict[str, Any]:
+    requests = [r for result in results for r in result["requests"]]
+    answered = [r for r in requests if "answer_correct" in r]
+    interrupted = [r for r in requests if r.get("speaking_when_interrupted")]
+    latencies = [r["latency"] for r in answered if r["latency"] is not None]
+    user_frames = sum(r["user_frames"] for r in results)
+    figures: dict[str, Any] = {
+        "answer_correct": _share([r["answer_correct"] for r in answered]),
+        "audio_matches": _share([r["audio_matches"] for r in answered]),
+        "codec_stoi": float(np.mean(stois)) if stois else None,
+        "silent_while_user": (
+            sum(r["silent_user_frames"] for r in results) / user_frames if user_frames else None
+        ),
+        "answers_within_1s": _share(
+            [r["latency"] is not None and r["latency"] <= 1.0 for r in answered]
+        ),
+        "pause_kept_silent": _share([r["pause_silent"] for r in requests if "pause_silent" in r]),
+        "stops_within_0_5s": _share(
+            [r["stop_after"] is not None and r["stop_after"] <= 0.5 for r in interrupted]
+        ),
+    }
+    return {
+        "figures": figures,
+        "targets": TARGETS,
+        "counts": {
+            "dialogues": len(results),
+            "requests_answered": len(answered),
+            "interruptions_while_speaking": len(interrupted),
+            "user_frames": user_frames,
+        },
+        "median_latency_s": float(np.median(latencies)) if latencies else None,
+    }
+
+
+def evaluate(model: LoadedModel, folder: Path, count: int | None, progress: bool = True) -> dict:
+    engine = Engine(model)
+    files = read_manifest(folder)[:count]
+    renderings = _Renderings()
+    results, stois = [], []
+    for wav in tqdm(files, desc="eval", unit="dlg", disable=not progress):
+        stereo, description = read_dialogue(wav)
+        user = stereo[1]
+        session = run_dialogue(engine, user)
+        result = score_dialogue(session, description, renderings)
+        result["file"] = wav.name
+        results.append(result)
+        stois.append(codec_stoi(model.codec, user))
+    report = summarize(results, stois)
+    report["model"] = model.name
+    report["dialogues"] = results
+    return report
+
+
+def load_assets(assets: Path, device: torch.device, seed: int = 0) -> LoadedModel:
+    files = demo_files(assets)
+    sampling = SamplingParams(
+        text_temperature=files.sampling.text_temperature,
+        text_top_k=files.sampling.text_top_k,
+        audio_temperature=files.sampling.audio_temperature,
+        audio_top_k=files.sampling.audio_top_k,
+        seed=seed,
+    )
+    return LoadedModel(
+        codec=load_codec(files.codec_weights, files.codec_config, device),
+        lm=load_lm(files.lm_weights, files.lm_config, device),
+        tokenizer=TextTokenizer(files.tokenizer),
+        sampling=sampling,
+        name=str(assets),
+        device=device,
+        files=files,
+    )
+
+
+def format_figures(report: dict) -> str:
+    lines = []
+    for name in FIGURES:
+        value = report["figures"][name]
+        target = TARGETS.get(name)
+        shown = "n/a" if value is None else f"{value:.3f}"
+        verdict = (
+            "" if target is None or value is None else ("  ok" if value >= target else "  below")
+        )
+        lines.append(
+            f"{name:20s} {shown:>7s}" + (f"  (target {target:.2f}){verdict}" if target else "")
+        )
+    return "\n".join(lines)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--assets", type=Path, default=Path("assets"), help="exported model")
+    parser.add_argument("--data", type=Path, required=True, help="held-out dialogues folder")
+    parser.add_argument("--count", type=int, help="evaluate the first COUNT dialogues")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--json", type=Path, help="write the whole report here")
+
+
+def run(args: argparse.Namespace) -> int:
+    model = load_assets(args.assets, torch.device(args.device), args.seed)
+    report = evaluate(model, args.data, args.count)
+    print(format_figures(report))
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=1))
+    return 0

@@ -1,0 +1,312 @@
+"""Synthetic two-channel dialogues that teach full-duplex behaviour, and their aligned text.
+
+A dialogue is a few exchanges between a user (a random espeak-ng voice) and the assistant (one
+fixed voice), laid out on one clock the way a real recording is, with the behaviours the model
+must learn:
+
+- "answer": the user asks; the assistant is silent while the user speaks and answers 0.2-0.6 s
+  after the user's end of speech;
+- "pause": the user stops mid-sentence for 0.5-1.5 s ("what is seven plus ... five?"); the
+  assistant waits for the end of the sentence;
+- "interrupt": the user speaks over a long answer ("stop", or a new question); the assistant
+  goes quiet 0.15-0.4 s after the user starts, and answers the new question if there is one.
+
+Files, per dialogue: `NAME.wav`, stereo 24 kHz PCM 16, left = assistant, right = user (the
+recording layout), and `NAME.json` with the words of both speakers and their times in
+moshi-finetune's layout (`alignments`: [word, [start, end], speaker]) plus every turn's request,
+expected answers and times (what `app.demo_eval` scores). `manifest.jsonl` lists the files.
+
+`text_tokens` turns the assistant's timed words into the inner-monologue stream at 12.5 Hz as
+Moshi does: a word's tokens from the frame in which the word starts, one token per frame; PAD
+elsewhere; end-of-padding in the frame just before a word that follows padding.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import multiprocessing
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import soundfile
+from tqdm import tqdm
+
+from . import dialogue_content as content
+from .dialogue_content import Split, Turn
+from .speech import SAMPLE_RATE, Utterance, speak
+
+log = logging.getLogger(__name__)
+
+ASSISTANT, USER = "SPEAKER_MAIN", "SPEAKER_USER"  # moshi-finetune's speaker names
+_SPLIT_STREAM = {"train": 0, "eval": 1}  # keeps the two splits' random streams apart
+_ASSISTANT_RMS = 0.08  # about -22 dBFS
+_FADE = int(0.02 * SAMPLE_RATE)  # an interrupted answer fades out over 20 ms
+
+
+@dataclass
+class TurnRecord:
+    """One exchange as it happened on the dialogue's clock (seconds)."""
+
+    kind: str  # "answer", "pause", "interrupt" (this answer gets cut), "stop" (no answer)
+    turn: Turn
+    user_start: float
+    user_end: float
+    pause: tuple[float, float] | None = None  # the user's mid-sentence silence
+    assistant_start: float | None = None  # None: the assistant is not meant to answer
+    assistant_end: float | None = None
+    interrupted_at: float | None = None  # the user's first word over this answer
+
+
+@dataclass
+class Dialogue:
+    assistant: np.ndarray  # float32 [samples]
+    user: np.ndarray  # float32 [samples]
+    words: list[tuple[str, float, float, str]]  # (word, start, end, speaker), by start time
+    turns: list[TurnRecord]
+    meta: dict = field(default_factory=dict)
+
+    @property
+    def duration(self) -> float:
+        return len(self.assistant) / SAMPLE_RATE
+
+    def to_json(self) -> dict:
+        return {
+            "duration": self.duration,
+            "sample_rate": SAMPLE_RATE,
+            "alignments": [[w, [round(s, 3), round(e, 3)], who] for w, s, e, who in self.words],
+            "turns": [asdict(t) for t in self.turns],
+            **self.meta,
+        }
+
+
+class _Timeline:
+    """Utterances placed on the two channels, with the words they say."""
+
+    def __init__(self) -> None:
+        self.clips: dict[str, list[tuple[float, np.ndarray]]] = {ASSISTANT: [], USER: []}
+        self.words: list[tuple[str, float, float, str]] = []
+
+    def place(
+        self, who: str, utterance: Utterance, start: float, cut: float | None = None
+    ) -> float:
+        """Put an utterance at `start`; `cut` ends it early (with a fade). Returns its end."""
+        pcm = utterance.pcm
+        if cut is not None and cut < start + utterance.duration:
+            keep = max(0, int((cut - start) * SAMPLE_RATE))
+            pcm = pcm[:keep].copy()
+            fade = min(_FADE, len(pcm))
+            pcm[len(pcm) - fade :] *= np.linspace(1.0, 0.0, fade, dtype=np.float32)
+        end = start + len(pcm) / SAMPLE_RATE
+        self.clips[who].append((start, pcm))
+        for word in utterance.words:
+            if start + word.start < end:
+                self.words.append((word.text, start + word.start, min(start + word.end, end), who))
+        return end
+
+    def render(self, duration: float, who: str) -> np.ndarray:
+        out = np.zeros(int(round(duration * SAMPLE_RATE)), dtype=np.float32)
+        for start, pcm in self.clips[who]:
+            a = int(round(start * SAMPLE_RATE))
+            n = min(len(pcm), len(out) - a)
+            out[a : a + n] += pcm[:n]
+        return out
+
+
+def _level(utterance: Utterance, rms: float) -> Utterance:
+    current = float(np.sqrt(np.mean(utterance.pcm**2))) if len(utterance.pcm) else 0.0
+    gain = rms / current if current > 0 else 1.0
+    return Utterance((utterance.pcm * gain).astype(np.float32), utterance.words)
+
+
+def make_dialogue(rng: np.random.Generator, split: Split) -> Dialogue:
+    """One random dialogue of 1-4 exchanges."""
+    voice = content.user_voice(rng, split)
+    user_rms = float(10 ** (rng.uniform(-30, -16) / 20))
+    timeline = _Timeline()
+    turns: list[TurnRecord] = []
+
+    def user_says(text: str, start: float) -> float:
+        return timeline.place(USER, _level(speak(text, voice), user_rms), start)
+
+    def assistant_says(text: str, start: float, cut: float | None = None) -> float:
+        utterance = _level(speak(text, content.ASSISTANT_VOICE), _ASSISTANT_RMS)
+        return timeline.place(ASSISTANT, utterance, start, cut)
+
+    def reaction() -> float:
+        return float(rng.uniform(0.2, 0.6))
+
+    t = float(rng.uniform(0.3, 1.2))
+    for _ in range(int(rng.choice([1, 2, 3, 4], p=[0.25, 0.35, 0.25, 0.15]))):
+        kind = str(rng.choice(["answer", "pause", "interrupt"], p=[0.55, 0.2, 0.25]))
+        if kind == "interrupt":
+            turn = content.long_request(rng, split)
+            user_end = user_says(turn.question, t)
+            start = user_end + reaction()
+            full = speak(turn.answer, content.ASSISTANT_VOICE).duration
+            interrupt = start + float(rng.uniform(0.8, max(0.9, 0.7 * full)))
+            stop = interrupt + float(rng.uniform(0.15, 0.4))
+            end = assistant_says(turn.answer, start, cut=stop)
+            turns.append(TurnRecord("interrupt", turn, t, user_end, None, start, end, interrupt))
+            if rng.random() < 0.6:  # "stop": nothing to answer
+                text = content.stop_request(rng, split)
+                user_end = user_says(text, interrupt)
+                stop_turn = Turn("stop", text, "", (), (), ())
+                turns.append(TurnRecord("stop", stop_turn, interrupt, user_end))
+                t = user_end + float(rng.uniform(0.5, 1.5))
+                continue
+            turn = content.request(rng, split)
+            user_end = user_says(turn.question, interrupt)
+            start = user_end + reaction()
+            end = assistant_says(turn.answer, start)
+            turns.append(TurnRecord("answer", turn, interrupt, user_end, None, start, end))
+        else:
+            turn = content.request(rng, split)
+            said = turn.question.split()
+            pause = None
+            if kind == "pause" and len(said) >= 3:
+                k = int(rng.integers(1, len(said) - 1))
+                first = " ".join(said[:k]).rstrip(".,?!") + ","
+                pause_start = user_says(first, t)
+                pause_end = pause_start + float(rng.uniform(0.5, 1.5))
+                pause = (pause_start, pause_end)
+                user_end = user_says(" ".join(said[k:]), pause_end)
+            else:
+                kind = "answer"
+                user_end = user_says(turn.question, t)
+            start = user_end + reaction()
+            end = assistant_says(turn.answer, start)
+            turns.append(TurnRecord(kind, turn, t, user_end, pause, start, end))
+        t = end + float(rng.uniform(0.4, 1.6))
+
+    duration = t - float(rng.uniform(0.0, 0.3)) + 0.5
+    assistant = timeline.render(duration, ASSISTANT)
+    user = timeline.render(duration, USER)
+    noise_rms = float(10 ** (rng.uniform(-70, -45) / 20))
+    user += (rng.standard_normal(len(user)) * noise_rms).astype(np.float32)
+    np.clip(user, -1.0, 1.0, out=user)
+    words = sorted(timeline.words, key=lambda word: word[1])
+    meta = {
+        "split": split,
+        "user_voice": asdict(voice),
+        "assistant_voice": asdict(content.ASSISTANT_VOICE),
+    }
+    return Dialogue(assistant, user, words, turns, meta)
+
+
+# --- files -----------------------------------------------------------------------------------
+
+
+def write_dialogue(dialogue: Dialogue, wav_path: Path) -> None:
+    stereo = np.stack([dialogue.assistant, dialogue.user], axis=1)  # [samples, 2]: left, right
+    soundfile.write(str(wav_path), stereo, SAMPLE_RATE, subtype="PCM_16")
+    wav_path.with_suffix(".json").write_text(json.dumps(dialogue.to_json(), indent=1))
+
+
+def _generate_block(job: tuple[str, int, Split, int, int]) -> list[dict]:
+    out_dir, seed, split, first, last = job
+    rows = []
+    for index in range(first, last):
+        rng = np.random.default_rng([seed, _SPLIT_STREAM[split], index])
+        dialogue = make_dialogue(rng, split)
+        dialogue.meta.update(seed=seed, index=index)
+        name = f"{split}_{index:06d}.wav"
+        write_dialogue(dialogue, Path(out_dir) / name)
+        rows.append({"path": name, "duration": round(dialogue.duration, 3)})
+    return rows
+
+
+def generate(
+    out_dir: str | Path,
+    count: int,
+    seed: int = 0,
+    split: Split = "train",
+    workers: int = 1,
+    progress: bool = True,
+    block: int = 50,
+) -> list[dict]:
+    """Write `count` dialogues of `split` into `out_dir`; returns the manifest rows (also
+    written to manifest.jsonl).
+
+    The same seed gives the same files whatever the number of workers: espeak-ng carries state
+    from one utterance to the next (the same text comes out slightly different the second
+    time), so every `block` of dialogues is made in a fresh process, in order.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    jobs = [(str(out), seed, split, i, min(i + block, count)) for i in range(0, count, block)]
+    bar = tqdm(total=count, desc=f"dialogues ({split})", unit="dlg", disable=not progress)
+    rows: list[dict] = []
+    # spawn, not fork: a fresh espeak-ng per block, whatever this process has said already
+    context = multiprocessing.get_context("spawn")
+    with context.Pool(max(1, min(workers, len(jobs))), maxtasksperchild=1) as pool:
+        for done in pool.imap(_generate_block, jobs):
+            rows += done
+            bar.update(len(done))
+    bar.close()
+    with open(out / "manifest.jsonl", "w") as f:
+        for row in rows:
+            f.write(json.dumps(row) + "\n")
+    return rows
+
+
+def read_manifest(folder: str | Path) -> list[Path]:
+    """The WAV files a generated folder lists (or every *.wav when it has no manifest)."""
+    folder = Path(folder)
+    manifest = folder / "manifest.jsonl"
+    if manifest.is_file():
+        return [folder / json.loads(line)["path"] for line in manifest.read_text().splitlines()]
+    return sorted(folder.glob("*.wav"))
+
+
+def read_dialogue(wav_path: str | Path) -> tuple[np.ndarray, dict]:
+    """stereo float32 [2, samples] (assistant, user) and the JSON description."""
+    pcm, rate = soundfile.read(str(wav_path), dtype="float32", always_2d=True)
+    if rate != SAMPLE_RATE or pcm.shape[1] != 2:
+        raise ValueError(f"{wav_path}: expected stereo {SAMPLE_RATE} Hz, got {pcm.shape} {rate}")
+    return pcm.T.copy(), json.loads(Path(wav_path).with_suffix(".json").read_text())
+
+
+# --- the inner-monologue stream --------------------------------------------------------------
+
+
+def text_tokens(
+    alignments: Sequence[Sequence],
+    encode: Callable[[str], list[int]],
+    num_frames: int,
+    frame_rate: float = 12.5,
+    pad_id: int = 3,
+    end_of_padding_id: int = 0,
+    speaker: str = ASSISTANT,
+) -> list[int]:
+    """The assistant's words [word, [start, end], speaker] as one text token per frame.
+
+    A word's tokens are queued at the frame in which it starts and come out one per frame (a
+    long word runs on into the next frames; a word that starts while tokens are still queued
+    waits). Frames with nothing to say are PAD; a PAD frame just before a word's first token
+    becomes end-of-padding, so the model can announce that a word is coming.
+    """
+    words = sorted((a for a in alignments if a[2] == speaker), key=lambda a: a[1][0])
+    tokens = [pad_id] * num_frames
+    queue: deque[list[int]] = deque()  # the ids still to say, word by word
+    head_is_fresh = True  # no id of queue[0] is out yet
+    next_word = 0
+    for t in range(num_frames):
+        while next_word < len(words) and words[next_word][1][0] * frame_rate < t + 1:
+            ids = encode(words[next_word][0])
+            if ids:
+                queue.append(list(ids))
+            next_word += 1
+        if not queue:
+            continue
+        word = queue[0]
+        if head_is_fresh and t > 0 and tokens[t - 1] == pad_id:
+            tokens[t - 1] = end_of_padding_id
+        tokens[t] = word.pop(0)
+        head_is_fresh = not word
+        if not word:
+            queue.popleft()
+    return tokens

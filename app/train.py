@@ -1,0 +1,300 @@
+"""`antiphon train data|tokenizer|codec|lm|export|eval`: everything that makes the demo model.
+
+    antiphon train data --out data/train --count 5000 --split train
+    antiphon train tokenizer --data data/train --out runs/tokenizer
+    antiphon train codec --data data/train --out runs/codec --device cuda --minutes 6
+    antiphon train lm --data data/train --codec runs/codec --tokenizer runs/tokenizer \\
+        --out runs/lm --device cuda --minutes 7
+    antiphon train export --codec runs/codec --lm runs/lm --tokenizer runs/tokenizer --out assets
+    antiphon train eval --assets assets --data data/eval
+
+(docs/demo-model.md has the exact sequence, seeds and expected times.) Also runnable without
+the rest of the app as `python -m app.train ...` (a training machine needs no sound devices).
+
+Runs are resumable: a run folder holds `checkpoint.pt` (weights, optimizer state, step and
+every random state), written every `--checkpoint-every` steps and when `--time-limit` is
+reached; running the same command again continues from it, and the continued run computes the
+same numbers as an uninterrupted one. The trained weights are also written as safetensors with
+their config at every checkpoint, so a partial run is usable. `--minutes` instead of `--steps`
+fixes the number of steps from the speed of the first ones; log.jsonl records it, so
+`--steps` reproduces the run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+import random
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from model.errors import AntiphonError, ConfigError
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT = "checkpoint.pt"
+LOG = "log.jsonl"
+
+
+# --- shared by the trainers --------------------------------------------------------------------
+
+
+def device_from(name: str) -> torch.device:
+    device = torch.device(name)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError("--device cuda: no CUDA device here (use --device cpu)")
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+        torch.backends.cudnn.benchmark = True  # fixed shapes: pick the fastest convolutions
+    return device
+
+
+def seed_everything(seed: int) -> torch.Generator:
+    """Seed the global generators; returns the data sampler's own generator (on the CPU)."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    return torch.Generator().manual_seed(seed)
+
+
+def learning_rate(step: int, peak: float, warmup: int, total: int, floor: float = 0.1) -> float:
+    """Linear warm-up, then cosine decay to `floor` x peak at `total` steps."""
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return peak * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def save_checkpoint(
+    path: Path,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    step: int,
+    data_generator: torch.Generator,
+    extra: dict[str, Any] | None = None,
+) -> None:
+    """Everything a resumed run needs to go on exactly as if it had not stopped."""
+    state = {
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "step": step,
+        "torch_rng": torch.get_rng_state(),
+        "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "data_rng": data_generator.get_state(),
+        "extra": extra or {},
+    }
+    tmp = path.with_suffix(".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)  # a run killed while saving keeps the previous checkpoint
+
+
+def load_checkpoint(
+    path: Path,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    data_generator: torch.Generator,
+) -> tuple[int, dict[str, Any]]:
+    """Restore a run; returns (step, extra)."""
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    torch.set_rng_state(state["torch_rng"])
+    if state["cuda_rng"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda_rng"])
+    data_generator.set_state(state["data_rng"])
+    return int(state["step"]), dict(state["extra"])
+
+
+PROBE_STEPS = 100  # steps timed (after 10 warm-up steps) to turn --minutes into --steps
+
+
+@dataclass
+class LoopOptions:
+    steps: int | None  # None: fixed from `minutes` after PROBE_STEPS, then kept in checkpoints
+    checkpoint_every: int
+    time_limit_s: float | None  # stop (with a checkpoint) after this much wall time
+    minutes: float | None = None  # the whole run's budget when `steps` is None
+    log_every: int = 50
+    progress: bool = True
+
+    @property
+    def schedule_steps(self) -> int:
+        """The length the learning-rate schedule assumes (before the probe: far away)."""
+        return self.steps if self.steps is not None else 10**9
+
+
+def train_loop(
+    step_fn: Callable[[int], dict[str, float]],
+    checkpoint: Callable[[int], None],
+    start: int,
+    options: LoopOptions,
+    run_dir: Path,
+    desc: str,
+) -> int:
+    """Run steps from `start` to options.steps; returns the number of steps done in total.
+
+    With `options.steps` None, the first PROBE_STEPS steps are timed and the total is set to
+    what fits in `options.minutes` (rounded down to a hundred); the trainers keep it in their
+    checkpoints, so a resumed run keeps the same schedule.
+    """
+    began = time.monotonic()
+    probe_began = began
+    done = start
+    bar = tqdm(
+        initial=start, total=options.steps, desc=desc, unit="step", disable=not options.progress
+    )
+    with open(run_dir / LOG, "a") as log_file:
+        step = start
+        while options.steps is None or step < options.steps:
+            if step == start + 10:
+                probe_began = time.monotonic()
+            metrics = step_fn(step)
+            done = step = step + 1
+            if options.steps is None and done == start + PROBE_STEPS:
+                assert options.minutes is not None
+                rate = (PROBE_STEPS - 10) / (time.monotonic() - probe_began)
+                left = 60 * options.minutes - (time.monotonic() - began)
+                options.steps = max(done, done + int(rate * left) // 100 * 100)
+                bar.total = options.steps
+                log.info(
+                    "%s: %.1f steps/s: %d steps in %.1f min",
+                    desc,
+                    rate,
+                    options.steps,
+                    options.minutes,
+                )
+                log_file.write(json.dumps({"step": done, "total_steps": options.steps}) + "\n")
+            bar.update()
+            bar.set_postfix({k: f"{v:.3g}" for k, v in metrics.items()}, refresh=False)
+            out_of_time = (
+                options.time_limit_s is not None and time.monotonic() - began > options.time_limit_s
+            )
+            if done % options.log_every == 0 or done == options.steps or out_of_time:
+                log_file.write(json.dumps({"step": done, **metrics}) + "\n")
+                log_file.flush()
+            if done % options.checkpoint_every == 0 or done == options.steps or out_of_time:
+                checkpoint(done)
+            if out_of_time and done != options.steps:
+                log.warning(
+                    "%s: time limit reached at step %d of %s; run the same command again to "
+                    "continue",
+                    desc,
+                    done,
+                    options.steps,
+                )
+                break
+    bar.close()
+    return done
+
+
+def resume_steps(options: LoopOptions, extra: dict[str, Any]) -> None:
+    """A resumed run keeps the total it fixed (from --minutes) when it first ran."""
+    if options.steps is None and extra.get("steps") is not None:
+        options.steps = int(extra["steps"])
+
+
+def add_loop_arguments(parser: argparse.ArgumentParser, batch_size: int) -> None:
+    parser.add_argument("--out", type=Path, required=True, help="run folder (resumes if present)")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
+    budget = parser.add_mutually_exclusive_group(required=True)
+    budget.add_argument("--steps", type=int, help="total steps")
+    budget.add_argument(
+        "--minutes",
+        type=float,
+        help="total steps: as many as fit in this time, measured over the first "
+        f"{PROBE_STEPS} steps and kept in the checkpoint (log.jsonl and the progress bar show "
+        "the number, for reproducing the run with --steps)",
+    )
+    parser.add_argument("--batch-size", type=int, default=batch_size)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--checkpoint-every", type=int, default=500, metavar="STEPS")
+    parser.add_argument(
+        "--time-limit",
+        type=float,
+        metavar="MINUTES",
+        help="checkpoint and stop after this long; the same command continues",
+    )
+    parser.add_argument("--log-every", type=int, default=50, metavar="STEPS", help="to log.jsonl")
+    parser.add_argument("--threads", type=int, help="torch CPU threads")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def loop_options(args: argparse.Namespace) -> LoopOptions:
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    return LoopOptions(
+        steps=args.steps,
+        minutes=args.minutes,
+        checkpoint_every=args.checkpoint_every,
+        time_limit_s=None if args.time_limit is None else 60 * args.time_limit,
+        log_every=args.log_every,
+        progress=not args.no_progress,
+    )
+
+
+# --- the command line ----------------------------------------------------------------------
+
+
+def _data(args: argparse.Namespace) -> int:
+    from .dialogues import generate
+
+    rows = generate(args.out, args.count, args.seed, args.split, args.workers)
+    hours = sum(row["duration"] for row in rows) / 3600
+    print(f"{len(rows)} dialogues ({hours:.2f} h) in {args.out}")
+    return 0
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from . import demo_eval, export, train_codec, train_lm, train_tokenizer
+
+    stages = parser.add_subparsers(dest="stage", required=True, metavar="STAGE")
+    data = stages.add_parser("data", help="generate synthetic dialogues (espeak-ng)")
+    data.add_argument("--out", type=Path, required=True, help="folder to write")
+    data.add_argument("--count", type=int, required=True, help="number of dialogues")
+    data.add_argument("--split", choices=("train", "eval"), default="train")
+    data.add_argument("--seed", type=int, default=0)
+    data.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    data.set_defaults(stage_handler=_data)
+    for name, module, text in (
+        ("tokenizer", train_tokenizer, "train the SentencePiece text tokenizer"),
+        ("codec", train_codec, "train the codec (Mimi architecture)"),
+        ("lm", train_lm, "train the LM (Moshi architecture) on the codec's tokens"),
+        ("export", export, "write the trained model into assets/ (safetensors + configs)"),
+        ("eval", demo_eval, "measure the demo model's quality figures on held-out dialogues"),
+    ):
+        sub = stages.add_parser(name, help=text)
+        module.add_arguments(sub)
+        sub.set_defaults(stage_handler=module.run)
+
+
+def run(args: argparse.Namespace) -> int:
+    return int(args.stage_handler(args))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m app.train", description=__doc__)
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return run(args)
+    except AntiphonError as exc:
+        print(f"antiphon train: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,207 @@
+"""`antiphon train codec`: the Mimi-architecture codec on speech from the dialogues.
+
+Losses: multi-resolution log-mel L1 + a little waveform L1 + the VQ commitment loss; the
+gradient passes the quantizer straight through, and codebooks learn by EMA into Kyutai's
+`embedding_sum` / `cluster_usage` layout (`model.quantizer`), so the result loads with
+`model.checkpoint.load_codec`. As in Mimi's training, the latent is quantized for only part of
+each batch (`--quantize-probability`), which helps the decoder. No adversarial losses and no
+semantic distillation: the demo's budget is minutes on one GPU.
+
+A run folder ends with `codec.safetensors` and `codec.json` (the MimiConfig).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from model.checkpoint import load_codec
+from model.codec import Codec
+from model.config import MimiConfig, SeanetConfig, TransformerConfig, tiny_mimi
+from model.errors import ConfigError
+from model.quantizer import CodebookTraining
+
+from . import train
+from .audio_features import MultiResolutionMelLoss
+from .dialogues import read_dialogue, read_manifest
+from .export import mimi_config_from_dict, save_safetensors
+
+log = logging.getLogger(__name__)
+
+WEIGHTS, CONFIG = "codec.safetensors", "codec.json"
+
+
+def demo_mimi() -> MimiConfig:
+    """The bundled demo codec: ARCHITECTURE.md's measured data point (2.6 M parameters;
+    about 10 ms per frame for streaming encode + decode on 2 CPU cores)."""
+    return MimiConfig(
+        seanet=SeanetConfig(dimension=128, n_filters=16, ratios=(8, 6, 5, 4)),
+        transformer=TransformerConfig(
+            dim=128,
+            num_heads=8,
+            num_layers=2,
+            ffn_dim=512,
+            norm="layer_norm",
+            gating="none",
+            layer_scale=0.01,
+            context=250,
+        ),
+        codebook_dim=64,
+        codebook_size=1024,
+        total_codebooks=8,
+        num_codebooks=8,
+    )
+
+
+PRESETS = {"demo": demo_mimi, "tiny": lambda: tiny_mimi(num_codebooks=4)}
+
+
+class SpeechSegments:
+    """Random fixed-length crops with speech in them, from every channel of the dialogues."""
+
+    def __init__(self, folder: str | Path, max_hours: float, sample_rate: int) -> None:
+        self.channels: list[np.ndarray] = []  # int16, to halve the memory
+        total = 0
+        for wav in read_manifest(folder):
+            pcm, _ = read_dialogue(wav)
+            for channel in pcm:
+                self.channels.append((channel * 32767).astype(np.int16))
+                total += len(channel)
+            if total > max_hours * 3600 * sample_rate:
+                break
+        if not self.channels:
+            raise ConfigError(f"{folder}: no dialogues (generate them with `train data`)")
+        self.lengths = torch.tensor([len(c) for c in self.channels], dtype=torch.float64)
+        log.info("codec data: %.2f h of channels", total / sample_rate / 3600)
+
+    def batch(self, size: int, samples: int, generator: torch.Generator) -> torch.Tensor:
+        """[size, 1, samples] float32; a crop that is nearly silent is drawn again (5 tries)."""
+        out = np.zeros((size, 1, samples), dtype=np.float32)
+        for i in range(size):
+            for _ in range(5):
+                c = int(torch.multinomial(self.lengths, 1, generator=generator))
+                channel = self.channels[c]
+                start = int(
+                    torch.randint(0, max(1, len(channel) - samples), (1,), generator=generator)
+                )
+                crop = channel[start : start + samples].astype(np.float32) / 32767
+                if np.sqrt(np.mean(crop**2)) > 3e-3:
+                    break
+            out[i, 0, : len(crop)] = crop
+        return torch.from_numpy(out)
+
+
+def forward_train(
+    codec: Codec,
+    pcm: torch.Tensor,
+    training: CodebookTraining | None,
+    quantize_probability: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """pcm [B, 1, samples] (whole frames) -> (reconstruction, commitment loss).
+
+    The streaming graph of `Codec.encode`/`decode`, with the training quantizer in the middle.
+    """
+    x = codec.encoder(pcm)
+    x = codec.encoder_transformer(x.transpose(1, 2)).transpose(1, 2)
+    latent = codec.downsample(x)
+    quantized, _, commitment = codec.quantizer.forward_train(latent, codec.num_codebooks, training)
+    if quantize_probability < 1.0:
+        keep = torch.rand(latent.shape[0], 1, 1, device=latent.device) < quantize_probability
+        quantized = torch.where(keep, quantized, latent)
+    y = codec.upsample(quantized)
+    y = codec.decoder_transformer(y.transpose(1, 2)).transpose(1, 2)
+    return codec.decoder(y), commitment
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data", type=Path, required=True, help="training dialogues folder")
+    parser.add_argument("--config", choices=sorted(PRESETS), default="demo", help="codec shape")
+    train.add_loop_arguments(parser, batch_size=32)
+    parser.add_argument("--lr", type=float, default=1e-3, help="peak learning rate")
+    parser.add_argument("--warmup", type=int, default=500, metavar="STEPS")
+    parser.add_argument("--segment", type=float, default=1.2, help="seconds per example")
+    parser.add_argument("--max-hours", type=float, default=3.0, help="audio to load")
+    parser.add_argument("--quantize-probability", type=float, default=0.5)
+    parser.add_argument("--waveform-weight", type=float, default=0.1)
+    parser.add_argument("--commitment-weight", type=float, default=1.0)
+
+
+def run(args: argparse.Namespace) -> int:
+    train_codec(args)
+    print(f"codec: {args.out / WEIGHTS}")
+    return 0
+
+
+def train_codec(args: argparse.Namespace) -> int:
+    """Train (or continue) a codec run; returns the steps done."""
+    device = train.device_from(args.device)
+    options = train.loop_options(args)
+    out: Path = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    config = PRESETS[args.config]()
+    generator = train.seed_everything(args.seed)
+    codec = Codec(config).to(device).train()
+    optimizer = torch.optim.AdamW(codec.parameters(), lr=args.lr, betas=(0.8, 0.99))
+    start = 0
+    if (out / train.CHECKPOINT).is_file():
+        start, extra = train.load_checkpoint(out / train.CHECKPOINT, codec, optimizer, generator)
+        train.resume_steps(options, extra)
+        log.info("codec: resuming %s at step %d", out, start)
+    data = SpeechSegments(args.data, args.max_hours, config.sample_rate)
+    mel_loss = MultiResolutionMelLoss(config.sample_rate).to(device)
+    frames = max(1, round(args.segment * config.frame_rate))
+    samples = frames * config.frame_size
+    vq = CodebookTraining()
+
+    def step(i: int) -> dict[str, float]:
+        for group in optimizer.param_groups:
+            group["lr"] = train.learning_rate(i, args.lr, args.warmup, options.schedule_steps)
+        pcm = data.batch(args.batch_size, samples, generator).to(device)
+        estimate, commitment = forward_train(codec, pcm, vq, args.quantize_probability)
+        mel = mel_loss(estimate, pcm)
+        waveform = F.l1_loss(estimate, pcm)
+        loss = mel + args.waveform_weight * waveform + args.commitment_weight * commitment
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(codec.parameters(), 1.0)
+        optimizer.step()
+        return {
+            "loss": loss.item(),
+            "mel": mel.item(),
+            "wav": waveform.item(),
+            "commit": commitment.item(),
+        }
+
+    def checkpoint(done: int) -> None:
+        extra = {"steps": options.steps}
+        train.save_checkpoint(out / train.CHECKPOINT, codec, optimizer, done, generator, extra)
+        save_codec(codec, out)
+
+    done = train.train_loop(step, checkpoint, start, options, out, "codec")
+    if options.steps is not None and start >= options.steps:
+        save_codec(codec, out)
+    return done
+
+
+def save_codec(codec: Codec, folder: Path, dtype: torch.dtype = torch.float32) -> None:
+    """codec.safetensors (our key names; `load_codec` reads them) and codec.json."""
+    state = {k: v.detach().to("cpu") for k, v in codec.state_dict().items()}
+    for key in state:
+        if key.endswith("_initialized"):
+            state[key] = torch.ones(1)  # a step counter in training; 1 = trained, as Kyutai's
+    save_safetensors(state, folder / WEIGHTS, dtype)
+    (folder / CONFIG).write_text(json.dumps(asdict(codec.config), indent=1))
+
+
+def load_trained_codec(folder: str | Path, device: torch.device | str = "cpu") -> Codec:
+    """A codec run's (or the assets') weights and config."""
+    folder = Path(folder)
+    config = mimi_config_from_dict(json.loads((folder / CONFIG).read_text()))
+    return load_codec(folder / WEIGHTS, config, device)

@@ -1,0 +1,131 @@
+"""Synthetic dialogues: espeak-ng word timings, the fixed split, the files, the aligned text."""
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from app import dialogue_content as content
+from app.demo_eval import normalise
+from app.dialogues import ASSISTANT, USER, generate, read_dialogue, text_tokens
+from app.speech import SAMPLE_RATE, SpeechError, Voice, speak, synthesizer
+
+
+def require_espeak() -> None:
+    try:
+        synthesizer()
+    except SpeechError as exc:
+        if os.environ.get("CI"):
+            pytest.fail(str(exc))
+        pytest.skip(str(exc))
+
+
+def test_words_are_timed_inside_one_natural_utterance() -> None:
+    require_espeak()
+    text = "Hello! Seven plus five is twelve."
+    utterance = speak(text, Voice("en-us", "m3"))
+    assert [w.text for w in utterance.words] == text.split(" ")
+    starts = [w.start for w in utterance.words]
+    assert starts == sorted(starts) and len(set(starts)) == len(starts)
+    assert all(w.start <= w.end <= utterance.duration for w in utterance.words)
+    # The pause after "Hello!" is inside the utterance, between the two words' times.
+    assert utterance.words[1].start - utterance.words[0].end > 0.1
+    # A word's time is where its sound is: the frames before "Seven" starts are quieter.
+    i = int(utterance.words[1].start * SAMPLE_RATE)
+    gap = utterance.pcm[int(utterance.words[0].end * SAMPLE_RATE) + 480 : i - 480]
+    word = utterance.pcm[i : i + 2400]
+    assert np.sqrt(np.mean(gap**2)) < 0.2 * np.sqrt(np.mean(word**2))
+
+
+def test_every_voice_of_both_splits_exists() -> None:
+    require_espeak()
+    lib = synthesizer()._lib
+    accents = content.ACCENTS + content.EVAL_ACCENTS
+    for accent in accents:
+        for variant in content.VARIANTS + content.EVAL_VARIANTS:
+            assert lib.espeak_SetVoiceByName(f"{accent}+{variant}".encode()) == 0, (
+                accent,
+                variant,
+            )
+    assert lib.espeak_SetVoiceByName(content.ASSISTANT_VOICE.name.encode()) == 0
+
+
+def test_the_split_holds_out_phrasings_numbers_and_voices() -> None:
+    train_problems = set(content.arithmetic_problems("train"))
+    eval_problems = set(content.arithmetic_problems("eval"))
+    assert eval_problems and not train_problems & eval_problems
+    assert not set(content.counting_ranges("train")) & set(content.counting_ranges("eval"))
+    rng = np.random.default_rng(0)
+    train_questions = {content.request(rng, "train").question for _ in range(3000)}
+    eval_questions = {content.request(rng, "eval").question for _ in range(300)}
+    assert not train_questions & eval_questions
+    for _ in range(50):
+        assert content.user_voice(rng, "eval").variant in content.EVAL_VARIANTS
+        assert content.user_voice(rng, "train").variant in content.VARIANTS
+
+
+def test_answers_are_what_their_check_accepts() -> None:
+    rng = np.random.default_rng(1)
+    for split in ("train", "eval"):
+        for _ in range(200):
+            turn = content.request(rng, split)
+            spoken = normalise(turn.answer)
+            assert any(f" {a} " in spoken for a in turn.accept), turn
+            assert turn.answer in turn.answers and turn.answer not in turn.distractors
+
+
+def test_generated_dialogues_are_reproducible_and_teach_the_behaviours(tmp_path: Path) -> None:
+    require_espeak()
+    rows = generate(tmp_path / "a", 4, seed=3, split="train", progress=False, block=2)
+    again = generate(tmp_path / "b", 4, seed=3, split="train", workers=2, progress=False, block=2)
+    assert rows == again
+    for row in rows:
+        first, second = (tmp_path / d / row["path"] for d in ("a", "b"))
+        assert first.read_bytes() == second.read_bytes()
+        assert first.with_suffix(".json").read_text() == second.with_suffix(".json").read_text()
+
+    kinds = set()
+    for row in rows:
+        stereo, description = read_dialogue(tmp_path / "a" / row["path"])
+        assert stereo.shape[0] == 2
+        assert abs(stereo.shape[1] - row["duration"] * SAMPLE_RATE) <= 24  # ms rounding
+        assistant = stereo[0]
+        for turn in description["turns"]:
+            kinds.add(turn["kind"])
+            if turn["assistant_start"] is None:
+                continue
+            # Silent while the user asks (the pause included), then answers 0.2-0.6 s later.
+            a, b = int(turn["user_start"] * SAMPLE_RATE), int(turn["user_end"] * SAMPLE_RATE)
+            assert turn["kind"] == "interrupt" or np.abs(assistant[a:b]).max() < 1e-3
+            assert 0.2 <= turn["assistant_start"] - turn["user_end"] <= 0.6
+            if turn["kind"] == "interrupt":
+                assert 0.15 <= turn["assistant_end"] - turn["interrupted_at"] <= 0.4
+        words = [w for w in description["alignments"] if w[2] == ASSISTANT]
+        assert words and all(w[1][0] <= w[1][1] for w in words)
+        assert any(w[2] == USER for w in description["alignments"])
+    assert "answer" in kinds
+    json.dumps(description)  # plain JSON
+
+
+def test_text_tokens_place_words_at_their_frames_with_end_of_padding() -> None:
+    vocabulary = {"Seven": [10], "plus": [11], "fifteen.": [12, 13, 14], "Yes.": [15]}
+    words = [
+        ["Seven", [0.0, 0.3], ASSISTANT],
+        ["plus", [0.33, 0.5], ASSISTANT],
+        ["fifteen.", [0.5, 0.9], ASSISTANT],
+        ["ignored", [0.1, 0.2], USER],
+        ["Yes.", [1.6, 1.9], ASSISTANT],
+    ]
+    tokens = text_tokens(words, lambda w: vocabulary[w], 24, frame_rate=12.5)
+    # frame 0: Seven (no frame before it); plus starts in frame 4 (0.33 s), preceded by PAD,
+    # which becomes end-of-padding; fifteen starts in frame 6 and runs on for three frames;
+    # Yes starts in frame 20.
+    P, E = 3, 0
+    assert tokens == [10, P, P, E, 11, E, 12, 13, 14] + [P] * 10 + [E, 15, P, P, P]
+
+
+def test_words_queue_when_they_come_faster_than_frames() -> None:
+    words = [["a", [0.0, 0.01], ASSISTANT], ["b", [0.02, 0.03], ASSISTANT]]
+    assert text_tokens(words, lambda w: [ord(w)], 4) == [ord("a"), ord("b"), 3, 3]

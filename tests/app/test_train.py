@@ -1,0 +1,226 @@
+"""Training smoke tests on CPU with tiny shapes: tokenizer, codec, LM, export, evaluation.
+
+The real run (docs/demo-model.md) is the same code with the demo shapes on a GPU.
+"""
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from app import train
+from app.audio_features import MultiResolutionMelLoss
+from app.demo_eval import FIGURES, evaluate, load_assets
+from app.dialogues import generate
+from app.engine import Engine
+from app.export import demo_files, export
+from app.train_codec import SpeechSegments, forward_train, load_trained_codec, train_codec
+from app.train_lm import lm_loss, load_or_encode, sample_windows, train_lm
+from app.train_tokenizer import dialogue_sentences, train_tokenizer
+from model.checkpoint import lm_config_from_kyutai, load_codec, load_lm
+from model.codec import Codec
+from model.config import tiny_mimi
+from model.lm import LM
+from model.quantizer import CodebookTraining
+from model.tokenizer import TEXT_END_OF_PADDING_ID, TEXT_PAD_ID, TextTokenizer
+from tests.app.test_dialogues import require_espeak
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Three short training dialogues, two held-out ones, and a tokenizer."""
+    require_espeak()
+    root = tmp_path_factory.mktemp("train")
+    generate(root / "data", 3, seed=1, split="train", progress=False)
+    generate(root / "eval", 2, seed=1, split="eval", progress=False)
+    train_tokenizer(dialogue_sentences(root / "data"), root / "tokenizer", vocab_size=300)
+    return root
+
+
+def _args(stage: str, *argv: str | Path) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    train.add_arguments(parser)
+    return parser.parse_args([stage, *map(str, argv), "--no-progress"])
+
+
+def _codec_args(work: Path, out: Path, *extra: str) -> argparse.Namespace:
+    return _args(
+        "codec", "--data", work / "data", "--out", out, "--config", "tiny", "--steps", "4",
+        "--batch-size", "2", "--segment", "0.32", "--log-every", "1", *extra,
+    )  # fmt: skip
+
+
+def _lm_args(work: Path, out: Path, *extra: str) -> argparse.Namespace:
+    return _args(
+        "lm", "--data", work / "data", "--codec", work / "codec", "--tokenizer",
+        work / "tokenizer", "--out", out, "--config", "tiny", "--steps", "4", "--batch-size",
+        "2", "--frames", "12", "--log-every", "1", *extra,
+    )  # fmt: skip
+
+
+def _losses(run: Path) -> list[float]:
+    lines = [json.loads(line) for line in (run / train.LOG).read_text().splitlines()]
+    return [line["loss"] for line in lines if "loss" in line]
+
+
+@pytest.fixture(scope="module")
+def codec_run(work: Path) -> Path:
+    train_codec(_codec_args(work, work / "codec"))
+    return work / "codec"
+
+
+@pytest.fixture(scope="module")
+def lm_run(work: Path, codec_run: Path) -> Path:
+    train_lm(_lm_args(work, work / "lm"))
+    return work / "lm"
+
+
+def test_tokenizer_keeps_kyutai_special_ids(work: Path) -> None:
+    tokenizer = TextTokenizer(work / "tokenizer" / "tokenizer.model")
+    assert tokenizer.piece(TEXT_PAD_ID) == "<pad>"
+    assert tokenizer.piece(TEXT_END_OF_PADDING_ID) == "<unk>"
+    sentence = dialogue_sentences(work / "data")[0]
+    assert tokenizer.decode(tokenizer.encode(sentence)) == sentence
+
+
+def test_codec_overfits_one_batch(work: Path) -> None:
+    torch.manual_seed(0)
+    config = tiny_mimi()
+    codec = Codec(config).train()
+    segments = SpeechSegments(work / "data", 1.0, config.sample_rate)
+    batch = segments.batch(2, 4 * config.frame_size, torch.Generator().manual_seed(0))
+    mel_loss = MultiResolutionMelLoss(config.sample_rate)
+    optimizer = torch.optim.AdamW(codec.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(20):
+        estimate, commitment = forward_train(codec, batch, CodebookTraining(), 0.5)
+        loss = mel_loss(estimate, batch) + commitment
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert all(np.isfinite(losses))
+    assert np.mean(losses[-3:]) < 0.8 * np.mean(losses[:3])
+
+
+def test_codec_run_resumes_exactly(work: Path, codec_run: Path) -> None:
+    resumed = work / "codec_resumed"
+    assert train_codec(_codec_args(work, resumed, "--time-limit", "0")) == 1  # stops at once
+    assert train_codec(_codec_args(work, resumed)) == 4  # the same command goes on
+    assert _losses(resumed) == _losses(codec_run)  # bit for bit, as if never stopped
+    # What the run saved loads with the model's own loader and encodes like the trained one.
+    trained = load_trained_codec(codec_run)
+    state = torch.load(codec_run / train.CHECKPOINT, weights_only=True)["model"]
+    reference = Codec(trained.config)
+    reference.load_state_dict(state)
+    pcm = torch.randn(1, 1, 3 * trained.frame_size) * 0.1
+    with torch.no_grad():
+        assert torch.equal(trained.encode(pcm), reference.eval().encode(pcm))
+
+
+def test_lm_overfits_one_batch(work: Path, codec_run: Path, tmp_path: Path) -> None:
+    args = _lm_args(work, tmp_path)
+    tokenizer = TextTokenizer(work / "tokenizer" / "tokenizer.model")
+    streams = load_or_encode(args, tokenizer, 4, torch.device("cpu"))
+    assert len(streams) == 3 and streams[0].shape[0] == 1 + 2 * 4
+    text = streams[0][0]
+    assert (text == TEXT_PAD_ID).any() and (text == TEXT_END_OF_PADDING_ID).any()
+    torch.manual_seed(0)
+    from app.train_lm import PRESETS
+
+    lm = LM(PRESETS["tiny"](tokenizer.vocab_size, 64, 4)).train()
+    batch = sample_windows(streams, 2, 12, torch.Generator().manual_seed(0))
+    optimizer = torch.optim.AdamW(lm.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(20):
+        loss, _ = lm_loss(lm, batch)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert all(np.isfinite(losses))
+    assert losses[-1] < 0.7 * losses[0]
+
+
+def test_lm_run_resumes_exactly(work: Path, lm_run: Path) -> None:
+    resumed = work / "lm_resumed"
+    assert train_lm(_lm_args(work, resumed, "--time-limit", "0")) == 1
+    assert train_lm(_lm_args(work, resumed)) == 4
+    assert _losses(resumed) == _losses(lm_run)
+
+
+def test_trained_models_load_with_the_model_loaders_and_run_a_frame(
+    work: Path, codec_run: Path, lm_run: Path
+) -> None:
+    config = lm_config_from_kyutai(json.loads((lm_run / "config.json").read_text()))
+    lm = load_lm(lm_run / "lm.safetensors", config)
+    state = torch.load(lm_run / train.CHECKPOINT, weights_only=True)["model"]
+    assert all(torch.equal(lm.state_dict()[k], v) for k, v in state.items())
+
+    sizes = export(codec_run, lm_run, work / "tokenizer" / "tokenizer.model", work / "assets")
+    assert set(sizes) == {
+        "model.safetensors", "codec.safetensors", "tokenizer.model", "config.json", "codec.json"
+    }  # fmt: skip
+    files = demo_files(work / "assets")
+    assert files.lm_config == config
+    assert files.codec_config == load_trained_codec(codec_run).config
+    load_codec(files.codec_weights, files.codec_config)  # Kyutai-compatible names
+    model = load_assets(work / "assets", torch.device("cpu"))
+    engine = Engine(model)
+    for _ in range(3):
+        result = engine.step(np.zeros(engine.frame_size, dtype=np.float32))
+    assert result.pcm.shape == (engine.frame_size,) and np.isfinite(result.pcm).all()
+    assert -1 <= result.text_token < config.text_card
+
+
+@pytest.fixture
+def one_thread():
+    """Frame-by-frame stepping of a tiny model: threads only add synchronisation (and on a busy
+    machine, spinning threads made this test ten times slower)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_demo_eval_reports_every_figure(
+    work: Path, codec_run: Path, lm_run: Path, one_thread: None
+) -> None:
+    assets = work / "assets"
+    if not (assets / "config.json").is_file():
+        export(codec_run, lm_run, work / "tokenizer" / "tokenizer.model", assets)
+    report = evaluate(load_assets(assets, torch.device("cpu")), work / "eval", 2, progress=False)
+    assert set(report["figures"]) == set(FIGURES)
+    assert report["counts"]["dialogues"] == 2 and report["counts"]["requests_answered"] > 0
+    for name, value in report["figures"].items():
+        assert value is None or 0.0 <= value <= 1.0, name
+    assert report["figures"]["codec_stoi"] is not None
+    assert report["figures"]["answer_correct"] is not None
+
+
+def test_demo_lm_config_survives_kyutais_config_format() -> None:
+    from app.export import lm_config_to_kyutai
+    from app.train_lm import demo_lm
+
+    config = demo_lm(text_card=700)
+    assert lm_config_from_kyutai(lm_config_to_kyutai(config)) == config
+    assert 10e6 < sum(p.numel() for p in LM(config).parameters()) < 12e6  # 22 MB in bf16
+
+
+def test_a_time_budget_becomes_a_fixed_number_of_steps(tmp_path: Path) -> None:
+    options = train.LoopOptions(steps=None, checkpoint_every=10**6, time_limit_s=None, minutes=0.01)
+    done_steps: list[int] = []
+
+    def step(i: int) -> dict[str, float]:
+        done_steps.append(i)
+        return {"loss": 1.0}
+
+    total = train.train_loop(step, lambda done: None, 0, options, tmp_path, "test")
+    assert options.steps is not None and options.steps % 100 == 0
+    assert total == options.steps == len(done_steps) >= train.PROBE_STEPS
+    resumed = train.LoopOptions(steps=None, checkpoint_every=1, time_limit_s=None, minutes=5.0)
+    train.resume_steps(resumed, {"steps": options.steps})
+    assert resumed.steps == options.steps  # a resumed run keeps its schedule
