@@ -1,0 +1,38 @@
+"""The demo evaluation's figures, checked on the dialogues' own assistant channel: a model that
+says and writes exactly what the data says scores perfectly."""
+
+from pathlib import Path
+
+import numpy as np
+
+from app.demo_eval import Session, _Renderings, score_dialogue, summarize
+from app.dialogues import ASSISTANT, generate, read_dialogue, read_manifest
+from tests.app.test_dialogues import require_espeak
+
+
+def test_the_recorded_assistant_scores_perfectly(tmp_path: Path) -> None:
+    require_espeak()
+    generate(tmp_path, 4, seed=2, split="eval", progress=False)
+    results = []
+    renderings = _Renderings()
+    for wav in read_manifest(tmp_path):
+        stereo, description = read_dialogue(wav)
+        assistant = np.pad(stereo[0], (0, -len(stereo[0]) % 1920))
+        monologue = [
+            (int(start / 0.08), " " + word)
+            for word, (start, _), speaker in description["alignments"]
+            if speaker == ASSISTANT
+        ]
+        results.append(score_dialogue(Session(assistant, monologue, 0.08), description, renderings))
+    report = summarize(results, [])
+    figures = report["figures"]
+    assert report["counts"]["requests_answered"] >= 4
+    for name in ("answer_correct", "audio_matches", "answers_within_1s"):
+        assert figures[name] == 1.0, name
+    assert figures["silent_while_user"] > 0.9  # an interrupted answer overlaps the user a little
+    for name in ("pause_kept_silent", "stops_within_0_5s"):
+        assert figures[name] in (None, 1.0), name
+    # A model that says nothing answers nothing.
+    silent = Session(np.zeros_like(assistant), [], 0.08)
+    nothing = summarize([score_dialogue(silent, description, renderings)], [])["figures"]
+    assert nothing["answers_within_1s"] == 0.0 and nothing["silent_while_user"] == 1.0
