@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from audio_io.errors import AudioError
 from model.errors import AntiphonError
 
-from . import bench, evaluate, offline, talk, train
+from . import bench, evaluate, offline, serve, talk, train
 
 
 def _devices(_args: argparse.Namespace) -> int:
@@ -38,6 +38,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     offline.add_arguments(running)
     running.set_defaults(handler=offline.run)
+
+    serving = commands.add_parser(
+        "serve", help="headless: serve many conversations over MQTT on one model"
+    )
+    serve.add_arguments(serving)
+    serving.set_defaults(handler=serve.run)
 
     scoring = commands.add_parser(
         "eval", help="score recorded conversations: turn-taking, latency, a timeline picture"

@@ -69,6 +69,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="DIR",
         help="where the TUI's record key (c) records: DIR/<date-time> (default %(default)s)",
     )
+    from . import remote  # remote imports this module: import here, not at the top
+
+    remote.add_arguments(parser)
     parser.add_argument(
         "--no-tui",
         action="store_true",
@@ -318,6 +321,9 @@ class TalkSession:
 
 
 def run(args: argparse.Namespace) -> int:
+    use_tui = not args.no_tui and sys.stdout.isatty()
+    if args.remote:
+        return _run_remote(args, use_tui)
     model = load_from_args(args)
     untrained = (
         "no bundled model yet: this is a small RANDOMLY INITIALISED model, so it answers with "
@@ -325,7 +331,6 @@ def run(args: argparse.Namespace) -> int:
         if model.tokenizer is None
         else None
     )
-    use_tui = not args.no_tui and sys.stdout.isatty()
     if untrained and not use_tui:
         print(f"antiphon: {untrained}", file=sys.stderr)
     engine = Engine(model)
@@ -350,6 +355,21 @@ def run(args: argparse.Namespace) -> int:
     tui = make_app(session, args.record_dir)
     if untrained:
         tui.notice(untrained)
+    with logging_into(tui):
+        tui.run()
+    return tui.return_code or 0
+
+
+def _run_remote(args: argparse.Namespace, use_tui: bool) -> int:
+    """The model on a server (`antiphon serve`), the microphone and speaker here."""
+    from . import remote  # remote imports this module
+
+    if not use_tui:
+        return remote.run(args)
+    from .tui import logging_into, make_app
+
+    session = remote.session_from_args(args, notices=lambda text: tui.notice(text))
+    tui = make_app(session, args.record_dir)
     with logging_into(tui):
         tui.run()
     return tui.return_code or 0

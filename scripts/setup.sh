@@ -40,7 +40,7 @@ say() { echo "setup: $*"; }
 #    real: a JACK server (dummy backend), espeak-ng speech, the mosquitto broker. Installed only
 #    where missing, and only as root (or with sudo); otherwise the command is printed.
 system_packages=(libportaudio2)
-[ "$dev" = 1 ] && system_packages+=(jackd2 espeak-ng mosquitto)
+[ "$dev" = 1 ] && system_packages+=(jackd2 espeak-ng mosquitto openssl)
 missing=()
 if command -v dpkg-query >/dev/null; then
     for package in "${system_packages[@]}"; do

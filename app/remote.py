@@ -1,0 +1,528 @@
+"""`antiphon talk --remote`: microphone and speaker here, the model on an `antiphon serve` node.
+
+    microphone ─► send task ─► <session>/in/audio ─► node ─► <session>/out/audio ─► receive task
+                  (sequence numbers,                          (the same numbers)     ─► speaker
+                   capture and send times kept)
+
+`RemoteTalkSession` has the control surface of `app.talk.TalkSession` (model_name, devices,
+sampling, muted, reset, set_sampling, start/stop_recording, events, notice, run), so the
+terminal printer and the TUI drive either. Each reply carries the node's time for its frame, so
+the round trip splits into the node's share and the network's (both ways, broker included).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import secrets
+import signal
+import sys
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, cast
+
+import aiomqtt
+import numpy as np
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from audio_io.files import write_wav
+from model import SamplingParams
+from model.errors import AntiphonError
+
+from .events import ErrorEvent, Event, EventFanout, FrameStats, StateEvent, TextEvent
+from .mqtt import BrokerSettings, add_broker_arguments, broker_from_args, call, make_client
+from .protocol import (
+    FULL,
+    AudioFrame,
+    ProtocolError,
+    SampleFormat,
+    SessionTopics,
+    decode_audio,
+    decode_json,
+    encode_audio,
+    encode_json,
+    valid_level,
+)
+from .remote_recorder import AudioFormat, RemoteRecorder
+from .runtime import (
+    AudioSink,
+    AudioSource,
+    CapturedFrame,
+    CollectingSink,
+    ConversationSummary,
+    RealClock,
+    level_db,
+)
+from .talk import TalkSession, TerminalPrinter, _devices
+
+log = logging.getLogger(__name__)
+
+REPLY_TIMEOUT = 3.0  # seconds to wait for a node to answer a session request
+DRAIN_TIMEOUT = 1.0  # seconds to wait for the last replies after the microphone ends
+
+
+class RemoteError(AntiphonError):
+    """No node gave a session, or the session ended on the node's side."""
+
+
+@dataclass(frozen=True)
+class Grant:
+    """A node's answer to a session request: where the session lives and its audio format."""
+
+    node: str
+    owner: str
+    session: str
+    topics: SessionTopics
+    model: str
+    format: SampleFormat
+    sample_rate: int
+    frame_size: int
+    session_timeout: float
+    sampling: SamplingParams  # what the node applies: its defaults and the request's changes
+
+    @property
+    def frame_duration(self) -> float:
+        return self.frame_size / self.sample_rate
+
+
+async def request_session(
+    client: aiomqtt.Client,
+    prefix: str,
+    owner: str,
+    *,
+    node: str | None = None,
+    format: SampleFormat = SampleFormat.S16,
+    sampling: dict[str, Any] | None = None,
+    attempts: int = 3,
+) -> Grant:
+    """Ask a node (or, with node=None, the fleet) for a session; the client must be connected.
+
+    A full node answers `full` (or, having left the fleet's shared subscription, nobody
+    answers): the request is repeated with back-off, `attempts` times in all.
+    """
+    if not valid_level(owner):
+        raise RemoteError(f"{owner!r} cannot be part of a topic: use a simpler username")
+    reply_to = f"{prefix}/reply/{owner}/{secrets.token_urlsafe(8)}"
+    target = f"{prefix}/{node}/requests" if node else f"{prefix}/requests"
+    body = {"owner": owner, "format": format.name.lower(), "sampling": sampling or {}}
+    await call(client.subscribe(reply_to, qos=1))
+    problem = "no node answered"
+    try:
+        for attempt in range(attempts):
+            correlation = secrets.token_bytes(8)
+            properties = Properties(PacketTypes.PUBLISH)
+            properties.ResponseTopic = reply_to
+            properties.CorrelationData = correlation
+            await call(client.publish(target, encode_json(body), qos=1, properties=properties))
+            answer = await _reply(client, reply_to, correlation)
+            if answer is not None and answer.get("ok"):
+                return _grant(answer, prefix)
+            if answer is not None:
+                problem = f"{answer.get('node')}: {answer.get('message')}"
+                if answer.get("code") != FULL:
+                    break
+            await asyncio.sleep(0.2 * 2**attempt)
+    finally:
+        await call(client.unsubscribe(reply_to))
+    where = f"node {node}" if node else "the fleet"
+    raise RemoteError(f"no session from {where} at {target}: {problem}")
+
+
+async def _reply(client: aiomqtt.Client, topic: str, correlation: bytes) -> dict[str, Any] | None:
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(REPLY_TIMEOUT):
+            async for message in client.messages:
+                received = getattr(message.properties, "CorrelationData", None)
+                if message.topic.value == topic and received == correlation:
+                    payload = message.payload if isinstance(message.payload, bytes) else b""
+                    try:
+                        return decode_json(payload)
+                    except ProtocolError as exc:
+                        raise RemoteError(f"the node's reply is not readable: {exc}") from exc
+    return None
+
+
+def _grant(answer: dict[str, Any], prefix: str) -> Grant:
+    try:
+        node, owner, session = answer["node"], answer["owner"], answer["session"]
+        topics = SessionTopics(f"{prefix}/{node}/session/{owner}/{session}")
+        if answer["topic"] != topics.base:
+            raise RemoteError(f"the node named topic {answer['topic']}, not {topics.base}")
+        return Grant(
+            node=node,
+            owner=owner,
+            session=session,
+            topics=topics,
+            model=str(answer["model"]),
+            format=SampleFormat.named(answer["format"]),
+            sample_rate=int(answer["sample_rate"]),
+            frame_size=int(answer["frame_size"]),
+            session_timeout=float(answer["session_timeout_s"]),
+            sampling=SamplingParams(**answer["sampling"]),
+        )
+    except (KeyError, TypeError, ValueError, ProtocolError) as exc:
+        raise RemoteError(
+            f"the node's reply lacks {exc}: is it the same antiphon version?"
+        ) from exc
+
+
+@dataclass(frozen=True)
+class _Sent:
+    capture_time: float
+    send_time: float
+    pcm: np.ndarray  # what went out, for a recording
+
+
+class RemoteTalkSession:
+    """A conversation with a model on a node; the same controls as `TalkSession`."""
+
+    def __init__(
+        self,
+        broker: BrokerSettings,
+        *,
+        prefix: str = "antiphon",
+        node: str | None = None,
+        sampling: SamplingParams | None = None,
+        input_device: str | None = None,
+        output_device: str | None = None,
+        record: Path | None = None,
+        demo_out: Path = Path("antiphon-talk.wav"),
+        notices: Callable[[str], None] | None = None,
+        source: AudioSource | None = None,
+        sink: AudioSink | None = None,
+    ) -> None:
+        self.broker = broker
+        # With a login the broker's ACL puts the session under the username; on an open broker
+        # the client id stands in for it.
+        self.client_id = broker.client_id or f"antiphon-talk-{secrets.token_hex(4)}"
+        self.owner = broker.username or self.client_id
+        self.prefix = prefix
+        self.node = node
+        self.input_device = input_device
+        self.output_device = output_device
+        self.demo_out = demo_out
+        self.clock = RealClock()
+        self.events = EventFanout()
+        self.devices: dict[str, str] = {}
+        self.recorder: RemoteRecorder | None = None
+        self.recording_started: float | None = None
+        self.grant: Grant | None = None
+        # The node's audio format, once it has answered; `engine` because `_devices` reads it so.
+        self.engine = AudioFormat(24000, 1920)
+        self.summary = ConversationSummary()
+        self.network_ms: list[float] = []  # round trip minus the node's time, per frame
+        self.node_ms: list[float] = []
+        self._sampling = sampling or SamplingParams()
+        self._sampling_asked = sampling is not None
+        self._muted = False
+        self._initial_record = record
+        self._notices = notices or (lambda text: print(f"antiphon: {text}", file=sys.stderr))
+        self._source, self._sink = source, sink
+        self._commands: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        self._sent: dict[int, _Sent] = {}
+        self._sequence = 0
+        self._lost = 0  # frames sent and never answered
+        self._started = 0.0
+
+    @property
+    def model_name(self) -> str:
+        if self.grant is None:
+            return f"remote: {self.node or 'any node'} at {self.broker.describe()}"
+        return f"{self.grant.model} on {self.grant.node}"
+
+    @property
+    def sampling(self) -> SamplingParams:
+        return self._sampling
+
+    @property
+    def muted(self) -> bool:
+        return self._muted
+
+    @muted.setter
+    def muted(self, value: bool) -> None:
+        self._muted = value  # the node feeds silence instead; its state event comes back
+        self._commands.put_nowait({"cmd": "mute", "muted": value})
+
+    def notice(self, text: str) -> None:
+        self._notices(text)
+
+    def reset(self) -> None:
+        self._commands.put_nowait({"cmd": "reset"})
+
+    def set_sampling(self, params: SamplingParams) -> None:
+        self._sampling = params
+        self._commands.put_nowait({"cmd": "sampling", **dataclasses.asdict(params)})
+
+    def start_recording(self, folder: Path) -> None:
+        recorder = RemoteRecorder(
+            folder, self.model_name, self.engine, self._sampling, self.devices
+        )
+        self.recorder, self.recording_started = recorder, self.clock.now()
+        self.events.sinks.append(recorder)
+
+    def stop_recording(self) -> Path | None:
+        recorder, self.recorder = self.recorder, None
+        if recorder is None:
+            return None
+        recorder.close(self.latency_report())
+        self.events.sinks.remove(recorder)
+        self.recording_started = None
+        return recorder.folder
+
+    def latency_report(self) -> dict[str, Any]:
+        """Where the time goes: the conversation's figures plus the network's share."""
+
+        def median(values: list[float]) -> float | None:
+            return float(np.median(values)) if values else None
+
+        figures: dict[str, Any] = dict(self.summary.as_dict(self.engine.frame_duration))
+        network, total = median(self.network_ms), median(self.summary.latency_ms)
+        figures.update(
+            network_ms_median=network,
+            network_ms_p99=float(np.percentile(self.network_ms, 99)) if self.network_ms else None,
+            node_ms_median=median(self.node_ms),
+            network_share=network / total if network is not None and total else None,
+            lost_frames=self._lost,
+            node=self.grant.node if self.grant else None,
+        )
+        return figures
+
+    async def run(self) -> ConversationSummary:
+        """Get a session, open the devices and converse until the source ends or cancellation."""
+        # No last will: the node notices a vanished client by its silence (--session-timeout).
+        client = make_client(self.broker, client_id=self.client_id)
+        try:
+            async with client:
+                sampling = dataclasses.asdict(self._sampling) if self._sampling_asked else None
+                self.grant = grant = await request_session(
+                    client, self.prefix, self.owner, node=self.node, sampling=sampling
+                )
+                self.engine = AudioFormat(grant.sample_rate, grant.frame_size)
+                self._sampling = grant.sampling
+                await call(client.subscribe(grant.topics.out, qos=0))
+                self.devices["node"] = f"{grant.node} via {self.broker.describe()}"
+                try:
+                    return await self._converse(client, grant)
+                finally:
+                    with contextlib.suppress(aiomqtt.MqttError):
+                        await call(
+                            client.publish(grant.topics.ctl, encode_json({"cmd": "close"}), 1)
+                        )
+        except aiomqtt.MqttError as exc:
+            raise RemoteError(f"lost the broker at {self.broker.describe()}: {exc}") from exc
+
+    async def _converse(self, client: aiomqtt.Client, grant: Grant) -> ConversationSummary:
+        loop = asyncio.get_running_loop()
+        task = asyncio.current_task()
+        assert task is not None
+
+        def speaker_lost(message: str) -> None:  # PortAudio's thread
+            def stop() -> None:
+                self.events.emit(ErrorEvent(self._elapsed(), -1, f"speaker lost: {message}"))
+                task.cancel()
+
+            loop.call_soon_threadsafe(stop)
+
+        with self._audio(speaker_lost) as (source, sink, collected):
+            self._started = self.clock.now()
+            self.events.emit(StateEvent(0.0, 0, "started", self.model_name))
+            if self._initial_record is not None:
+                self.start_recording(self._initial_record)
+            try:
+                async with asyncio.TaskGroup() as tasks:
+                    receiving = tasks.create_task(self._receive(client, grant, sink))
+                    controlling = tasks.create_task(self._control(client, grant))
+                    await self._send(client, grant, source)
+                    receiving.cancel()
+                    controlling.cancel()
+            except* RemoteError as group:
+                for exc in group.exceptions:
+                    self.events.emit(ErrorEvent(self._elapsed(), -1, str(exc), fatal=True))
+            finally:
+                self._lost += len(self._sent)
+                self.summary.dropped_input = self._lost
+                self.summary.sink_counters = dict(sink.counters())
+                self.stop_recording()
+                self.events.emit(StateEvent(self._elapsed(), self.summary.frames, "stopped"))
+                self._report()
+                if collected is not None:
+                    write_wav(self.demo_out, collected.audio(), grant.sample_rate)
+                    self.notice(f"wrote the reply to {self.demo_out}")
+        return self.summary
+
+    @contextlib.contextmanager
+    def _audio(
+        self, speaker_lost: Callable[[str], None]
+    ) -> Iterator[tuple[AudioSource, AudioSink, CollectingSink | None]]:
+        if self._source is not None and self._sink is not None:
+            yield self._source, self._sink, None
+            return
+        # `_devices` reads only the attributes a RemoteTalkSession shares with a TalkSession.
+        with _devices(cast(TalkSession, self), speaker_lost) as devices:
+            yield devices
+
+    async def _send(self, client: aiomqtt.Client, grant: Grant, source: AudioSource) -> None:
+        """Until the source ends; then until the replies still on their way are in."""
+        async for frame in source.frames():
+            await self._send_frame(client, grant, frame)
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(DRAIN_TIMEOUT + 2 * grant.frame_duration):
+                while self._sent:
+                    await asyncio.sleep(grant.frame_duration / 4)
+
+    async def _send_frame(self, client: aiomqtt.Client, grant: Grant, frame: CapturedFrame) -> None:
+        sequence, self._sequence = self._sequence, self._sequence + 1
+        self._sent[sequence] = _Sent(frame.time, self.clock.now(), frame.pcm)
+        payload = encode_audio(AudioFrame(sequence, frame.pcm, SampleFormat.S16))
+        await call(client.publish(grant.topics.in_audio, payload))
+
+    async def _control(self, client: aiomqtt.Client, grant: Grant) -> None:
+        while True:
+            command = await self._commands.get()
+            await call(client.publish(grant.topics.ctl, encode_json(command), qos=1))
+
+    async def _receive(self, client: aiomqtt.Client, grant: Grant, sink: AudioSink) -> None:
+        async for message in client.messages:
+            topic = message.topic.value
+            payload = message.payload if isinstance(message.payload, bytes) else b""
+            try:
+                if topic == grant.topics.out_audio:
+                    self._on_audio(decode_audio(payload, grant.frame_size), sink)
+                elif topic in (grant.topics.out_text, grant.topics.out_event):
+                    self._on_event(decode_json(payload, limit=2**16))
+            except ProtocolError as exc:
+                log.warning("unreadable message from the node on %s: %s", topic, exc)
+
+    def _on_audio(self, frame: AudioFrame, sink: AudioSink) -> None:
+        now = self.clock.now()
+        sent = self._sent.pop(frame.sequence, None)
+        if sent is None:
+            return  # a late reply to a frame already counted lost
+        for older in [s for s in self._sent if s < frame.sequence]:  # skipped by the node
+            self._lost += 1
+            del self._sent[older]
+        sink.play(frame.pcm)
+        if self.recorder is not None:
+            self.recorder.write_frame(frame.pcm, sent.pcm)
+        node_ms = frame.node_us / 1000
+        compute_ms = (frame.encode_us + frame.lm_us + frame.decode_us) / 1000
+        latency = 1000 * (now - sent.capture_time + sink.buffered_seconds())
+        self.network_ms.append(1000 * (now - sent.send_time) - node_ms)
+        self.node_ms.append(node_ms)
+        self.summary.compute_ms.append(compute_ms)
+        self.summary.latency_ms.append(latency)
+        self.summary.frames += 1
+        counters = sink.counters()
+        self.events.emit(
+            FrameStats(
+                self._elapsed(),
+                self.summary.frames - 1,
+                encode_ms=frame.encode_us / 1000,
+                lm_ms=frame.lm_us / 1000,
+                decode_ms=frame.decode_us / 1000,
+                compute_ms=compute_ms,
+                real_time_factor=compute_ms / (1000 * self.engine.frame_duration),
+                dropped_input=self._lost,
+                underruns=counters.get("underruns", 0),
+                overruns=counters.get("overruns", 0),
+                xruns=counters.get("xruns", 0),
+                latency_ms=latency,
+                input_level_db=level_db(sent.pcm),
+                output_level_db=level_db(frame.pcm),
+            )
+        )
+
+    def _on_event(self, message: dict[str, Any]) -> None:
+        event = _event_from(message)
+        if event is None:
+            return
+        self.events.emit(event)
+        if isinstance(event, StateEvent) and event.state == "closed":
+            raise RemoteError(f"the node closed the session: {event.detail}")
+
+    def _elapsed(self) -> float:
+        return self.clock.now() - self._started
+
+    def _report(self) -> None:
+        figures = self.latency_report()
+        if figures["network_ms_median"] is None:
+            return
+        self.notice(
+            f"latency median {figures['latency_ms_median']:.0f} ms microphone to speaker: "
+            f"network {figures['network_ms_median']:.1f} ms "
+            f"({100 * (figures['network_share'] or 0):.0f} %), node "
+            f"{figures['node_ms_median']:.1f} ms; {self._lost} frames lost"
+        )
+
+
+def _event_from(message: dict[str, Any]) -> Event | None:
+    """A node's text/state/error JSON back into the runtime's event records."""
+    kinds: dict[str, type[Event]] = {"text": TextEvent, "state": StateEvent, "error": ErrorEvent}
+    kind = kinds.get(str(message.get("type")))
+    if kind is None:
+        return None
+    names = {f.name for f in dataclasses.fields(kind)}
+    try:
+        return kind(**{k: v for k, v in message.items() if k in names})
+    except TypeError:
+        return None
+
+
+# --- the command ---------------------------------------------------------------------------------
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """`talk`'s remote options: --remote URL [--node NAME] and the broker's login and TLS."""
+    add_broker_arguments(parser, "--remote", host_and_port=False)
+    group = parser.add_argument_group("remote model")
+    group.add_argument("--node", help="talk to this node (default: any free node of the fleet)")
+    group.add_argument("--prefix", default="antiphon", help="topic prefix (default antiphon)")
+
+
+def session_from_args(
+    args: argparse.Namespace, notices: Callable[[str], None] | None = None
+) -> RemoteTalkSession:
+    sampling = None
+    names = ("text_temperature", "text_top_k", "audio_temperature", "audio_top_k", "seed")
+    given: dict[str, Any] = {name: getattr(args, name, None) for name in names}
+    if any(value is not None for name, value in given.items() if name != "seed"):
+        defaults = dataclasses.asdict(SamplingParams())
+        sampling = SamplingParams(**{k: defaults[k] if v is None else v for k, v in given.items()})
+    return RemoteTalkSession(
+        broker_from_args(args, "--remote"),
+        prefix=args.prefix,
+        node=args.node,
+        sampling=sampling,
+        input_device=getattr(args, "input_device", None),
+        output_device=getattr(args, "output_device", None),
+        record=getattr(args, "record", None),
+        demo_out=getattr(args, "demo_out", Path("antiphon-talk.wav")),
+        notices=notices,
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    """`antiphon talk --remote ...` with the inner monologue printed (no TUI)."""
+    session = session_from_args(args)
+    session.events.sinks.append(TerminalPrinter())
+    return asyncio.run(_talk(session))
+
+
+async def _talk(session: RemoteTalkSession) -> int:
+    loop = asyncio.get_running_loop()
+    talking = asyncio.create_task(session.run())
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, talking.cancel)
+    print(f"antiphon: {session.model_name} | Ctrl-C to stop", file=sys.stderr)
+    try:
+        await talking
+    except asyncio.CancelledError:
+        if not talking.cancelled():
+            raise
+    print()
+    return 0

@@ -1,0 +1,184 @@
+"""What `antiphon serve` keeps per session and per node, and when it steps them."""
+
+from __future__ import annotations
+
+import time
+from collections import Counter, deque
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from model import SamplingParams
+
+from .protocol import (
+    DUPLICATE,
+    INPUT_OVERFLOW,
+    OUT_OF_ORDER,
+    AudioFrame,
+    ProtocolError,
+    SampleFormat,
+    SessionTopics,
+)
+from .recording import Recorder
+
+ERROR_EVENT_INTERVAL = 1.0  # seconds: at most one error event per code and session this often
+STEP_MARGIN = 0.003  # seconds a step waits after the expected last arrival of its cluster
+
+
+@dataclass(frozen=True)
+class Arrival:
+    frame: AudioFrame
+    time: float  # monotonic, when the node received it
+
+
+@dataclass
+class Session:
+    """One conversation on the node: a slot of the BatchEngine and its topics."""
+
+    id: str  # secrets.token_urlsafe: 128 random bits
+    owner: str
+    slot: int
+    topics: SessionTopics
+    format: SampleFormat  # of the replies
+    sampling: SamplingParams
+    queue_frames: int  # input frames held at most; beyond, the oldest is dropped
+    opened_at: float = field(default_factory=time.monotonic)
+    last_heard: float = field(default_factory=time.monotonic)  # a valid frame or command
+    last_arrival: float = -np.inf  # of the last frame accepted: its phase times the steps
+    queue: deque[Arrival] = field(default_factory=deque)
+    last_sequence: int = -1
+    muted: bool = False
+    closed: bool = False
+    frames: int = 0  # frames stepped so far: the session's frame index
+    dropped: int = 0  # input frames dropped because the queue was full
+    missing: int = 0  # sequence numbers skipped by the client (lost on the way, or never sent)
+    compute_ms: list[float] = field(default_factory=list)
+    node_ms: list[float] = field(default_factory=list)  # arrival -> reply handed to MQTT
+    recorder: Recorder | None = None
+    errors: Counter[str] = field(default_factory=Counter)
+    _reported: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def elapsed(self) -> float:
+        return time.monotonic() - self.opened_at
+
+    def accept(self, frame: AudioFrame, now: float) -> int:
+        """Queue a frame in sequence order; returns how many older frames it pushed out.
+
+        Raises ProtocolError for a repeated or earlier sequence number (the frame is dropped).
+        """
+        if frame.sequence == self.last_sequence:
+            raise ProtocolError(DUPLICATE, f"frame {frame.sequence} arrived twice: dropped")
+        if frame.sequence < self.last_sequence:
+            raise ProtocolError(
+                OUT_OF_ORDER,
+                f"frame {frame.sequence} arrived after frame {self.last_sequence}: dropped",
+            )
+        if self.last_sequence >= 0:
+            self.missing += frame.sequence - self.last_sequence - 1
+        self.last_sequence = frame.sequence
+        self.last_heard = self.last_arrival = now
+        pushed = 0
+        while len(self.queue) >= self.queue_frames:
+            self.queue.popleft()
+            pushed += 1
+        self.queue.append(Arrival(frame, now))
+        self.dropped += pushed
+        return pushed
+
+    def overflow_error(self, pushed: int) -> ProtocolError:
+        return ProtocolError(
+            INPUT_OVERFLOW,
+            f"frames arrive faster than real time: {pushed} dropped ({self.dropped} so far); "
+            "send one frame per 80 ms",
+        )
+
+    def may_report(self, code: str, now: float) -> bool:
+        """Whether an error event with this code goes out now (one per code per second)."""
+        if now - self._reported.get(code, -np.inf) < ERROR_EVENT_INTERVAL:
+            return False
+        self._reported[code] = now
+        return True
+
+    def summary(self) -> dict[str, Any]:
+        def pct(values: list[float], q: float) -> float | None:
+            return float(np.percentile(values, q)) if values else None
+
+        return {
+            "frames": self.frames,
+            "duration_s": self.elapsed,
+            "compute_ms_median": pct(self.compute_ms, 50),
+            "compute_ms_p99": pct(self.compute_ms, 99),
+            "node_ms_median": pct(self.node_ms, 50),
+            "node_ms_p99": pct(self.node_ms, 99),
+            "dropped_input_frames": self.dropped,
+            "missing_input_frames": self.missing,
+            "errors": dict(self.errors),
+        }
+
+
+@dataclass
+class Metrics:
+    """The node's counters, published retained on <prefix>/<node>/metrics."""
+
+    started: float = field(default_factory=time.monotonic)
+    requests: int = 0
+    sessions_opened: int = 0
+    sessions_closed: int = 0
+    timeouts: int = 0
+    frames_in: int = 0
+    frames_out: int = 0
+    frames_dropped: int = 0
+    steps: int = 0
+    reconnects: int = 0
+    errors: Counter[str] = field(default_factory=Counter)
+    step_ms: deque[float] = field(default_factory=lambda: deque(maxlen=1000))
+    _reported: dict[str, float] = field(default_factory=dict)
+
+    def may_report(self, code: str, now: float) -> bool:
+        """For errors that name no session: one event per code per second."""
+        if now - self._reported.get(code, -np.inf) < ERROR_EVENT_INTERVAL:
+            return False
+        self._reported[code] = now
+        return True
+
+    def as_dict(self) -> dict[str, Any]:
+        steps = list(self.step_ms)
+        return {
+            "uptime_s": round(time.monotonic() - self.started, 3),
+            "requests": self.requests,
+            "sessions_opened": self.sessions_opened,
+            "sessions_closed": self.sessions_closed,
+            "timeouts": self.timeouts,
+            "frames_in": self.frames_in,
+            "frames_out": self.frames_out,
+            "frames_dropped": self.frames_dropped,
+            "steps": self.steps,
+            "reconnects": self.reconnects,
+            "step_ms_median": float(np.median(steps)) if steps else None,
+            "step_ms_p99": float(np.percentile(steps, 99)) if steps else None,
+            "errors": dict(self.errors),
+            "errors_total": sum(self.errors.values()),
+        }
+
+
+def step_time(
+    sessions: Iterable[Session], ready: list[Session], now: float, period: float
+) -> float:
+    """When to step the frames waiting in `ready`: just after the last arrival of their cluster.
+
+    Each client sends a frame per period on a phase of its own. One step per period serves them
+    all with the least waiting if it comes right after the phase that precedes the largest gap
+    between phases. A frame later than that (jitter) waits for the next step, or gets a step of
+    its own at once when its session falls a frame behind (the caller's rule).
+    """
+    phases = sorted(
+        s.last_arrival % period for s in sessions if s.queue or now - s.last_arrival < 2 * period
+    )
+    gaps = [b - a for a, b in zip(phases, phases[1:], strict=False)]
+    gaps.append(phases[0] + period - phases[-1])
+    end = phases[max(range(len(gaps)), key=gaps.__getitem__)]
+    oldest = min(s.queue[0].time for s in ready)
+    return oldest + (end + STEP_MARGIN - oldest) % period

@@ -1,0 +1,705 @@
+"""`antiphon serve` against a real mosquitto: sessions end to end, batching, fleets, bad input, ACL.
+
+The node runs in-process (its torch thread next to the test's loop) except where a process must
+die; clients are plain aiomqtt clients speaking the documented protocol (docs/protocol.md).
+Outputs are compared with BatchEngine run alone on the same frames and seed: the oracle.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import secrets
+import signal
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import aiomqtt
+import numpy as np
+import pytest
+import torch
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from app.batch import BatchEngine
+from app.models import random_model
+from app.mqtt import BrokerSettings, make_client, socket_nodelay
+from app.protocol import (
+    AUDIO_HEADER,
+    AudioFrame,
+    ProtocolError,
+    SampleFormat,
+    Topics,
+    decode_audio,
+    encode_audio,
+    encode_json,
+    parse_command,
+    parse_sampling,
+)
+from app.recording import read_recording
+from app.remote import RemoteTalkSession
+from app.runtime import CollectingSink, PacedFileSource, RealClock
+from app.serve import ServeOptions, Server
+from app.serve_state import Arrival, Session, step_time
+from model import SamplingParams
+from tests.mosquitto import Mosquitto, running_broker
+
+ROOT = Path(__file__).resolve().parents[2]
+FRAME = 1920
+WAIT = 10.0  # seconds: generous limit for anything awaited (the machine may be loaded)
+
+
+@pytest.fixture(scope="module")
+def model():
+    return random_model(torch.device("cpu"), SamplingParams())
+
+
+@pytest.fixture
+def broker(tmp_path: Path):
+    with running_broker(tmp_path) as running:
+        yield running
+
+
+def _audio(seed: int, frames: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return np.clip(0.2 * rng.standard_normal((frames, FRAME)), -1, 1).astype(np.float32)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def oracle_thread():
+    """The oracle's torch work runs in a thread that outlives the nodes' torch threads.
+
+    Seen with torch 2.13's OpenMP build: once a thread that ran torch ops has exited, torch
+    ops in the main thread run ~100x slower for about a second; a long-lived thread is not hit.
+    """
+    global _oracle
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="oracle") as _oracle:
+        yield
+
+
+_oracle: ThreadPoolExecutor
+
+
+def _alone(model, audio: np.ndarray, seed: int) -> list:
+    """The oracle: the same frames and seed in a BatchEngine of its own."""
+
+    def run() -> list:
+        engine = BatchEngine(model, slots=4)
+        slot = engine.open(SamplingParams(seed=seed))
+        return [engine.step({slot: frame})[slot] for frame in audio]
+
+    return _oracle.submit(run).result()
+
+
+class Peer:
+    """A test client: every message it receives is kept; `wait` for one that matches."""
+
+    def __init__(self, client: aiomqtt.Client, owner: str) -> None:
+        self.client = client
+        self.owner = owner
+        self.messages: list[aiomqtt.Message] = []
+        self._arrived = asyncio.Event()
+
+    async def collect(self) -> None:
+        async for message in self.client.messages:
+            self.messages.append(message)
+            self._arrived.set()
+
+    def on(self, topic: str) -> list[bytes]:
+        return [m.payload for m in self.messages if m.topic.value == topic]  # type: ignore[misc]
+
+    def events(self, topic: str) -> list[dict[str, Any]]:
+        return [json.loads(payload) for payload in self.on(topic)]
+
+    async def wait(
+        self, topic: str, match: Callable[[bytes], bool] = lambda _: True, timeout: float = WAIT
+    ) -> bytes:
+        async with asyncio.timeout(timeout):
+            while True:
+                for payload in self.on(topic):
+                    if match(payload):
+                        return payload
+                self._arrived.clear()
+                await self._arrived.wait()
+
+    async def wait_event(self, topic: str, **fields: Any) -> dict[str, Any]:
+        def matches(payload: bytes) -> bool:
+            event = json.loads(payload)
+            return all(event.get(k) == v for k, v in fields.items())
+
+        return json.loads(await self.wait(topic, matches))
+
+    async def request(
+        self, target: str = "antiphon/requests", timeout: float = WAIT, **body: Any
+    ) -> dict[str, Any] | None:
+        """A session request with an MQTT 5 response topic; the node's answer (None: none)."""
+        reply_to = f"antiphon/reply/{self.owner}/{secrets.token_hex(4)}"
+        await self.client.subscribe(reply_to, qos=1)
+        properties = Properties(PacketTypes.PUBLISH)
+        properties.ResponseTopic = reply_to
+        properties.CorrelationData = b"c-" + reply_to.encode()
+        body = {"owner": self.owner, "format": "f32"} | body
+        await self.client.publish(target, encode_json(body), qos=1, properties=properties)
+        try:
+            return json.loads(await self.wait(reply_to, timeout=timeout))
+        except TimeoutError:
+            return None
+
+    async def open(self, **body: Any) -> dict[str, Any]:
+        grant = await self.request(**body)
+        assert grant is not None and grant["ok"], grant
+        return grant
+
+    async def send(self, grant: dict[str, Any], sequence: int, pcm: np.ndarray) -> None:
+        frame = AudioFrame(sequence, pcm, SampleFormat.F32)
+        await self.client.publish(grant["topic"] + "/in/audio", encode_audio(frame))
+
+    def replies(self, grant: dict[str, Any]) -> list[AudioFrame]:
+        return [decode_audio(p, FRAME) for p in self.on(grant["topic"] + "/out/audio")]
+
+    async def wait_replies(self, grant: dict[str, Any], count: int) -> list[AudioFrame]:
+        topic = grant["topic"] + "/out/audio"
+        async with asyncio.timeout(WAIT):
+            while len(self.on(topic)) < count:
+                self._arrived.clear()
+                await self._arrived.wait()
+        return self.replies(grant)
+
+
+def _settings(broker: Mosquitto, username: str | None, password: str) -> BrokerSettings:
+    tls = broker.ca is not None
+    return BrokerSettings(
+        broker.host, broker.port, username=username, password=password, tls=tls, tls_ca=broker.ca
+    )
+
+
+@contextlib.asynccontextmanager
+async def peer(
+    broker: Mosquitto, owner: str = "alice", username: str | None = None, password: str = ""
+) -> AsyncIterator[Peer]:
+    settings = _settings(broker, username, password)
+    async with make_client(settings, client_id=owner) as client:
+        connected = Peer(client, owner)
+        await client.subscribe(f"antiphon/+/session/{owner}/+/out/#", qos=0)  # all my sessions'
+        collecting = asyncio.create_task(connected.collect())
+        try:
+            yield connected
+        finally:
+            collecting.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await collecting
+
+
+@contextlib.asynccontextmanager
+async def serving(
+    model, broker: Mosquitto, username: str | None = None, password: str = "", **options: Any
+) -> AsyncIterator[Server]:
+    settings = _settings(broker, username, password)
+    defaults: dict[str, Any] = {"node": "n1", "slots": 4}
+    server = Server(model, settings, ServeOptions(**(defaults | options)))
+    task = asyncio.create_task(server.run())
+    try:
+        async with peer(broker, f"watch-{secrets.token_hex(3)}", username, password) as watcher:
+            await watcher.client.subscribe(server.topics.status)
+            await watcher.wait(server.topics.status, lambda p: p == b"online")
+        yield server
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+# --- the protocol, offline ----------------------------------------------------------------------
+
+
+def test_audio_frame_layout_and_round_trip() -> None:
+    pcm = np.linspace(-1, 1, FRAME, dtype=np.float32)
+    payload = encode_audio(AudioFrame(7, pcm, SampleFormat.S16, node_us=1234))
+    assert AUDIO_HEADER.size == 28 and len(payload) == 28 + 2 * FRAME
+    assert payload[:4] == b"AP\x01\x01"  # magic, version 1, format 1 = s16
+    assert int.from_bytes(payload[4:8], "little") == 7
+    assert int.from_bytes(payload[8:10], "little") == FRAME
+    assert int.from_bytes(payload[12:16], "little") == 1234
+    back = decode_audio(payload, FRAME)
+    assert back.sequence == 7 and back.node_us == 1234
+    assert np.abs(back.pcm - pcm).max() <= 1 / 32768
+    exact = decode_audio(encode_audio(AudioFrame(1, pcm, SampleFormat.F32)), FRAME)
+    np.testing.assert_array_equal(exact.pcm, pcm)
+
+
+@pytest.mark.parametrize(
+    ("payload", "code"),
+    [
+        (b"", "bad_frame"),
+        (b"XX" + bytes(26 + 2 * FRAME), "bad_frame"),  # wrong magic
+        (encode_audio(AudioFrame(0, np.zeros(FRAME - 1), SampleFormat.S16)), "bad_frame"),
+        (encode_audio(AudioFrame(0, np.zeros(FRAME)))[:-2], "bad_frame"),  # truncated
+        (b"AP\x01\x09" + bytes(24 + 2 * FRAME), "bad_frame"),  # unknown sample format
+        (encode_audio(AudioFrame(0, np.full(FRAME, np.nan), SampleFormat.F32)), "bad_frame"),
+        (bytes(100_000), "too_large"),
+    ],
+)
+def test_bad_frames_are_refused(payload: bytes, code: str) -> None:
+    with pytest.raises(ProtocolError) as refused:
+        decode_audio(payload, FRAME)
+    assert refused.value.code == code
+
+
+def test_commands_sampling_and_topics_are_checked() -> None:
+    assert parse_command({"cmd": "mute", "muted": False}).muted is False
+    cases: list[tuple[dict[str, Any], str]] = [
+        ({"cmd": "explode"}, "unknown_command"),
+        ({"cmd": "mute", "muted": "yes"}, "bad_request"),
+    ]
+    for bad, code in cases:
+        with pytest.raises(ProtocolError) as refused:
+            parse_command(bad)
+        assert refused.value.code == code
+    base = SamplingParams()
+    assert parse_sampling({"seed": 5, "text_top_k": 3}, base).seed == 5
+    wrong: list[dict[str, Any]] = [{"seed": -1}, {"seed": 1.5}, {"text_temperature": True}]
+    for fields in [*wrong, {"nope": 1}]:
+        with pytest.raises(ProtocolError):
+            parse_sampling(fields, base)
+    topics = Topics("antiphon", "n1")
+    assert topics.parse_session_topic("antiphon/n1/session/bob/xyz/ctl") == ("bob", "xyz", "ctl")
+    assert topics.parse_session_topic("antiphon/n1/session/bob/xyz/out/audio") is None
+    assert topics.check_reply_topic("antiphon/reply/bob/1", "bob") == "antiphon/reply/bob/1"
+    for bad_topic in ["antiphon/reply/alice/1", "antiphon/n1/status", "antiphon/reply/bob/"]:
+        with pytest.raises(ProtocolError):
+            topics.check_reply_topic(bad_topic, "bob")
+    with pytest.raises(ProtocolError):
+        Topics("antiphon", "a/b")
+
+
+def test_a_step_comes_just_after_the_last_phase_of_a_cluster() -> None:
+    period = 0.08
+    topics = Topics("antiphon", "n1")
+
+    def session(phase: float, queued: bool) -> Session:
+        made = Session(
+            "id", "o", 0, topics.session("o", "id"), SampleFormat.S16, SamplingParams(), 8
+        )
+        made.last_arrival = 10 * period + phase
+        if queued:
+            made.queue.append(Arrival(AudioFrame(0, np.zeros(FRAME)), made.last_arrival))
+        return made
+
+    now = 10 * period + 0.020
+    # phases 0, 13, 26 and 39 ms: the largest gap follows 39 ms, so the step is at 39 (+margin)
+    sessions = [session(p, p <= 0.020) for p in (0.000, 0.013, 0.026, 0.039)]
+    ready = [s for s in sessions if s.queue]
+    assert step_time(sessions, ready, now, period) == pytest.approx(10 * period + 0.042)
+    # a single session is stepped as soon as its frame is in
+    alone = [session(0.005, True)]
+    assert step_time(alone, alone, now, period) == pytest.approx(10 * period + 0.008)
+
+
+# --- sessions end to end ------------------------------------------------------------------------
+
+
+def test_open_talk_reset_close(model, broker: Mosquitto, tmp_path: Path) -> None:
+    audio = _audio(1, 12)
+
+    async def main() -> tuple[list[AudioFrame], dict[str, Any], Peer]:
+        async with serving(model, broker, record=tmp_path / "rec") as server, peer(broker) as me:
+            await me.client.subscribe("antiphon/n1/info", qos=1)
+            grant = await me.open(sampling={"seed": 3})
+            assert server.client is not None and socket_nodelay(server.client)
+            assert socket_nodelay(me.client)
+            events = grant["topic"] + "/out/event"
+            await me.wait_event(events, state="opened")
+            await me.wait("antiphon/n1/info", lambda p: json.loads(p)["free_slots"] == 3)
+            for i in range(6):  # lock step: the next frame once the last is answered
+                await me.send(grant, i, audio[i])
+                await me.wait_replies(grant, i + 1)
+            await me.client.publish(grant["topic"] + "/ctl", b'{"cmd": "reset"}', qos=1)
+            await me.wait_event(events, state="reset")
+            for i in range(6, 12):
+                await me.send(grant, i, audio[i])
+                await me.wait_replies(grant, i + 1)
+            await me.client.publish(grant["topic"] + "/ctl", b'{"cmd": "close"}', qos=1)
+            await me.wait_event(events, state="closed", detail="closed by the client")
+            await me.wait("antiphon/n1/info", lambda p: json.loads(p)["free_slots"] == 4)
+            return me.replies(grant), grant, me
+
+    replies, grant, me = asyncio.run(main())
+    assert [r.sequence for r in replies] == list(range(12))
+    assert all(r.node_us > 0 and r.lm_us > 0 for r in replies)
+    expected = _alone(model, audio[:6], 3) + _alone(model, audio[6:], 3)  # reset: a fresh start
+    for reply, oracle in zip(replies, expected, strict=True):
+        np.testing.assert_array_equal(reply.pcm, oracle.pcm)
+    texts = [json.loads(p) for p in me.on(grant["topic"] + "/out/text")]
+    assert [t["token"] for t in texts] == [o.text_token for o in expected if o.text]
+    recorded = read_recording(tmp_path / "rec" / grant["session"])
+    assert len(recorded.user) == 12 * FRAME and recorded.meta["summary"]["frames"] == 12
+    assert recorded.meta["session"] == {"id": grant["session"], "owner": "alice"}
+
+
+def test_four_sessions_each_equal_to_itself_alone(model, broker: Mosquitto) -> None:
+    """Different audio and seeds, different phases and one pause: batches of every shape."""
+    frames = 12
+    audio = [_audio(10 + i, frames) for i in range(4)]
+
+    async def talk(me: Peer, grant: dict[str, Any], index: int) -> None:
+        await asyncio.sleep(0.02 * index)  # each client on its own phase
+        for i in range(frames):
+            await me.send(grant, i, audio[index][i])
+            pause = 0.3 if (index == 2 and i == 5) else 0.0  # session 2 skips a few steps
+            await asyncio.sleep(0.08 + pause)
+
+    async def main() -> list[list[AudioFrame]]:
+        async with serving(model, broker), peer(broker) as me:
+            grants = [await me.open(sampling={"seed": 20 + i}) for i in range(4)]
+            async with asyncio.TaskGroup() as tasks:
+                for index, grant in enumerate(grants):
+                    tasks.create_task(talk(me, grant, index))
+            return [await me.wait_replies(grant, frames) for grant in grants]
+
+    outputs = asyncio.run(main())
+    for index, replies in enumerate(outputs):
+        assert [r.sequence for r in replies] == list(range(frames))
+        alone = _alone(model, audio[index], 20 + index)
+        for reply, oracle in zip(replies, alone, strict=True):
+            np.testing.assert_array_equal(reply.pcm, oracle.pcm)
+
+
+def test_silent_client_times_out_and_frees_its_slot(model, broker: Mosquitto) -> None:
+    async def main() -> None:
+        async with serving(model, broker, slots=1, session_timeout=0.4), peer(broker) as me:
+            grant = await me.open()
+            await me.send(grant, 0, np.zeros(FRAME, np.float32))
+            closed = await me.wait_event(grant["topic"] + "/out/event", state="closed")
+            assert closed["detail"].startswith("timeout")
+            assert await me.open()  # the slot is free again
+
+    asyncio.run(main())
+
+
+def test_remote_talk_session_reports_the_network_share(
+    model, broker: Mosquitto, tmp_path: Path
+) -> None:
+    audio = _audio(3, 10).reshape(-1)
+
+    async def main() -> RemoteTalkSession:
+        async with serving(model, broker):
+            clock = RealClock()
+            session = RemoteTalkSession(
+                BrokerSettings(broker.host, broker.port),
+                node="n1",
+                sampling=SamplingParams(seed=4),
+                record=tmp_path / "here",
+                source=PacedFileSource(audio, FRAME, 24000, clock),
+                sink=CollectingSink(),
+                notices=lambda text: None,
+            )
+            await session.run()
+            return session
+
+    session = asyncio.run(main())
+    report = session.latency_report()
+    assert report["frames"] == 10 and report["lost_frames"] == 0
+    assert 0 < report["network_ms_median"] < report["latency_ms_median"]
+    assert 0 < report["network_share"] < 1
+    assert session.model_name.endswith("on n1")
+    recorded = read_recording(tmp_path / "here")
+    assert len(recorded.assistant) == 10 * FRAME
+    np.testing.assert_allclose(recorded.user, audio, atol=1 / 32768)
+    # s16 both ways: the node hears the quantised audio, and its answer is quantised again
+    heard = np.clip(np.round(audio * 32768), -32768, 32767).reshape(10, FRAME) / 32768
+    expected = np.concatenate([r.pcm for r in _alone(model, heard.astype(np.float32), 4)])
+    np.testing.assert_allclose(recorded.assistant, expected, atol=1 / 32768)
+
+
+# --- availability and fleets --------------------------------------------------------------------
+
+
+def test_sigkill_sends_the_last_will_and_a_restart_serves_again(broker: Mosquitto) -> None:
+    command = [sys.executable, "-m", "app.cli", "serve", "--broker", broker.url, "--node", "doomed"]
+    command += ["--slots", "1", "--keepalive", "5"]
+
+    def start() -> subprocess.Popen[bytes]:
+        return subprocess.Popen(command, cwd=ROOT, stdin=subprocess.DEVNULL)
+
+    async def main() -> None:
+        async with peer(broker) as me:
+            await me.client.subscribe("antiphon/doomed/status", qos=1)
+            process = start()
+            try:
+                await me.wait("antiphon/doomed/status", lambda p: p == b"online", timeout=60)
+                process.send_signal(signal.SIGKILL)
+                process.wait()
+                me.messages.clear()
+                await me.wait("antiphon/doomed/status", lambda p: p == b"offline")
+            finally:
+                process.kill()
+                process.wait()
+            me.messages.clear()
+            process = start()
+            try:
+                await me.wait("antiphon/doomed/status", lambda p: p == b"online", timeout=60)
+                grant = await me.request("antiphon/doomed/requests")
+                assert grant is not None and grant["ok"] and grant["node"] == "doomed"
+                process.send_signal(signal.SIGTERM)  # a clean exit says offline itself
+                me.messages.clear()
+                await me.wait("antiphon/doomed/status", lambda p: p == b"offline")
+                assert process.wait(timeout=WAIT) == 0
+            finally:
+                process.kill()
+                process.wait()
+
+    asyncio.run(main())
+
+
+def test_shared_subscription_gives_each_request_to_one_node(model, broker: Mosquitto) -> None:
+    async def main() -> None:
+        async with (
+            serving(model, broker, node="n1", slots=2),
+            serving(model, broker, node="n2", slots=2),
+            peer(broker) as me,
+        ):
+            answers = [await me.request() for _ in range(4)]
+            await asyncio.sleep(0.3)  # a second answer to any request would be in by now
+            replies = [m for m in me.messages if m.topic.value.startswith("antiphon/reply/")]
+            assert len(replies) == 4 and all(a is not None and a["ok"] for a in answers)
+            nodes = sorted(a["node"] for a in answers if a is not None)
+            assert nodes == ["n1", "n1", "n2", "n2"]
+            assert await me.request(timeout=1.0) is None  # both full: neither takes requests
+            first = answers[0]
+            assert first is not None
+            await me.client.subscribe(f"antiphon/{first['node']}/info", qos=1)
+            await me.client.publish(first["topic"] + "/ctl", b'{"cmd":"close"}', qos=1)
+            # The node rejoins the group before it says it has a free slot
+            await me.wait(f"antiphon/{first['node']}/info", lambda p: b'"free_slots":1' in p)
+            again = await me.request()
+            assert again is not None and again["ok"] and again["node"] == first["node"]
+
+    asyncio.run(main())
+
+
+def test_the_node_reconnects_when_the_broker_comes_back(model, broker: Mosquitto) -> None:
+    async def main() -> None:
+        async with serving(model, broker) as server:
+            broker.stop()
+            await asyncio.sleep(0.3)
+            broker.start()
+            async with peer(broker) as me:
+                await me.client.subscribe(server.topics.status, qos=1)
+                await me.wait(server.topics.status, lambda p: p == b"online")
+                grant = await me.open()
+                await me.send(grant, 0, np.zeros(FRAME, np.float32))
+                await me.wait_replies(grant, 1)
+            assert server.metrics.reconnects >= 1
+
+    asyncio.run(main())
+
+
+# --- bad input ----------------------------------------------------------------------------------
+
+
+def test_bad_input_gets_error_events_and_harms_no_one(model, broker: Mosquitto) -> None:
+    frames = 10
+    audio = _audio(5, frames)
+
+    async def victim(me: Peer, grant: dict[str, Any]) -> list[AudioFrame]:
+        for i in range(frames):
+            await me.send(grant, i, audio[i])
+            await asyncio.sleep(0.08)
+        return await me.wait_replies(grant, frames)
+
+    async def attack(me: Peer, server: Server) -> None:
+        async def counted(code: str, count: int) -> None:  # repeated codes: events are limited
+            async with asyncio.timeout(WAIT):
+                while server.metrics.errors[code] < count:
+                    await asyncio.sleep(0.01)
+
+        grant = await me.open()
+        topic, ctl, events = grant["topic"], grant["topic"] + "/ctl", grant["topic"] + "/out/event"
+        silence = np.zeros(FRAME, np.float32)
+
+        async def expect(code: str, *, on: str = events) -> None:
+            await me.wait_event(on, code=code)
+
+        await me.client.publish(ctl, b"{not json")
+        await expect("bad_json")
+        await me.client.publish(ctl, b'{"cmd": "dance"}')
+        await expect("unknown_command")
+        await me.client.publish(ctl, b'{"cmd": "sampling", "text_top_k": -3}')
+        await expect("bad_sampling")
+        await me.client.publish(ctl, b"[" * 3000 + b"]" * 3000)
+        await expect("too_large")
+        await me.client.publish(ctl, b"[" * 2000 + b"]" * 2000)  # deep, not large
+        await counted("bad_json", 2)
+        await me.client.publish(topic + "/in/audio", b"AP\x01\x01" + bytes(40))
+        await expect("bad_frame")
+        await me.client.publish(topic + "/in/audio", bytes(60_000))
+        await counted("too_large", 2)
+        await me.send(grant, 5, silence)
+        await me.send(grant, 5, silence)
+        await expect("duplicate")
+        await me.send(grant, 3, silence)
+        await expect("out_of_order")
+        for i in range(6, 40):  # far faster than real time
+            await me.send(grant, i, silence)
+        await expect("input_overflow")
+        ghost = f"antiphon/n1/session/{me.owner}/{secrets.token_urlsafe(16)}"
+        await me.client.subscribe(ghost + "/out/event")
+        await me.client.publish(ghost + "/ctl", b'{"cmd": "close"}')
+        await expect("unknown_session", on=ghost + "/out/event")
+        await me.client.publish(ctl, b'{"cmd": "close"}')
+        await me.wait_event(events, state="closed")
+        await me.send(grant, 100, silence)
+        await expect("session_closed")
+        await me.client.subscribe("antiphon/n1/errors")
+        await me.client.publish("antiphon/requests", b'{"owner": "a/b"}')
+        await me.wait_event("antiphon/n1/errors", code="bad_request")
+        await me.client.publish("antiphon/n1/requests", b"\xff\xfe")
+        await counted("bad_json", 3)
+        refused = await me.request(sampling={"audio_top_k": "many"})
+        assert refused is not None and refused["code"] == "bad_sampling"
+        bad_reply = await me.request(owner="someone-else", timeout=0.5)  # reply under alice's
+        assert bad_reply is None
+        await me.wait_event("antiphon/n1/errors", code="bad_reply_topic")
+
+    async def main() -> tuple[list[AudioFrame], dict[str, Any]]:
+        async with (
+            serving(model, broker) as server,
+            peer(broker) as me,
+            peer(broker, "mallory") as bad,
+        ):
+            grant = await me.open(sampling={"seed": 9})
+            async with asyncio.TaskGroup() as tasks:
+                victims = tasks.create_task(victim(me, grant))
+                tasks.create_task(attack(bad, server))
+            assert await me.open()  # the node still opens sessions
+            return victims.result(), server.metrics.as_dict()
+
+    replies, metrics = asyncio.run(main())
+    for reply, oracle in zip(replies, _alone(model, audio, 9), strict=True):
+        np.testing.assert_array_equal(reply.pcm, oracle.pcm)
+    errors = metrics["errors"]
+    for code in ["bad_json", "unknown_command", "bad_sampling", "too_large", "bad_frame"]:
+        assert errors[code] >= 1, code
+    for code in ["duplicate", "out_of_order", "unknown_session", "session_closed"]:
+        assert errors[code] >= 1, code
+    assert errors["input_overflow"] >= 1 and metrics["frames_dropped"] >= 1
+    assert "internal" not in errors
+
+
+def test_retained_leftovers_are_ignored(model, broker: Mosquitto) -> None:
+    """A request or frame left retained on the broker reaches a node when it subscribes."""
+
+    async def main() -> None:
+        async with peer(broker, "mallory") as me:
+            await me.client.subscribe("antiphon/n1/errors")
+            request = encode_json({"owner": "mallory", "reply_to": "antiphon/reply/mallory/x"})
+            await me.client.publish("antiphon/n1/requests", request, qos=1, retain=True)
+            async with serving(model, broker) as server:
+                await me.wait_event("antiphon/n1/errors", code="retained")
+                assert server.metrics.sessions_opened == 0
+
+    asyncio.run(main())
+
+
+# --- security -----------------------------------------------------------------------------------
+
+ACL = """\
+# the nodes: everything under the prefix
+user node
+topic readwrite antiphon/#
+
+# every client (patterns apply to all users; %u is the username): ask for sessions, read node
+# status, read replies and its own sessions' output, write its own sessions' input
+pattern write antiphon/requests
+pattern write antiphon/+/requests
+pattern read antiphon/+/status
+pattern read antiphon/+/info
+pattern read antiphon/reply/%u/#
+pattern read antiphon/+/session/%u/+/out/#
+pattern write antiphon/+/session/%u/+/in/audio
+pattern write antiphon/+/session/%u/+/ctl
+"""
+
+
+def test_acl_keeps_each_client_to_its_own_sessions(model, tmp_path: Path) -> None:
+    users = {"node": "node-secret", "alice": "alice-secret", "bob": "bob-secret"}
+    audio = _audio(7, 6)
+
+    async def main() -> tuple[list[AudioFrame], Peer]:
+        with running_broker(tmp_path, users=users, acl=ACL) as broker:
+            async with (
+                serving(model, broker, username="node", password="node-secret") as server,
+                peer(broker, "alice", "alice", "alice-secret") as alice,
+                peer(broker, "bob", "bob", "bob-secret") as bob,
+            ):
+                grant = await alice.open(sampling={"seed": 2})
+                topic = grant["topic"]
+                # mosquitto 2.0 grants these subscriptions and then delivers nothing the ACL
+                # forbids: what counts is what bob receives (nothing of alice's, below)
+                for stolen in [topic + "/out/#", "antiphon/#", "antiphon/reply/alice/#"]:
+                    await bob.client.subscribe(stolen, qos=0)
+                for i in range(6):
+                    await alice.send(grant, i, audio[i])
+                    await bob.client.publish(
+                        topic + "/in/audio",
+                        encode_audio(
+                            AudioFrame(100 + i, np.ones(FRAME, np.float32), SampleFormat.F32)
+                        ),
+                    )
+                    await bob.client.publish(topic + "/ctl", b'{"cmd": "close"}')
+                    await alice.wait_replies(grant, i + 1)
+                # bob claiming to be alice: the reply would go under alice's tree, not his
+                assert await bob.request(owner="alice", timeout=0.5) is None
+                assert not [m for m in bob.messages if "alice" in m.topic.value]
+                assert bob.on("antiphon/n1/status") == [b"online"]  # what bob may read, he does
+                assert server.metrics.errors["duplicate"] == 0
+                assert server.sessions[("alice", grant["session"])].frames == 6
+                return alice.replies(grant), bob
+
+    replies, _ = asyncio.run(main())
+    assert [r.sequence for r in replies] == list(range(6))
+    for reply, oracle in zip(replies, _alone(model, audio, 2), strict=True):
+        np.testing.assert_array_equal(reply.pcm, oracle.pcm)
+
+
+def test_tls_to_the_broker(model, tmp_path: Path) -> None:
+    async def main() -> None:
+        with running_broker(tmp_path, tls=True) as broker:
+            async with serving(model, broker), peer(broker) as me:
+                grant = await me.open()
+                await me.send(grant, 0, np.zeros(FRAME, np.float32))
+                await me.wait_replies(grant, 1)
+
+    asyncio.run(main())
+
+
+def test_broker_options() -> None:
+    import argparse
+
+    from app.mqtt import add_broker_arguments, broker_from_args
+    from model.errors import ConfigError
+
+    parser = argparse.ArgumentParser()
+    add_broker_arguments(parser, "--broker", host_and_port=True)
+    settings = broker_from_args(parser.parse_args(["--broker", "mqtts://gpu.example"]), "--broker")
+    assert (settings.host, settings.port, settings.tls) == ("gpu.example", 8883, True)
+    settings = broker_from_args(parser.parse_args(["--host", "h", "--port", "1884"]), "--broker")
+    assert (settings.host, settings.port, settings.tls) == ("h", 1884, False)
+    for wrong in (["--broker", "http://x"], ["--broker", "mqtt://u:p@x"], ["--tls-cert", "c"]):
+        with pytest.raises(ConfigError):
+            broker_from_args(parser.parse_args(wrong), "--broker")
+
+
+def test_the_node_needs_the_right_password(model, tmp_path: Path) -> None:
+    from app.serve import ServeError
+
+    with running_broker(tmp_path, users={"node": "right"}) as broker:
+        settings = BrokerSettings(broker.host, broker.port, username="node", password="wrong")
+        server = Server(model, settings, ServeOptions(node="n1", slots=1))
+        with pytest.raises(ServeError, match="refused"):
+            asyncio.run(server.run())
