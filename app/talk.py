@@ -166,8 +166,9 @@ def _devices(
     except AudioDeviceError as exc:
         if session.input_device is not None:
             raise
+        session.notice(str(exc))
         session.notice(
-            f"{exc}\nno microphone, so a demo utterance plays as your voice "
+            "no microphone, so a demo utterance plays as your voice "
             "(pass --input-device to choose one)"
         )
         audio = generated_user_signal(6.0, engine.sample_rate)
@@ -183,7 +184,8 @@ def _devices(
     except AudioDeviceError as exc:
         if session.output_device is not None:
             raise
-        session.notice(f"{exc}\nno speaker: the reply goes to {session.demo_out}")
+        session.notice(str(exc))
+        session.notice(f"no speaker: the reply goes to {session.demo_out}")
         collected = CollectingSink()
         names["output"] = f"file {session.demo_out}"
         yield source, collected, collected
