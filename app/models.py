@@ -85,7 +85,7 @@ def load_from_args(args: argparse.Namespace) -> LoadedModel:
     named = [args.hf_repo, args.moshi_weight, args.mimi_weight, args.tokenizer, args.config]
     if not any(named):
         if (ASSETS / "config.json").is_file():
-            return bundled_model(device, args)
+            return bundled_model(device, args, dtype)
         return random_model(device, _sampling(args, SamplingParams()), args.seed)
     if args.hf_repo is None and not (args.moshi_weight and args.mimi_weight and args.tokenizer):
         raise ConfigError(
@@ -107,14 +107,16 @@ def load_from_args(args: argparse.Namespace) -> LoadedModel:
     )
 
 
-def bundled_model(device: torch.device, args: argparse.Namespace) -> LoadedModel:
+def bundled_model(
+    device: torch.device, args: argparse.Namespace, dtype: torch.dtype | None = None
+) -> LoadedModel:
     """The small demo model shipped in assets/ (see docs/demo-model.md)."""
     from .export import demo_files
 
     files = demo_files(ASSETS)
     return LoadedModel(
         codec=load_codec(files.codec_weights, files.codec_config, device),
-        lm=load_lm(files.lm_weights, files.lm_config, device),
+        lm=load_lm(files.lm_weights, files.lm_config, device, dtype),
         tokenizer=TextTokenizer(files.tokenizer),
         sampling=_sampling(args, files.sampling),
         name="bundled demo model",
@@ -125,7 +127,7 @@ def bundled_model(device: torch.device, args: argparse.Namespace) -> LoadedModel
 
 def random_model(device: torch.device, sampling: SamplingParams, seed: int = 0) -> LoadedModel:
     """The stand-in until the bundled demo model exists: tiny shapes, random weights."""
-    torch.manual_seed(seed)
+    torch.manual_seed(seed & 0xFFFFFFFF)  # any integer the user gives is a seed
     codec = Codec(tiny_mimi()).to(device).eval()
     for module in codec.quantizer.modules():
         if isinstance(module, Codebook):  # an untrained codebook is all zeros: give it spread

@@ -196,6 +196,12 @@ class Conversation:
                 group.create_task(self._capture())
                 group.create_task(self._infer(torch_thread))
                 group.create_task(self._playback())
+        except BaseExceptionGroup as failed:
+            # One task failed and the others were cancelled: raise that one error itself, so
+            # callers can catch it by type (a lost device, a full disk), not a group.
+            if len(failed.exceptions) == 1:
+                raise failed.exceptions[0] from None
+            raise
         finally:
             # A step still running finishes in its thread; wait so torch is idle at exit.
             torch_thread.shutdown(wait=True, cancel_futures=True)
@@ -210,17 +216,12 @@ class Conversation:
             self._inputs.put(frame)
         self._inputs.put(None)  # end of input (never dropped: the queue just lost its oldest)
 
-    def _apply_controls(self) -> None:
-        """Runs in the torch thread, between frames."""
-        if self._reset_requested:
-            self._reset_requested = False
+    def _step(self, pcm: np.ndarray, reset: bool, sampling: SamplingParams | None) -> StepResult:
+        """Runs in the torch thread: the controls taken for this frame, then the frame."""
+        if reset:
             self.engine.reset()
-        if self._sampling_requested is not None:
-            self.engine.set_sampling(self._sampling_requested)
-            self._sampling_requested = None
-
-    def _step(self, pcm: np.ndarray) -> StepResult:
-        self._apply_controls()
+        if sampling is not None:
+            self.engine.set_sampling(sampling)
         return self.engine.step(pcm)
 
     async def _infer(self, torch_thread: ThreadPoolExecutor) -> None:
@@ -228,11 +229,13 @@ class Conversation:
         silence = np.zeros(self.engine.frame_size, dtype=np.float32)
         try:
             while (frame := await self._inputs.get()) is not None:
-                was_reset = self._reset_requested
+                # Controls are taken here, on the loop, so none is lost or applied unreported.
+                reset, self._reset_requested = self._reset_requested, False
+                sampling, self._sampling_requested = self._sampling_requested, None
                 pcm = silence if self.muted else frame.pcm
-                result = await loop.run_in_executor(torch_thread, self._step, pcm)
+                result = await loop.run_in_executor(torch_thread, self._step, pcm, reset, sampling)
                 now = self.elapsed
-                if was_reset:
+                if reset:
                     self.events.emit(StateEvent(now, self._frame, "reset"))
                 if result.text:
                     self.events.emit(TextEvent(now, self._frame, result.text_token, result.text))

@@ -316,10 +316,12 @@ class TalkSession:
             try:
                 return await conversation.run()
             finally:
-                self.stop_recording()
-                if collected is not None:
-                    write_wav(self.demo_out, collected.audio(), self.engine.sample_rate)
-                    self.notice(f"wrote the reply to {self.demo_out}")
+                try:
+                    self.stop_recording()
+                finally:  # a recording that cannot be closed must not cost the reply too
+                    if collected is not None:
+                        write_wav(self.demo_out, collected.audio(), self.engine.sample_rate)
+                        self.notice(f"wrote the reply to {self.demo_out}")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -13,7 +13,7 @@ class CheckpointError(AntiphonError):
     """A model file (weights, tokenizer, config.json) is missing, unreadable or does not match."""
 
 
-class ConfigError(AntiphonError):
+class ConfigError(AntiphonError, ValueError):
     """A configuration is invalid or inconsistent."""
 
 

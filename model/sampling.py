@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
+from .errors import ConfigError
 from .streaming import reset_slots_
 
 _MASK32 = 0xFFFFFFFF
@@ -34,9 +35,9 @@ class SamplingParams:
 
     def __post_init__(self) -> None:
         if self.text_temperature < 0 or self.audio_temperature < 0:
-            raise ValueError("temperatures must be >= 0 (0 is greedy)")
+            raise ConfigError("temperatures must be >= 0 (0 is greedy)")
         if self.text_top_k < 0 or self.audio_top_k < 0:
-            raise ValueError("top-k must be >= 0 (0 keeps every token)")
+            raise ConfigError("top-k must be >= 0 (0 keeps every token)")
 
 
 @dataclass
@@ -65,7 +66,7 @@ class SamplingState:
             text_top_k=full(params.text_top_k, torch.long),
             audio_temperature=full(params.audio_temperature, torch.float32),
             audio_top_k=full(params.audio_top_k, torch.long),
-            seed=full(params.seed, torch.long),
+            seed=full(params.seed & _MASK32, torch.long),
             counter=full(0, torch.long),
             text_top_k_bound=params.text_top_k,
             audio_top_k_bound=params.audio_top_k,
@@ -77,7 +78,7 @@ class SamplingState:
         self.text_top_k[slot] = params.text_top_k
         self.audio_temperature[slot] = params.audio_temperature
         self.audio_top_k[slot] = params.audio_top_k
-        self.seed[slot] = params.seed
+        self.seed[slot] = params.seed & _MASK32  # all the hash uses; any int is a valid seed
         self.text_top_k_bound = _bound(self.text_top_k_bound, params.text_top_k)
         self.audio_top_k_bound = _bound(self.audio_top_k_bound, params.audio_top_k)
 

@@ -161,3 +161,23 @@ def test_drop_oldest_queue_keeps_the_newest() -> None:
         return [await queue.get(), await queue.get()], queue.dropped
 
     assert asyncio.run(main()) == ([3, 4], 3)
+
+
+class FailingSource:
+    """A microphone that fails to open (busy, unsupported rate)."""
+
+    async def frames(self):
+        from audio_io.errors import AudioDeviceError
+
+        raise AudioDeviceError("microphone 'USB' is busy")
+        yield  # an async generator
+
+
+def test_a_failing_task_raises_its_own_error_not_a_group(engine: Engine) -> None:
+    from audio_io.errors import AudioDeviceError
+
+    conversation = Conversation(
+        engine, FailingSource(), CollectingSink(), EventLog(), VirtualClock()
+    )
+    with pytest.raises(AudioDeviceError, match="busy"):
+        asyncio.run(conversation.run())

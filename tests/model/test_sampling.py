@@ -71,3 +71,13 @@ def test_state_keeps_a_static_top_k_bound_and_refuses_bad_params() -> None:
     assert state.text_top_k_bound == 0  # 0 keeps every token, so the bound is "no cut"
     with pytest.raises(ValueError, match="temperature"):
         SamplingParams(text_temperature=-1.0)
+
+
+def test_any_integer_seed_is_accepted_and_bad_values_are_config_errors() -> None:
+    from model.errors import ConfigError
+
+    state = SamplingState.create(1, SamplingParams(seed=2**70 + 5), "cpu")
+    state.set(0, SamplingParams(seed=-3))
+    assert 0 <= int(state.seed[0]) < 2**32
+    with pytest.raises(ConfigError, match="top-k"):
+        SamplingParams(text_top_k=-3)
