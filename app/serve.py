@@ -445,7 +445,7 @@ class Server:
         frames = {s.slot: self._silence if s.muted else a.frame.pcm for s, a in batch}
         started = time.perf_counter()
         try:
-            results = await self._in_torch(self._step_in_torch, batch, frames)
+            results, unrecorded = await self._in_torch(self._step_in_torch, batch, frames)
         except Exception as exc:  # a failed step (out of memory, say) ends its sessions only
             log.exception("a batched step failed")
             self.metrics.errors["step_failed"] += 1
@@ -457,6 +457,22 @@ class Server:
             return
         self.metrics.steps += 1
         self.metrics.step_ms.append(1000 * (time.perf_counter() - started))
+        for session, _ in batch:  # a recording that failed ends, its conversation goes on
+            if session.slot in unrecorded and session.recorder is not None:
+                recorder, session.recorder = session.recorder, None
+                self.metrics.errors["recording_failed"] += 1
+                self._emit(
+                    session,
+                    ErrorEvent(
+                        session.elapsed,
+                        session.frames,
+                        f"recording stopped: {unrecorded[session.slot]}",
+                        hint="free disk space or check the --record folder; what was written "
+                        "is kept",
+                    ),
+                )
+                with contextlib.suppress(AntiphonError, OSError, RuntimeError):
+                    recorder.close(session.summary())
         now = time.monotonic()
         publishing = []
         for session, arrival in batch:
@@ -471,12 +487,18 @@ class Server:
 
     def _step_in_torch(
         self, batch: list[tuple[Session, Arrival]], frames: dict[int, np.ndarray]
-    ) -> dict[int, StepResult]:
+    ) -> tuple[dict[int, StepResult], dict[int, str]]:
+        """The batched step, then each session's recording; a recording that fails (a full
+        disk) is reported by slot and does not fail the step for the others."""
         results = self.engine.step(frames)
+        unrecorded: dict[int, str] = {}
         for session, _ in batch:
             if session.recorder is not None:
-                session.recorder.write_frame(results[session.slot].pcm, frames[session.slot])
-        return results
+                try:
+                    session.recorder.write_frame(results[session.slot].pcm, frames[session.slot])
+                except (AntiphonError, OSError, RuntimeError) as exc:
+                    unrecorded[session.slot] = str(exc)
+        return results, unrecorded
 
     def _reply(
         self,

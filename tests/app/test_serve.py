@@ -341,6 +341,34 @@ def test_open_talk_reset_close(model, broker: Mosquitto, tmp_path: Path) -> None
     assert recorded.meta["session"] == {"id": grant["session"], "owner": "alice"}
 
 
+def test_a_failed_recording_ends_only_that_recording(
+    model, broker: Mosquitto, tmp_path: Path
+) -> None:
+    audio = _audio(2, 6)
+
+    async def main() -> tuple[dict[str, Any], int, int]:
+        async with serving(model, broker, record=tmp_path / "rec") as server, peer(broker) as me:
+            a, b = await me.open(sampling={"seed": 1}), await me.open(sampling={"seed": 2})
+            for i in range(3):
+                await me.send(a, i, audio[i])
+                await me.send(b, i, audio[i])
+                await me.wait_replies(a, i + 1)
+                await me.wait_replies(b, i + 1)
+            # The disk "fills up" under session a: its recorder refuses further frames.
+            server.sessions[("alice", a["session"])].recorder.close()
+            for i in range(3, 6):
+                await me.send(a, i, audio[i])
+                await me.send(b, i, audio[i])
+                await me.wait_replies(a, i + 1)
+                await me.wait_replies(b, i + 1)
+            error = await me.wait_event(a["topic"] + "/out/event", type="error")
+            return error, len(me.replies(a)), len(me.replies(b))
+
+    error, replies_a, replies_b = asyncio.run(main())
+    assert error["message"].startswith("recording stopped") and not error["fatal"]
+    assert replies_a == replies_b == 6  # both conversations went on
+
+
 def test_four_sessions_each_equal_to_itself_alone(model, broker: Mosquitto) -> None:
     """Different audio and seeds, different phases and one pause: batches of every shape."""
     frames = 12
