@@ -45,8 +45,7 @@ from paho.mqtt.properties import Properties
 from model import SamplingParams
 from model.errors import AntiphonError, ConfigError
 
-from .batch import BatchEngine
-from .engine import StepResult
+from .engine import BatchEngine, StepResult
 from .events import ErrorEvent, Event, StateEvent, TextEvent
 from .models import LoadedModel, add_model_arguments, load_from_args
 from .mqtt import BrokerSettings, add_broker_arguments, broker_from_args, call, make_client

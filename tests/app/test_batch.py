@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from app.batch import BatchEngine, NoFreeSlot
+from app.engine import BatchEngine, NoFreeSlot
 from app.models import random_model
 from model import SamplingParams
 

@@ -26,7 +26,7 @@ import torch
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from app.batch import BatchEngine
+from app.engine import BatchEngine
 from app.models import random_model
 from app.mqtt import BrokerSettings, make_client, socket_nodelay
 from app.protocol import (
