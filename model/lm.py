@@ -38,6 +38,11 @@ class LMState:
     temporal: TransformerState
     depth: TransformerState  # scratch for one frame's codebooks, cleared every frame
     sampling: SamplingState
+    # Per-frame constants, built once here rather than every frame (on a GPU, a host-to-device
+    # copy each): the delays, the initial tokens, an all-slots mask.
+    delays: torch.Tensor  # [streams] long
+    initial: torch.Tensor  # [B, streams, 1] text then audio initial tokens
+    everyone: torch.Tensor  # [B] bool, all True
 
     def reset(self, mask: torch.Tensor) -> None:
         """Fresh conversation in the masked slots; the other slots are left bit-identical."""
@@ -112,6 +117,10 @@ class LM(nn.Module):
         device = self.text_linear.weight.device
         config = self.config
         ring = config.max_delay + 2
+        initial = torch.full(
+            (batch_size, config.num_streams, 1), config.audio_initial_id, device=device
+        )
+        initial[:, 0] = config.text_initial_id
         return LMState(
             tokens=torch.full(
                 (batch_size, config.num_streams, ring), UNGENERATED, dtype=torch.long, device=device
@@ -120,6 +129,9 @@ class LM(nn.Module):
             temporal=self.transformer.init_state(batch_size),
             depth=self.depformer.init_state(batch_size),
             sampling=SamplingState.create(batch_size, sampling or SamplingParams(), device),
+            delays=torch.tensor(config.delays, device=device),
+            initial=initial,
+            everyone=all_slots(batch_size, device),
         )
 
     @torch.no_grad()
@@ -139,11 +151,10 @@ class LM(nn.Module):
                 f"the LM needs {config.user_codebooks} user codebooks, got "
                 f"{user_codes.shape[1]}: encode with at least that many"
             )
-        device = state.tokens.device
         ring = state.tokens.shape[2]
-        delays = torch.tensor(config.delays, device=device)  # [streams]
+        delays = state.delays
         offset = state.offset
-        is_active = all_slots(B, device) if active is None else active
+        is_active = state.everyone if active is None else active
 
         # The user's codes go into the ring at their delayed positions.
         user = user_codes[:, : config.user_codebooks, 0]  # [B, Ku]
@@ -157,10 +168,8 @@ class LM(nn.Module):
         current = state.tokens.gather(
             2, (offset % ring)[:, None, None].expand(B, config.num_streams, 1)
         )
-        initial = torch.full_like(current, config.audio_initial_id)
-        initial[:, 0] = config.text_initial_id
         before_start = (offset[:, None] <= delays[None, :])[..., None] | ~is_active[:, None, None]
-        inputs = torch.where(before_start, initial, current)  # [B, streams, 1]
+        inputs = torch.where(before_start, state.initial, current)  # [B, streams, 1]
 
         x = self.transformer.step(self._temporal_input(inputs), state.temporal, active)
         temporal_out = self.out_norm(x)  # [B, 1, dim]
@@ -177,7 +186,7 @@ class LM(nn.Module):
         )
 
         # Depth transformer: the assistant's codebooks of this step, one after the other.
-        state.depth.reset(all_slots(B, device))
+        state.depth.reset(state.everyone)
         previous, codes, audio_logits = text, [], []
         for k in range(config.dep_q):
             y = self.depformer.step(
