@@ -28,7 +28,7 @@ from model.errors import AntiphonError
 from . import metrics
 from .metrics import Piece, Segment
 from .offline import FDB_INPUT, FDB_OUTPUT, TEXT_SUFFIX, read_text
-from .recording import EVENTS_FILE, META_FILE, SESSION_WAV
+from .recording import EVENTS_FILE, META_FILE, SESSION_WAV, parse_events
 
 RECORDING_FILES = (SESSION_WAV, EVENTS_FILE, META_FILE)
 DEFAULT_SAMPLE_RATE = 24000
@@ -205,19 +205,7 @@ def _read_events(path: Path, warnings: list[str]) -> list[dict[str, Any]]:
         lines = path.read_bytes().decode("utf-8", errors="replace").splitlines()
     except OSError as exc:
         raise EvaluationError(f"cannot read {path} ({exc})") from exc
-    events, bad = [], []
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            event = json.loads(line)
-        except json.JSONDecodeError:
-            bad.append(number)
-            continue
-        if isinstance(event, dict):
-            events.append(event)
-        else:
-            bad.append(number)
+    events, bad = parse_events(lines)
     if bad:
         shown = ", ".join(map(str, bad[:5])) + (", ..." if len(bad) > 5 else "")
         warnings.append(

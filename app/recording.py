@@ -207,6 +207,24 @@ def timing_summary(
     return summary
 
 
+def parse_events(lines: list[str]) -> tuple[list[dict[str, Any]], list[int]]:
+    """events.jsonl's lines -> the events, and the numbers (from 1) of lines that are not JSON
+    objects (a process killed mid-write leaves a truncated last line)."""
+    events, skipped = [], []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            event = json.loads(line)
+        except json.JSONDecodeError:
+            event = None
+        if isinstance(event, dict):
+            events.append(event)
+        else:
+            skipped.append(number)
+    return events, skipped
+
+
 def read_recording(folder: str | Path) -> Recording:
     """Read a recording back; a truncated last line of events.jsonl is skipped with a warning."""
     folder = Path(folder)
@@ -214,21 +232,17 @@ def read_recording(folder: str | Path) -> Recording:
     try:
         audio, sample_rate = soundfile.read(wav_path, dtype="float32", always_2d=True)
         meta = json.loads((folder / META_FILE).read_text(encoding="utf-8"))
-        lines = (folder / EVENTS_FILE).read_text(encoding="utf-8").splitlines()
+        lines = (folder / EVENTS_FILE).read_bytes().decode("utf-8", "replace").splitlines()
     except (OSError, soundfile.LibsndfileError, json.JSONDecodeError) as exc:
         raise RecordingError(f"{folder} is not a readable recording: {exc}") from exc
     if audio.shape[1] != 2:
         raise RecordingError(f"{wav_path}: expected 2 channels, found {audio.shape[1]}")
-    events = []
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            events.append(json.loads(line))
-        except json.JSONDecodeError as exc:
-            if number < len(lines):
-                raise RecordingError(f"{folder / EVENTS_FILE}, line {number}: {exc}") from exc
-            log.warning("%s: last line is truncated, skipped: %r", folder / EVENTS_FILE, line)
+    events, skipped = parse_events(lines)
+    last = max((n for n, line in enumerate(lines, start=1) if line.strip()), default=0)
+    for number in skipped:
+        if number < last:
+            raise RecordingError(f"{folder / EVENTS_FILE}, line {number}: not a JSON object")
+        log.warning("%s: last line is truncated, skipped: %r", folder / EVENTS_FILE, lines[-1])
     return Recording(audio[:, 0].copy(), audio[:, 1].copy(), int(sample_rate), events, meta)
 
 
