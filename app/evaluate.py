@@ -98,7 +98,7 @@ def run(args: argparse.Namespace) -> int:
         _write_json(args.out / AGGREGATE_FILE, report)
     if args.json:
         print(json.dumps(report, indent=2))
-    else:
+    elif done:  # an empty table would only hide the error messages below it
         print(format_report(done, report["aggregate"]))
     for path, error in failed:
         print(f"antiphon: cannot evaluate {path}: {error}", file=sys.stderr)
