@@ -22,47 +22,59 @@ from .speech import Voice
 Split = Literal["train", "eval"]
 
 ASSISTANT_NAME = "Antiphon"
-# One voice for the assistant, as Moshi has one: the model learns to speak in it.
-ASSISTANT_VOICE = Voice("en-us", "f3", speed=165, pitch=55, pitch_range=55)
+# One voice for the assistant, as Moshi has one: the model learns to speak in it. flite's rms
+# is a clustergen (statistical parametric) voice trained on a real speaker's recordings: smoother
+# and more human than espeak-ng's formant synthesis and the diphone voices, and never a user's
+# voice here (docs/demo-model.md says how it was chosen).
+ASSISTANT_VOICE = Voice("rms", speed=165, engine="flite")
 
-# User voices: accents x variants x speed x pitch. Variants that are not speech-like (whisper,
-# robots, croak) are left out; the assistant's own variant too.
+# User voices of the training split: three synthesizers. espeak-ng: accents x variants x speed x
+# pitch (variants that are not speech-like, whispers, robots, croaks, are left out); flite and
+# festival: their English voices (speed only).
 ACCENTS = (
-    "en-us",
-    "en",
-    "en-gb-scotland",
-    "en-gb-x-rp",
-    "en-gb-x-gbclan",
-    "en-029",
+    "en-us", "en", "en-gb-scotland", "en-gb-x-rp", "en-gb-x-gbclan", "en-gb-x-gbcwmd", "en-029",
     "en-us-nyc",
-)
-EVAL_ACCENTS = ("en-gb-x-gbcwmd",)
+)  # fmt: skip
 VARIANTS = (
     "Alex", "Alicia", "Andrea", "Andy", "Annie", "AnxiousAndy", "Denis", "Diogo", "Gene",
-    "Henrique", "Hugo", "Jacky", "Lee", "Marco", "Michael", "Mike", "Nguyen",
-    "RicishayMax", "Storm", "adam", "anika", "announcer", "antonio", "aunty", "belinda",
-    "benjamin", "boris", "caleb", "david", "ed", "edward", "f1", "f2", "f4", "grandma",
-    "grandpa", "gustave", "iven", "iven2", "john", "kaukovalta", "klatt", "klatt2", "klatt4",
-    "linda", "m1", "m2", "m3", "m5", "m6", "m8", "marcelo", "max", "michel", "miguel",
-    "norbert", "pablo", "paul", "pedro", "quincy", "rob", "robert", "sandro", "shelby",
-    "steph", "steph2", "travis", "victor", "zac",
+    "Gene2", "Henrique", "Hugo", "Jacky", "Lee", "Marco", "Mario", "Michael", "Mike", "Nguyen",
+    "RicishayMax", "RicishayMax2", "Storm", "adam", "anika", "announcer", "antonio", "aunty",
+    "belinda", "benjamin", "boris", "caleb", "david", "ed", "edward", "edward2", "f1", "f2",
+    "f4", "f5", "grandma", "grandpa", "gustave", "iven", "iven2", "iven3", "john",
+    "kaukovalta", "klatt", "klatt2", "klatt3", "klatt4", "linda", "m1", "m2", "m3", "m4", "m5",
+    "m6", "m7", "m8", "marcelo", "max", "michel", "miguel", "norbert", "pablo", "paul", "pedro",
+    "quincy", "rob", "robert", "sandro", "shelby", "steph", "steph2", "steph3", "travis",
+    "victor", "zac",
 )  # fmt: skip
-EVAL_VARIANTS = (
-    "Gene2", "Mario", "edward2", "f5", "iven3", "klatt3", "m4", "m7", "steph3", "RicishayMax2",
-)  # fmt: skip
-assert not set(VARIANTS) & set(EVAL_VARIANTS)
+FLITE_VOICES = ("awb", "kal", "kal16")
+FESTIVAL_VOICES = ("kal_diphone", "ked_diphone")
+# Held out of training entirely: one speaker, slt (CMU ARCTIC), in both synthesizers that have
+# her. The evaluation split's users speak with her half of the time, so the figures say how the
+# model does on a voice it has never heard, and on voices it has.
+HELD_OUT_VOICES = (Voice("slt", engine="flite"), Voice("cmu_us_slt_arctic_hts", engine="festival"))
 
 
 def user_voice(rng: np.random.Generator, split: Split) -> Voice:
-    accents = ACCENTS if split == "train" else ACCENTS + EVAL_ACCENTS
-    variants = VARIANTS if split == "train" else EVAL_VARIANTS
+    speed = int(rng.integers(120, 211))
+    if split == "eval" and rng.random() < 0.5:
+        held_out = HELD_OUT_VOICES[int(rng.integers(len(HELD_OUT_VOICES)))]
+        return Voice(held_out.language, speed=speed, engine=held_out.engine)
+    engine = str(rng.choice(["espeak", "flite", "festival"], p=[0.5, 0.25, 0.25]))
+    if engine == "flite":
+        return Voice(str(rng.choice(FLITE_VOICES)), speed=speed, engine="flite")
+    if engine == "festival":
+        return Voice(str(rng.choice(FESTIVAL_VOICES)), speed=speed, engine="festival")
     return Voice(
-        language=str(rng.choice(accents)),
-        variant=str(rng.choice(variants)),
-        speed=int(rng.integers(120, 211)),
+        language=str(rng.choice(ACCENTS)),
+        variant=str(rng.choice(VARIANTS)),
+        speed=speed,
         pitch=int(rng.integers(20, 81)),
         pitch_range=int(rng.integers(30, 91)),
     )
+
+
+def is_held_out(voice: Voice) -> bool:
+    return any(voice.engine == v.engine and voice.language == v.language for v in HELD_OUT_VOICES)
 
 
 # --- numbers ---------------------------------------------------------------------------------
@@ -88,20 +100,37 @@ def number_word(n: int) -> str:
 OPERATIONS = {"plus": lambda a, b: a + b, "minus": lambda a, b: a - b, "times": lambda a, b: a * b}
 
 
+# The split is random but fixed: this seed draws which problems, ranges, pairs and phrasings only
+# the evaluation split uses (a rule such as (5a + b) % 5 == 2 would hold out every count ending
+# on 2, 7, 12 or 17, and training would never say "seventeen" as a last number).
+SPLIT_SEED = 20261130
+
+
+def _hold_out(items: list, fraction: float, salt: int, split: Split) -> list:
+    """A fixed random `fraction` of `items` for "eval"; the rest for "train" (order kept)."""
+    rng = np.random.default_rng([SPLIT_SEED, salt])
+    held = set(rng.permutation(len(items))[: max(1, round(fraction * len(items)))].tolist())
+    return [item for i, item in enumerate(items) if (i in held) == (split == "eval")]
+
+
 def arithmetic_problems(split: Split) -> list[tuple[int, str, int]]:
-    """(a, operation, b) with a one- or two-word answer; about one in six held out."""
+    """(a, operation, b) with a one- or two-word answer; one in six held out at random."""
     problems = [(a, "plus", b) for a in range(11) for b in range(11)]
     problems += [(a, "minus", b) for a in range(21) for b in range(min(a, 10) + 1)]
     problems += [(a, "times", b) for a in range(1, 10) for b in range(1, 10) if a * b < 50]
-    held_out = [(a, op, b) for a, op, b in problems if (7 * a + 3 * b + len(op)) % 6 == 0]
-    return held_out if split == "eval" else [p for p in problems if p not in held_out]
+    return _hold_out(problems, 1 / 6, 1, split)
 
 
 def counting_ranges(split: Split) -> list[tuple[int, int]]:
-    """(first, last) to count; about one in five held out."""
+    """(first, last) to count; one in five held out at random."""
     ranges = [(a, b) for a in range(0, 12) for b in range(a + 2, min(a + 10, 20) + 1)]
-    held_out = [(a, b) for a, b in ranges if (5 * a + b) % 5 == 2]
-    return held_out if split == "eval" else [r for r in ranges if r not in held_out]
+    return _hold_out(ranges, 1 / 5, 2, split)
+
+
+def comparison_pairs(split: Split) -> list[tuple[int, int]]:
+    """(a, b) to compare, a != b below 20; one in five held out at random."""
+    pairs = [(a, b) for a in range(20) for b in range(20) if a != b]
+    return _hold_out(pairs, 1 / 5, 3, split)
 
 
 # --- turns -----------------------------------------------------------------------------------
@@ -120,47 +149,154 @@ class Turn:
     distractors: tuple[str, ...]
 
 
-def _phrase(rng: np.random.Generator, phrasings: dict[str, list[str]], split: Split) -> str:
-    return str(rng.choice(phrasings[split]))
+# --- how people ask ---------------------------------------------------------------------------
+# Each intent has 20 or more core phrasings; a fixed random fifth of them is heard only in the
+# evaluation split. A request is composed: an opener ("hey", "so", "um", "hey Antiphon"), the
+# core, sometimes "please"; numbers in words, sometimes as digits (the synthesizers say them).
 
+OPENERS = (
+    "", "", "", "", "Hey, ", "So, ", "Um, ", "Uh, ", "Okay, ", f"Hey {ASSISTANT_NAME}, ",
+    f"{ASSISTANT_NAME}, ", "Right, ", "Alright, ", "Hmm, ", "Well, ",
+)  # fmt: skip
+_GREETING_OPENERS = ("", "", "", "Oh, ", "Um, ", "Well, ", f"{ASSISTANT_NAME}? ")
 
-_GREET = {
-    "train": ["Hello.", "Hi there.", "Hey.", "Good morning.", "Hello there!", "Hi, how are you?"],
-    "eval": ["Good evening.", "Hey there, how are you doing?"],
-}
-_GREET_ANSWERS = ["Hello! How can I help you?", "Hi! What can I do for you?", "Hello there!"]
-_BYE = {
-    "train": ["Goodbye.", "Bye bye.", "See you later.", "Thanks, bye!", "Bye for now."],
-    "eval": ["Farewell, take care.", "Okay, goodbye then."],
-}
-_BYE_ANSWERS = ["Goodbye! Have a nice day.", "Bye! Talk to you soon.", "Goodbye!"]
-_NAME = {
-    "train": ["What is your name?", "Who are you?", "What are you called?", "What's your name?"],
-    "eval": ["Tell me your name.", "Do you have a name?"],
-}
-_NAME_ANSWERS = [f"My name is {ASSISTANT_NAME}.", f"I am {ASSISTANT_NAME}."]
-_ARITHMETIC = {
-    "train": ["What is {a} {op} {b}?", "How much is {a} {op} {b}?", "{a} {op} {b}?",
-              "Can you tell me {a} {op} {b}?", "What's {a} {op} {b}?"],
-    "eval": ["Please work out {a} {op} {b}.", "What do you get for {a} {op} {b}?"],
+PHRASINGS: dict[str, tuple[str, ...]] = {
+    "greeting": (
+        "hello.", "hi.", "hi there.", "hey there.", "good morning.", "good afternoon.",
+        "good evening.", "hello, how are you?", "hi, how's it going?", "how are you doing?",
+        "hey, how are you?", "nice to meet you.", "hello there!", "howdy.", "greetings.",
+        "morning!", "hi, are you there?", "hello, can you hear me?", "hey, what's up?",
+        "hiya.", "good day to you.", "hello hello.",
+    ),
+    "farewell": (
+        "goodbye.", "bye.", "bye bye.", "see you later.", "thanks, bye!", "bye for now.",
+        "talk to you later.", "see you soon.", "I have to go, bye.", "that's all, goodbye.",
+        "okay, goodbye then.", "farewell, take care.", "have a good day, bye.",
+        "catch you later.", "good night.", "thanks for your help, bye.", "I'm done, see you.",
+        "see you around.", "take care, bye.", "so long.", "I'm off, bye now.",
+    ),
+    "name": (
+        "what is your name?", "who are you?", "what are you called?", "what's your name?",
+        "tell me your name.", "do you have a name?", "what should I call you?",
+        "may I ask your name?", "who am I talking to?", "what do people call you?",
+        "and you are?", "what's your name again?", "remind me of your name.", "who is this?",
+        "introduce yourself.", "can you tell me your name?", "what name do you go by?",
+        "sorry, who are you?", "I'd like to know your name.", "what do I call you?",
+    ),
+    "arithmetic": (
+        "what is {a} {op} {b}?", "what's {a} {op} {b}?", "how much is {a} {op} {b}?",
+        "{a} {op} {b}?", "{a} {op} {b} is?", "can you tell me {a} {op} {b}?",
+        "tell me {a} {op} {b}.", "what do you get for {a} {op} {b}?",
+        "please work out {a} {op} {b}.", "calculate {a} {op} {b}.",
+        "could you work out {a} {op} {b}?", "what does {a} {op} {b} make?",
+        "what does {a} {op} {b} equal?", "do you know what {a} {op} {b} is?",
+        "what would {a} {op} {b} be?", "quick math, {a} {op} {b}?", "solve {a} {op} {b}.",
+        "how about {a} {op} {b}?", "and {a} {op} {b}?", "what is {a} {op} {b} equal to?",
+        "I need {a} {op} {b}.", "help me with {a} {op} {b}.",
+    ),
+    "count": (
+        "count to {b}.", "can you count to {b}?", "please count to {b}.",
+        "count up to {b} for me.", "could you count to {b}?", "let's hear you count to {b}.",
+        "I'd like you to count to {b}.", "will you count to {b}?", "count from {a} to {b}.",
+        "can you count from {a} to {b}?", "please count from {a} up to {b}.",
+        "count up from {a} to {b}.", "start at {a} and count to {b}.", "count {a} to {b}.",
+        "could you count from {a} to {b} for me?", "go from {a} to {b}.",
+        "count from {a} up to {b}.", "count starting at {a}, up to {b}.",
+        "begin at {a} and count up to {b}.", "count for me from {a} to {b}.",
+        "I want to hear {a} to {b}.", "counting from {a}, go up to {b}.",
+    ),
+    "spell": (
+        "how do you spell {w}?", "spell {w}.", "can you spell {w} for me?", "what's {w} spelled like?",
+        "what is the spelling of {w}?", "how is {w} spelled?", "could you spell {w}?",
+        "spell the word {w}.", "how would you spell {w}?", "what letters are in {w}?",
+        "spell out {w}.", "I need the spelling of {w}.", "do you know how to spell {w}?",
+        "can you spell the word {w}?", "how's {w} spelled?", "spell {w} for me.",
+        "what's the spelling of {w}?", "tell me how to spell {w}.",
+        "letter by letter, {w}.", "give me the spelling of {w}.", "how do I spell {w}?",
+    ),
+    "fact": (
+        "{q}?", "tell me, {q}?", "quick question, {q}?", "I wonder, {q}?", "do you know, {q}?",
+        "be honest, {q}?", "true or false, {q}?", "yes or no, {q}?",
+        "I've always wondered, {q}?", "can you tell me, {q}?", "here's one, {q}?",
+        "let me ask you, {q}?", "out of curiosity, {q}?", "settle this, {q}?",
+        "I was thinking, {q}?", "so tell me, {q}?", "just checking, {q}?",
+        "what do you think, {q}?", "here's a question, {q}?", "one more, {q}?",
+    ),
+    "compare": (
+        "is {a} bigger than {b}?", "is {a} more than {b}?", "is {a} greater than {b}?",
+        "is {a} larger than {b}?", "would you say {a} is bigger than {b}?",
+        "is {a} higher than {b}?", "is {a} a bigger number than {b}?",
+        "tell me, is {a} more than {b}?", "{a} is bigger than {b}, right?",
+        "is {a} greater than {b} or not?", "is the number {a} bigger than {b}?",
+        "am I right that {a} is bigger than {b}?", "is {a} above {b}?",
+        "{a} bigger than {b}?", "is {a} more than {b}, yes or no?",
+        "quick check, is {a} more than {b}?", "is {a} over {b}?",
+        "would {a} be more than {b}?", "is {a} larger than {b}, do you think?",
+        "true or false, {a} is more than {b}?", "is {a} bigger than {b}, or smaller?",
+    ),
+    "stop": (
+        "stop.", "wait, stop.", "okay, that's enough.", "stop please.", "hold on.",
+        "thanks, you can stop now.", "enough.", "okay okay, stop.", "that's fine, stop.",
+        "alright, stop there.", "wait a second.", "hang on.", "stop counting.", "no, stop.",
+        "okay, I get it.", "let me stop you there.", "okay, thanks, that's enough.",
+        "stop, stop.", "hold it.", "whoa, stop.", "that's plenty.",
+    ),
 }  # fmt: skip
-_COUNT_TO = {
-    "train": ["Count to {b}.", "Can you count to {b}?", "Please count to {b}."],
-    "eval": ["Count up to {b} for me."],
-}
-_COUNT_FROM = {
-    "train": ["Count from {a} to {b}.", "Can you count from {a} to {b}?"],
-    "eval": ["Please count from {a} up to {b}."],
-}
+_INTENT_SALT = {intent: 10 + i for i, intent in enumerate(PHRASINGS)}
+# How people say the operations; the assistant answers with the first word of each.
+OPERATION_WORDS = {"plus": ("plus", "and", "add"), "minus": ("minus", "take away", "subtract"),
+                   "times": ("times", "multiplied by", "multiply")}  # fmt: skip
+
+
+def phrasings(intent: str, split: Split) -> list[str]:
+    """The core phrasings of `intent` that `split` uses (a fixed random fifth for "eval")."""
+    return _hold_out(list(PHRASINGS[intent]), 1 / 5, _INTENT_SALT[intent], split)
+
+
+def _compose(rng: np.random.Generator, intent: str, split: Split, **slots: str) -> str:
+    options = phrasings(intent, split)
+    if intent == "count" and slots["a"] not in ("one", "1"):
+        options = [o for o in options if "{a}" in o]  # "count to" starts at one
+    core = str(rng.choice(options)).format(**slots)
+    if intent in ("greeting", "farewell", "stop"):
+        opener = str(rng.choice(_GREETING_OPENERS)) if intent == "greeting" else ""
+    else:
+        opener = str(rng.choice(OPENERS))
+        if rng.random() < 0.15 and core[-1] in ".?" and "please" not in core:
+            core = core[:-1] + ", please" + core[-1]
+    if opener.endswith(", ") and not core.startswith("I "):
+        core = core[0].lower() + core[1:]
+    elif opener:
+        core = _cap(core)
+    return _cap(opener + core)
+
+
+def _said_number(rng: np.random.Generator, n: int) -> str:
+    """A number as the user's text has it: in words, a quarter of the time as digits."""
+    return str(n) if rng.random() < 0.25 else number_word(n)
+
+
+def _phrase_operation(rng: np.random.Generator, op: str, a: str, b: str) -> dict[str, str]:
+    """Slots for an arithmetic phrasing; "add", "subtract", "multiply" reorder the words."""
+    word = str(rng.choice(OPERATION_WORDS[op]))
+    if word == "add":
+        return {"a": f"{a}", "op": "and", "b": b} if rng.random() < 0.5 else \
+            {"a": "the sum of " + a, "op": "and", "b": b}  # fmt: skip
+    if word == "subtract":
+        return {"a": b, "op": "subtracted from", "b": a}
+    if word == "multiply":
+        return {"a": a, "op": "multiplied by", "b": b}
+    return {"a": a, "op": word, "b": b}
+
+
+def _cap(text: str) -> str:
+    return text[0].upper() + text[1:]
+
+
 SPELLING_WORDS = (
     "cat", "dog", "sun", "red", "box", "cup", "hat", "pen", "map", "bus", "fish", "bird", "tree",
     "book", "milk", "blue", "star", "frog", "cake", "lamp", "rain", "door", "ship", "moon",
 )  # fmt: skip
-_SPELL = {
-    "train": ["How do you spell {w}?", "Spell {w}.", "Can you spell {w} for me?",
-              "Spell {w}, please."],
-    "eval": ["What is the spelling of {w}?"],
-}  # fmt: skip
 # (question, answer): the yes/no is the first word of the answer.
 FACTS = (
     ("is the sky blue", "Yes, the sky is blue."),
@@ -179,47 +315,34 @@ FACTS = (
     ("is a week seven days", "Yes, a week has seven days."),
     ("is a tomato blue", "No, a tomato is red."),
 )
-_FACT = {
-    "train": ["{q}?", "Tell me, {q}?", "Quick question, {q}?"],
-    "eval": ["I wonder, {q}?"],
+_CANNED_ANSWERS = {
+    "greeting": ("Hello! How can I help you?", "Hi! What can I do for you?", "Hello there!"),
+    "farewell": ("Goodbye! Have a nice day.", "Bye! Talk to you soon.", "Goodbye!"),
+    "name": (f"My name is {ASSISTANT_NAME}.", f"I am {ASSISTANT_NAME}."),
 }
-_COMPARE = {
-    "train": ["Is {a} bigger than {b}?", "Is {a} more than {b}?"],
-    "eval": ["Is {a} greater than {b}?"],
-}
-_STOPS = {
-    "train": ["Stop.", "Wait, stop.", "Okay, that's enough.", "Stop please.", "Hold on."],
-    "eval": ["Thanks, you can stop now."],
-}
-
-
-def _cap(text: str) -> str:
-    return text[0].upper() + text[1:]
+_CANNED_ACCEPT = {"greeting": ("hello", "hi"), "farewell": ("goodbye", "bye"),
+                  "name": (ASSISTANT_NAME.lower(),)}  # fmt: skip
+INTENTS = ("greeting", "farewell", "name", "arithmetic", "count", "spell", "fact", "compare")
+_INTENT_WEIGHTS = np.array([1, 1, 1, 4, 2, 2, 2, 1], dtype=float)
 
 
 def request(rng: np.random.Generator, split: Split, intent: str | None = None) -> Turn:
     """A random request of the domain (or of one intent)."""
-    intents = ["greeting", "farewell", "name", "arithmetic", "count", "spell", "fact", "compare"]
-    weights = np.array([1, 1, 1, 4, 2, 2, 2, 1], dtype=float)
-    intent = intent or str(rng.choice(intents, p=weights / weights.sum()))
-    canned = {"greeting": _GREET_ANSWERS, "farewell": _BYE_ANSWERS, "name": _NAME_ANSWERS}
-    if intent in canned:
-        phrasings = {"greeting": _GREET, "farewell": _BYE, "name": _NAME}[intent]
-        accept = {"greeting": ("hello", "hi"), "farewell": ("goodbye", "bye"),
-                  "name": (ASSISTANT_NAME.lower(),)}[intent]  # fmt: skip
-        others = tuple(a for k, answers in canned.items() if k != intent for a in answers)
-        answers = tuple(canned[intent])
-        return Turn(intent, _phrase(rng, phrasings, split), str(rng.choice(answers)), accept,
-                    answers, others)  # fmt: skip
+    intent = intent or str(rng.choice(INTENTS, p=_INTENT_WEIGHTS / _INTENT_WEIGHTS.sum()))
+    if intent in _CANNED_ANSWERS:
+        answers = _CANNED_ANSWERS[intent]
+        others = tuple(a for k, more in _CANNED_ANSWERS.items() if k != intent for a in more)
+        return Turn(intent, _compose(rng, intent, split), str(rng.choice(answers)),
+                    _CANNED_ACCEPT[intent], answers, others)  # fmt: skip
     if intent == "arithmetic":
         problems = arithmetic_problems(split)
         a, op, b = problems[int(rng.integers(len(problems)))]
         c = OPERATIONS[op](a, b)
-        spoken = {"a": number_word(a), "op": op, "b": number_word(b)}
-        question = _cap(_phrase(rng, _ARITHMETIC, split).format(**spoken))
+        slots = _phrase_operation(rng, op, _said_number(rng, a), _said_number(rng, b))
+        question = _compose(rng, intent, split, **slots)
 
         def forms(n: int) -> tuple[str, str]:
-            said = f"{_cap(spoken['a'])} {op} {spoken['b']}"
+            said = f"{_cap(number_word(a))} {op} {number_word(b)}"
             return f"{said} is {number_word(n)}.", f"That is {number_word(n)}."
 
         near = [n for n in range(max(0, c - 5), c + 6) if n != c]
@@ -230,10 +353,7 @@ def request(rng: np.random.Generator, split: Split, intent: str | None = None) -
     if intent == "count":
         ranges = counting_ranges(split)
         a, b = ranges[int(rng.integers(len(ranges)))]
-        if a == 1 and rng.random() < 0.7:
-            question = _phrase(rng, _COUNT_TO, split).format(b=number_word(b))
-        else:
-            question = _phrase(rng, _COUNT_FROM, split).format(a=number_word(a), b=number_word(b))
+        question = _compose(rng, intent, split, a=_said_number(rng, a), b=_said_number(rng, b))
         return _count(intent, question, a, b)
     if intent == "spell":
         word = str(rng.choice(SPELLING_WORDS))
@@ -244,21 +364,22 @@ def request(rng: np.random.Generator, split: Split, intent: str | None = None) -
 
         answers = spelled(word)
         others = tuple(f for w in SPELLING_WORDS if w != word for f in spelled(w))
-        return Turn(intent, _phrase(rng, _SPELL, split).format(w=word),
+        return Turn(intent, _compose(rng, intent, split, w=word),
                     answers[0] if rng.random() < 0.6 else answers[1], (" ".join(word),),
                     answers, others)  # fmt: skip
     if intent == "fact":
         q, answer = FACTS[int(rng.integers(len(FACTS)))]
-        question = _cap(_phrase(rng, _FACT, split).format(q=q))
+        question = _compose(rng, intent, split, q=q)
         others = tuple(a for _, a in FACTS if a != answer)
         return Turn(intent, question, answer, (answer.split(",")[0].lower(),), (answer,), others)
     if intent == "compare":
-        a, b = (int(x) for x in rng.choice(20, size=2, replace=False))
+        pairs = comparison_pairs(split)
+        a, b = pairs[int(rng.integers(len(pairs)))]
         spoken_a, spoken_b = number_word(a), number_word(b)
         bigger = f"Yes, {spoken_a} is bigger than {spoken_b}."
         smaller = f"No, {spoken_a} is smaller than {spoken_b}."
         answer, other = (bigger, smaller) if a > b else (smaller, bigger)
-        question = _phrase(rng, _COMPARE, split).format(a=spoken_a, b=spoken_b)
+        question = _compose(rng, intent, split, a=_said_number(rng, a), b=_said_number(rng, b))
         return Turn(intent, question, answer, ("yes",) if a > b else ("no",), (answer,), (other,))
     raise ValueError(f"unknown intent {intent!r}")
 
@@ -276,9 +397,9 @@ def long_request(rng: np.random.Generator, split: Split) -> Turn:
     """A request with a long answer (counting at least seven numbers), for the user to cut."""
     ranges = [r for r in counting_ranges(split) if r[1] - r[0] >= 6]
     a, b = ranges[int(rng.integers(len(ranges)))]
-    question = _phrase(rng, _COUNT_FROM, split).format(a=number_word(a), b=number_word(b))
+    question = _compose(rng, "count", split, a=_said_number(rng, a), b=_said_number(rng, b))
     return _count("count", question, a, b)
 
 
 def stop_request(rng: np.random.Generator, split: Split) -> str:
-    return _phrase(rng, _STOPS, split)
+    return _compose(rng, "stop", split)

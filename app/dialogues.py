@@ -122,6 +122,81 @@ def _level(utterance: Utterance, rms: float) -> Utterance:
     return Utterance((utterance.pcm * gain).astype(np.float32), utterance.words)
 
 
+def _assistant_speech(text: str) -> Utterance:
+    """The assistant's voice says the same text the same way every time: cached."""
+    if text not in _assistant_cache:
+        _assistant_cache[text] = speak(text, content.ASSISTANT_VOICE)
+    return _assistant_cache[text]
+
+
+_assistant_cache: dict[str, Utterance] = {}
+
+
+def _band_limit(pcm: np.ndarray, low: float, high: float) -> np.ndarray:
+    """A laptop microphone's band: smooth (raised-cosine, one octave) roll-offs below `low`
+    and above `high` Hz, applied in the frequency domain."""
+    size = 1 << int(np.ceil(np.log2(max(2, len(pcm)))))  # a fast FFT length
+    spectrum = np.fft.rfft(pcm, size)
+    f = np.fft.rfftfreq(size, 1 / SAMPLE_RATE)
+    with np.errstate(divide="ignore"):
+        octaves_below = np.log2(np.maximum(f, 1.0) / low)
+        octaves_above = np.log2(np.maximum(f, 1.0) / high)
+    gain = np.clip(0.5 + 0.5 * np.cos(np.pi * np.clip(-octaves_below, 0, 1)), 0, 1)
+    gain *= np.clip(0.5 + 0.5 * np.cos(np.pi * np.clip(octaves_above, 0, 1)), 0, 1)
+    gain[-octaves_below >= 1] = 0.0
+    gain[octaves_above >= 1] = 0.0
+    return np.fft.irfft(spectrum * gain, size)[: len(pcm)].astype(np.float32)
+
+
+def _reverb(pcm: np.ndarray, rt60: float, wet: float, rng: np.random.Generator) -> np.ndarray:
+    """A room: the direct sound plus an exponentially decaying noise tail (RT60 seconds),
+    `wet` its energy relative to the direct sound."""
+    n = int(rt60 * SAMPLE_RATE)
+    t = np.arange(n) / SAMPLE_RATE
+    tail = rng.standard_normal(n) * 10 ** (-3 * t / rt60)  # -60 dB at rt60
+    tail[: int(0.003 * SAMPLE_RATE)] = 0.0  # the first reflections arrive a few ms late
+    tail *= np.sqrt(wet / max(1e-12, float(np.sum(tail**2))))
+    response = np.concatenate([[1.0], tail[1:]])
+    size = 1 << int(np.ceil(np.log2(len(pcm) + n)))
+    out = np.fft.irfft(np.fft.rfft(pcm, size) * np.fft.rfft(response, size), size)
+    return out[: len(pcm)].astype(np.float32)
+
+
+def augment_user(pcm: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, dict]:
+    """What a microphone hears of the user: a room, a band-limited microphone, noise.
+
+    Each effect is drawn per dialogue (a room half of the time, a laptop band a third of the
+    time, a noise floor always, hum or broadband noise sometimes), so the model learns speech
+    and not one synthesizer's clean output. Returns the signal and what was done to it."""
+    done: dict = {}
+    out = pcm
+    if rng.random() < 0.5:
+        rt60, wet = float(rng.uniform(0.15, 0.7)), float(rng.uniform(0.05, 0.6))
+        out = _reverb(out, rt60, wet, rng)
+        done["reverb"] = {"rt60": round(rt60, 3), "wet": round(wet, 3)}
+    if rng.random() < 0.33:
+        low, high = float(rng.uniform(100, 350)), float(rng.uniform(3400, 8000))
+        out = _band_limit(out, low, high)
+        done["band"] = [round(low), round(high)]
+    noise_db = float(rng.uniform(-70, -45))
+    noise = rng.standard_normal(len(out)) * 10 ** (noise_db / 20)
+    done["noise_dbfs"] = round(noise_db, 1)
+    if rng.random() < 0.25:
+        extra_db = float(rng.uniform(-55, -38))
+        if rng.random() < 0.5:  # mains hum and its harmonics
+            t = np.arange(len(out)) / SAMPLE_RATE
+            f0 = float(rng.choice([50.0, 60.0]))
+            hum = sum(np.sin(2 * np.pi * f0 * k * t + rng.uniform(0, 6.3)) / k for k in (1, 2, 3))
+            noise = noise + hum / np.sqrt(np.mean(hum**2)) * 10 ** (extra_db / 20)
+            done["hum"] = {"hz": f0, "dbfs": round(extra_db, 1)}
+        else:  # a fan: noise with less top end
+            fan = _band_limit(rng.standard_normal(len(out)).astype(np.float32), 60, 2000)
+            noise = noise + fan / np.sqrt(np.mean(fan**2) + 1e-12) * 10 ** (extra_db / 20)
+            done["fan_dbfs"] = round(extra_db, 1)
+    out = np.clip(out + noise.astype(np.float32), -1.0, 1.0).astype(np.float32)
+    return out, done
+
+
 def make_dialogue(rng: np.random.Generator, split: Split) -> Dialogue:
     """One random dialogue of 1-4 exchanges."""
     voice = content.user_voice(rng, split)
@@ -133,7 +208,7 @@ def make_dialogue(rng: np.random.Generator, split: Split) -> Dialogue:
         return timeline.place(USER, _level(speak(text, voice), user_rms), start)
 
     def assistant_says(text: str, start: float, cut: float | None = None) -> float:
-        utterance = _level(speak(text, content.ASSISTANT_VOICE), _ASSISTANT_RMS)
+        utterance = _level(_assistant_speech(text), _ASSISTANT_RMS)
         return timeline.place(ASSISTANT, utterance, start, cut)
 
     def reaction() -> float:
@@ -146,7 +221,7 @@ def make_dialogue(rng: np.random.Generator, split: Split) -> Dialogue:
             turn = content.long_request(rng, split)
             user_end = user_says(turn.question, t)
             start = user_end + reaction()
-            full = speak(turn.answer, content.ASSISTANT_VOICE).duration
+            full = _assistant_speech(turn.answer).duration
             interrupt = start + float(rng.uniform(0.8, max(0.9, 0.7 * full)))
             stop = interrupt + float(rng.uniform(0.15, 0.4))
             end = assistant_says(turn.answer, start, cut=stop)
@@ -184,14 +259,13 @@ def make_dialogue(rng: np.random.Generator, split: Split) -> Dialogue:
 
     duration = t - float(rng.uniform(0.0, 0.3)) + 0.5
     assistant = timeline.render(duration, ASSISTANT)
-    user = timeline.render(duration, USER)
-    noise_rms = float(10 ** (rng.uniform(-70, -45) / 20))
-    user += (rng.standard_normal(len(user)) * noise_rms).astype(np.float32)
-    np.clip(user, -1.0, 1.0, out=user)
+    user, augmentation = augment_user(timeline.render(duration, USER), rng)
     words = sorted(timeline.words, key=lambda word: word[1])
     meta = {
         "split": split,
         "user_voice": asdict(voice),
+        "held_out_voice": content.is_held_out(voice),
+        "user_augmentation": augmentation,
         "assistant_voice": asdict(content.ASSISTANT_VOICE),
     }
     return Dialogue(assistant, user, words, turns, meta)
@@ -226,7 +300,7 @@ def generate(
     split: Split = "train",
     workers: int = 1,
     progress: bool = True,
-    block: int = 50,
+    block: int = 200,
 ) -> list[dict]:
     """Write `count` dialogues of `split` into `out_dir`; returns the manifest rows (also
     written to manifest.jsonl).

@@ -63,16 +63,21 @@ _Callback = ctypes.CFUNCTYPE(
 
 @dataclass(frozen=True)
 class Voice:
-    """One espeak-ng voice setting: accent, variant (timbre), speed and pitch."""
+    """One voice setting of one synthesizer: accent or speaker, variant (timbre), speed, pitch."""
 
-    language: str  # an espeak-ng voice: "en-us", "en-gb-scotland", ...
-    variant: str | None = None  # a file of espeak-ng-data/voices/!v: "f3", "m1", "klatt2", ...
-    speed: int = 165  # words per minute (espeak's -s, 80..450)
-    pitch: int = 50  # 0..99 (espeak's -p)
-    pitch_range: int = 50  # intonation range 0..99 (0 is monotone)
+    # espeak-ng: a voice ("en-us", "en-gb-scotland", ...); flite: a voice ("awb", "rms", ...);
+    # festival: the name after voice_ ("kal_diphone", "cmu_us_slt_arctic_hts", ...)
+    language: str
+    variant: str | None = None  # espeak-ng only: a file of voices/!v: "f3", "m1", "klatt2", ...
+    speed: int = 165  # words per minute (espeak's -s, 80..450; flite and festival stretch to it)
+    pitch: int = 50  # 0..99 (espeak's -p; espeak-ng only)
+    pitch_range: int = 50  # intonation range 0..99 (0 is monotone; espeak-ng only)
+    engine: str = "espeak"  # "espeak", "flite" or "festival" (app.speech_cmu)
 
     @property
     def name(self) -> str:
+        if self.engine != "espeak":
+            return f"{self.engine}:{self.language}"
         return self.language if self.variant is None else f"{self.language}+{self.variant}"
 
 
@@ -154,10 +159,12 @@ class Espeak:
         raw = np.concatenate(chunks).astype(np.float32) / 32768.0 if chunks else np.zeros(0)
         pcm = soxr.resample(raw, self.rate, SAMPLE_RATE).astype(np.float32)
         starts = [sample / self.rate for _, sample in events]
-        return _trim(pcm, _words(text, [pos for pos, _ in events], starts, pcm))
+        return finish_utterance(
+            pcm, text.split(), _word_starts(text, [p for p, _ in events], starts)
+        )
 
 
-def _words(text: str, positions: list[int], starts: list[float], pcm: np.ndarray) -> list[Word]:
+def _word_starts(text: str, positions: list[int], starts: list[float]) -> list[float]:
     """Match WORD events (1-based character positions) to the whitespace words of `text`."""
     spans, offset = [], 0
     for token in text.split():
@@ -174,12 +181,19 @@ def _words(text: str, positions: list[int], starts: list[float], pcm: np.ndarray
     filled: list[float] = []
     for t in times:
         filled.append(t if t is not None else (filled[-1] if filled else 0.0))
+    return filled
+
+
+def finish_utterance(pcm: np.ndarray, tokens: list[str], starts: list[float]) -> Utterance:
+    """Words from their start times (each ends at its last voiced 10 ms before the next one
+    starts), then leading and trailing silence cut: what every synthesizer returns."""
     duration = len(pcm) / SAMPLE_RATE
-    ends = [*filled[1:], duration]
-    return [
+    ends = [*starts[1:], duration]
+    words = [
         Word(token, start, _voiced_end(pcm, start, end))
-        for (token, _, _), start, end in zip(spans, filled, ends, strict=True)
+        for token, start, end in zip(tokens, starts, ends, strict=True)
     ]
+    return _trim(pcm, words)
 
 
 _ANALYSIS = SAMPLE_RATE // 100  # 10 ms frames for the silence analysis
@@ -230,4 +244,13 @@ def synthesizer() -> Espeak:
 
 
 def speak(text: str, voice: Voice) -> Utterance:
-    return synthesizer().synthesize(text, voice)
+    """`text` in `voice`, whichever synthesizer it belongs to."""
+    if voice.engine == "espeak":
+        return synthesizer().synthesize(text, voice)
+    from . import speech_cmu
+
+    if voice.engine == "flite":
+        return speech_cmu.flite(text, voice)
+    if voice.engine == "festival":
+        return speech_cmu.festival(text, voice)
+    raise SpeechError(f"unknown synthesizer {voice.engine!r} (espeak, flite or festival)")
