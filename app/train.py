@@ -23,11 +23,14 @@ fixes the number of steps from the speed of the first ones; log.jsonl records it
 from __future__ import annotations
 
 import argparse
+import ctypes
+import ctypes.util
 import json
 import logging
 import math
 import os
 import random
+import resource
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -117,6 +120,50 @@ def load_checkpoint(
     return int(state["step"]), dict(state["extra"])
 
 
+def tune_allocator() -> bool:
+    """Keep freed memory in the process for the next step instead of handing it back.
+
+    glibc returns large blocks to the kernel as soon as they are freed and faults them in again
+    on the next step: about 200k page faults per training step here, 40% of the step's time.
+    Raising the trim threshold, the top pad and the mmap threshold stops that. It is set here,
+    once the training loop starts, and not for the whole process: with the same settings from
+    the start, glibc also kept every block the data preparation ever freed (24 GB for the LM's
+    encoding of 1000 dialogues). Returns False where this is not glibc."""
+    path = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(path or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    M_TRIM_THRESHOLD, M_TOP_PAD, M_MMAP_THRESHOLD = -1, -2, -3
+    ok = mallopt(M_TRIM_THRESHOLD, ctypes.c_int(2**31 - 1))
+    ok &= mallopt(M_TOP_PAD, ctypes.c_int(1 << 30))
+    ok &= mallopt(M_MMAP_THRESHOLD, ctypes.c_int(32 << 20))  # glibc's largest allowed value
+    return bool(ok)
+
+
+def memory_figures() -> dict[str, float]:
+    """Peak resident memory (GB) and minor page faults so far, for the training log."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return {"peak_rss_gb": round(usage.ru_maxrss / 2**20, 3), "page_faults": usage.ru_minflt}
+
+
+def autocast(device: torch.device, enabled: bool = True) -> torch.autocast:
+    """bf16 autocast on CUDA, and on a CPU with bf16 instructions (avx512_bf16 or AMX):
+    about 1.5x the fp32 speed for the LM here, losses within 1e-4 over the first steps."""
+    if device.type == "cpu":
+        enabled = enabled and cpu_has_bf16()
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled)
+
+
+def cpu_has_bf16() -> bool:
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return " avx512_bf16" in flags or " amx_bf16" in flags
+
+
 PROBE_STEPS = 100  # steps timed (after 10 warm-up steps) to turn --minutes into --steps
 
 
@@ -128,6 +175,8 @@ class LoopOptions:
     minutes: float | None = None  # the whole run's budget when `steps` is None
     log_every: int = 50
     progress: bool = True
+    evaluate: Callable[[int], dict[str, Any]] | None = None  # held-out figures, every eval_every
+    eval_every: int = 250
 
     @property
     def schedule_steps(self) -> int:
@@ -155,13 +204,21 @@ def train_loop(
     bar = tqdm(
         initial=start, total=options.steps, desc=desc, unit="step", disable=not options.progress
     )
+    tuned = tune_allocator()
+    log.info("%s: allocator tuned for the loop: %s", desc, tuned)
+    faults = memory_figures()["page_faults"]
     with open(run_dir / LOG, "a") as log_file:
         step = start
         while options.steps is None or step < options.steps:
             if step == start + 10:
                 probe_began = time.monotonic()
+            step_began = time.monotonic()
             metrics = step_fn(step)
             done = step = step + 1
+            memory = memory_figures()
+            metrics["step_s"] = time.monotonic() - step_began
+            metrics["faults"] = memory["page_faults"] - faults
+            faults = memory["page_faults"]
             if options.steps is None and done == start + PROBE_STEPS:
                 assert options.minutes is not None
                 rate = (PROBE_STEPS - 10) / (time.monotonic() - probe_began)
@@ -177,13 +234,40 @@ def train_loop(
                 )
                 log_file.write(json.dumps({"step": done, "total_steps": options.steps}) + "\n")
             bar.update()
-            bar.set_postfix({k: f"{v:.3g}" for k, v in metrics.items()}, refresh=False)
+            bar.set_postfix(
+                {k: f"{v:.3g}" for k, v in metrics.items() if k not in ("faults", "step_s")},
+                refresh=False,
+            )
             out_of_time = (
                 options.time_limit_s is not None and time.monotonic() - began > options.time_limit_s
             )
             if done % options.log_every == 0 or done == options.steps or out_of_time:
-                log_file.write(json.dumps({"step": done, **metrics}) + "\n")
+                elapsed = time.monotonic() - began
+                rate = (done - start) / max(elapsed, 1e-9)
+                left = None if options.steps is None else (options.steps - done) / max(rate, 1e-9)
+                row = {"step": done, **metrics, "peak_rss_gb": memory["peak_rss_gb"],
+                       "elapsed_s": round(elapsed, 1),
+                       "eta_s": None if left is None else round(left)}  # fmt: skip
+                log_file.write(json.dumps(row) + "\n")
                 log_file.flush()
+                if not options.progress:  # the log is the progress report
+                    log.info(
+                        "%s: step %d/%s %s, %.2f s/step, peak %.2f GB, %s left",
+                        desc,
+                        done,
+                        options.steps,
+                        " ".join(f"{k} {v:.3g}" for k, v in metrics.items() if k != "faults"),
+                        1 / max(rate, 1e-9),
+                        memory["peak_rss_gb"],
+                        "?" if left is None else f"{left / 60:.0f} min",
+                    )
+            if options.evaluate is not None and (
+                done % options.eval_every == 0 or done == options.steps
+            ):
+                figures = options.evaluate(done)
+                log_file.write(json.dumps({"step": done, "eval": figures}) + "\n")
+                log_file.flush()
+                log.info("%s: held-out at step %d: %s", desc, done, figures)
             if done % options.checkpoint_every == 0 or done == options.steps or out_of_time:
                 checkpoint(done)
             if out_of_time and done != options.steps:
@@ -228,6 +312,14 @@ def add_loop_arguments(parser: argparse.ArgumentParser, batch_size: int) -> None
     )
     parser.add_argument("--log-every", type=int, default=50, metavar="STEPS", help="to log.jsonl")
     parser.add_argument("--threads", type=int, help="torch CPU threads")
+    parser.add_argument(
+        "--no-bf16",
+        action="store_true",
+        help="train in fp32 (default: bf16 autocast on CUDA and on CPUs with bf16 instructions)",
+    )
+    parser.add_argument(
+        "--eval-every", type=int, default=250, metavar="STEPS", help="held-out figures to the log"
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -241,6 +333,7 @@ def loop_options(args: argparse.Namespace) -> LoopOptions:
         time_limit_s=None if args.time_limit is None else 60 * args.time_limit,
         log_every=args.log_every,
         progress=not args.no_progress,
+        eval_every=args.eval_every,
     )
 
 

@@ -17,6 +17,7 @@ import json
 import logging
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -103,21 +104,31 @@ def forward_train(
     pcm: torch.Tensor,
     training: CodebookTraining | None,
     quantize_probability: float,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """pcm [B, 1, samples] (whole frames) -> (reconstruction, commitment loss).
+    quantize: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """pcm [B, 1, samples] (whole frames) -> (reconstruction, commitment loss, codes [B, K, T]).
 
-    The streaming graph of `Codec.encode`/`decode`, with the training quantizer in the middle.
+    The streaming graph of `Codec.encode`/`decode`, with the training quantizer in the middle
+    (in fp32 under autocast: nearest-centroid search and the EMA need the precision). With
+    `quantize` False the latent passes unquantized (no codes, no commitment loss).
     """
     x = codec.encoder(pcm)
     x = codec.encoder_transformer(x.transpose(1, 2)).transpose(1, 2)
-    latent = codec.downsample(x)
-    quantized, _, commitment = codec.quantizer.forward_train(latent, codec.num_codebooks, training)
+    latent = codec.downsample(x).float()
+    if not quantize:
+        y = codec.upsample(latent)
+        y = codec.decoder_transformer(y.transpose(1, 2)).transpose(1, 2)
+        return codec.decoder(y).float(), latent.new_zeros(()), None
+    with torch.autocast(latent.device.type, enabled=False):  # distances and EMA in fp32
+        quantized, codes, commitment = codec.quantizer.forward_train(
+            latent, codec.num_codebooks, training
+        )
     if quantize_probability < 1.0:
         keep = torch.rand(latent.shape[0], 1, 1, device=latent.device) < quantize_probability
         quantized = torch.where(keep, quantized, latent)
     y = codec.upsample(quantized)
     y = codec.decoder_transformer(y.transpose(1, 2)).transpose(1, 2)
-    return codec.decoder(y), commitment
+    return codec.decoder(y).float(), commitment, codes
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -129,8 +140,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--segment", type=float, default=1.2, help="seconds per example")
     parser.add_argument("--max-hours", type=float, default=3.0, help="audio to load")
     parser.add_argument("--quantize-probability", type=float, default=0.5)
+    parser.add_argument(
+        "--vq-start",
+        type=int,
+        default=200,
+        metavar="STEPS",
+        help="train as a plain autoencoder for this many steps, then initialise the codebooks "
+        "by k-means on the latents it has learnt (on a random encoder's latents they collapse "
+        "to a few live codes)",
+    )
     parser.add_argument("--waveform-weight", type=float, default=0.1)
     parser.add_argument("--commitment-weight", type=float, default=1.0)
+    parser.add_argument(
+        "--eval-data",
+        type=Path,
+        help="held-out dialogues: every --eval-every steps, STOI of their user channels and the "
+        "codes each codebook uses go to the log",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -159,12 +185,19 @@ def train_codec(args: argparse.Namespace) -> int:
     frames = max(1, round(args.segment * config.frame_rate))
     samples = frames * config.frame_size
     vq = CodebookTraining()
+    autocast = train.autocast(device, enabled=not args.no_bf16)
+    if args.eval_data is not None:
+        held_out = HeldOut(args.eval_data, config.sample_rate)
+        options.evaluate = lambda _step: held_out.figures(codec)
 
     def step(i: int) -> dict[str, float]:
         for group in optimizer.param_groups:
             group["lr"] = train.learning_rate(i, args.lr, args.warmup, options.schedule_steps)
         pcm = data.batch(args.batch_size, samples, generator).to(device)
-        estimate, commitment = forward_train(codec, pcm, vq, args.quantize_probability)
+        with autocast:
+            estimate, commitment, codes = forward_train(
+                codec, pcm, vq, args.quantize_probability, quantize=i >= args.vq_start
+            )
         mel = mel_loss(estimate, pcm)
         waveform = F.l1_loss(estimate, pcm)
         loss = mel + args.waveform_weight * waveform + args.commitment_weight * commitment
@@ -177,6 +210,10 @@ def train_codec(args: argparse.Namespace) -> int:
             "mel": mel.item(),
             "wav": waveform.item(),
             "commit": commitment.item(),
+            # the fewest distinct codes any codebook used in this batch: near 1 = dead codes
+            "codes_min": 0.0
+            if codes is None
+            else float(min(len(torch.unique(codes[:, k])) for k in range(codes.shape[1]))),
         }
 
     def checkpoint(done: int) -> None:
@@ -188,6 +225,39 @@ def train_codec(args: argparse.Namespace) -> int:
     if options.steps is not None and start >= options.steps:
         save_codec(codec, out)
     return done
+
+
+class HeldOut:
+    """A fixed handful of held-out user channels, to watch the codec learn: STOI of the
+    streaming-equivalent reconstruction and how many codes each codebook uses."""
+
+    def __init__(self, folder: Path, sample_rate: int, count: int = 8, seconds: float = 8.0):
+        files = read_manifest(folder)[:count]
+        if not files:
+            raise ConfigError(f"--eval-data {folder}: no dialogues")
+        n = int(seconds * sample_rate)
+        self.channels = [read_dialogue(path)[0][1, :n] for path in files]
+        self.sample_rate = sample_rate
+
+    @torch.no_grad()
+    def figures(self, codec: Codec) -> dict[str, Any]:
+        from .demo_eval import stoi
+
+        codec.eval()
+        device = next(codec.parameters()).device
+        scores, used = [], None
+        for channel in self.channels:
+            pcm = torch.from_numpy(channel).to(device).view(1, 1, -1)
+            codes = codec.encode(pcm)
+            decoded = codec.decode(codes)[0, 0, : len(channel)].float().cpu().numpy()
+            scores.append(stoi(channel, decoded, self.sample_rate))
+            distinct = [set(codes[0, k].tolist()) for k in range(codes.shape[1])]
+            used = (
+                distinct if used is None else [a | b for a, b in zip(used, distinct, strict=True)]
+            )
+        codec.train()
+        assert used is not None
+        return {"stoi": round(float(np.mean(scores)), 4), "codes_used": [len(u) for u in used]}
 
 
 def save_codec(codec: Codec, folder: Path, dtype: torch.dtype = torch.float32) -> None:

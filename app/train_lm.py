@@ -32,9 +32,8 @@ from tqdm import tqdm
 from model.codec import Codec
 from model.config import LMConfig, TransformerConfig, tiny_lm
 from model.errors import ConfigError
-from model.lm import LM, delay_streams, undelay
+from model.lm import LM
 from model.tokenizer import TextTokenizer
-from model.transformer import Transformer, TransformerLayer, apply_rope
 
 from . import train
 from .dialogues import read_dialogue, read_manifest, text_tokens
@@ -45,6 +44,8 @@ from .train_tokenizer import TOKENIZER_FILE
 log = logging.getLogger(__name__)
 
 WEIGHTS, CONFIG, TOKENS = "lm.safetensors", "config.json", "tokens.npz"
+EVAL_TOKENS = "tokens-eval.npz"
+HELD_OUT_DIALOGUES = 48  # teacher-forced figures on this many held-out dialogues
 IGNORE = -1  # target id of positions without a target (also "no input" for the embeddings)
 
 
@@ -83,64 +84,7 @@ def tiny_demo_lm(text_card: int, card: int, codebooks: int) -> LMConfig:
 PRESETS = {"demo": demo_lm, "tiny": tiny_demo_lm}
 
 
-# --- a differentiable forward pass ---------------------------------------------------------------
-
-
-def _depth_layer(layer: TransformerLayer, x: torch.Tensor, sets: list[int]) -> torch.Tensor:
-    """One depth layer over all positions x [N, S, D] at once, position s using weight set
-    sets[s]: the numbers of `TransformerLayer.step` run position by position, without writing
-    into a KV cache (which autograd cannot follow)."""
-    config = layer.config
-    N, S, D = x.shape
-    H, Dh = config.num_heads, config.head_dim
-    attention = layer.self_attn
-    h = layer.norm1(x)
-    qkv = torch.stack([attention.in_projs[w](h[:, s]) for s, w in enumerate(sets)], dim=1)
-    q, k, v = qkv.view(N, S, 3, H, Dh).permute(2, 0, 3, 1, 4).unbind(0)  # each [N, H, S, Dh]
-    if config.positions == "rope":
-        positions = torch.arange(S, device=x.device).expand(N, S)
-        q, k = (
-            apply_rope(q, positions, config.max_period),
-            apply_rope(k, positions, config.max_period),
-        )
-    attended = F.scaled_dot_product_attention(q, k, v, is_causal=True)
-    attended = attended.transpose(1, 2).reshape(N, S, D)
-    out = torch.stack([attention.out_projs[w](attended[:, s]) for s, w in enumerate(sets)], dim=1)
-    x = x + layer.layer_scale_1(out)
-    h = layer.norm2(x)
-    update = torch.cat([layer._ffn(h[:, s : s + 1], w) for s, w in enumerate(sets)], dim=1)
-    return x + layer.layer_scale_2(update)
-
-
-def depth_forward_train(depformer: Transformer, x: torch.Tensor) -> torch.Tensor:
-    """x [N, dep_q, D] -> [N, dep_q, D], equal to `depformer(x)` but differentiable."""
-    sets = [depformer.config.weight_index(s) for s in range(x.shape[1])]
-    for layer in depformer.layers:
-        x = _depth_layer(layer, x, sets)  # type: ignore[arg-type]
-    return x
-
-
-def forward_train(lm: LM, codes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """`LM.forward` (teacher forcing) with a differentiable depth transformer: codes
-    [B, streams, T] -> text logits [B, T, text_card], audio logits [B, dep_q, T, card]."""
-    config = lm.config
-    B, S, T = codes.shape
-    initial = torch.full((B, S, 1), config.audio_initial_id, dtype=codes.dtype, device=codes.device)
-    initial[:, 0] = config.text_initial_id
-    sequence = torch.cat([initial, delay_streams(codes, config.delays, initial)], dim=2)
-    temporal_out = lm.out_norm(lm.transformer(lm._temporal_input(sequence[:, :, :-1])))
-    text_logits = lm.text_linear(temporal_out)  # [B, T, text_card]
-    targets = sequence[:, :, 1:]
-    depth_in = torch.stack(
-        [lm._depth_input(k, temporal_out, targets[:, k]) for k in range(config.dep_q)], dim=2
-    )  # [B, T, dep_q, depth_dim]
-    depth_out = depth_forward_train(lm.depformer, depth_in.view(B * T, config.dep_q, -1))
-    audio_logits = torch.stack(
-        [lm.linears[k](depth_out[:, k]).view(B, T, -1) for k in range(config.dep_q)], dim=1
-    )
-    audio_logits = undelay(audio_logits, config.delays[1 : config.dep_q + 1])
-    text_logits = undelay(text_logits[:, None], config.delays[:1])[:, 0]
-    return text_logits, audio_logits
+# --- the loss -----------------------------------------------------------------------------------
 
 
 def lm_loss(
@@ -149,38 +93,34 @@ def lm_loss(
     pad_weight: float = 0.5,
     first_codebook_weight: float = 10.0,
 ) -> tuple[torch.Tensor, dict[str, float]]:
-    """Moshi's training loss on codes [B, streams, T] (IGNORE where there is no token)."""
+    """Moshi's training loss on codes [B, streams, T] (IGNORE where there is no token).
+
+    Computed against the delayed targets (`LM.forward_delayed`): every (logit, target) pair is
+    the one the aligned loss would use, without copying the logits back into aligned time."""
     config = lm.config
-    text_logits, audio_logits = forward_train(lm, codes)
-    text_target = codes[:, 0]
+    text_logits, audio_logits, targets = lm.forward_delayed(codes)
+    text_target = targets[:, 0].flatten()
     text_ce = F.cross_entropy(
-        text_logits.flatten(0, 1).float(),
-        text_target.flatten(),
-        ignore_index=IGNORE,
-        reduction="none",
+        text_logits.flatten(0, 1).float(), text_target, ignore_index=IGNORE, reduction="none"
     )
-    weight = torch.where(text_target.flatten() == config.text_padding_id, pad_weight, 1.0)
-    weight = weight * (text_target.flatten() != IGNORE)
+    weight = torch.where(text_target == config.text_padding_id, pad_weight, 1.0)
+    weight = weight * (text_target != IGNORE)
     text_loss = (text_ce * weight).sum() / weight.sum().clamp(min=1)
 
-    audio_target = codes[:, 1 : config.dep_q + 1].clone()  # [B, dep_q, T]
-    missing = torch.isnan(audio_logits[..., 0])  # the ends the delays push out
-    audio_target[missing] = IGNORE
-    audio_logits = torch.nan_to_num(audio_logits, nan=0.0)
-    per_codebook = []
-    for k in range(config.dep_q):
-        per_codebook.append(
-            F.cross_entropy(
-                audio_logits[:, k].flatten(0, 1).float(),
-                audio_target[:, k].flatten(),
-                ignore_index=IGNORE,
-            )
+    audio_target = targets[:, 1 : config.dep_q + 1]  # [B, dep_q, T]
+    per_codebook = [
+        F.cross_entropy(
+            audio_logits[:, k].flatten(0, 1).float(),
+            audio_target[:, k].flatten(),
+            ignore_index=IGNORE,
         )
+        for k in range(config.dep_q)
+    ]
     weights = torch.tensor([first_codebook_weight] + [1.0] * (config.dep_q - 1))
     audio_loss = (torch.stack(per_codebook) * weights.to(text_loss)).sum() / weights.sum()
     with torch.no_grad():
         spoken = (text_target != IGNORE) & (text_target != config.text_padding_id)
-        hits = (text_logits.argmax(-1) == text_target) & spoken
+        hits = (text_logits.flatten(0, 1).argmax(-1) == text_target) & spoken
         text_accuracy = hits.sum() / spoken.sum().clamp(min=1)
     metrics = {
         "text": text_loss.item(),
@@ -208,7 +148,7 @@ def encode_dialogues(
     tokenizer: TextTokenizer,
     num_codebooks: int,
     device: torch.device,
-    batch: int = 16,
+    batch: int = 8,
     progress: bool = True,
 ) -> list[np.ndarray]:
     """Each dialogue as int16 [1 + 2 * num_codebooks, frames]: text, assistant, user."""
@@ -233,12 +173,18 @@ def encode_dialogues(
 
 
 def load_or_encode(
-    args: argparse.Namespace, tokenizer: TextTokenizer, num_codebooks: int, device: torch.device
+    data: Path,
+    codec_dir: Path,
+    tokenizer: TextTokenizer,
+    num_codebooks: int,
+    device: torch.device,
+    cache: Path,
+    progress: bool = True,
 ) -> list[np.ndarray]:
-    """The cached token streams of the run, encoded now if missing or stale."""
-    cache = args.out / TOKENS
+    """The token streams of a dialogue folder, cached in `cache`; encoded now if missing or
+    stale (another codec, tokenizer or set of dialogues)."""
     fingerprint = _fingerprint(
-        args.codec / "codec.safetensors", tokenizer.path, Path(args.data) / "manifest.jsonl"
+        codec_dir / "codec.safetensors", tokenizer.path, Path(data) / "manifest.jsonl"
     )
     if cache.is_file():
         stored = np.load(cache)
@@ -246,8 +192,8 @@ def load_or_encode(
             lengths = stored["lengths"]
             return np.split(stored["tokens"], np.cumsum(lengths)[:-1], axis=1)
         log.info("%s is stale: encoding again", cache)
-    codec = load_trained_codec(args.codec, device)
-    streams = encode_dialogues(args.data, codec, tokenizer, num_codebooks, device)
+    codec = load_trained_codec(codec_dir, device)
+    streams = encode_dialogues(data, codec, tokenizer, num_codebooks, device, progress=progress)
     np.savez(
         cache,
         tokens=np.concatenate(streams, axis=1),
@@ -257,20 +203,78 @@ def load_or_encode(
     return streams
 
 
-def sample_windows(
-    streams: list[np.ndarray], batch: int, frames: int, generator: torch.Generator
-) -> torch.Tensor:
-    """[batch, streams, frames] int64 windows, IGNORE past a dialogue's end."""
-    out = np.full((batch, streams[0].shape[0], frames), IGNORE, dtype=np.int64)
-    for i in range(batch):
-        tokens = streams[int(torch.randint(0, len(streams), (1,), generator=generator))]
-        length = tokens.shape[1]
-        start = 0
-        if length > frames and torch.rand(1, generator=generator).item() < 0.5:
-            start = int(torch.randint(0, length - frames + 1, (1,), generator=generator))
-        window = tokens[:, start : start + frames]
-        out[i, :, : window.shape[1]] = window
-    return torch.from_numpy(out)
+def codes_used(streams: list[np.ndarray], num_codebooks: int) -> list[int]:
+    """How many distinct codes each of the assistant's codebooks uses over all dialogues."""
+    return [
+        len(np.unique(np.concatenate([s[1 + k] for s in streams]))) for k in range(num_codebooks)
+    ]
+
+
+def check_live_codes(used: list[int], codebook_size: int, minimum: float = 0.05) -> None:
+    """Refuse a codec whose codes are nearly dead: an LM learns nothing about audio from it
+    (on a codec in its warm-up, with one live code, the semantic loss fell to 4e-7 in 75
+    steps)."""
+    dead = [k for k, n in enumerate(used) if n < minimum * codebook_size]
+    if dead:
+        raise ConfigError(
+            f"the codec's codebooks {dead} use only {[used[k] for k in dead]} of "
+            f"{codebook_size} codes on these dialogues: train the codec longer (its log.jsonl "
+            "shows codes_used), or pass --allow-dead-codes"
+        )
+
+
+class WindowSampler:
+    """Training windows batched by length, so that short dialogues are not padded to long ones.
+
+    A window is a whole dialogue, or a crop of `frames` of a longer one (from its start half of
+    the time, as a conversation starts at inference). Windows fall into buckets of `bucket`
+    frames by length; a step takes one bucket (chosen with the odds of a random dialogue) and
+    fills `tokens` frames with windows from it. With 250-frame windows and no buckets, 34% of
+    every batch was padding."""
+
+    def __init__(self, streams: list[np.ndarray], frames: int, tokens: int, bucket: int = 25):
+        self.streams, self.frames, self.tokens = streams, frames, tokens
+        lengths = np.array([min(s.shape[1], frames) for s in streams])
+        self.edges = np.minimum(frames, -(-lengths // bucket) * bucket)  # bucket's longest
+        self.members = {int(e): np.flatnonzero(self.edges == e) for e in np.unique(self.edges)}
+
+    def batch(self, generator: torch.Generator) -> torch.Tensor:
+        """[n, streams, T] int64, IGNORE past a dialogue's end; n * T <= tokens."""
+        first = int(torch.randint(0, len(self.streams), (1,), generator=generator))
+        T = int(self.edges[first])
+        members = self.members[T]
+        n = max(1, self.tokens // T)
+        picks = [first] + [
+            int(members[int(torch.randint(0, len(members), (1,), generator=generator))])
+            for _ in range(n - 1)
+        ]
+        out = np.full((n, self.streams[0].shape[0], T), IGNORE, dtype=np.int64)
+        for i, index in enumerate(picks):
+            tokens = self.streams[index]
+            length = tokens.shape[1]
+            start = 0
+            if length > T and torch.rand(1, generator=generator).item() < 0.5:
+                start = int(torch.randint(0, length - T + 1, (1,), generator=generator))
+            window = tokens[:, start : start + T]
+            out[i, :, : window.shape[1]] = window
+        return torch.from_numpy(out)
+
+
+@torch.no_grad()
+def held_out_figures(
+    lm: LM, streams: list[np.ndarray], frames: int, pad_weight: float, first_weight: float
+) -> dict[str, float]:
+    """Teacher-forced loss and text accuracy on held-out dialogues (their first `frames`)."""
+    lm.eval()
+    device = lm.text_linear.weight.device
+    totals: dict[str, float] = {}
+    for tokens in streams:
+        codes = torch.from_numpy(tokens[None, :, :frames].astype(np.int64)).to(device)
+        _, metrics = lm_loss(lm, codes, pad_weight, first_weight)
+        for key, value in metrics.items():
+            totals[key] = totals.get(key, 0.0) + value / len(streams)
+    lm.train()
+    return {key: round(value, 4) for key, value in totals.items()}
 
 
 # --- the command -------------------------------------------------------------------------------
@@ -283,12 +287,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--tokenizer", type=Path, required=True, help="tokenizer.model or its folder"
     )
     parser.add_argument("--config", choices=sorted(PRESETS), default="demo", help="LM shape")
-    train.add_loop_arguments(parser, batch_size=32)
+    train.add_loop_arguments(parser, batch_size=20)
     parser.add_argument("--lr", type=float, default=1e-3, help="peak learning rate")
     parser.add_argument("--warmup", type=int, default=500, metavar="STEPS")
-    parser.add_argument("--frames", type=int, default=250, help="frames per training window")
+    parser.add_argument(
+        "--frames",
+        type=int,
+        default=400,
+        help="longest training window (frames); longer than the LM's context is fine (the "
+        "attention mask keeps the context, as the ring KV cache does at inference)",
+    )
     parser.add_argument("--pad-weight", type=float, default=0.5)
     parser.add_argument("--first-codebook-weight", type=float, default=10.0)
+    parser.add_argument(
+        "--eval-data", type=Path, help="held-out dialogues: loss and text accuracy to the log"
+    )
+    parser.add_argument(
+        "--allow-dead-codes",
+        action="store_true",
+        help="train even if a codebook of the codec uses under 5%% of its codes",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -307,14 +325,8 @@ def train_lm(args: argparse.Namespace) -> int:
         args.tokenizer / TOKENIZER_FILE if args.tokenizer.is_dir() else args.tokenizer
     )
     codec_config = json.loads((args.codec / "codec.json").read_text())
-    codebooks = int(codec_config["num_codebooks"])
-    config = PRESETS[args.config](
-        tokenizer.vocab_size, int(codec_config["codebook_size"]), codebooks
-    )
-    if config.temporal.context is not None and args.frames > config.temporal.context:
-        raise ConfigError(
-            f"--frames {args.frames} exceeds the LM's context {config.temporal.context}"
-        )
+    codebooks, card = int(codec_config["num_codebooks"]), int(codec_config["codebook_size"])
+    config = PRESETS[args.config](tokenizer.vocab_size, card, codebooks)
     generator = train.seed_everything(args.seed)
     lm = LM(config).to(device).train()
     optimizer = torch.optim.AdamW(lm.parameters(), lr=args.lr, betas=(0.9, 0.95), weight_decay=0.1)
@@ -323,20 +335,35 @@ def train_lm(args: argparse.Namespace) -> int:
         start, extra = train.load_checkpoint(out / train.CHECKPOINT, lm, optimizer, generator)
         train.resume_steps(options, extra)
         log.info("lm: resuming %s at step %d", out, start)
-    streams = load_or_encode(args, tokenizer, codebooks, device)
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
+    progress = options.progress
+    streams = load_or_encode(
+        args.data, args.codec, tokenizer, codebooks, device, out / TOKENS, progress
+    )
+    used = codes_used(streams, codebooks)
+    log.info("lm: %d dialogues; the assistant's codebooks use %s codes", len(streams), used)
+    if not args.allow_dead_codes:
+        check_live_codes(used, card)
+    if args.eval_data is not None:
+        held_out = load_or_encode(
+            args.eval_data, args.codec, tokenizer, codebooks, device, out / EVAL_TOKENS, progress
+        )[:HELD_OUT_DIALOGUES]
+        options.evaluate = lambda _step: held_out_figures(
+            lm, held_out, args.frames, args.pad_weight, args.first_codebook_weight
+        )
+    sampler = WindowSampler(streams, args.frames, args.batch_size * args.frames)
+    autocast = train.autocast(device, enabled=not args.no_bf16)
 
     def step(i: int) -> dict[str, float]:
         for group in optimizer.param_groups:
             group["lr"] = train.learning_rate(i, args.lr, args.warmup, options.schedule_steps)
-        codes = sample_windows(streams, args.batch_size, args.frames, generator).to(device)
+        codes = sampler.batch(generator).to(device)
         with autocast:
             loss, metrics = lm_loss(lm, codes, args.pad_weight, args.first_codebook_weight)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(lm.parameters(), 1.0)
         optimizer.step()
-        return {"loss": loss.item(), **metrics}
+        return {"loss": loss.item(), **metrics, "T": float(codes.shape[2])}
 
     def checkpoint(done: int) -> None:
         extra = {"steps": options.steps}

@@ -239,6 +239,21 @@ class LM(nn.Module):
         Returns text logits [B, T, text_card] and audio logits [B, dep_q, T, card] aligned with
         `codes` (position t predicts codes[:, :, t]); positions a delay pushes past the end are NaN.
         """
+        text_logits, audio_logits, _ = self.forward_delayed(codes)
+        audio_logits = undelay(audio_logits, self.config.delays[1 : self.config.dep_q + 1])
+        text_logits = undelay(text_logits[:, None], self.config.delays[:1])[:, 0]
+        return text_logits, audio_logits
+
+    def forward_delayed(
+        self, codes: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Teacher forcing in the model's own (delayed) time, as training wants it.
+
+        codes [B, streams, T] aligned, -1 where there is no token. Returns text logits
+        [B, T, text_card], audio logits [B, dep_q, T, card] and the delayed targets [B, streams,
+        T] they predict (-1 where a delay left no target). Training on these is the same loss as
+        on `forward`'s undelayed logits, without copying the logits back into aligned time (half
+        of a CPU training step)."""
         config = self.config
         B, S, T = codes.shape
         if config.num_streams != S:
@@ -261,9 +276,8 @@ class LM(nn.Module):
         audio_logits = torch.stack(
             [self.linears[k](depth_out[:, k]).view(B, T, -1) for k in range(config.dep_q)], dim=1
         )
-        audio_logits = undelay(audio_logits, config.delays[1 : config.dep_q + 1])
-        text_logits = undelay(text_logits[:, None], config.delays[:1])[:, 0]
-        return text_logits, audio_logits
+        no_target = torch.full_like(initial, -1)
+        return text_logits, audio_logits, delay_streams(codes, config.delays, no_target)
 
 
 def delay_streams(codes: torch.Tensor, delays: tuple[int, ...], fill: torch.Tensor) -> torch.Tensor:

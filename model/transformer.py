@@ -86,6 +86,28 @@ class GatedFFN(nn.Module):
         return self.linear_out(self.activation(gate) * value)
 
 
+WeightSets = int | tuple[int, ...]  # one set for every position, or the set of each position
+
+
+def per_set(modules: nn.ModuleList, x: torch.Tensor, sets: WeightSets) -> torch.Tensor:
+    """modules[sets[t]] applied to position t of x [B, T, D] (modules[sets] to all if an int).
+
+    Positions that share a set go through it together; the pieces are put back in order by a
+    gather, not by writes in place, so autograd follows it (training uses this path)."""
+    if isinstance(sets, int):
+        return modules[sets](x)
+    if len(set(sets)) == 1:
+        return modules[sets[0]](x)
+    groups: dict[int, list[int]] = {}
+    for t, w in enumerate(sets):
+        groups.setdefault(w, []).append(t)
+    order = [t for members in groups.values() for t in members]
+    pieces = [modules[w](x[:, members]) for w, members in groups.items()]
+    inverse = torch.empty(len(order), dtype=torch.long)
+    inverse[torch.tensor(order)] = torch.arange(len(order))
+    return torch.cat(pieces, dim=1)[:, inverse.to(x.device)]
+
+
 def apply_rope(x: torch.Tensor, positions: torch.Tensor, max_period: float) -> torch.Tensor:
     """Rotate interleaved (real, imaginary) pairs of x [B, H, T, D] by positions [B, T]."""
     B, H, T, D = x.shape
@@ -140,10 +162,10 @@ class Attention(nn.Module):
             nn.Linear(config.dim, config.dim, bias=False) for _ in range(n)
         )
 
-    def _qkv(self, x: torch.Tensor, weight_set: int, positions: torch.Tensor):
+    def _qkv(self, x: torch.Tensor, weight_set: WeightSets, positions: torch.Tensor):
         B, T, _ = x.shape
         H, D = self.config.num_heads, self.config.head_dim
-        qkv = self.in_projs[weight_set](x).view(B, T, 3, H, D).permute(2, 0, 3, 1, 4)
+        qkv = per_set(self.in_projs, x, weight_set).view(B, T, 3, H, D).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)  # each [B, H, T, D]
         if self.config.positions == "rope":
             q = apply_rope(q, positions, self.config.max_period)
@@ -171,12 +193,24 @@ class Attention(nn.Module):
         out = out.transpose(1, 2).reshape(B, T, H * D)
         return self.out_projs[weight_set](out)
 
-    def forward(self, x: torch.Tensor, weight_set: int = 0) -> torch.Tensor:
-        """Whole sequence x [B, T, dim], positions 0..T-1."""
+    def forward(self, x: torch.Tensor, weight_set: WeightSets = 0) -> torch.Tensor:
+        """Whole sequence x [B, T, dim], positions 0..T-1 (training, and whole signals).
+
+        One fused attention over the batch: unlike a batch of live conversations (`step`), a
+        whole sequence has no neighbours whose numbers must stay independent of it. The mask,
+        causal and within `context`, is the same for every sequence: [T, T]."""
         B, T, _ = x.shape
-        positions = torch.arange(T, device=x.device).expand(B, T)
-        q, k, v = self._qkv(x, weight_set, positions)
-        return self._attend(q, k, v, positions, positions, weight_set)
+        positions = torch.arange(T, device=x.device)
+        q, k, v = self._qkv(x, weight_set, positions.expand(B, T))
+        context = self.config.context
+        if not self.config.causal or context is None or context >= T:
+            out = F.scaled_dot_product_attention(q, k, v, is_causal=self.config.causal)
+        else:
+            delta = positions[:, None] - positions[None, :]
+            band = (delta >= 0) & (delta < context)
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=band)
+        out = out.transpose(1, 2).reshape(B, T, -1)
+        return per_set(self.out_projs, out, weight_set)
 
     def step(
         self,
@@ -240,19 +274,21 @@ class TransformerLayer(nn.Module):
             self.layer_scale_1 = LayerScale(config.dim, config.layer_scale)
             self.layer_scale_2 = LayerScale(config.dim, config.layer_scale)
 
-    def _ffn(self, x: torch.Tensor, weight_set: int) -> torch.Tensor:
+    def _ffn(self, x: torch.Tensor, weight_set: WeightSets) -> torch.Tensor:
         if self.config.gating == "none":
             return self.linear2(F.gelu(self.linear1(x)))
         if self.config.weights_per_step:
-            return cast(nn.ModuleList, self.gating)[weight_set](x)
+            return per_set(cast(nn.ModuleList, self.gating), x, weight_set)
         return self.gating(x)
 
-    def _finish(self, x: torch.Tensor, attended: torch.Tensor, weight_set: int) -> torch.Tensor:
+    def _finish(
+        self, x: torch.Tensor, attended: torch.Tensor, weight_set: WeightSets
+    ) -> torch.Tensor:
         x = x.to(attended) + self.layer_scale_1(attended)
         update = self._ffn(self.norm2(x), weight_set)
         return x.to(update) + self.layer_scale_2(update)
 
-    def forward(self, x: torch.Tensor, weight_set: int = 0) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, weight_set: WeightSets = 0) -> torch.Tensor:
         return self._finish(x, self.self_attn(self.norm1(x), weight_set), weight_set)
 
     def step(self, x, cache, positions, active, weight_set: int = 0) -> torch.Tensor:
@@ -295,20 +331,14 @@ class Transformer(nn.Module):
         return TransformerState(caches, offset)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Whole sequence x [B, T, dim]. With weights per step, position t uses set t."""
-        if not self.config.weights_per_step:
-            for layer in self.layers:
-                x = layer(x)
-            return x
-        # Per-step weights: run the sequence through a fresh state, one position at a time.
-        state = self.init_state(x.shape[0])
-        return torch.cat(
-            [
-                self.step(x[:, t : t + 1], state, weight_set=self.config.weight_index(t))
-                for t in range(x.shape[1])
-            ],
-            dim=1,
-        )
+        """Whole sequence x [B, T, dim]; differentiable. With weights per step, position t
+        uses weight set `config.weight_index(t)` (the depth transformer: t is the codebook)."""
+        sets: WeightSets = 0
+        if self.config.weights_per_step:
+            sets = tuple(self.config.weight_index(t) for t in range(x.shape[1]))
+        for layer in self.layers:
+            x = layer(x, sets)
+        return x
 
     def step(
         self,
