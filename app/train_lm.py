@@ -151,7 +151,9 @@ def encode_dialogues(
     batch: int = 8,
     progress: bool = True,
 ) -> list[np.ndarray]:
-    """Each dialogue as int16 [1 + 2 * num_codebooks, frames]: text, assistant, user."""
+    """Each dialogue as int16 [1 + 2 * num_codebooks, frames]: text, assistant, user; the
+    user's streams one frame ahead (column t holds the user's frame t + 1, -1 at the end), so
+    that teacher forcing conditions on what `LM.step` hears (`model.lm.user_ahead`)."""
     codec = codec.to(device).eval()
     frame_rate, frame_size = codec.config.frame_rate, codec.frame_size
     files = read_manifest(folder)
@@ -168,7 +170,10 @@ def encode_dialogues(
         codes = encoded.reshape(len(loaded), 2 * num_codebooks, -1).cpu().numpy()
         for i, ((_, description), n) in enumerate(zip(loaded, frames, strict=True)):
             text = text_tokens(description["alignments"], tokenizer.encode, n, frame_rate)
-            out.append(np.concatenate([np.array(text)[None], codes[i, :, :n]]).astype(np.int16))
+            assistant, user = codes[i, :num_codebooks, :n], codes[i, num_codebooks:, :n]
+            # the user one frame ahead, as `LM.step` hears it (model.lm.user_ahead)
+            user = np.concatenate([user[:, 1:], np.full_like(user[:, :1], IGNORE)], axis=1)
+            out.append(np.concatenate([np.array(text)[None], assistant, user]).astype(np.int16))
     return out
 
 

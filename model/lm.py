@@ -280,6 +280,20 @@ class LM(nn.Module):
         return text_logits, audio_logits, delay_streams(codes, config.delays, no_target)
 
 
+def user_ahead(codes: torch.Tensor, dep_q: int, fill: torch.Tensor | int = -1) -> torch.Tensor:
+    """Aligned codes [B, streams, T] as teacher forcing must see them to match `LM.step`.
+
+    `step` generates the assistant's frame t having heard the user's frame t (it writes the
+    user's codes at the current position, as Kyutai's generator does), while `forward`
+    predicts every stream's position t from positions up to t - 1. Moving the user's streams
+    one frame earlier (column t holds the user's frame t + 1; `fill` [B, user streams, 1], or
+    -1 for "no input", at the end) makes training condition on exactly what streaming hears."""
+    out = codes.clone()
+    out[:, 1 + dep_q :, :-1] = codes[:, 1 + dep_q :, 1:]
+    out[:, 1 + dep_q :, -1:] = fill
+    return out
+
+
 def delay_streams(codes: torch.Tensor, delays: tuple[int, ...], fill: torch.Tensor) -> torch.Tensor:
     """Shift stream k of codes [B, S, T] right by delays[k] frames, filling with fill [B, S, 1]."""
     out = codes.clone()

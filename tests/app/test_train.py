@@ -18,7 +18,15 @@ from app.dialogues import generate
 from app.engine import Engine
 from app.export import demo_files, export
 from app.train_codec import SpeechSegments, forward_train, load_trained_codec, train_codec
-from app.train_lm import lm_loss, load_or_encode, sample_windows, train_lm
+from app.train_lm import (
+    TOKENS,
+    WindowSampler,
+    check_live_codes,
+    codes_used,
+    lm_loss,
+    load_or_encode,
+    train_lm,
+)
 from app.train_tokenizer import dialogue_sentences, train_tokenizer
 from model.checkpoint import lm_config_from_kyutai, load_codec, load_lm
 from model.codec import Codec
@@ -49,7 +57,8 @@ def _args(stage: str, *argv: str | Path) -> argparse.Namespace:
 def _codec_args(work: Path, out: Path, *extra: str) -> argparse.Namespace:
     return _args(
         "codec", "--data", work / "data", "--out", out, "--config", "tiny", "--steps", "4",
-        "--batch-size", "2", "--segment", "0.32", "--log-every", "1", *extra,
+        "--batch-size", "2", "--segment", "0.32", "--log-every", "1", "--vq-start", "1",
+        "--eval-data", work / "eval", "--eval-every", "2", *extra,
     )  # fmt: skip
 
 
@@ -57,7 +66,8 @@ def _lm_args(work: Path, out: Path, *extra: str) -> argparse.Namespace:
     return _args(
         "lm", "--data", work / "data", "--codec", work / "codec", "--tokenizer",
         work / "tokenizer", "--out", out, "--config", "tiny", "--steps", "4", "--batch-size",
-        "2", "--frames", "12", "--log-every", "1", *extra,
+        "2", "--frames", "12", "--log-every", "1", "--allow-dead-codes", "--eval-data",
+        work / "eval", "--eval-every", "2", *extra,
     )  # fmt: skip
 
 
@@ -96,7 +106,7 @@ def test_codec_overfits_one_batch(work: Path) -> None:
     optimizer = torch.optim.AdamW(codec.parameters(), lr=3e-3)
     losses = []
     for _ in range(20):
-        estimate, commitment = forward_train(codec, batch, CodebookTraining(), 0.5)
+        estimate, commitment, _ = forward_train(codec, batch, CodebookTraining(), 0.5)
         loss = mel_loss(estimate, batch) + commitment
         optimizer.zero_grad()
         loss.backward()
@@ -122,17 +132,19 @@ def test_codec_run_resumes_exactly(work: Path, codec_run: Path) -> None:
 
 
 def test_lm_overfits_one_batch(work: Path, codec_run: Path, tmp_path: Path) -> None:
-    args = _lm_args(work, tmp_path)
     tokenizer = TextTokenizer(work / "tokenizer" / "tokenizer.model")
-    streams = load_or_encode(args, tokenizer, 4, torch.device("cpu"))
+    streams = load_or_encode(
+        work / "data", codec_run, tokenizer, 4, torch.device("cpu"), tmp_path / TOKENS, False
+    )
     assert len(streams) == 3 and streams[0].shape[0] == 1 + 2 * 4
     text = streams[0][0]
     assert (text == TEXT_PAD_ID).any() and (text == TEXT_END_OF_PADDING_ID).any()
+    assert (streams[0][1 + 4 :, -1] == -1).all()  # the user one frame ahead: none after the end
     torch.manual_seed(0)
     from app.train_lm import PRESETS
 
     lm = LM(PRESETS["tiny"](tokenizer.vocab_size, 64, 4)).train()
-    batch = sample_windows(streams, 2, 12, torch.Generator().manual_seed(0))
+    batch = WindowSampler(streams, 12, 24).batch(torch.Generator().manual_seed(0))
     optimizer = torch.optim.AdamW(lm.parameters(), lr=3e-3)
     losses = []
     for _ in range(20):
@@ -150,6 +162,58 @@ def test_lm_run_resumes_exactly(work: Path, lm_run: Path) -> None:
     assert train_lm(_lm_args(work, resumed, "--time-limit", "0")) == 1
     assert train_lm(_lm_args(work, resumed)) == 4
     assert _losses(resumed) == _losses(lm_run)
+
+
+def test_runs_log_memory_speed_and_held_out_figures(codec_run: Path, lm_run: Path) -> None:
+    for run, figure in ((codec_run, "stoi"), (lm_run, "text_acc")):
+        rows = [json.loads(line) for line in (run / train.LOG).read_text().splitlines()]
+        steps = [row for row in rows if "loss" in row]
+        assert all(row["peak_rss_gb"] > 0 and row["step_s"] > 0 for row in steps)
+        assert steps[-1]["eta_s"] == 0
+        held_out = [row["eval"] for row in rows if "eval" in row]
+        assert held_out and all(figure in row for row in held_out)
+    codec_eval = [json.loads(line) for line in (codec_run / train.LOG).read_text().splitlines()]
+    used = [row["eval"]["codes_used"] for row in codec_eval if "eval" in row][-1]
+    assert len(used) == 4 and all(n >= 1 for n in used)
+
+
+def test_a_codec_with_dead_codes_is_refused() -> None:
+    streams = [np.zeros((1 + 2 * 2, 30), dtype=np.int16)]
+    streams[0][1] = np.arange(30)  # the first codebook lives, the second has one code
+    assert codes_used(streams, 2) == [30, 1]
+    with pytest.raises(Exception, match=r"codebooks \[1\] use only \[1\] of 64 codes"):
+        check_live_codes(codes_used(streams, 2), 64)
+    check_live_codes([30, 30], 64)  # alive: no complaint
+
+
+def test_windows_are_batched_by_length() -> None:
+    lengths = [13, 20, 24, 60, 61, 300, 410]
+    streams = [np.full((3, n), i, dtype=np.int16) for i, n in enumerate(lengths)]
+    sampler = WindowSampler(streams, frames=100, tokens=200, bucket=25)
+    generator = torch.Generator().manual_seed(0)
+    seen = set()
+    for _ in range(200):
+        batch = sampler.batch(generator)
+        n, _, T = batch.shape
+        assert n * T <= 200 and T in (25, 75, 100)
+        for window in batch:
+            index = int(window[0, 0])
+            seen.add(index)
+            real = (window[0] != -1).sum().item()
+            assert real == min(lengths[index], T)  # whole dialogues, or crops of the longest
+            assert T - real < 25  # padding: less than one bucket
+    assert seen == set(range(len(lengths)))
+    again = WindowSampler(streams, 100, 200, 25).batch(torch.Generator().manual_seed(0))
+    assert torch.equal(again, WindowSampler(streams, 100, 200, 25).batch(
+        torch.Generator().manual_seed(0)))  # fmt: skip
+
+
+def test_the_allocator_is_tuned_for_the_loop_only() -> None:
+    import platform
+
+    if platform.libc_ver()[0] != "glibc":
+        pytest.skip("mallopt is glibc's")
+    assert train.tune_allocator()
 
 
 def test_trained_models_load_with_the_model_loaders_and_run_a_frame(

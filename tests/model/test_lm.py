@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from model.config import tiny_lm
-from model.lm import LM, NOT_READY
+from model.lm import LM, NOT_READY, user_ahead
 from model.sampling import SamplingParams
 
 
@@ -120,3 +120,84 @@ def test_wrong_user_codes_are_refused(lm: LM) -> None:
         lm.step(torch.zeros(1, 1, 1, dtype=torch.long), state)
     with pytest.raises(ValueError, match=r"\[1, 4, 1\]"):
         lm.step(torch.zeros(2, 4, 1, dtype=torch.long), state)
+
+
+def _greedy_conversation(lm: LM, frames: int) -> tuple[torch.Tensor, list]:
+    """Greedy steps over random user codes; returns the codes [1, streams, frames] that
+    training would see for this conversation, and every step's output.
+
+    Streaming generates the assistant's frame t having heard the user's frame t; teacher
+    forcing predicts position t from the streams up to t - 1. So in training codes the user's
+    stream is one frame ahead: user column t holds the user's frame t + 1 (`user_ahead`)."""
+    user = _user(1, frames + 2, lm, seed=3)
+    steps = _run(lm, user, SamplingParams.greedy())
+    text = torch.stack([steps[t + 1].text for t in range(frames)], dim=-1)  # [1, frames]
+    audio = torch.cat([steps[t + 1].audio for t in range(frames)], dim=-1)  # [1, dep_q, frames]
+    codes = torch.cat([text[:, None], audio, user[:, :, :frames]], dim=1)
+    return user_ahead(codes, lm.config.dep_q, fill=user[:, :, frames : frames + 1]), steps
+
+
+def test_training_logits_equal_streamed_logits_past_the_context(lm: LM) -> None:
+    """The training path (whole sequence, delayed time) computes what streaming computes."""
+    frames = lm.config.temporal.context + 9
+    codes, steps = _greedy_conversation(lm, frames)
+    with torch.no_grad():
+        text_logits, audio_logits, targets = lm.forward_delayed(codes)
+    for t in range(frames):
+        torch.testing.assert_close(text_logits[0, t], steps[t].text_logits[0], atol=2e-5, rtol=0)
+        if t >= lm.config.max_delay:  # before that, streaming sampled what training ignores
+            torch.testing.assert_close(
+                audio_logits[0, :, t], steps[t].audio_logits[0], atol=2e-5, rtol=0
+            )
+    # the delayed targets are the codes shifted by each stream's delay, with no target before
+    for k, delay in enumerate(lm.config.delays):
+        assert (targets[0, k, :delay] == -1).all()
+        assert torch.equal(targets[0, k, delay:], codes[0, k, : frames - delay])
+
+
+def test_every_depth_weight_set_learns_through_the_training_forward(lm: LM) -> None:
+    codes, _ = _greedy_conversation(lm, 6)
+    model = LM(lm.config)
+    model.load_state_dict(lm.state_dict())
+    _, audio_logits, _ = model.forward_delayed(codes)
+    audio_logits.logsumexp(-1).sum().backward()
+    for layer in model.depformer.layers:
+        for projection in layer.self_attn.in_projs:
+            assert projection.weight.grad is not None and projection.weight.grad.abs().sum() > 0
+
+
+def test_the_delayed_loss_equals_the_aligned_loss(lm: LM) -> None:
+    """Training on delayed targets is the same loss as on undelayed logits, gradients too."""
+    import torch.nn.functional as F
+
+    from app.train_lm import IGNORE, lm_loss
+
+    codes, _ = _greedy_conversation(lm, 10)
+    codes[:, :, 8:] = IGNORE  # a padded window
+    model = LM(lm.config)
+    model.load_state_dict(lm.state_dict())
+    loss, _ = lm_loss(model, codes, pad_weight=1.0, first_codebook_weight=1.0)
+    grads = torch.autograd.grad(loss, list(model.parameters()), allow_unused=True)
+
+    text_logits, audio_logits = model(codes)  # aligned; NaN where a delay pushed out
+    text_ce = F.cross_entropy(text_logits[0], codes[0, 0], ignore_index=IGNORE)
+    audio_target = codes[:, 1 : 1 + lm.config.dep_q].clone()
+    audio_target[torch.isnan(audio_logits[..., 0])] = IGNORE
+    audio_logits = torch.nan_to_num(audio_logits, nan=0.0)
+    audio_ce = torch.stack(
+        [
+            F.cross_entropy(audio_logits[0, k], audio_target[0, k], ignore_index=IGNORE)
+            for k in range(lm.config.dep_q)
+        ]
+    ).mean()
+    aligned = text_ce + audio_ce
+    torch.testing.assert_close(loss, aligned, atol=1e-6, rtol=1e-6)
+    for mine, theirs in zip(
+        grads,
+        torch.autograd.grad(aligned, list(model.parameters()), allow_unused=True),
+        strict=True,
+    ):
+        if mine is None or theirs is None:
+            assert mine is None or not mine.any()
+            continue
+        torch.testing.assert_close(mine, theirs, atol=1e-6, rtol=1e-5)
