@@ -371,7 +371,11 @@ def format_figures(report: dict) -> str:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--assets", type=Path, default=Path("assets"), help="exported model")
+    from .models import ASSETS
+
+    parser.add_argument(
+        "--assets", type=Path, default=ASSETS, help="exported model (default: the bundled one)"
+    )
     parser.add_argument("--data", type=Path, required=True, help="held-out dialogues folder")
     parser.add_argument("--count", type=int, help="evaluate the first COUNT dialogues")
     parser.add_argument("--device", default="cpu")

@@ -206,8 +206,9 @@ PHRASINGS: dict[str, tuple[str, ...]] = {
         "I want to hear {a} to {b}.", "counting from {a}, go up to {b}.",
     ),
     "spell": (
-        "how do you spell {w}?", "spell {w}.", "can you spell {w} for me?", "what's {w} spelled like?",
-        "what is the spelling of {w}?", "how is {w} spelled?", "could you spell {w}?",
+        "how do you spell {w}?", "spell {w}.", "can you spell {w} for me?",
+        "what's {w} spelled like?", "what is the spelling of {w}?", "how is {w} spelled?",
+        "could you spell {w}?",
         "spell the word {w}.", "how would you spell {w}?", "what letters are in {w}?",
         "spell out {w}.", "I need the spelling of {w}.", "do you know how to spell {w}?",
         "can you spell the word {w}?", "how's {w} spelled?", "spell {w} for me.",

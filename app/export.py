@@ -1,4 +1,4 @@
-"""`antiphon train export`: the trained demo model as files in assets/, and reading them back.
+"""`antiphon train export`: the trained demo model as files in app/assets/, and reading them back.
 
     assets/model.safetensors   LM weights (bf16 by default: half the size, loaded as fp32 on CPU)
     assets/codec.safetensors   codec weights (fp16 by default), our key names
@@ -160,10 +160,14 @@ def export(
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from .models import ASSETS
+
     parser.add_argument("--codec", type=Path, required=True, help="codec run folder")
     parser.add_argument("--lm", type=Path, required=True, help="LM run folder")
     parser.add_argument("--tokenizer", type=Path, required=True, help="tokenizer.model")
-    parser.add_argument("--out", type=Path, default=Path("assets"), help="default: assets")
+    parser.add_argument(
+        "--out", type=Path, default=ASSETS, help="default: app/assets, what antiphon loads"
+    )
     parser.add_argument("--lm-dtype", choices=sorted(_DTYPES), default="bfloat16")
     parser.add_argument("--codec-dtype", choices=sorted(_DTYPES), default="float16")
 

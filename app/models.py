@@ -1,8 +1,8 @@
 """One set of model options for every command, and loading what they name.
 
-Defaults: the bundled demo model in assets/ when it is there; otherwise a small randomly
-initialised model, announced as such. Kyutai's released files load through `--hf-repo` or
-local paths.
+Defaults: the bundled demo model (app/assets/, installed with the package) when it is there;
+otherwise a small randomly initialised model, announced as such. Kyutai's released files load
+through `--hf-repo` or local paths.
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import logging
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 
 import torch
@@ -31,7 +32,17 @@ from model.quantizer import Codebook
 
 log = logging.getLogger(__name__)
 
-ASSETS = Path(__file__).resolve().parent.parent / "assets"  # the bundled demo model, once trained
+# The bundled demo model: package data of `app`, so a wheel carries it as an editable install does.
+ASSETS = Path(str(resources.files("app").joinpath("assets")))
+DEMO_NOTICE = (
+    "the bundled demo model: a small model trained on synthetic speech. In English it greets, "
+    "says its name, adds, subtracts and multiplies small numbers, counts, spells short words "
+    "and answers simple yes/no questions; nothing else (--hf-repo loads Kyutai's Moshi)"
+)
+UNTRAINED_NOTICE = (
+    "no bundled model: this is a small RANDOMLY INITIALISED model, so it answers with noise "
+    "and meaningless tokens; --hf-repo loads Kyutai's models"
+)
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -44,6 +55,7 @@ class LoadedModel:
     name: str
     device: torch.device
     files: ModelFiles | None = None  # where the weights came from (None: random stand-in)
+    notice: str | None = None  # one line a user should read when it starts: what it can do
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
@@ -122,6 +134,7 @@ def bundled_model(
         name="bundled demo model",
         device=device,
         files=files,
+        notice=DEMO_NOTICE,
     )
 
 
@@ -134,4 +147,6 @@ def random_model(device: torch.device, sampling: SamplingParams, seed: int = 0) 
             module.embedding_sum.normal_()
             module.refresh()
     lm = LM(tiny_lm()).to(device).eval()
-    return LoadedModel(codec, lm, None, sampling, "random tiny model (untrained)", device)
+    return LoadedModel(
+        codec, lm, None, sampling, "random tiny model (untrained)", device, notice=UNTRAINED_NOTICE
+    )

@@ -329,14 +329,8 @@ def run(args: argparse.Namespace) -> int:
     if args.remote:
         return _run_remote(args, use_tui)
     model = load_from_args(args)
-    untrained = (
-        "no bundled model yet: this is a small RANDOMLY INITIALISED model, so it answers with "
-        "noise and meaningless tokens; --hf-repo loads Kyutai's models"
-        if model.tokenizer is None
-        else None
-    )
-    if untrained and not use_tui:
-        print(f"antiphon: {untrained}", file=sys.stderr)
+    if model.notice and not use_tui:
+        print(f"antiphon: {model.notice}", file=sys.stderr)
     engine = Engine(model)
     engine.warm_up()
     if not use_tui:
@@ -357,8 +351,8 @@ def run(args: argparse.Namespace) -> int:
         notices=lambda text: tui.notice(text),  # `tui` exists before the session runs
     )
     tui = make_app(session, args.record_dir)
-    if untrained:
-        tui.notice(untrained)
+    if model.notice:
+        tui.notice(model.notice)
     with logging_into(tui):
         tui.run()
     return tui.return_code or 0
