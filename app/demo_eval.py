@@ -6,9 +6,12 @@ figures compare what the model said and wrote with what the dialogue asked for:
 
 - answer_correct     the inner monologue after a request contains the expected answer
                      ("is twelve", "c a t", "yes"), per request           (target >= 0.80)
-- audio_matches      DTW on MFCCs of the assistant's audio after a request against espeak-ng
-                     renderings of the right answer and of wrong answers of the same form
-                     picks a right one                                     (target >= 0.90)
+- audio_matches      DTW on MFCCs of the assistant's audio after a request against renderings
+                     (in the assistant's voice) of the right answer and of wrong answers of
+                     the same form picks a right one
+- audio_says_text    the answer the audio says (as above) is the one the monologue wrote (the
+                     candidate closest to the text, word by word): an independent check that
+                     the voice says what the text says                     (target >= 0.90)
 - codec_stoi         STOI of the codec's reconstruction of the held-out user voices
                                                                            (target >= 0.80)
 - silent_while_user  share of the frames with user speech in which the assistant is silent
@@ -16,11 +19,15 @@ figures compare what the model said and wrote with what the dialogue asked for:
 - answers_within_1s  share of requests answered (audio) within 1.0 s of the user's end
                                                                            (target >= 0.80)
 - pause_kept_silent  share of mid-sentence pauses during which the assistant stayed silent
+                                                                           (target >= 0.80)
 - stops_within_0_5s  share of interruptions (the assistant was speaking) after which it is
                      silent within 0.5 s                                   (target >= 0.80)
 
 Activity is the assistant channel's RMS per 80 ms frame above ACTIVE_RMS (the demo voice
-speaks at about 0.08). A JSON report has every figure and the per-request details.
+speaks at about 0.08). Every figure is also given per intent and for the users who speak with
+the held-out voice (a speaker no training dialogue has). A JSON report has every figure and
+the per-request details; `--fdb-out DIR` also writes each run in Full-Duplex-Bench's layout
+(input.wav, output.wav) for `antiphon eval`.
 """
 
 from __future__ import annotations
@@ -38,6 +45,7 @@ import soxr
 import torch
 from tqdm import tqdm
 
+from audio_io.files import write_wav
 from model.checkpoint import load_codec, load_lm
 from model.codec import Codec
 from model.sampling import SamplingParams
@@ -58,6 +66,7 @@ QUIET_FRAMES = 5  # 400 ms of silence: the assistant has stopped (not a pause be
 FIGURES = (
     "answer_correct",
     "audio_matches",
+    "audio_says_text",
     "codec_stoi",
     "silent_while_user",
     "answers_within_1s",
@@ -66,12 +75,14 @@ FIGURES = (
 )
 TARGETS = {
     "answer_correct": 0.8,
-    "audio_matches": 0.9,
+    "audio_says_text": 0.9,
     "codec_stoi": 0.8,
     "silent_while_user": 0.9,
     "answers_within_1s": 0.8,
+    "pause_kept_silent": 0.8,
     "stops_within_0_5s": 0.8,
 }
+HELD_OUT_VOICE_TARGET = 0.7  # answer_correct for users speaking with the held-out voice
 
 
 # --- STOI (Taal et al., 2011), as the reference implementation computes it ----------------------
@@ -182,7 +193,7 @@ def normalise(text: str) -> str:
 
 @dataclass
 class _Renderings:
-    """MFCCs of espeak-ng renderings of candidate answers in the assistant's voice, cached."""
+    """MFCCs of renderings of candidate answers in the assistant's voice, cached."""
 
     cache: dict[str, np.ndarray] = field(default_factory=dict)
 
@@ -206,7 +217,11 @@ def score_dialogue(session: Session, description: dict, renderings: _Renderings)
     for i, turn in enumerate(turns):
         following = [t["user_start"] for t in turns[i + 1 :] if t["user_start"] > turn["user_end"]]
         window_end = min(following) if following else frames * step
-        record: dict[str, Any] = {"kind": turn["kind"], "question": turn["turn"]["question"]}
+        record: dict[str, Any] = {
+            "kind": turn["kind"],
+            "intent": turn["turn"]["intent"],
+            "question": turn["turn"]["question"],
+        }
         if turn["kind"] in ("answer", "pause"):
             record.update(_answer(session, active, turn, window_end, renderings))
         if turn["kind"] == "pause" and turn["pause"]:
@@ -244,13 +259,34 @@ def _answer(
         costs = {c: dtw_cost(features, renderings(c)) for c in [*answers, *distractors]}
         picked = min(costs, key=costs.__getitem__)
         audio_ok = picked in answers
+    written = closest_candidate(text, [*turn["turn"]["answers"], *turn["turn"]["distractors"]])
     return {
         "text": text.strip(),
         "answer_correct": correct,
         "latency": latency,
         "audio_picked": picked,
         "audio_matches": audio_ok,
+        "text_picked": written,
+        "audio_says_text": picked is not None and picked == written,
     }
+
+
+def closest_candidate(text: str, candidates: list[str]) -> str | None:
+    """The candidate answer whose words are fewest edits from `text`'s (None if no text)."""
+    words = normalise(text).split()
+    if not words:
+        return None
+    return min(candidates, key=lambda c: _edits(words, normalise(c).split()))
+
+
+def _edits(a: list[str], b: list[str]) -> int:
+    """Word-level Levenshtein distance."""
+    row = list(range(len(b) + 1))
+    for i, x in enumerate(a, 1):
+        previous, row[0] = row[0], i
+        for j, y in enumerate(b, 1):
+            previous, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, previous + (x != y))
+    return row[-1]
 
 
 def _interruption(active: np.ndarray, interrupted_at: float, step: float) -> dict:
@@ -282,15 +318,15 @@ def _share(values: list[bool]) -> float | None:
     return float(np.mean(values)) if values else None
 
 
-def summarize(results: list[dict], stois: list[float]) -> dict[str, Any]:
+def _figures(results: list[dict], stois: list[float]) -> dict[str, Any]:
     requests = [r for result in results for r in result["requests"]]
     answered = [r for r in requests if "answer_correct" in r]
     interrupted = [r for r in requests if r.get("speaking_when_interrupted")]
-    latencies = [r["latency"] for r in answered if r["latency"] is not None]
     user_frames = sum(r["user_frames"] for r in results)
-    figures: dict[str, Any] = {
+    return {
         "answer_correct": _share([r["answer_correct"] for r in answered]),
         "audio_matches": _share([r["audio_matches"] for r in answered]),
+        "audio_says_text": _share([r["audio_says_text"] for r in answered if r["text_picked"]]),
         "codec_stoi": float(np.mean(stois)) if stois else None,
         "silent_while_user": (
             sum(r["silent_user_frames"] for r in results) / user_frames if user_frames else None
@@ -303,20 +339,60 @@ def summarize(results: list[dict], stois: list[float]) -> dict[str, Any]:
             [r["stop_after"] is not None and r["stop_after"] <= 0.5 for r in interrupted]
         ),
     }
+
+
+def summarize(results: list[dict], stois: list[float]) -> dict[str, Any]:
+    requests = [r for result in results for r in result["requests"]]
+    answered = [r for r in requests if "answer_correct" in r]
+    interrupted = [r for r in requests if r.get("speaking_when_interrupted")]
+    latencies = [r["latency"] for r in answered if r["latency"] is not None]
+    held = [i for i, r in enumerate(results) if r.get("held_out_voice")]
+    intents = sorted({r["intent"] for r in answered})
     return {
-        "figures": figures,
+        "figures": _figures(results, stois),
         "targets": TARGETS,
+        "held_out_voice": _figures([results[i] for i in held], [stois[i] for i in held]),
+        "per_intent": {
+            intent: {
+                "requests": sum(r["intent"] == intent for r in answered),
+                "answer_correct": _share(
+                    [r["answer_correct"] for r in answered if r["intent"] == intent]
+                ),
+                "audio_says_text": _share(
+                    [
+                        r["audio_says_text"]
+                        for r in answered
+                        if r["intent"] == intent and r["text_picked"]
+                    ]
+                ),  # fmt: skip
+            }
+            for intent in intents
+        },
         "counts": {
             "dialogues": len(results),
+            "held_out_voice_dialogues": len(held),
             "requests_answered": len(answered),
             "interruptions_while_speaking": len(interrupted),
-            "user_frames": user_frames,
+            "user_frames": sum(r["user_frames"] for r in results),
         },
         "median_latency_s": float(np.median(latencies)) if latencies else None,
     }
 
 
-def evaluate(model: LoadedModel, folder: Path, count: int | None, progress: bool = True) -> dict:
+def write_fdb(folder: Path, user: np.ndarray, assistant: np.ndarray) -> None:
+    """One run in Full-Duplex-Bench's layout, for `antiphon eval`."""
+    folder.mkdir(parents=True, exist_ok=True)
+    write_wav(folder / "input.wav", user, SAMPLE_RATE)
+    write_wav(folder / "output.wav", assistant, SAMPLE_RATE)
+
+
+def evaluate(
+    model: LoadedModel,
+    folder: Path,
+    count: int | None,
+    progress: bool = True,
+    fdb_out: Path | None = None,
+) -> dict:
     engine = Engine(model)
     files = read_manifest(folder)[:count]
     renderings = _Renderings()
@@ -327,8 +403,11 @@ def evaluate(model: LoadedModel, folder: Path, count: int | None, progress: bool
         session = run_dialogue(engine, user)
         result = score_dialogue(session, description, renderings)
         result["file"] = wav.name
+        result["held_out_voice"] = bool(description.get("held_out_voice"))
         results.append(result)
         stois.append(codec_stoi(model.codec, user))
+        if fdb_out is not None:
+            write_fdb(fdb_out / wav.stem, user, session.assistant[: len(user)])
     report = summarize(results, stois)
     report["model"] = model.name
     report["dialogues"] = results
@@ -356,16 +435,31 @@ def load_assets(assets: Path, device: torch.device, seed: int = 0) -> LoadedMode
 
 
 def format_figures(report: dict) -> str:
+    def shown(value: float | None) -> str:
+        return "n/a" if value is None else f"{value:.3f}"
+
     lines = []
     for name in FIGURES:
         value = report["figures"][name]
         target = TARGETS.get(name)
-        shown = "n/a" if value is None else f"{value:.3f}"
         verdict = (
             "" if target is None or value is None else ("  ok" if value >= target else "  below")
         )
         lines.append(
-            f"{name:20s} {shown:>7s}" + (f"  (target {target:.2f}){verdict}" if target else "")
+            f"{name:20s} {shown(value):>7s}"
+            + (f"  (target {target:.2f}){verdict}" if target else "")
+        )
+    held = report.get("held_out_voice", {}).get("answer_correct")
+    if held is not None:
+        verdict = "  ok" if held >= HELD_OUT_VOICE_TARGET else "  below"
+        lines.append(
+            f"{'held-out voice':20s} {shown(held):>7s}  (answer_correct, target "
+            f"{HELD_OUT_VOICE_TARGET:.2f}){verdict}"
+        )
+    for intent, row in report.get("per_intent", {}).items():
+        lines.append(
+            f"  {intent:18s} {shown(row['answer_correct']):>7s}  answer_correct over "
+            f"{row['requests']} requests; audio_says_text {shown(row['audio_says_text'])}"
         )
     return "\n".join(lines)
 
@@ -381,11 +475,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", type=Path, help="write the whole report here")
+    parser.add_argument(
+        "--fdb-out",
+        type=Path,
+        help="also write every run as input.wav + output.wav here (for `antiphon eval`)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
     model = load_assets(args.assets, torch.device(args.device), args.seed)
-    report = evaluate(model, args.data, args.count)
+    report = evaluate(model, args.data, args.count, fdb_out=args.fdb_out)
     print(format_figures(report))
     if args.json:
         args.json.write_text(json.dumps(report, indent=1))

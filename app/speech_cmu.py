@@ -163,6 +163,8 @@ class Festival:
         if self._process.poll() is None:
             self._process.kill()
             self._process.wait()
+        if self._process.stdin is not None:
+            self._process.stdin.close()
         shutil.rmtree(self._dir, ignore_errors=True)
 
     def synthesize(self, text: str, voice: Voice, timeout: float = 30.0) -> Utterance:

@@ -4,6 +4,8 @@
 #
 #   bash scripts/setup.sh          # to run antiphon: torch + antiphon[hf]
 #   bash scripts/setup.sh --eval   # + `antiphon eval`'s silero-vad (--no-deps) and matplotlib
+#   bash scripts/setup.sh --train  # to train the demo model: + the speech synthesizers
+#                                  # (espeak-ng, flite, festival and its English voices)
 #   bash scripts/setup.sh --dev    # to develop and test: all of the above + pytest, ruff, mypy,
 #                                  # einops, the reference moshi package (test-only, --no-deps)
 #
@@ -17,11 +19,13 @@ SILERO_VAD_VERSION=6.2.3  # voice activity for `antiphon eval`; its model ships 
 
 dev=0
 eval_extra=0
+train_extra=0
 for arg in "$@"; do
     case "$arg" in
-        --dev) dev=1; eval_extra=1 ;;
+        --dev) dev=1; eval_extra=1; train_extra=1 ;;
         --eval) eval_extra=1 ;;
-        -h|--help) sed -n '2,11p' "$0"; exit 0 ;;
+        --train) train_extra=1; eval_extra=1 ;;
+        -h|--help) sed -n '2,13p' "$0"; exit 0 ;;
         *) echo "setup.sh: unknown option $arg (try --help)" >&2; exit 2 ;;
     esac
 done
@@ -40,7 +44,9 @@ say() { echo "setup: $*"; }
 #    real: a JACK server (dummy backend), espeak-ng speech, the mosquitto broker. Installed only
 #    where missing, and only as root (or with sudo); otherwise the command is printed.
 system_packages=(libportaudio2)
-[ "$dev" = 1 ] && system_packages+=(jackd2 espeak-ng mosquitto openssl)
+[ "$train_extra" = 1 ] && system_packages+=(espeak-ng flite festival festvox-kallpc16k
+    festvox-kdlpc16k festvox-us-slt-hts)
+[ "$dev" = 1 ] && system_packages+=(jackd2 mosquitto openssl)
 missing=()
 if command -v dpkg-query >/dev/null; then
     for package in "${system_packages[@]}"; do

@@ -42,28 +42,73 @@ def test_words_are_timed_inside_one_natural_utterance() -> None:
 def test_every_voice_of_both_splits_exists() -> None:
     require_espeak()
     lib = synthesizer()._lib
-    accents = content.ACCENTS + content.EVAL_ACCENTS
-    for accent in accents:
-        for variant in content.VARIANTS + content.EVAL_VARIANTS:
+    for accent in content.ACCENTS:
+        for variant in content.VARIANTS:
             assert lib.espeak_SetVoiceByName(f"{accent}+{variant}".encode()) == 0, (
                 accent,
                 variant,
             )
-    assert lib.espeak_SetVoiceByName(content.ASSISTANT_VOICE.name.encode()) == 0
+
+
+def require_cmu() -> None:
+    import shutil
+
+    missing = [p for p in ("flite", "festival") if shutil.which(p) is None]
+    if missing:
+        message = f"{', '.join(missing)} not installed (bash scripts/setup.sh --dev)"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+
+
+@pytest.mark.parametrize(
+    "voice",
+    [Voice(v, engine="flite") for v in (*content.FLITE_VOICES, "rms")]
+    + [Voice(v, engine="festival") for v in content.FESTIVAL_VOICES]
+    + list(content.HELD_OUT_VOICES),
+    ids=lambda v: v.name,
+)
+def test_flite_and_festival_voices_speak_with_word_timings(voice: Voice) -> None:
+    require_cmu()
+    text = "Hey, what is seven plus 5?"
+    utterance = speak(text, voice)
+    assert [w.text for w in utterance.words] == text.split(" ")
+    starts = [w.start for w in utterance.words]
+    assert starts == sorted(starts) and starts[-1] > starts[0]
+    assert all(w.start <= w.end <= utterance.duration + 1e-6 for w in utterance.words)
+    assert 0.8 < utterance.duration < 4.0
+    # every word is where its sound is
+    level = np.sqrt(np.mean(utterance.pcm**2))
+    for word in utterance.words:
+        span = utterance.pcm[int(word.start * SAMPLE_RATE) : int(word.end * SAMPLE_RATE)]
+        assert len(span) > 0.05 * SAMPLE_RATE and np.sqrt(np.mean(span**2)) > 0.3 * level
 
 
 def test_the_split_holds_out_phrasings_numbers_and_voices() -> None:
     train_problems = set(content.arithmetic_problems("train"))
     eval_problems = set(content.arithmetic_problems("eval"))
     assert eval_problems and not train_problems & eval_problems
-    assert not set(content.counting_ranges("train")) & set(content.counting_ranges("eval"))
+    train_ranges = content.counting_ranges("train")
+    assert not set(train_ranges) & set(content.counting_ranges("eval"))
+    # a random hold-out, not a residue class: training counts end on 7, 12, 17 too
+    assert set(range(3, 21)) <= {b for _, b in train_ranges}
+    assert not set(content.comparison_pairs("train")) & set(content.comparison_pairs("eval"))
+    for intent in content.PHRASINGS:
+        assert len(content.PHRASINGS[intent]) >= 20
+        train_cores, eval_cores = (
+            content.phrasings(intent, "train"),
+            content.phrasings(intent, "eval"),
+        )
+        assert eval_cores and not set(train_cores) & set(eval_cores)
     rng = np.random.default_rng(0)
     train_questions = {content.request(rng, "train").question for _ in range(3000)}
-    eval_questions = {content.request(rng, "eval").question for _ in range(300)}
-    assert not train_questions & eval_questions
-    for _ in range(50):
-        assert content.user_voice(rng, "eval").variant in content.EVAL_VARIANTS
-        assert content.user_voice(rng, "train").variant in content.VARIANTS
+    assert len(train_questions) > 2000  # composed: openers, cores, numbers
+    voices = [content.user_voice(rng, "train") for _ in range(500)]
+    assert {v.engine for v in voices} == {"espeak", "flite", "festival"}
+    assert not any(content.is_held_out(v) for v in voices)
+    assert content.ASSISTANT_VOICE not in voices
+    held = [content.is_held_out(content.user_voice(rng, "eval")) for _ in range(200)]
+    assert 0.35 < np.mean(held) < 0.65
 
 
 def test_answers_are_what_their_check_accepts() -> None:

@@ -44,7 +44,7 @@ def work(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("train")
     generate(root / "data", 3, seed=1, split="train", progress=False)
     generate(root / "eval", 2, seed=1, split="eval", progress=False)
-    train_tokenizer(dialogue_sentences(root / "data"), root / "tokenizer", vocab_size=300)
+    train_tokenizer(dialogue_sentences(root / "data"), root / "tokenizer", vocab_size=400)
     return root
 
 
