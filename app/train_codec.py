@@ -141,16 +141,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-hours", type=float, default=3.0, help="audio to load")
     parser.add_argument("--quantize-probability", type=float, default=0.5)
     parser.add_argument(
+        "--codebook-decay",
+        type=float,
+        default=0.95,
+        help="EMA decay of the codebooks (Kyutai's 0.99 suits its large batches; with 480 "
+        "vectors a step for 1024 codes, centroids must follow the encoder faster)",
+    )
+    parser.add_argument(
         "--vq-start",
         type=int,
-        default=200,
+        default=300,
         metavar="STEPS",
         help="train as a plain autoencoder for this many steps, then initialise the codebooks "
         "by k-means on the latents it has learnt (on a random encoder's latents they collapse "
         "to a few live codes)",
     )
     parser.add_argument("--waveform-weight", type=float, default=0.1)
-    parser.add_argument("--commitment-weight", type=float, default=1.0)
+    parser.add_argument("--commitment-weight", type=float, default=0.25)
     parser.add_argument(
         "--eval-data",
         type=Path,
@@ -184,7 +191,7 @@ def train_codec(args: argparse.Namespace) -> int:
     mel_loss = MultiResolutionMelLoss(config.sample_rate).to(device)
     frames = max(1, round(args.segment * config.frame_rate))
     samples = frames * config.frame_size
-    vq = CodebookTraining()
+    vq = CodebookTraining(decay=args.codebook_decay)
     autocast = train.autocast(device, enabled=not args.no_bf16)
     if args.eval_data is not None:
         held_out = HeldOut(args.eval_data, config.sample_rate)

@@ -99,8 +99,12 @@ class Codebook(nn.Module):
             sums = torch.zeros_like(centroids).index_add_(0, codes, x.float())
             used = counts > 0
             centroids[used] = sums[used] / counts[used, None]
-        self.embedding_sum.copy_(centroids)
-        self.cluster_usage.fill_(1.0)
+        # Usage starts as what k-means counted: a centroid no vector chose (duplicates when the
+        # batch has fewer vectors than codes) is dead from the start and replaced at the next
+        # check, instead of waiting hundreds of updates for its usage to decay.
+        usage = counts.clamp(min=_EPSILON)
+        self.embedding_sum.copy_(centroids * usage[:, None])
+        self.cluster_usage.copy_(usage)
         self._initialized.fill_(1.0)
         self.refresh()
 

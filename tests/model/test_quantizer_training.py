@@ -25,10 +25,21 @@ def test_first_batch_initialises_then_ema_moves_centroids_to_assigned_means() ->
     for c in range(2):
         mean = target[codes == c].mean(dim=0)
         count = float((codes == c).sum())
-        usage = 0.5 * 1.0 + 0.5 * count
-        expected = (0.5 * before[c] + 0.5 * count * mean) / usage
+        usage = 0.5 * 2.0 + 0.5 * count  # k-means gave each centroid two vectors
+        expected = (0.5 * 2.0 * before[c] + 0.5 * count * mean) / usage
         torch.testing.assert_close(codebook.embedding[c], expected)
         torch.testing.assert_close(codebook.embedding_sum[c] / codebook.cluster_usage[c], expected)
+
+
+def test_centroids_no_vector_chose_are_replaced_at_the_first_check() -> None:
+    torch.manual_seed(0)
+    codebook = Codebook(dim=2, size=8)
+    x = torch.randn(4, 2)  # fewer vectors than codes: k-means leaves duplicates unchosen
+    codebook.initialize(x, iterations=3)
+    assert (codebook.cluster_usage > 0.5).sum() <= 4
+    training = CodebookTraining(decay=0.99, replace_every=1)
+    codebook.update(x, codebook.encode(x), training)
+    assert (codebook.cluster_usage > 0.1).all()  # every code has been given a batch vector
 
 
 def test_dead_codes_are_replaced_by_batch_vectors() -> None:
