@@ -112,9 +112,7 @@ def forward_train(
     (in fp32 under autocast: nearest-centroid search and the EMA need the precision). With
     `quantize` False the latent passes unquantized (no codes, no commitment loss).
     """
-    x = codec.encoder(pcm)
-    x = codec.encoder_transformer(x.transpose(1, 2)).transpose(1, 2)
-    latent = codec.downsample(x).float()
+    latent = codec.latent(pcm)
     if not quantize:
         y = codec.upsample(latent)
         y = codec.decoder_transformer(y.transpose(1, 2)).transpose(1, 2)

@@ -150,11 +150,16 @@ def encode_dialogues(
     device: torch.device,
     batch: int = 8,
     progress: bool = True,
+    bf16: bool = False,
 ) -> list[np.ndarray]:
     """Each dialogue as int16 [1 + 2 * num_codebooks, frames]: text, assistant, user; the
     user's streams one frame ahead (column t holds the user's frame t + 1, -1 at the end), so
-    that teacher forcing conditions on what `LM.step` hears (`model.lm.user_ahead`)."""
+    that teacher forcing conditions on what `LM.step` hears (`model.lm.user_ahead`).
+
+    With `bf16`, the codec's convolutions run under bf16 autocast (2.4x faster on this CPU;
+    the quantizer stays fp32): `train lm` measures and logs how many codes differ from fp32."""
     codec = codec.to(device).eval()
+    autocast = train.autocast(device, enabled=bf16)
     frame_rate, frame_size = codec.config.frame_rate, codec.frame_size
     files = read_manifest(folder)
     out: list[np.ndarray] = []
@@ -166,7 +171,9 @@ def encode_dialogues(
             stereo[i, :, : pcm.shape[1]] = pcm
         pcm_batch = torch.from_numpy(stereo).to(device).view(-1, 1, stereo.shape[-1])
         # [2B, K, frames]; the codec is causal, so the zero padding changes no earlier frame
-        encoded = codec.encode(pcm_batch)[:, :num_codebooks]
+        with autocast:
+            latent = codec.latent(pcm_batch)
+        encoded = codec.quantizer.encode(latent, num_codebooks)
         codes = encoded.reshape(len(loaded), 2 * num_codebooks, -1).cpu().numpy()
         for i, ((_, description), n) in enumerate(zip(loaded, frames, strict=True)):
             text = text_tokens(description["alignments"], tokenizer.encode, n, frame_rate)
@@ -185,12 +192,13 @@ def load_or_encode(
     device: torch.device,
     cache: Path,
     progress: bool = True,
+    bf16: bool = False,
 ) -> list[np.ndarray]:
     """The token streams of a dialogue folder, cached in `cache`; encoded now if missing or
-    stale (another codec, tokenizer or set of dialogues)."""
+    stale (another codec, tokenizer, set of dialogues or precision)."""
     fingerprint = _fingerprint(
         codec_dir / "codec.safetensors", tokenizer.path, Path(data) / "manifest.jsonl"
-    )
+    ) + ("-bf16" if bf16 else "")
     if cache.is_file():
         stored = np.load(cache)
         if str(stored["fingerprint"]) == fingerprint:
@@ -198,7 +206,25 @@ def load_or_encode(
             return np.split(stored["tokens"], np.cumsum(lengths)[:-1], axis=1)
         log.info("%s is stale: encoding again", cache)
     codec = load_trained_codec(codec_dir, device)
-    streams = encode_dialogues(data, codec, tokenizer, num_codebooks, device, progress=progress)
+    streams = encode_dialogues(
+        data, codec, tokenizer, num_codebooks, device, progress=progress, bf16=bf16
+    )
+    if bf16:  # what the bf16 convolutions changed: the codes of a few dialogues in fp32 too
+        sample = Path(cache).with_suffix(".fp32-sample")
+        _sample_folder(data, sample, count=4)
+        exact = encode_dialogues(sample, codec, tokenizer, num_codebooks, device, progress=False)
+        same = [
+            float(
+                np.mean(
+                    np.concatenate(
+                        [a[k] == b[k] for a, b in zip(streams[: len(exact)], exact, strict=True)]
+                    )
+                )
+            )
+            for k in range(1, 1 + 2 * num_codebooks)
+        ]
+        log.info("bf16 encoding: share of codes equal to fp32, per stream: %s",
+                 [round(x, 3) for x in same])  # fmt: skip
     np.savez(
         cache,
         tokens=np.concatenate(streams, axis=1),
@@ -206,6 +232,19 @@ def load_or_encode(
         fingerprint=np.array(fingerprint),
     )
     return streams
+
+
+def _sample_folder(data: Path, folder: Path, count: int) -> None:
+    """A folder listing the first `count` dialogues of `data` (a manifest of links)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rows = (Path(data) / "manifest.jsonl").read_text().splitlines()[:count]
+    for row in rows:
+        name = Path(json.loads(row)["path"])
+        for suffix in (".wav", ".json"):
+            link = folder / name.with_suffix(suffix)
+            if not link.exists():
+                link.symlink_to((Path(data) / name.with_suffix(suffix)).resolve())
+    (folder / "manifest.jsonl").write_text("\n".join(rows) + "\n")
 
 
 def codes_used(streams: list[np.ndarray], num_codebooks: int) -> list[int]:
@@ -341,8 +380,9 @@ def train_lm(args: argparse.Namespace) -> int:
         train.resume_steps(options, extra)
         log.info("lm: resuming %s at step %d", out, start)
     progress = options.progress
+    bf16 = not args.no_bf16
     streams = load_or_encode(
-        args.data, args.codec, tokenizer, codebooks, device, out / TOKENS, progress
+        args.data, args.codec, tokenizer, codebooks, device, out / TOKENS, progress, bf16
     )
     used = codes_used(streams, codebooks)
     log.info("lm: %d dialogues; the assistant's codebooks use %s codes", len(streams), used)
@@ -350,8 +390,9 @@ def train_lm(args: argparse.Namespace) -> int:
         check_live_codes(used, card)
     if args.eval_data is not None:
         held_out = load_or_encode(
-            args.eval_data, args.codec, tokenizer, codebooks, device, out / EVAL_TOKENS, progress
-        )[:HELD_OUT_DIALOGUES]
+            args.eval_data, args.codec, tokenizer, codebooks, device, out / EVAL_TOKENS,
+            progress, bf16,
+        )[:HELD_OUT_DIALOGUES]  # fmt: skip
         options.evaluate = lambda _step: held_out_figures(
             lm, held_out, args.frames, args.pad_weight, args.first_codebook_weight
         )

@@ -110,10 +110,16 @@ class Codec(nn.Module):
     def encode(self, pcm: torch.Tensor) -> torch.Tensor:
         """pcm [B, 1, samples] → codes [B, K, frames]; the last partial frame is zero-padded."""
         self._check_audio(pcm, frame=False)
+        return self.quantizer.encode(self.latent(pcm), self.num_codebooks)
+
+    def latent(self, pcm: torch.Tensor) -> torch.Tensor:
+        """pcm [B, 1, samples] → the latent the quantizer takes [B, dimension, frames] (fp32);
+        the last partial frame is zero-padded. Under autocast the convolutions and the
+        transformer run in its dtype; the latent comes back in fp32 for the quantizer."""
         pad = -pcm.shape[2] % self.frame_size
         x = self.encoder(nn.functional.pad(pcm, (0, pad)))
         x = self.encoder_transformer(x.transpose(1, 2)).transpose(1, 2)
-        return self.quantizer.encode(self.downsample(x), self.num_codebooks)
+        return self.downsample(x).float()
 
     def decode(self, codes: torch.Tensor) -> torch.Tensor:
         """codes [B, K, frames] → pcm [B, 1, frames * frame_size]."""
