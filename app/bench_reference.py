@@ -13,73 +13,22 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 from dataclasses import asdict
+from typing import Any
 
 import torch
 from moshi.models.compression import MimiModel
 from moshi.models.lm import LMGen, LMModel
 from moshi.models.loaders import _lm_kwargs, get_mimi
 
-from model.checkpoint import lm_config_from_kyutai
 from model.config import LMConfig, MimiConfig, moshi_7b
+from model.kyutai_config import kyutai_mimi_config, lm_config_from_kyutai, lm_config_to_kyutai
 from model.kyutai_names import codec_key_from_kyutai
 from model.sampling import SamplingParams
 
 from .bench import Stream
 
 
-def kyutai_mimi_config(config: MimiConfig) -> dict:
-    """Our codec config written as the reference loader's `mimi_config` dict."""
-    seanet, tr = config.seanet, config.transformer
-    seanet_kw = dict(
-        channels=1,
-        dimension=seanet.dimension,
-        causal=True,
-        n_filters=seanet.n_filters,
-        n_residual_layers=seanet.n_residual_layers,
-        activation="ELU",
-        compress=seanet.compress,
-        dilation_base=seanet.dilation_base,
-        disable_norm_outer_blocks=0,
-        kernel_size=seanet.kernel_size,
-        residual_kernel_size=seanet.residual_kernel_size,
-        last_kernel_size=seanet.last_kernel_size,
-        norm="none",
-        pad_mode="constant",
-        ratios=list(seanet.ratios),
-        true_skip=True,
-    )
-    return dict(
-        sample_rate=config.sample_rate,
-        channels=1,
-        frame_rate=config.frame_rate,
-        seanet=seanet_kw,
-        quantizer=dict(
-            dimension=config.codebook_dim,
-            n_q=config.total_codebooks,
-            bins=config.codebook_size,
-            input_dimension=seanet.dimension,
-            output_dimension=seanet.dimension,
-        ),
-        transformer=dict(
-            d_model=tr.dim,
-            num_heads=tr.num_heads,
-            num_layers=tr.num_layers,
-            causal=True,
-            layer_scale=tr.layer_scale,
-            context=tr.context,
-            conv_layout=True,
-            max_period=tr.max_period,
-            gating="none",
-            norm="layer_norm",
-            positional_embedding="rope",
-            dim_feedforward=tr.ffn_dim,
-            input_dimension=seanet.dimension,
-            output_dimensions=[seanet.dimension],
-        ),
-    )
-
-
-def kyutai_lm_kwargs(config: LMConfig) -> dict:
+def kyutai_lm_kwargs(config: LMConfig) -> dict[str, Any]:
     """Our LM config as Kyutai's keyword config: the released one for the 7B, else translated.
 
     Checked by translating back with `lm_config_from_kyutai`, the path a released config.json
@@ -87,40 +36,8 @@ def kyutai_lm_kwargs(config: LMConfig) -> dict:
     """
     if config == moshi_7b():
         kwargs = dict(_lm_kwargs)
-    else:
-        t, d = config.temporal, config.depth
-        kwargs = dict(
-            dim=t.dim,
-            text_card=config.text_card,
-            existing_text_padding_id=config.text_padding_id,
-            n_q=config.n_q,
-            dep_q=config.dep_q,
-            card=config.card,
-            num_heads=t.num_heads,
-            num_layers=t.num_layers,
-            hidden_scale=t.ffn_dim / t.dim,
-            causal=True,
-            layer_scale=t.layer_scale,
-            context=t.context,
-            max_period=t.max_period,
-            gating=t.gating,
-            norm=t.norm,
-            positional_embedding=t.positions,
-            depformer_dim=d.dim,
-            depformer_dim_feedforward=d.ffn_dim,
-            depformer_num_heads=d.num_heads,
-            depformer_num_layers=d.num_layers,
-            depformer_layer_scale=d.layer_scale,
-            depformer_multi_linear=config.depth_multi_linear,
-            depformer_context=config.dep_q,
-            depformer_max_period=d.max_period,
-            depformer_gating=d.gating,
-            depformer_pos_emb=d.positions,
-            depformer_weights_per_step=bool(d.weights_per_step),
-            delays=list(config.delays),
-        )
-        if d.weights_schedule is not None:
-            kwargs["depformer_weights_per_step_schedule"] = list(d.weights_schedule)
+    else:  # the depth transformer's context: one step per codebook, as Kyutai's loader sets it
+        kwargs = lm_config_to_kyutai(config) | {"depformer_context": config.dep_q}
     translated = lm_config_from_kyutai(kwargs)
     assert translated == config, f"{asdict(translated)} != {asdict(config)}"
     return kwargs

@@ -46,6 +46,7 @@ import torch
 from tqdm import tqdm
 
 from audio_io.files import write_wav
+from model.bundle import bundle_files
 from model.checkpoint import load_codec, load_lm
 from model.codec import Codec
 from model.sampling import SamplingParams
@@ -55,7 +56,6 @@ from .audio_features import dtw_cost, mfcc
 from .dialogue_content import ASSISTANT_VOICE
 from .dialogues import USER, read_dialogue, read_manifest
 from .engine import Engine
-from .export import demo_files
 from .models import LoadedModel
 from .speech import SAMPLE_RATE, speak
 
@@ -415,7 +415,7 @@ def evaluate(
 
 
 def load_assets(assets: Path, device: torch.device, seed: int = 0) -> LoadedModel:
-    files = demo_files(assets)
+    files = bundle_files(assets)
     sampling = SamplingParams(
         text_temperature=files.sampling.text_temperature,
         text_top_k=files.sampling.text_top_k,

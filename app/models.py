@@ -27,6 +27,7 @@ from model import (
     tiny_lm,
     tiny_mimi,
 )
+from model.bundle import bundle_files
 from model.errors import ConfigError
 from model.quantizer import Codebook
 
@@ -123,9 +124,7 @@ def bundled_model(
     device: torch.device, args: argparse.Namespace, dtype: torch.dtype | None = None
 ) -> LoadedModel:
     """The small demo model shipped in assets/ (see docs/demo-model.md)."""
-    from .export import demo_files
-
-    files = demo_files(ASSETS)
+    files = bundle_files(ASSETS)
     return LoadedModel(
         codec=load_codec(files.codec_weights, files.codec_config, device),
         lm=load_lm(files.lm_weights, files.lm_config, device, dtype),

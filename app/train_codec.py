@@ -23,42 +23,20 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from model.bundle import mimi_config_from_dict, save_safetensors
 from model.checkpoint import load_codec
 from model.codec import Codec
-from model.config import MimiConfig, SeanetConfig, TransformerConfig, tiny_mimi
+from model.config import demo_mimi, tiny_mimi
 from model.errors import ConfigError
 from model.quantizer import CodebookTraining
 
 from . import train
 from .audio_features import MultiResolutionMelLoss
 from .dialogues import read_dialogue, read_manifest
-from .export import mimi_config_from_dict, save_safetensors
 
 log = logging.getLogger(__name__)
 
 WEIGHTS, CONFIG = "codec.safetensors", "codec.json"
-
-
-def demo_mimi() -> MimiConfig:
-    """The bundled demo codec: ARCHITECTURE.md's measured data point (2.6 M parameters;
-    about 10 ms per frame for streaming encode + decode on 2 CPU cores)."""
-    return MimiConfig(
-        seanet=SeanetConfig(dimension=128, n_filters=16, ratios=(8, 6, 5, 4)),
-        transformer=TransformerConfig(
-            dim=128,
-            num_heads=8,
-            num_layers=2,
-            ffn_dim=512,
-            norm="layer_norm",
-            gating="none",
-            layer_scale=0.01,
-            context=250,
-        ),
-        codebook_dim=64,
-        codebook_size=1024,
-        total_codebooks=8,
-        num_codebooks=8,
-    )
 
 
 PRESETS = {"demo": demo_mimi, "tiny": lambda: tiny_mimi(num_codebooks=4)}

@@ -29,15 +29,16 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from model.bundle import save_safetensors
 from model.codec import Codec
-from model.config import LMConfig, TransformerConfig, tiny_lm
+from model.config import LMConfig, demo_lm, tiny_lm
 from model.errors import ConfigError
+from model.kyutai_config import lm_config_to_kyutai
 from model.lm import LM
 from model.tokenizer import TextTokenizer
 
 from . import train
 from .dialogues import read_dialogue, read_manifest, text_tokens
-from .export import lm_config_to_kyutai, save_safetensors
 from .train_codec import load_trained_codec
 from .train_tokenizer import TOKENIZER_FILE
 
@@ -47,34 +48,6 @@ WEIGHTS, CONFIG, TOKENS = "lm.safetensors", "config.json", "tokens.npz"
 EVAL_TOKENS = "tokens-eval.npz"
 HELD_OUT_DIALOGUES = 48  # teacher-forced figures on this many held-out dialogues
 IGNORE = -1  # target id of positions without a target (also "no input" for the embeddings)
-
-
-def demo_lm(text_card: int, card: int = 1024, codebooks: int = 8) -> LMConfig:
-    """The bundled demo LM: about 11 M parameters (22 MB in bf16); with the demo codec,
-    encode + LM step + decode takes about 22 ms per frame on 2 CPU cores (docs/demo-model.md).
-
-    The depth transformer shares weights between acoustic codebooks (schedule 0, 1, 2, 2, ...):
-    a third of the parameters of one set per codebook, at the same speed."""
-    delays = (0,) + (0,) + (1,) * (codebooks - 1) + (0,) + (1,) * (codebooks - 1)
-    return LMConfig(
-        temporal=TransformerConfig(
-            dim=256, num_heads=8, num_layers=4, ffn_dim=int(4.125 * 256), context=250
-        ),
-        depth=TransformerConfig(
-            dim=128,
-            num_heads=4,
-            num_layers=2,
-            ffn_dim=int(4.125 * 128),
-            positions="none",
-            weights_per_step=codebooks,
-            weights_schedule=(0, 1) + (2,) * (codebooks - 2),
-        ),
-        text_card=text_card,
-        card=card,
-        n_q=2 * codebooks,
-        dep_q=codebooks,
-        delays=delays,
-    )
 
 
 def tiny_demo_lm(text_card: int, card: int, codebooks: int) -> LMConfig:

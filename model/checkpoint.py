@@ -21,8 +21,9 @@ from safetensors import SafetensorError, safe_open
 from torch import nn
 
 from .codec import Codec
-from .config import LMConfig, MimiConfig, TransformerConfig, mimi, moshi_7b
+from .config import LMConfig, MimiConfig, mimi, moshi_7b
 from .errors import CheckpointError, ConfigError
+from .kyutai_config import lm_config_from_kyutai, sampling_from_kyutai
 from .kyutai_names import codec_key_from_kyutai
 from .lm import LM
 from .sampling import SamplingParams
@@ -33,25 +34,6 @@ LM_FILE = "model.safetensors"
 CODEC_FILE = "tokenizer-e351c8d8-checkpoint125.safetensors"
 TOKENIZER_FILE = "tokenizer_spm_32k_3.model"
 CONFIG_FILE = "config.json"
-
-# config.json keys that describe files or generation, not the LM's shape.
-_FILE_KEYS = {"moshi_name", "mimi_name", "tokenizer_name", "model_type", "lm_gen_config"}
-# Keys that do not change the inference graph (the depth context is ignored by Kyutai's code too).
-_IGNORED_KEYS = {
-    "depformer_context",
-    "depformer_causal",
-    "model_id",
-    "existing_text_end_padding_id",
-}
-# Keys with no sensible default: without them the shapes are unknown.
-_REQUIRED_KEYS = (
-    "dim",
-    "num_heads",
-    "num_layers",
-    "context",
-    "depformer_num_heads",
-    "depformer_num_layers",
-)
 
 
 @dataclass(frozen=True)
@@ -65,100 +47,6 @@ class ModelFiles:
     codec_config: MimiConfig
     sampling: SamplingParams = field(default_factory=SamplingParams)
     model_type: str = "moshi"
-
-
-def lm_config_from_kyutai(raw: dict[str, Any]) -> LMConfig:
-    """Translate Kyutai's LM keyword config (config.json minus file keys) into an LMConfig."""
-    kw = {k: v for k, v in raw.items() if k not in _FILE_KEYS | _IGNORED_KEYS}
-    absent = sorted(key for key in _REQUIRED_KEYS if kw.get(key) is None)
-    if absent:
-        raise ConfigError(f"config.json: the LM config lacks {absent}; is it Moshi's config.json?")
-
-    def take(key: str, default: Any = None) -> Any:
-        return kw.pop(key, default)
-
-    if not take("causal", True):
-        raise ConfigError("config.json: only causal LMs can stream (causal must be true)")
-    dim, layer_scale = take("dim"), take("layer_scale")
-    gating, max_period = take("gating", "none"), take("max_period", 10_000)
-    norm, positions = take("norm", "layer_norm"), take("positional_embedding", "sin")
-    hidden_scale = take("hidden_scale", 4)
-    depth_dim = take("depformer_dim", 256)
-    depth_ffn = take("depformer_dim_feedforward") or int(hidden_scale * depth_dim)
-    depth_positions = take("depformer_pos_emb", "sin")
-    for name, value in (
-        ("positional_embedding", positions),
-        ("depformer_pos_emb", depth_positions),
-    ):
-        if value not in ("rope", "none"):
-            raise ConfigError(f"config.json: {name}={value!r} is not supported (rope or none)")
-    n_q, dep_q = take("n_q", 8), take("dep_q", 8)
-    schedule = take("depformer_weights_per_step_schedule")
-    weights_per_step = dep_q if take("depformer_weights_per_step", False) else 0
-    if not weights_per_step:
-        raise ConfigError(
-            "config.json: depformer_weights_per_step=false cannot stream "
-            "(Kyutai's code cannot either); no released model uses it"
-        )
-    try:
-        config = LMConfig(
-            temporal=TransformerConfig(
-                dim=dim,
-                num_heads=take("num_heads"),
-                num_layers=take("num_layers"),
-                ffn_dim=int(hidden_scale * dim),
-                norm=norm,
-                gating=gating,
-                layer_scale=layer_scale,
-                positions=positions,
-                max_period=max_period,
-                context=take("context"),
-            ),
-            depth=TransformerConfig(
-                dim=depth_dim,
-                num_heads=take("depformer_num_heads"),
-                num_layers=take("depformer_num_layers"),
-                ffn_dim=depth_ffn,
-                norm=norm,
-                gating=take("depformer_gating") or gating,
-                layer_scale=take("depformer_layer_scale", layer_scale),
-                positions=depth_positions,
-                max_period=take("depformer_max_period", max_period),
-                weights_per_step=weights_per_step,
-                weights_schedule=tuple(schedule) if schedule is not None else None,
-            ),
-            text_card=take("text_card", 32_000),
-            card=take("card", 1024),
-            n_q=n_q,
-            dep_q=dep_q,
-            delays=tuple(take("delays", [0] * (n_q + 1))),
-            text_padding_id=take("existing_text_padding_id", 3),
-            depth_multi_linear=take("depformer_multi_linear", False),
-        )
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(f"config.json: inconsistent LM config: {exc}") from exc
-    if kw:
-        raise ConfigError(
-            f"config.json: options this version does not implement: {sorted(kw)}. "
-            "Moshi-style models (moshiko, moshika) are supported."
-        )
-    return config
-
-
-def sampling_from_kyutai(lm_gen_config: dict[str, Any]) -> SamplingParams:
-    """Kyutai's `lm_gen_config` ({"temp", "temp_text", "top_k", "top_k_text"}) as our params."""
-    if not isinstance(lm_gen_config, dict):
-        raise ConfigError(f"config.json: lm_gen_config must be an object, got {lm_gen_config!r}")
-    defaults = SamplingParams()
-    try:
-        return SamplingParams(
-            text_temperature=lm_gen_config.get("temp_text", defaults.text_temperature),
-            text_top_k=lm_gen_config.get("top_k_text", defaults.text_top_k),
-            audio_temperature=lm_gen_config.get("temp", defaults.audio_temperature),
-            audio_top_k=lm_gen_config.get("top_k", defaults.audio_top_k),
-        )
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(f"config.json: bad lm_gen_config {lm_gen_config}: {exc}") from exc
 
 
 def _hf_cache_dir() -> str | None:

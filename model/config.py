@@ -1,8 +1,9 @@
 """Frozen configurations for the codec (Mimi architecture) and the LM (Moshi architecture).
 
-Presets: `mimi()` and `moshi_7b()` are Kyutai's released configurations; `tiny_mimi()` and
-`tiny_lm()` are small shapes for tests. Kyutai's `config.json` keyword configs are translated
-into these dataclasses once, at the loading boundary (`model.checkpoint`).
+Presets: `mimi()` and `moshi_7b()` are Kyutai's released configurations; `demo_mimi()` and
+`demo_lm()` the bundled demo model's (docs/demo-model.md); `tiny_mimi()` and `tiny_lm()` are
+small shapes for tests. Kyutai's `config.json` keyword configs are translated into these
+dataclasses once, at the loading boundary (`model.kyutai_config`, used by `model.checkpoint`).
 """
 
 from __future__ import annotations
@@ -237,11 +238,63 @@ def tiny_lm(dep_q: int = 4, n_q: int = 8, text_card: int = 100, card: int = 64) 
     )
 
 
+def demo_mimi() -> MimiConfig:
+    """The bundled demo codec: 2.6 M parameters; about 10 ms per frame for streaming encode +
+    decode on 2 CPU cores (docs/demo-model.md)."""
+    return MimiConfig(
+        seanet=SeanetConfig(dimension=128, n_filters=16, ratios=(8, 6, 5, 4)),
+        transformer=TransformerConfig(
+            dim=128,
+            num_heads=8,
+            num_layers=2,
+            ffn_dim=512,
+            norm="layer_norm",
+            gating="none",
+            layer_scale=0.01,
+            context=250,
+        ),
+        codebook_dim=64,
+        codebook_size=1024,
+        total_codebooks=8,
+        num_codebooks=8,
+    )
+
+
+def demo_lm(text_card: int, card: int = 1024, codebooks: int = 8) -> LMConfig:
+    """The bundled demo LM: about 11 M parameters (22 MB in bf16); with the demo codec,
+    encode + LM step + decode takes about 22 ms per frame on 2 CPU cores (docs/demo-model.md).
+
+    The depth transformer shares weights between acoustic codebooks (schedule 0, 1, 2, 2, ...):
+    a third of the parameters of one set per codebook, at the same speed."""
+    delays = (0,) + (0,) + (1,) * (codebooks - 1) + (0,) + (1,) * (codebooks - 1)
+    return LMConfig(
+        temporal=TransformerConfig(
+            dim=256, num_heads=8, num_layers=4, ffn_dim=int(4.125 * 256), context=250
+        ),
+        depth=TransformerConfig(
+            dim=128,
+            num_heads=4,
+            num_layers=2,
+            ffn_dim=int(4.125 * 128),
+            positions="none",
+            weights_per_step=codebooks,
+            weights_schedule=(0, 1) + (2,) * (codebooks - 2),
+        ),
+        text_card=text_card,
+        card=card,
+        n_q=2 * codebooks,
+        dep_q=codebooks,
+        delays=delays,
+    )
+
+
 __all__ = [
     "LMConfig",
     "MimiConfig",
     "SeanetConfig",
     "TransformerConfig",
+    "demo_lm",
+    "demo_mimi",
     "mimi",
     "moshi_7b",
     "replace",

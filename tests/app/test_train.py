@@ -16,7 +16,7 @@ from app.audio_features import MultiResolutionMelLoss
 from app.demo_eval import FIGURES, evaluate, load_assets
 from app.dialogues import generate
 from app.engine import Engine
-from app.export import demo_files, export
+from app.export import export
 from app.train_codec import SpeechSegments, forward_train, load_trained_codec, train_codec
 from app.train_lm import (
     TOKENS,
@@ -28,6 +28,7 @@ from app.train_lm import (
     train_lm,
 )
 from app.train_tokenizer import dialogue_sentences, train_tokenizer
+from model.bundle import bundle_files
 from model.checkpoint import lm_config_from_kyutai, load_codec, load_lm
 from model.codec import Codec
 from model.config import tiny_mimi
@@ -228,7 +229,7 @@ def test_trained_models_load_with_the_model_loaders_and_run_a_frame(
     assert set(sizes) == {
         "model.safetensors", "codec.safetensors", "tokenizer.model", "config.json", "codec.json"
     }  # fmt: skip
-    files = demo_files(work / "assets")
+    files = bundle_files(work / "assets")
     assert files.lm_config == config
     assert files.codec_config == load_trained_codec(codec_run).config
     load_codec(files.codec_weights, files.codec_config)  # Kyutai-compatible names
@@ -263,15 +264,6 @@ def test_demo_eval_reports_every_figure(
         assert value is None or 0.0 <= value <= 1.0, name
     assert report["figures"]["codec_stoi"] is not None
     assert report["figures"]["answer_correct"] is not None
-
-
-def test_demo_lm_config_survives_kyutais_config_format() -> None:
-    from app.export import lm_config_to_kyutai
-    from app.train_lm import demo_lm
-
-    config = demo_lm(text_card=700)
-    assert lm_config_from_kyutai(lm_config_to_kyutai(config)) == config
-    assert 10e6 < sum(p.numel() for p in LM(config).parameters()) < 12e6  # 22 MB in bf16
 
 
 def test_a_time_budget_becomes_a_fixed_number_of_steps(tmp_path: Path) -> None:

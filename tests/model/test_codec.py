@@ -6,10 +6,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from app.bench_reference import kyutai_mimi_config
 from model.codec import NO_FRAME, Codec
 from model.config import MimiConfig, mimi, tiny_mimi
 from model.errors import AudioInputError
+from model.kyutai_config import kyutai_mimi_config
 from model.kyutai_names import codec_key_from_kyutai
 
 
