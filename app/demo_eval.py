@@ -45,6 +45,8 @@ import soxr
 import torch
 from tqdm import tqdm
 
+from app.core.engine import Engine
+from app.core.models import LoadedModel
 from audio_io.files import write_wav
 from model.bundle import bundle_files
 from model.checkpoint import load_codec, load_lm
@@ -55,8 +57,6 @@ from model.tokenizer import TextTokenizer
 from .audio_features import dtw_cost, mfcc
 from .dialogue_content import ASSISTANT_VOICE
 from .dialogues import USER, read_dialogue, read_manifest
-from .engine import Engine
-from .models import LoadedModel
 from .speech import SAMPLE_RATE, speak
 
 log = logging.getLogger(__name__)
@@ -465,7 +465,7 @@ def format_figures(report: dict) -> str:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from .models import ASSETS
+    from app.core.models import ASSETS
 
     parser.add_argument(
         "--assets", type=Path, default=ASSETS, help="exported model (default: the bundled one)"

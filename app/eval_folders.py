@@ -3,7 +3,7 @@
     found, failed = find_conversations([Path("runs"), Path("fdb")])
     conversation = load(found[0])      # EvaluationError names the file that is wrong
 
-A recording folder is app/recording.py's (session.wav stereo: left = assistant, right = user;
+A recording folder is app/core/recording.py's (session.wav stereo: left = assistant, right = user;
 events.jsonl; meta.json). An FDB folder holds input.wav (the user) and output.wav (the
 assistant), mono, one rate, time-aligned, and, from `antiphon run --fdb`, output.text.tsv (the
 inner monologue). The FDB category comes from the folder names on the path (the benchmark's
@@ -23,12 +23,12 @@ from typing import Any
 import numpy as np
 import soundfile
 
+from app.core.recording import EVENTS_FILE, META_FILE, SESSION_WAV, parse_events
 from model.errors import AntiphonError
 
 from . import metrics
 from .metrics import Piece, Segment
 from .offline import FDB_INPUT, FDB_OUTPUT, TEXT_SUFFIX, read_text
-from .recording import EVENTS_FILE, META_FILE, SESSION_WAV, parse_events
 
 RECORDING_FILES = (SESSION_WAV, EVENTS_FILE, META_FILE)
 DEFAULT_SAMPLE_RATE = 24000

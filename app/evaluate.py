@@ -2,7 +2,7 @@
 
     antiphon eval RECORDING... [--json] [--out DIR] [--no-timeline]
 
-Each argument is a recording folder (session.wav, events.jsonl, meta.json: app/recording.py), a
+Each argument is a recording folder (session.wav, events.jsonl, meta.json: app/core/recording.py), a
 Full-Duplex-Bench (FDB) folder (input.wav = user, output.wav = assistant, as `antiphon run --fdb`
 writes them), or a folder holding many of either at any depth. The FDB category of a folder
 comes from the folder names in its path (candor_pause_handling, icc_backchannel,

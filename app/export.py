@@ -71,7 +71,7 @@ def export(
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from .models import ASSETS
+    from app.core.models import ASSETS
 
     parser.add_argument("--codec", type=Path, required=True, help="codec run folder")
     parser.add_argument("--lm", type=Path, required=True, help="LM run folder")

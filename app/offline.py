@@ -9,7 +9,7 @@
     antiphon run --fdb DIR       Full-Duplex-Bench: every folder under DIR holding input.wav gets
                                  output.wav (at input.wav's sample rate and exactly its length,
                                  time-aligned) and output.text.tsv; a fresh conversation each.
-    --record DIR                 also record the session(s) (app/recording.py's folder format;
+    --record DIR                 also record the session(s) (app/core/recording.py's folder format;
                                  with --fdb, one recording per folder under DIR).
 
 The text file's format is TEXT_FORMAT below (shown by --help too).
@@ -31,14 +31,13 @@ import numpy as np
 import soundfile
 from tqdm import tqdm
 
+from app.core.engine import Engine
+from app.core.events import EventFanout, EventLog, EventSink, FrameStats, StateEvent, TextEvent
+from app.core.models import add_model_arguments, load_from_args
+from app.core.recording import Recorder, resample, timing_summary
 from audio_io.errors import AudioError
 from audio_io.files import read_audio, write_wav
 from model.errors import AntiphonError, ConfigError
-
-from .engine import Engine
-from .events import EventFanout, EventLog, EventSink, FrameStats, StateEvent, TextEvent
-from .models import add_model_arguments, load_from_args
-from .recording import Recorder, resample, timing_summary
 
 FDB_INPUT = "input.wav"
 FDB_OUTPUT = "output.wav"
@@ -231,7 +230,7 @@ def _one(
     if record is not None:
         devices = {"inference": str(engine.model.device), "input": str(input_path)}
         recorder = Recorder(
-            record, engine.model, engine.sampling, devices, overwrite=args.overwrite
+            record, engine.format, engine.model, engine.sampling, devices, overwrite=args.overwrite
         )
     with recorder or contextlib.nullcontext():  # closed without summary if interrupted
         result = converse(engine, user, recorder=recorder, progress=args.fdb is None)

@@ -30,13 +30,19 @@ import numpy as np
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from audio_io.files import write_wav
-from model import SamplingParams
-from model.errors import AntiphonError
-
-from .events import ErrorEvent, Event, EventFanout, FrameStats, StateEvent, TextEvent
-from .mqtt import BrokerSettings, add_broker_arguments, broker_from_args, call, make_client
-from .protocol import (
+from app.core.audio import AudioFormat, level_db
+from app.core.events import ErrorEvent, Event, EventFanout, FrameStats, StateEvent, TextEvent
+from app.core.recording import Recorder
+from app.core.runtime import (
+    AudioSink,
+    AudioSource,
+    CapturedFrame,
+    CollectingSink,
+    ConversationSummary,
+    RealClock,
+)
+from app.wire.mqtt import BrokerSettings, add_broker_arguments, broker_from_args, call, make_client
+from app.wire.protocol import (
     FULL,
     AudioFrame,
     ProtocolError,
@@ -48,16 +54,10 @@ from .protocol import (
     encode_json,
     valid_level,
 )
-from .remote_recorder import AudioFormat, RemoteRecorder
-from .runtime import (
-    AudioSink,
-    AudioSource,
-    CapturedFrame,
-    CollectingSink,
-    ConversationSummary,
-    RealClock,
-    level_db,
-)
+from audio_io.files import write_wav
+from model import SamplingParams
+from model.errors import AntiphonError
+
 from .talk import TalkSession, TerminalPrinter, _devices
 
 log = logging.getLogger(__name__)
@@ -209,7 +209,7 @@ class RemoteTalkSession:
         self.clock = RealClock()
         self.events = EventFanout()
         self.devices: dict[str, str] = {}
-        self.recorder: RemoteRecorder | None = None
+        self.recorder: Recorder | None = None
         self.recording_started: float | None = None
         self.grant: Grant | None = None
         # The node's audio format, once it has answered; `engine` because `_devices` reads it so.
@@ -259,9 +259,7 @@ class RemoteTalkSession:
         self._commands.put_nowait({"cmd": "sampling", **dataclasses.asdict(params)})
 
     def start_recording(self, folder: Path) -> None:
-        recorder = RemoteRecorder(
-            folder, self.model_name, self.engine, self._sampling, self.devices
-        )
+        recorder = Recorder(folder, self.engine, self.model_name, self._sampling, self.devices)
         self.recorder, self.recording_started = recorder, self.clock.now()
         self.events.sinks.append(recorder)
 

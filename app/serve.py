@@ -42,14 +42,13 @@ from aiomqtt.exceptions import MqttConnectError
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from model import SamplingParams
-from model.errors import AntiphonError, ConfigError
-
-from .engine import BatchEngine, StepResult
-from .events import ErrorEvent, Event, StateEvent, TextEvent
-from .models import LoadedModel, add_model_arguments, load_from_args
-from .mqtt import BrokerSettings, add_broker_arguments, broker_from_args, call, make_client
-from .protocol import (
+from app.core.engine import BatchEngine, StepResult
+from app.core.events import ErrorEvent, Event, StateEvent, TextEvent
+from app.core.models import LoadedModel, add_model_arguments, load_from_args
+from app.core.recording import Recorder, RecordingError, model_meta, versions
+from app.core.runtime import DropOldestQueue
+from app.wire.mqtt import BrokerSettings, add_broker_arguments, broker_from_args, call, make_client
+from app.wire.protocol import (
     BUSY,
     FULL,
     PROTOCOL_VERSION,
@@ -71,8 +70,9 @@ from .protocol import (
     parse_sampling,
     valid_level,
 )
-from .recording import Recorder, RecordingError, model_meta, versions
-from .runtime import DropOldestQueue
+from model import SamplingParams
+from model.errors import AntiphonError, ConfigError
+
 from .serve_state import Arrival, Metrics, Session, step_time
 
 log = logging.getLogger(__name__)
@@ -361,7 +361,7 @@ class Server:
             if folder is None:
                 return slot, None, None
             try:
-                recorder = Recorder(folder, self.model, sampling, devices)
+                recorder = Recorder(folder, self.engine.format, self.model, sampling, devices)
             except RecordingError as exc:
                 return slot, None, str(exc)
             recorder.meta["session"] = {"id": session_id, "owner": request.owner}

@@ -10,9 +10,8 @@ from typing import Any
 
 import numpy as np
 
-from model import SamplingParams
-
-from .protocol import (
+from app.core.recording import Recorder
+from app.wire.protocol import (
     DUPLICATE,
     INPUT_OVERFLOW,
     OUT_OF_ORDER,
@@ -21,7 +20,7 @@ from .protocol import (
     SampleFormat,
     SessionTopics,
 )
-from .recording import Recorder
+from model import SamplingParams
 
 ERROR_EVENT_INTERVAL = 1.0  # seconds: at most one error event per code and session this often
 STEP_MARGIN = 0.003  # seconds a step waits after the expected last arrival of its cluster

@@ -18,16 +18,11 @@ from pathlib import Path
 
 import numpy as np
 
-from audio_io.devices import DeviceInfo, Microphone, Speaker, find_device
-from audio_io.errors import AudioDeviceError
-from audio_io.files import write_wav
-from model import SamplingParams
-
-from .engine import Engine
-from .events import ErrorEvent, Event, EventFanout, EventSink, StateEvent, TextEvent
-from .models import add_model_arguments, load_from_args
-from .recording import Recorder
-from .runtime import (
+from app.core.engine import Engine
+from app.core.events import ErrorEvent, Event, EventFanout, EventSink, StateEvent, TextEvent
+from app.core.models import add_model_arguments, load_from_args
+from app.core.recording import Recorder
+from app.core.runtime import (
     AudioSink,
     AudioSource,
     CapturedFrame,
@@ -38,6 +33,10 @@ from .runtime import (
     PacedFileSource,
     RealClock,
 )
+from audio_io.devices import DeviceInfo, Microphone, Speaker, find_device
+from audio_io.errors import AudioDeviceError
+from audio_io.files import write_wav
+from model import SamplingParams
 
 
 def generated_user_signal(seconds: float, sample_rate: int) -> np.ndarray:
@@ -263,7 +262,9 @@ class TalkSession:
             self._conversation.request_sampling(params)
 
     def start_recording(self, folder: Path) -> None:
-        recorder = Recorder(folder, self.engine.model, self._sampling, self.devices)
+        recorder = Recorder(
+            folder, self.engine.format, self.engine.model, self._sampling, self.devices
+        )
         self.recorder, self.recording_started = recorder, self.clock.now()
         self.events.sinks.append(recorder)
         if self._conversation is not None:

@@ -42,10 +42,10 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from app.mqtt import BrokerSettings, call, make_client  # noqa: E402
-from app.protocol import AudioFrame, SampleFormat, decode_audio, encode_audio  # noqa: E402
 from app.remote import request_session  # noqa: E402
 from app.talk import generated_user_signal  # noqa: E402
+from app.wire.mqtt import BrokerSettings, call, make_client  # noqa: E402
+from app.wire.protocol import AudioFrame, SampleFormat, decode_audio, encode_audio  # noqa: E402
 
 FRAME, RATE = 1920, 24000
 PERIOD = FRAME / RATE

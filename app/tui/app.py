@@ -31,10 +31,10 @@ from textual.screen import ModalScreen
 from textual.widgets import Footer, Header, Static
 from textual.worker import Worker, WorkerCancelled, WorkerFailed, WorkerState
 
+from app.core.events import FrameStats
 from audio_io.errors import AudioError
 from model.errors import AntiphonError
 
-from ..events import FrameStats
 from .controls import TalkControls
 from .messages import (
     ErrorReported,

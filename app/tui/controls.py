@@ -10,9 +10,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Protocol
 
+from app.core.events import EventFanout
 from model import SamplingParams
-
-from ..events import EventFanout
 
 
 class Clock(Protocol):

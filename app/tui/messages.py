@@ -14,7 +14,7 @@ from typing import Literal
 from textual.message import Message
 from textual.message_pump import MessagePump
 
-from ..events import ErrorEvent, Event, FrameStats, StateEvent, TextEvent
+from app.core.events import ErrorEvent, Event, FrameStats, StateEvent, TextEvent
 
 Side = Literal["user", "assistant"]
 

@@ -19,7 +19,7 @@ import soundfile
 import soxr
 
 from app import evaluate, metrics, vad
-from app.events import FrameStats, TextEvent
+from app.core.events import FrameStats, TextEvent
 from app.metrics import Piece, TurnRules
 
 SR = 24000

@@ -12,9 +12,9 @@ import soundfile
 import torch
 
 from app import offline
-from app.engine import Engine, StepResult
-from app.models import random_model
-from app.recording import SESSION_WAV, read_recording
+from app.core.engine import Engine, StepResult
+from app.core.models import random_model
+from app.core.recording import SESSION_WAV, read_recording
 from audio_io.files import read_audio
 from model import SamplingParams
 from model.errors import ConfigError

@@ -26,10 +26,15 @@ import torch
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from app.engine import BatchEngine
-from app.models import random_model
-from app.mqtt import BrokerSettings, make_client, socket_nodelay
-from app.protocol import (
+from app.core.engine import BatchEngine
+from app.core.models import random_model
+from app.core.recording import read_recording
+from app.core.runtime import CollectingSink, PacedFileSource, RealClock
+from app.remote import RemoteTalkSession
+from app.serve import ServeOptions, Server
+from app.serve_state import Arrival, Session, step_time
+from app.wire.mqtt import BrokerSettings, make_client, socket_nodelay
+from app.wire.protocol import (
     AUDIO_HEADER,
     AudioFrame,
     ProtocolError,
@@ -41,11 +46,6 @@ from app.protocol import (
     parse_command,
     parse_sampling,
 )
-from app.recording import read_recording
-from app.remote import RemoteTalkSession
-from app.runtime import CollectingSink, PacedFileSource, RealClock
-from app.serve import ServeOptions, Server
-from app.serve_state import Arrival, Session, step_time
 from model import SamplingParams
 from tests.mosquitto import Mosquitto, running_broker
 
@@ -709,7 +709,7 @@ def test_tls_to_the_broker(model, tmp_path: Path) -> None:
 def test_broker_options() -> None:
     import argparse
 
-    from app.mqtt import add_broker_arguments, broker_from_args
+    from app.wire.mqtt import add_broker_arguments, broker_from_args
     from model.errors import ConfigError
 
     parser = argparse.ArgumentParser()

@@ -13,9 +13,9 @@ import torch
 
 from app import train
 from app.audio_features import MultiResolutionMelLoss
+from app.core.engine import Engine
 from app.demo_eval import FIGURES, evaluate, load_assets
 from app.dialogues import generate
-from app.engine import Engine
 from app.export import export
 from app.train_codec import SpeechSegments, forward_train, load_trained_codec, train_codec
 from app.train_lm import (

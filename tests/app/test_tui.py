@@ -24,9 +24,9 @@ from textual.app import App
 from textual.message import Message
 from textual.pilot import Pilot
 
-from app.engine import Engine
-from app.events import ErrorEvent, EventFanout, EventLog, FrameStats, StateEvent, TextEvent
-from app.models import random_model
+from app.core.engine import Engine
+from app.core.events import ErrorEvent, EventFanout, EventLog, FrameStats, StateEvent, TextEvent
+from app.core.models import random_model
 from app.talk import TalkSession
 from app.tui import TalkApp, TalkControls, make_app
 from app.tui.app import HelpScreen

@@ -5,10 +5,13 @@
     folder/meta.json      model (files + sha256), sampling, seed, devices, versions, start time;
                           rewritten atomically at close with the timing summary
 
-with Recorder(folder, model, sampling, devices={"inference": "cuda:0"}) as recorder:
+with Recorder(folder, engine.format, model, sampling, devices={"inference": "cuda:0"}) as recorder:
     recorder.write_frame(reply_pcm, mic_pcm)   # once per 80 ms frame, float32 [1920] each
     recorder.emit(TextEvent(...))              # an EventSink
     recorder.close(timing_summary(stats, frame_duration))
+
+`model` is the LoadedModel (described by its files, hashed) or, for a conversation whose model
+runs elsewhere (`antiphon talk --remote`), the name the node gives it.
 
 Crash safety: libsndfile writes samples straight to the file descriptor (no user-space buffer),
 and the WAV header's sizes are rewritten after every write (SFC_SET_UPDATE_HEADER_AUTO), so after
@@ -41,6 +44,7 @@ from audio_io.reframe import StreamResampler
 from model import SamplingParams
 from model.errors import AntiphonError
 
+from .audio import AudioFormat
 from .events import Event, FrameStats
 from .models import LoadedModel
 
@@ -77,15 +81,16 @@ class Recorder:
     def __init__(
         self,
         folder: str | Path,
-        model: LoadedModel,
+        format: AudioFormat,
+        model: LoadedModel | str,
         sampling: SamplingParams,
         devices: dict[str, Any],
         *,
         overwrite: bool = False,
     ) -> None:
         self.folder = Path(folder)
-        self.sample_rate = model.codec.sample_rate
-        self.frame_size = model.codec.frame_size
+        self.sample_rate = format.sample_rate
+        self.frame_size = format.frame_size
         self.frames = 0
         self._closed = False
         self._lock = threading.Lock()  # events may come from several threads
@@ -97,7 +102,8 @@ class Recorder:
             )
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
-            described = model_meta(model)  # the first hash of a 15 GB file takes minutes
+            # the first hash of a 15 GB file takes minutes
+            described = remote_model_meta(model) if isinstance(model, str) else model_meta(model)
             self.meta = {
                 "format": "antiphon-recording",
                 "format_version": FORMAT_VERSION,
@@ -338,6 +344,11 @@ def model_meta(model: LoadedModel) -> dict[str, Any]:
         "lm_config": _jsonable(dataclasses.asdict(model.lm.config)),
         "codec_config": _jsonable(dataclasses.asdict(model.codec.config)),
     }
+
+
+def remote_model_meta(name: str) -> dict[str, Any]:
+    """A model that runs on another machine: only the node's name for it is known here."""
+    return {"name": name, "files": None, "remote": True}
 
 
 def versions() -> dict[str, str | None]:

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from app.engine import Engine, StepResult
-from app.events import ErrorEvent, EventLog, FrameStats, StateEvent
-from app.models import random_model
-from app.runtime import (
+from app.core.engine import Engine, StepResult
+from app.core.events import ErrorEvent, EventLog, FrameStats, StateEvent
+from app.core.models import random_model
+from app.core.runtime import (
     CollectingSink,
     Conversation,
     DropOldestQueue,

@@ -18,9 +18,9 @@ import pytest
 import soundfile
 import torch
 
-from app.events import FrameStats, StateEvent, TextEvent
-from app.models import LoadedModel, random_model
-from app.recording import (
+from app.core.events import FrameStats, StateEvent, TextEvent
+from app.core.models import LoadedModel, random_model
+from app.core.recording import (
     EVENTS_FILE,
     META_FILE,
     SESSION_WAV,
@@ -34,7 +34,7 @@ from app.recording import (
 )
 from model import ModelFiles, SamplingParams
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 F = 1920
 PCM16_STEP = 1 / 32768
 
@@ -58,7 +58,9 @@ def _frames(count: int) -> list[tuple[np.ndarray, np.ndarray]]:
 
 
 def _record(folder: Path, model: LoadedModel, count: int, **kwargs) -> Recorder:
-    recorder = Recorder(folder, model, SamplingParams(seed=7), {"inference": "cpu"}, **kwargs)
+    recorder = Recorder(
+        folder, model.format, model, SamplingParams(seed=7), {"inference": "cpu"}, **kwargs
+    )
     for t, (assistant, user) in enumerate(_frames(count)):
         recorder.write_frame(assistant, user)
         recorder.emit(TextEvent(t * 0.08, t, 100 + t, f" w{t}"))
@@ -114,7 +116,7 @@ def test_meta_is_written_at_open_and_close_is_idempotent(
 def test_an_existing_recording_is_not_overwritten(tmp_path: Path, model: LoadedModel) -> None:
     _record(tmp_path, model, 3).close()
     with pytest.raises(RecordingError, match="already holds a recording"):
-        Recorder(tmp_path, model, SamplingParams(), {})
+        Recorder(tmp_path, model.format, model, SamplingParams(), {})
     assert soundfile.info(tmp_path / SESSION_WAV).frames == 3 * F  # untouched
     _record(tmp_path, model, 1, overwrite=True).close()
     assert soundfile.info(tmp_path / SESSION_WAV).frames == F
@@ -134,7 +136,7 @@ def test_model_files_are_hashed_into_meta(tmp_path: Path, model: LoadedModel) ->
         model.codec.config,
     )
     named = dataclasses.replace(model, files=files)
-    Recorder(tmp_path / "rec", named, SamplingParams(), {}).close()
+    Recorder(tmp_path / "rec", named.format, named, SamplingParams(), {}).close()
     meta = json.loads((tmp_path / "rec" / META_FILE).read_text())
     for role, path in paths.items():
         entry = meta["model"]["files"][role]
@@ -168,7 +170,7 @@ def test_truncated_last_event_line_is_skipped(tmp_path: Path, model: LoadedModel
     _record(tmp_path, model, 3).close()
     with open(tmp_path / EVENTS_FILE, "a", encoding="utf-8") as f:
         f.write('{"type":"text","time":0.2')  # the process died mid-line
-    with caplog.at_level("WARNING", logger="app.recording"):
+    with caplog.at_level("WARNING", logger="app.core.recording"):
         rec = read_recording(tmp_path)
     assert len(rec.events) == 3
     assert "truncated" in caplog.text
@@ -182,12 +184,12 @@ def test_truncated_last_event_line_is_skipped(tmp_path: Path, model: LoadedModel
 
 _KILLED_SCRIPT = """
 import sys, time, numpy as np, torch
-from app.events import TextEvent
-from app.models import random_model
-from app.recording import Recorder
+from app.core.events import TextEvent
+from app.core.models import random_model
+from app.core.recording import Recorder
 from model import SamplingParams
 model = random_model(torch.device("cpu"), SamplingParams())
-recorder = Recorder(sys.argv[1], model, SamplingParams(), {"inference": "cpu"})
+recorder = Recorder(sys.argv[1], model.format, model, SamplingParams(), {"inference": "cpu"})
 for t in range(int(sys.argv[2])):
     recorder.write_frame(np.full(1920, 0.25, np.float32), np.full(1920, -0.25, np.float32))
     recorder.emit(TextEvent(t * 0.08, t, t, "x"))
@@ -226,7 +228,7 @@ def test_recording_survives_sigkill(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("sample_rate", [16000, 24000])
 def test_export_fdb(tmp_path: Path, model: LoadedModel, sample_rate: int) -> None:
-    recorder = Recorder(tmp_path / "rec", model, SamplingParams(), {})
+    recorder = Recorder(tmp_path / "rec", model.format, model, SamplingParams(), {})
     silence, click = np.zeros(F, np.float32), np.zeros(F, np.float32)
     click[960] = 0.9
     for t in range(6):  # the user clicks in frame 1, the assistant in frame 4

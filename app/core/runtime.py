@@ -27,6 +27,7 @@ import numpy as np
 
 from model import SamplingParams
 
+from .audio import level_db
 from .engine import Engine, StepResult
 from .events import ErrorEvent, EventSink, FrameStats, StateEvent, TextEvent
 
@@ -292,12 +293,6 @@ class Conversation:
                     output_level_db=level_db(result.pcm),
                 )
             )
-
-
-def level_db(pcm: np.ndarray) -> float:
-    """RMS level in dBFS (-120 for silence)."""
-    rms = float(np.sqrt(np.mean(np.square(pcm, dtype=np.float64)))) if len(pcm) else 0.0
-    return max(-120.0, 20 * np.log10(rms + 1e-12))
 
 
 class PacedFileSource:

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from app.engine import BatchEngine, NoFreeSlot
-from app.models import random_model
+from app.core.engine import BatchEngine, NoFreeSlot
+from app.core.models import random_model
 from model import SamplingParams
 
 

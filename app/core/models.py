@@ -31,6 +31,8 @@ from model.bundle import bundle_files
 from model.errors import ConfigError
 from model.quantizer import Codebook
 
+from .audio import AudioFormat
+
 log = logging.getLogger(__name__)
 
 # The bundled demo model: package data of `app`, so a wheel carries it as an editable install does.
@@ -57,6 +59,10 @@ class LoadedModel:
     device: torch.device
     files: ModelFiles | None = None  # where the weights came from (None: random stand-in)
     notice: str | None = None  # one line a user should read when it starts: what it can do
+
+    @property
+    def format(self) -> AudioFormat:
+        return AudioFormat(self.codec.sample_rate, self.codec.frame_size)
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:

@@ -21,6 +21,7 @@ import torch
 
 from model import LMConfig, SamplingParams, TextStream
 
+from .audio import AudioFormat
 from .models import LoadedModel
 
 
@@ -67,6 +68,10 @@ class BatchEngine:
         self._decoder = codec.init_decoder_state(slots)
         self._lm = lm.init_state(slots, model.sampling)
         self._sessions: dict[int, _Slot] = {}
+
+    @property
+    def format(self) -> AudioFormat:
+        return AudioFormat(self.sample_rate, self.frame_size)
 
     @property
     def frame_size(self) -> int:
@@ -163,6 +168,10 @@ class Engine:
         self.model = model
         self._batch = BatchEngine(model, slots=1)
         self._slot = self._batch.open(sampling or model.sampling)
+
+    @property
+    def format(self) -> AudioFormat:
+        return self._batch.format
 
     @property
     def frame_size(self) -> int:
