@@ -7,10 +7,11 @@ import logging
 import sys
 from collections.abc import Sequence
 
+from app.train import cli as train
 from audio_io.errors import AudioError
 from model.errors import AntiphonError
 
-from . import bench, evaluate, offline, serve, talk, train
+from . import bench, evaluate, offline, serve, talk
 
 
 def _devices(_args: argparse.Namespace) -> int:

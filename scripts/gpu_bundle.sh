@@ -51,7 +51,7 @@ done
 # Check: the bundle speaks, with its own library and data.
 LD_LIBRARY_PATH="$out/espeak/lib" ANTIPHON_ESPEAK_LIBRARY="$out/espeak/lib/libespeak-ng.so.1" \
     ESPEAK_DATA_PATH="$out/espeak" "${pip[0]}" -c '
-from app.speech import speak, Voice
+from app.train.speech import speak, Voice
 u = speak("Seven plus five is twelve.", Voice("en-us", "f3"))
 assert len(u.words) == 5 and u.duration > 1, u.words
 '

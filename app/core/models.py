@@ -27,7 +27,7 @@ from model import (
     tiny_lm,
     tiny_mimi,
 )
-from model.bundle import bundle_files
+from model.bundle import CONFIG_FILE, bundle_files
 from model.errors import ConfigError
 from model.quantizer import Codebook
 
@@ -85,16 +85,19 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--seed", type=int, default=0)
 
 
-def _sampling(args: argparse.Namespace, defaults: SamplingParams) -> SamplingParams:
-    def pick(value, default):
+def _sampling(args: argparse.Namespace | None, defaults: SamplingParams) -> SamplingParams:
+    """The model's own sampling, with what the command line gives over it (absent: kept)."""
+
+    def pick(name: str, default):
+        value = getattr(args, name, None)
         return default if value is None else value
 
     return SamplingParams(
-        text_temperature=pick(args.text_temperature, defaults.text_temperature),
-        text_top_k=pick(args.text_top_k, defaults.text_top_k),
-        audio_temperature=pick(args.audio_temperature, defaults.audio_temperature),
-        audio_top_k=pick(args.audio_top_k, defaults.audio_top_k),
-        seed=args.seed,
+        text_temperature=pick("text_temperature", defaults.text_temperature),
+        text_top_k=pick("text_top_k", defaults.text_top_k),
+        audio_temperature=pick("audio_temperature", defaults.audio_temperature),
+        audio_top_k=pick("audio_top_k", defaults.audio_top_k),
+        seed=pick("seed", 0),
     )
 
 
@@ -103,7 +106,7 @@ def load_from_args(args: argparse.Namespace) -> LoadedModel:
     dtype = _DTYPES[args.dtype] if args.dtype else None
     named = [args.hf_repo, args.moshi_weight, args.mimi_weight, args.tokenizer, args.config]
     if not any(named):
-        if (ASSETS / "config.json").is_file():
+        if (ASSETS / CONFIG_FILE).is_file():
             return bundled_model(device, args, dtype)
         return random_model(device, _sampling(args, SamplingParams()), args.seed)
     if args.hf_repo is None and not (args.moshi_weight and args.mimi_weight and args.tokenizer):
@@ -127,16 +130,23 @@ def load_from_args(args: argparse.Namespace) -> LoadedModel:
 
 
 def bundled_model(
-    device: torch.device, args: argparse.Namespace, dtype: torch.dtype | None = None
+    device: torch.device,
+    args: argparse.Namespace | None = None,
+    dtype: torch.dtype | None = None,
+    *,
+    folder: Path = ASSETS,
+    name: str = "bundled demo model",
 ) -> LoadedModel:
-    """The small demo model shipped in assets/ (see docs/demo-model.md)."""
-    files = bundle_files(ASSETS)
+    """A bundle (`model.bundle`): the demo model shipped in app/assets/ (docs/demo-model.md),
+    or another export of it in `folder`. Sampling is the bundle's, with the model options of
+    `args` (--text-temperature, ..., --seed) over it where they are given."""
+    files = bundle_files(folder)
     return LoadedModel(
         codec=load_codec(files.codec_weights, files.codec_config, device),
         lm=load_lm(files.lm_weights, files.lm_config, device, dtype),
         tokenizer=TextTokenizer(files.tokenizer),
         sampling=_sampling(args, files.sampling),
-        name="bundled demo model",
+        name=name,
         device=device,
         files=files,
         notice=DEMO_NOTICE,

@@ -1,7 +1,7 @@
 """`antiphon train lm`: the Moshi-architecture LM on the codec's tokens and the aligned text.
 
 Data: every training dialogue becomes streams [1 + 2K, frames] at 12.5 Hz: the inner
-monologue (`app.dialogues.text_tokens`), the assistant's K codes, the user's K codes (both
+monologue (`app.train.dialogues.text_tokens`), the assistant's K codes, the user's K codes (both
 channels encoded by the trained codec). They are encoded once and cached in the run folder
 (`tokens.npz`, keyed by the codec's and tokenizer's bytes). Training windows are `--frames` long
 (at most the LM's context), from the start of a dialogue half of the time, as a conversation
@@ -37,10 +37,10 @@ from model.kyutai_config import lm_config_to_kyutai
 from model.lm import LM
 from model.tokenizer import TextTokenizer
 
-from . import train
+from . import loop
+from .codec import load_trained_codec
 from .dialogues import read_dialogue, read_manifest, text_tokens
-from .train_codec import load_trained_codec
-from .train_tokenizer import TOKENIZER_FILE
+from .tokenizer import TOKENIZER_FILE
 
 log = logging.getLogger(__name__)
 
@@ -132,7 +132,7 @@ def encode_dialogues(
     With `bf16`, the codec's convolutions run under bf16 autocast (2.4x faster on this CPU;
     the quantizer stays fp32): `train lm` measures and logs how many codes differ from fp32."""
     codec = codec.to(device).eval()
-    autocast = train.autocast(device, enabled=bf16)
+    autocast = loop.autocast(device, enabled=bf16)
     frame_rate, frame_size = codec.config.frame_rate, codec.frame_size
     files = read_manifest(folder)
     out: list[np.ndarray] = []
@@ -304,7 +304,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--tokenizer", type=Path, required=True, help="tokenizer.model or its folder"
     )
     parser.add_argument("--config", choices=sorted(PRESETS), default="demo", help="LM shape")
-    train.add_loop_arguments(parser, batch_size=20)
+    loop.add_loop_arguments(parser, batch_size=20)
     parser.add_argument("--lr", type=float, default=1e-3, help="peak learning rate")
     parser.add_argument("--warmup", type=int, default=500, metavar="STEPS")
     parser.add_argument(
@@ -334,8 +334,8 @@ def run(args: argparse.Namespace) -> int:
 
 def train_lm(args: argparse.Namespace) -> int:
     """Train (or continue) an LM run; returns the steps done."""
-    device = train.device_from(args.device)
-    options = train.loop_options(args)
+    device = loop.device_from(args.device)
+    options = loop.loop_options(args)
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
     tokenizer = TextTokenizer(
@@ -344,13 +344,13 @@ def train_lm(args: argparse.Namespace) -> int:
     codec_config = json.loads((args.codec / "codec.json").read_text())
     codebooks, card = int(codec_config["num_codebooks"]), int(codec_config["codebook_size"])
     config = PRESETS[args.config](tokenizer.vocab_size, card, codebooks)
-    generator = train.seed_everything(args.seed)
+    generator = loop.seed_everything(args.seed)
     lm = LM(config).to(device).train()
     optimizer = torch.optim.AdamW(lm.parameters(), lr=args.lr, betas=(0.9, 0.95), weight_decay=0.1)
     start = 0
-    if (out / train.CHECKPOINT).is_file():
-        start, extra = train.load_checkpoint(out / train.CHECKPOINT, lm, optimizer, generator)
-        train.resume_steps(options, extra)
+    if (out / loop.CHECKPOINT).is_file():
+        start, extra = loop.load_checkpoint(out / loop.CHECKPOINT, lm, optimizer, generator)
+        loop.resume_steps(options, extra)
         log.info("lm: resuming %s at step %d", out, start)
     progress = options.progress
     bf16 = not args.no_bf16
@@ -370,11 +370,11 @@ def train_lm(args: argparse.Namespace) -> int:
             lm, held_out, args.frames, args.pad_weight, args.first_codebook_weight
         )
     sampler = WindowSampler(streams, args.frames, args.batch_size * args.frames)
-    autocast = train.autocast(device, enabled=not args.no_bf16)
+    autocast = loop.autocast(device, enabled=not args.no_bf16)
 
     def step(i: int) -> dict[str, float]:
         for group in optimizer.param_groups:
-            group["lr"] = train.learning_rate(i, args.lr, args.warmup, options.schedule_steps)
+            group["lr"] = loop.learning_rate(i, args.lr, args.warmup, options.schedule_steps)
         codes = sampler.batch(generator).to(device)
         with autocast:
             loss, metrics = lm_loss(lm, codes, args.pad_weight, args.first_codebook_weight)
@@ -386,10 +386,10 @@ def train_lm(args: argparse.Namespace) -> int:
 
     def checkpoint(done: int) -> None:
         extra = {"steps": options.steps}
-        train.save_checkpoint(out / train.CHECKPOINT, lm, optimizer, done, generator, extra)
+        loop.save_checkpoint(out / loop.CHECKPOINT, lm, optimizer, done, generator, extra)
         save_lm(lm, out)
 
-    done = train.train_loop(step, checkpoint, start, options, out, "lm")
+    done = loop.train_loop(step, checkpoint, start, options, out, "lm")
     if options.steps is not None and start >= options.steps:
         save_lm(lm, out)
     return done

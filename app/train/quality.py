@@ -41,23 +41,19 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import soxr
 import torch
 from tqdm import tqdm
 
 from app.core.engine import Engine
-from app.core.models import LoadedModel
+from app.core.models import ASSETS, LoadedModel, bundled_model
 from audio_io.files import write_wav
-from model.bundle import bundle_files
-from model.checkpoint import load_codec, load_lm
 from model.codec import Codec
-from model.sampling import SamplingParams
-from model.tokenizer import TextTokenizer
 
-from .audio_features import dtw_cost, mfcc
-from .dialogue_content import ASSISTANT_VOICE
+from .content import ASSISTANT_VOICE
 from .dialogues import USER, read_dialogue, read_manifest
+from .features import dtw_cost, mfcc
 from .speech import SAMPLE_RATE, speak
+from .stoi import stoi
 
 log = logging.getLogger(__name__)
 
@@ -83,74 +79,6 @@ TARGETS = {
     "stops_within_0_5s": 0.8,
 }
 HELD_OUT_VOICE_TARGET = 0.7  # answer_correct for users speaking with the held-out voice
-
-
-# --- STOI (Taal et al., 2011), as the reference implementation computes it ----------------------
-
-_STOI_RATE, _STOI_FRAME, _STOI_FFT, _STOI_BANDS, _STOI_MIN_HZ = 10_000, 256, 512, 15, 150
-_STOI_SEGMENT, _STOI_CLIP_DB, _STOI_RANGE_DB = 30, -15, 40
-
-
-def _third_octaves() -> np.ndarray:
-    """Band matrix [15, 257]: one third-octave band per row, FFT bins at 10 kHz / 512."""
-    freqs = np.linspace(0, _STOI_RATE, _STOI_FFT + 1)[: _STOI_FFT // 2 + 1]
-    k = np.arange(_STOI_BANDS, dtype=float)
-    low = _STOI_MIN_HZ * 2.0 ** ((2 * k - 1) / 6)
-    high = _STOI_MIN_HZ * 2.0 ** ((2 * k + 1) / 6)
-    bands = np.zeros((_STOI_BANDS, len(freqs)))
-    for i in range(_STOI_BANDS):
-        bands[i, np.argmin((freqs - low[i]) ** 2) : np.argmin((freqs - high[i]) ** 2)] = 1
-    return bands
-
-
-def _frames(x: np.ndarray) -> np.ndarray:
-    window = np.hanning(_STOI_FRAME + 2)[1:-1]
-    hop = _STOI_FRAME // 2
-    count = max(0, (len(x) - _STOI_FRAME) // hop + 1)
-    return np.stack([x[i * hop : i * hop + _STOI_FRAME] * window for i in range(count)])
-
-
-def _drop_silent_frames(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Keep the frames of x within 40 dB of its loudest, overlap-added back (both signals)."""
-    fx, fy = _frames(x), _frames(y)
-    energy = 20 * np.log10(np.linalg.norm(fx, axis=1) + np.finfo(float).eps)
-    keep = energy > energy.max() - _STOI_RANGE_DB
-    fx, fy = fx[keep], fy[keep]
-    hop = _STOI_FRAME // 2
-    length = (len(fx) - 1) * hop + _STOI_FRAME
-    out_x, out_y = np.zeros(length), np.zeros(length)
-    for i in range(len(fx)):
-        out_x[i * hop : i * hop + _STOI_FRAME] += fx[i]
-        out_y[i * hop : i * hop + _STOI_FRAME] += fy[i]
-    return out_x, out_y
-
-
-def stoi(clean: np.ndarray, processed: np.ndarray, sample_rate: int) -> float:
-    """Short-time objective intelligibility of `processed` against `clean` (0..1)."""
-    n = min(len(clean), len(processed))
-    x = soxr.resample(clean[:n].astype(np.float64), sample_rate, _STOI_RATE)
-    y = soxr.resample(processed[:n].astype(np.float64), sample_rate, _STOI_RATE)
-    x, y = _drop_silent_frames(x, y)
-    bands = _third_octaves()
-    spectra = [np.abs(np.fft.rfft(_frames(s), n=_STOI_FFT)) ** 2 for s in (x, y)]
-    x_bands, y_bands = (np.sqrt(bands @ s.T) for s in spectra)  # [15, frames]
-    frames = x_bands.shape[1]
-    if frames < _STOI_SEGMENT:
-        raise ValueError("STOI needs at least 30 frames (about 0.4 s) of speech")
-    clip = 10 ** (-_STOI_CLIP_DB / 20)
-    scores = []
-    for m in range(_STOI_SEGMENT, frames + 1):
-        xs, ys = x_bands[:, m - _STOI_SEGMENT : m], y_bands[:, m - _STOI_SEGMENT : m]
-        scale = np.linalg.norm(xs, axis=1, keepdims=True) / (
-            np.linalg.norm(ys, axis=1, keepdims=True) + np.finfo(float).eps
-        )
-        ys = np.minimum(ys * scale, xs * (1 + clip))
-        xs = xs - xs.mean(axis=1, keepdims=True)
-        ys = ys - ys.mean(axis=1, keepdims=True)
-        xs /= np.linalg.norm(xs, axis=1, keepdims=True) + np.finfo(float).eps
-        ys /= np.linalg.norm(ys, axis=1, keepdims=True) + np.finfo(float).eps
-        scores.append((xs * ys).sum(axis=1).mean())
-    return float(np.mean(scores))
 
 
 # --- running a dialogue ---------------------------------------------------------------------------
@@ -414,26 +342,6 @@ def evaluate(
     return report
 
 
-def load_assets(assets: Path, device: torch.device, seed: int = 0) -> LoadedModel:
-    files = bundle_files(assets)
-    sampling = SamplingParams(
-        text_temperature=files.sampling.text_temperature,
-        text_top_k=files.sampling.text_top_k,
-        audio_temperature=files.sampling.audio_temperature,
-        audio_top_k=files.sampling.audio_top_k,
-        seed=seed,
-    )
-    return LoadedModel(
-        codec=load_codec(files.codec_weights, files.codec_config, device),
-        lm=load_lm(files.lm_weights, files.lm_config, device),
-        tokenizer=TextTokenizer(files.tokenizer),
-        sampling=sampling,
-        name=str(assets),
-        device=device,
-        files=files,
-    )
-
-
 def format_figures(report: dict) -> str:
     def shown(value: float | None) -> str:
         return "n/a" if value is None else f"{value:.3f}"
@@ -465,8 +373,6 @@ def format_figures(report: dict) -> str:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from app.core.models import ASSETS
-
     parser.add_argument(
         "--assets", type=Path, default=ASSETS, help="exported model (default: the bundled one)"
     )
@@ -483,7 +389,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    model = load_assets(args.assets, torch.device(args.device), args.seed)
+    model = bundled_model(
+        torch.device(args.device), args, folder=args.assets, name=str(args.assets)
+    )
     report = evaluate(model, args.data, args.count, fdb_out=args.fdb_out)
     print(format_figures(report))
     if args.json:

@@ -30,9 +30,10 @@ from model.config import demo_mimi, tiny_mimi
 from model.errors import ConfigError
 from model.quantizer import CodebookTraining
 
-from . import train
-from .audio_features import MultiResolutionMelLoss
+from . import loop
 from .dialogues import read_dialogue, read_manifest
+from .features import MultiResolutionMelLoss
+from .stoi import stoi
 
 log = logging.getLogger(__name__)
 
@@ -110,7 +111,7 @@ def forward_train(
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", type=Path, required=True, help="training dialogues folder")
     parser.add_argument("--config", choices=sorted(PRESETS), default="demo", help="codec shape")
-    train.add_loop_arguments(parser, batch_size=32)
+    loop.add_loop_arguments(parser, batch_size=32)
     parser.add_argument("--lr", type=float, default=1e-3, help="peak learning rate")
     parser.add_argument("--warmup", type=int, default=500, metavar="STEPS")
     parser.add_argument("--segment", type=float, default=1.2, help="seconds per example")
@@ -150,32 +151,32 @@ def run(args: argparse.Namespace) -> int:
 
 def train_codec(args: argparse.Namespace) -> int:
     """Train (or continue) a codec run; returns the steps done."""
-    device = train.device_from(args.device)
-    options = train.loop_options(args)
+    device = loop.device_from(args.device)
+    options = loop.loop_options(args)
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
     config = PRESETS[args.config]()
-    generator = train.seed_everything(args.seed)
+    generator = loop.seed_everything(args.seed)
     codec = Codec(config).to(device).train()
     optimizer = torch.optim.AdamW(codec.parameters(), lr=args.lr, betas=(0.8, 0.99))
     start = 0
-    if (out / train.CHECKPOINT).is_file():
-        start, extra = train.load_checkpoint(out / train.CHECKPOINT, codec, optimizer, generator)
-        train.resume_steps(options, extra)
+    if (out / loop.CHECKPOINT).is_file():
+        start, extra = loop.load_checkpoint(out / loop.CHECKPOINT, codec, optimizer, generator)
+        loop.resume_steps(options, extra)
         log.info("codec: resuming %s at step %d", out, start)
     data = SpeechSegments(args.data, args.max_hours, config.sample_rate)
     mel_loss = MultiResolutionMelLoss(config.sample_rate).to(device)
     frames = max(1, round(args.segment * config.frame_rate))
     samples = frames * config.frame_size
     vq = CodebookTraining(decay=args.codebook_decay)
-    autocast = train.autocast(device, enabled=not args.no_bf16)
+    autocast = loop.autocast(device, enabled=not args.no_bf16)
     if args.eval_data is not None:
         held_out = HeldOut(args.eval_data, config.sample_rate)
         options.evaluate = lambda _step: held_out.figures(codec)
 
     def step(i: int) -> dict[str, float]:
         for group in optimizer.param_groups:
-            group["lr"] = train.learning_rate(i, args.lr, args.warmup, options.schedule_steps)
+            group["lr"] = loop.learning_rate(i, args.lr, args.warmup, options.schedule_steps)
         pcm = data.batch(args.batch_size, samples, generator).to(device)
         with autocast:
             estimate, commitment, codes = forward_train(
@@ -201,10 +202,10 @@ def train_codec(args: argparse.Namespace) -> int:
 
     def checkpoint(done: int) -> None:
         extra = {"steps": options.steps}
-        train.save_checkpoint(out / train.CHECKPOINT, codec, optimizer, done, generator, extra)
+        loop.save_checkpoint(out / loop.CHECKPOINT, codec, optimizer, done, generator, extra)
         save_codec(codec, out)
 
-    done = train.train_loop(step, checkpoint, start, options, out, "codec")
+    done = loop.train_loop(step, checkpoint, start, options, out, "codec")
     if options.steps is not None and start >= options.steps:
         save_codec(codec, out)
     return done
@@ -224,8 +225,6 @@ class HeldOut:
 
     @torch.no_grad()
     def figures(self, codec: Codec) -> dict[str, Any]:
-        from .demo_eval import stoi
-
         codec.eval()
         device = next(codec.parameters()).device
         scores, used = [], None

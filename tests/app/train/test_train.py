@@ -11,14 +11,14 @@ import numpy as np
 import pytest
 import torch
 
-from app import train
-from app.audio_features import MultiResolutionMelLoss
 from app.core.engine import Engine
-from app.demo_eval import FIGURES, evaluate, load_assets
-from app.dialogues import generate
-from app.export import export
-from app.train_codec import SpeechSegments, forward_train, load_trained_codec, train_codec
-from app.train_lm import (
+from app.core.models import bundled_model
+from app.train import cli, loop
+from app.train.codec import SpeechSegments, forward_train, load_trained_codec, train_codec
+from app.train.dialogues import generate
+from app.train.export import export
+from app.train.features import MultiResolutionMelLoss
+from app.train.lm import (
     TOKENS,
     WindowSampler,
     check_live_codes,
@@ -27,7 +27,8 @@ from app.train_lm import (
     load_or_encode,
     train_lm,
 )
-from app.train_tokenizer import dialogue_sentences, train_tokenizer
+from app.train.quality import FIGURES, evaluate
+from app.train.tokenizer import dialogue_sentences, train_tokenizer
 from model.bundle import bundle_files
 from model.checkpoint import lm_config_from_kyutai, load_codec, load_lm
 from model.codec import Codec
@@ -35,7 +36,7 @@ from model.config import tiny_mimi
 from model.lm import LM
 from model.quantizer import CodebookTraining
 from model.tokenizer import TEXT_END_OF_PADDING_ID, TEXT_PAD_ID, TextTokenizer
-from tests.app.test_dialogues import require_espeak
+from tests.app.train.test_dialogues import require_espeak
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +52,7 @@ def work(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def _args(stage: str, *argv: str | Path) -> argparse.Namespace:
     parser = argparse.ArgumentParser()
-    train.add_arguments(parser)
+    cli.add_arguments(parser)
     return parser.parse_args([stage, *map(str, argv), "--no-progress"])
 
 
@@ -73,7 +74,7 @@ def _lm_args(work: Path, out: Path, *extra: str) -> argparse.Namespace:
 
 
 def _losses(run: Path) -> list[float]:
-    lines = [json.loads(line) for line in (run / train.LOG).read_text().splitlines()]
+    lines = [json.loads(line) for line in (run / loop.LOG).read_text().splitlines()]
     return [line["loss"] for line in lines if "loss" in line]
 
 
@@ -124,7 +125,7 @@ def test_codec_run_resumes_exactly(work: Path, codec_run: Path) -> None:
     assert _losses(resumed) == _losses(codec_run)  # bit for bit, as if never stopped
     # What the run saved loads with the model's own loader and encodes like the trained one.
     trained = load_trained_codec(codec_run)
-    state = torch.load(codec_run / train.CHECKPOINT, weights_only=True)["model"]
+    state = torch.load(codec_run / loop.CHECKPOINT, weights_only=True)["model"]
     reference = Codec(trained.config)
     reference.load_state_dict(state)
     pcm = torch.randn(1, 1, 3 * trained.frame_size) * 0.1
@@ -142,7 +143,7 @@ def test_lm_overfits_one_batch(work: Path, codec_run: Path, tmp_path: Path) -> N
     assert (text == TEXT_PAD_ID).any() and (text == TEXT_END_OF_PADDING_ID).any()
     assert (streams[0][1 + 4 :, -1] == -1).all()  # the user one frame ahead: none after the end
     torch.manual_seed(0)
-    from app.train_lm import PRESETS
+    from app.train.lm import PRESETS
 
     lm = LM(PRESETS["tiny"](tokenizer.vocab_size, 64, 4)).train()
     batch = WindowSampler(streams, 12, 24).batch(torch.Generator().manual_seed(0))
@@ -167,13 +168,13 @@ def test_lm_run_resumes_exactly(work: Path, lm_run: Path) -> None:
 
 def test_runs_log_memory_speed_and_held_out_figures(codec_run: Path, lm_run: Path) -> None:
     for run, figure in ((codec_run, "stoi"), (lm_run, "text_acc")):
-        rows = [json.loads(line) for line in (run / train.LOG).read_text().splitlines()]
+        rows = [json.loads(line) for line in (run / loop.LOG).read_text().splitlines()]
         steps = [row for row in rows if "loss" in row]
         assert all(row["peak_rss_gb"] > 0 and row["step_s"] > 0 for row in steps)
         assert steps[-1]["eta_s"] == 0
         held_out = [row["eval"] for row in rows if "eval" in row]
         assert held_out and all(figure in row for row in held_out)
-    codec_eval = [json.loads(line) for line in (codec_run / train.LOG).read_text().splitlines()]
+    codec_eval = [json.loads(line) for line in (codec_run / loop.LOG).read_text().splitlines()]
     used = [row["eval"]["codes_used"] for row in codec_eval if "eval" in row][-1]
     assert len(used) == 4 and all(n >= 1 for n in used)
 
@@ -214,7 +215,7 @@ def test_the_allocator_is_tuned_for_the_loop_only() -> None:
 
     if platform.libc_ver()[0] != "glibc":
         pytest.skip("mallopt is glibc's")
-    assert train.tune_allocator()
+    assert loop.tune_allocator()
 
 
 def test_trained_models_load_with_the_model_loaders_and_run_a_frame(
@@ -222,7 +223,7 @@ def test_trained_models_load_with_the_model_loaders_and_run_a_frame(
 ) -> None:
     config = lm_config_from_kyutai(json.loads((lm_run / "config.json").read_text()))
     lm = load_lm(lm_run / "lm.safetensors", config)
-    state = torch.load(lm_run / train.CHECKPOINT, weights_only=True)["model"]
+    state = torch.load(lm_run / loop.CHECKPOINT, weights_only=True)["model"]
     assert all(torch.equal(lm.state_dict()[k], v) for k, v in state.items())
 
     sizes = export(codec_run, lm_run, work / "tokenizer" / "tokenizer.model", work / "assets")
@@ -233,7 +234,7 @@ def test_trained_models_load_with_the_model_loaders_and_run_a_frame(
     assert files.lm_config == config
     assert files.codec_config == load_trained_codec(codec_run).config
     load_codec(files.codec_weights, files.codec_config)  # Kyutai-compatible names
-    model = load_assets(work / "assets", torch.device("cpu"))
+    model = bundled_model(torch.device("cpu"), folder=work / "assets")
     engine = Engine(model)
     for _ in range(3):
         result = engine.step(np.zeros(engine.frame_size, dtype=np.float32))
@@ -257,7 +258,9 @@ def test_demo_eval_reports_every_figure(
     assets = work / "assets"
     if not (assets / "config.json").is_file():
         export(codec_run, lm_run, work / "tokenizer" / "tokenizer.model", assets)
-    report = evaluate(load_assets(assets, torch.device("cpu")), work / "eval", 2, progress=False)
+    report = evaluate(
+        bundled_model(torch.device("cpu"), folder=assets), work / "eval", 2, progress=False
+    )
     assert set(report["figures"]) == set(FIGURES)
     assert report["counts"]["dialogues"] == 2 and report["counts"]["requests_answered"] > 0
     for name, value in report["figures"].items():
@@ -267,16 +270,16 @@ def test_demo_eval_reports_every_figure(
 
 
 def test_a_time_budget_becomes_a_fixed_number_of_steps(tmp_path: Path) -> None:
-    options = train.LoopOptions(steps=None, checkpoint_every=10**6, time_limit_s=None, minutes=0.01)
+    options = loop.LoopOptions(steps=None, checkpoint_every=10**6, time_limit_s=None, minutes=0.01)
     done_steps: list[int] = []
 
     def step(i: int) -> dict[str, float]:
         done_steps.append(i)
         return {"loss": 1.0}
 
-    total = train.train_loop(step, lambda done: None, 0, options, tmp_path, "test")
+    total = loop.train_loop(step, lambda done: None, 0, options, tmp_path, "test")
     assert options.steps is not None and options.steps % 100 == 0
-    assert total == options.steps == len(done_steps) >= train.PROBE_STEPS
-    resumed = train.LoopOptions(steps=None, checkpoint_every=1, time_limit_s=None, minutes=5.0)
-    train.resume_steps(resumed, {"steps": options.steps})
+    assert total == options.steps == len(done_steps) >= loop.PROBE_STEPS
+    resumed = loop.LoopOptions(steps=None, checkpoint_every=1, time_limit_s=None, minutes=5.0)
+    loop.resume_steps(resumed, {"steps": options.steps})
     assert resumed.steps == options.steps  # a resumed run keeps its schedule

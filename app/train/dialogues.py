@@ -14,7 +14,7 @@ must learn:
 Files, per dialogue: `NAME.wav`, stereo 24 kHz PCM 16, left = assistant, right = user (the
 recording layout), and `NAME.json` with the words of both speakers and their times in
 moshi-finetune's layout (`alignments`: [word, [start, end], speaker]) plus every turn's request,
-expected answers and times (what `app.demo_eval` scores). `manifest.jsonl` lists the files.
+expected answers and times (what `app.train.quality` scores). `manifest.jsonl` lists the files.
 
 `text_tokens` turns the assistant's timed words into the inner-monologue stream at 12.5 Hz as
 Moshi does: a word's tokens from the frame in which the word starts, one token per frame; PAD
@@ -35,8 +35,8 @@ import numpy as np
 import soundfile
 from tqdm import tqdm
 
-from . import dialogue_content as content
-from .dialogue_content import Split, Turn
+from . import content
+from .content import Split, Turn
 from .speech import SAMPLE_RATE, Utterance, speak
 
 log = logging.getLogger(__name__)

@@ -1,15 +1,5 @@
-"""`antiphon train data|tokenizer|codec|lm|export|eval`: everything that makes the demo model.
-
-    antiphon train data --out data/train --count 5000 --split train
-    antiphon train tokenizer --data data/train --out runs/tokenizer
-    antiphon train codec --data data/train --out runs/codec --device cuda --minutes 6
-    antiphon train lm --data data/train --codec runs/codec --tokenizer runs/tokenizer \\
-        --out runs/lm --device cuda --minutes 7
-    antiphon train export --codec runs/codec --lm runs/lm --tokenizer runs/tokenizer --out assets
-    antiphon train eval --assets assets --data data/eval
-
-(docs/demo-model.md has the exact sequence, seeds and expected times.) Also runnable without
-the rest of the app as `python -m app.train ...` (a training machine needs no sound devices).
+"""The training loop the codec and LM trainers share: seeding, the learning-rate schedule,
+resumable checkpoints, the step loop with its log, bf16 autocast and the allocator tuning.
 
 Runs are resumable: a run folder holds `checkpoint.pt` (weights, optimizer state, step and
 every random state), written every `--checkpoint-every` steps and when `--time-limit` is
@@ -31,9 +21,8 @@ import math
 import os
 import random
 import resource
-import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -42,15 +31,12 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from model.errors import AntiphonError, ConfigError
+from model.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
 CHECKPOINT = "checkpoint.pt"
 LOG = "log.jsonl"
-
-
-# --- shared by the trainers --------------------------------------------------------------------
 
 
 def device_from(name: str) -> torch.device:
@@ -335,59 +321,3 @@ def loop_options(args: argparse.Namespace) -> LoopOptions:
         progress=not args.no_progress,
         eval_every=args.eval_every,
     )
-
-
-# --- the command line ----------------------------------------------------------------------
-
-
-def _data(args: argparse.Namespace) -> int:
-    from .dialogues import generate
-
-    rows = generate(args.out, args.count, args.seed, args.split, args.workers)
-    hours = sum(row["duration"] for row in rows) / 3600
-    print(f"{len(rows)} dialogues ({hours:.2f} h) in {args.out}")
-    return 0
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from . import demo_eval, export, train_codec, train_lm, train_tokenizer
-
-    stages = parser.add_subparsers(dest="stage", required=True, metavar="STAGE")
-    data = stages.add_parser("data", help="generate synthetic dialogues (espeak-ng)")
-    data.add_argument("--out", type=Path, required=True, help="folder to write")
-    data.add_argument("--count", type=int, required=True, help="number of dialogues")
-    data.add_argument("--split", choices=("train", "eval"), default="train")
-    data.add_argument("--seed", type=int, default=0)
-    data.add_argument("--workers", type=int, default=os.cpu_count() or 1)
-    data.set_defaults(stage_handler=_data)
-    for name, module, text in (
-        ("tokenizer", train_tokenizer, "train the SentencePiece text tokenizer"),
-        ("codec", train_codec, "train the codec (Mimi architecture)"),
-        ("lm", train_lm, "train the LM (Moshi architecture) on the codec's tokens"),
-        ("export", export, "write the trained model into assets/ (safetensors + configs)"),
-        ("eval", demo_eval, "measure the demo model's quality figures on held-out dialogues"),
-    ):
-        sub = stages.add_parser(name, help=text)
-        module.add_arguments(sub)
-        sub.set_defaults(stage_handler=module.run)
-
-
-def run(args: argparse.Namespace) -> int:
-    return int(args.stage_handler(args))
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m app.train", description=__doc__)
-    parser.formatter_class = argparse.RawDescriptionHelpFormatter
-    add_arguments(parser)
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        return run(args)
-    except AntiphonError as exc:
-        print(f"antiphon train: {exc}", file=sys.stderr)
-        return 2
-
-
-if __name__ == "__main__":
-    sys.exit(main())

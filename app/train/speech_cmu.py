@@ -4,7 +4,7 @@ Why more than one synthesizer: a model that has heard only espeak-ng's formant s
 espeak-ng, not speech. Debian's `flite` (CMU's clustergen and diphone voices) and `festival`
 (diphone and HTS voices) render the same words with other ideas of a voice.
 
-Word timings, as `app.speech` gives them for espeak-ng (the inner monologue needs them):
+Word timings, as `app.train.espeak` gives them for espeak-ng (the inner monologue needs them):
 - flite prints every phone with its end time (`-psdur`) but not the words; each word's phones
   come from flite itself (`-ps` on the word alone, cached), and the sentence's phones are dealt
   out to the words in order. Where the counts disagree (flite's post-lexical rules changed a
@@ -33,7 +33,7 @@ import numpy as np
 import soundfile
 import soxr
 
-from .speech import SAMPLE_RATE, SpeechError, Utterance, Voice, Word, finish_utterance
+from .utterance import SAMPLE_RATE, SpeechError, Utterance, Voice, Word, finish_utterance
 
 _PAUSE = "pau"
 

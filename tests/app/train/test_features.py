@@ -2,8 +2,8 @@
 
 import numpy as np
 
-from app.audio_features import dtw_cost, mel_filterbank, mfcc
-from app.demo_eval import stoi
+from app.train.features import dtw_cost, mel_filterbank, mfcc
+from app.train.stoi import stoi
 
 
 def _speechlike(seconds: float, rate: int, seed: int) -> np.ndarray:

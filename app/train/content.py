@@ -3,7 +3,7 @@
 Domain: greetings and farewells, the assistant's name, arithmetic, counting, spelling a short
 word, yes/no questions about small facts. Each request is a `Turn`: what the user says, what the
 assistant answers, and `key`, the words that an answer must contain to be correct (what
-`app.demo_eval` checks the inner monologue for).
+`app.train.quality` checks the inner monologue for).
 
 The split is fixed in this file, so the same seed always gives the same data: phrasings marked
 for evaluation, arithmetic problems and counting ranges chosen by a fixed rule, and user voices

@@ -14,7 +14,9 @@ import shutil
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file
 
+from app.core.models import ASSETS
 from model.bundle import (
     CODEC_CONFIG_FILE,
     CODEC_FILE,
@@ -25,6 +27,11 @@ from model.bundle import (
     bundle_files,
     save_safetensors,
 )
+
+from .codec import CONFIG as CODEC_RUN_CONFIG
+from .codec import WEIGHTS as CODEC_RUN_WEIGHTS
+from .lm import CONFIG as LM_RUN_CONFIG
+from .lm import WEIGHTS as LM_RUN_WEIGHTS
 
 log = logging.getLogger(__name__)
 
@@ -45,13 +52,6 @@ def export(
     codec_dtype: torch.dtype = torch.float16,
 ) -> dict[str, int]:
     """Write the assets; returns each file's size in bytes."""
-    from safetensors.torch import load_file
-
-    from .train_codec import CONFIG as CODEC_RUN_CONFIG
-    from .train_codec import WEIGHTS as CODEC_RUN_WEIGHTS
-    from .train_lm import CONFIG as LM_RUN_CONFIG
-    from .train_lm import WEIGHTS as LM_RUN_WEIGHTS
-
     out.mkdir(parents=True, exist_ok=True)
     save_safetensors(load_file(str(lm_run / LM_RUN_WEIGHTS)), out / LM_FILE, lm_dtype)
     save_safetensors(load_file(str(codec_run / CODEC_RUN_WEIGHTS)), out / CODEC_FILE, codec_dtype)
@@ -71,8 +71,6 @@ def export(
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from app.core.models import ASSETS
-
     parser.add_argument("--codec", type=Path, required=True, help="codec run folder")
     parser.add_argument("--lm", type=Path, required=True, help="LM run folder")
     parser.add_argument("--tokenizer", type=Path, required=True, help="tokenizer.model")

@@ -5,9 +5,9 @@ from pathlib import Path
 
 import numpy as np
 
-from app.demo_eval import Session, _Renderings, score_dialogue, summarize
-from app.dialogues import ASSISTANT, generate, read_dialogue, read_manifest
-from tests.app.test_dialogues import require_espeak
+from app.train.dialogues import ASSISTANT, generate, read_dialogue, read_manifest
+from app.train.quality import Session, _Renderings, score_dialogue, summarize
+from tests.app.train.test_dialogues import require_espeak
 
 
 def test_the_recorded_assistant_scores_perfectly(tmp_path: Path) -> None:

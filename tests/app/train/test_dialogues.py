@@ -7,10 +7,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from app import dialogue_content as content
-from app.demo_eval import normalise
-from app.dialogues import ASSISTANT, USER, generate, read_dialogue, text_tokens
-from app.speech import SAMPLE_RATE, SpeechError, Voice, speak, synthesizer
+from app.train import content
+from app.train.dialogues import ASSISTANT, USER, generate, read_dialogue, text_tokens
+from app.train.quality import normalise
+from app.train.speech import SAMPLE_RATE, SpeechError, Voice, speak, synthesizer
 
 
 def require_espeak() -> None:

@@ -1,0 +1,79 @@
+"""`antiphon train data|tokenizer|codec|lm|export|eval`: everything that makes the demo model.
+
+    antiphon train data --out data/train --count 5000 --split train
+    antiphon train tokenizer --data data/train --out runs/tokenizer
+    antiphon train codec --data data/train --out runs/codec --device cuda --minutes 6
+    antiphon train lm --data data/train --codec runs/codec --tokenizer runs/tokenizer \\
+        --out runs/lm --device cuda --minutes 7
+    antiphon train export --codec runs/codec --lm runs/lm --tokenizer runs/tokenizer --out assets
+    antiphon train eval --assets assets --data data/eval
+
+(docs/demo-model.md has the exact sequence, seeds and expected times.) Also runnable without
+the rest of the app as `python -m app.train ...` (a training machine needs no sound devices).
+
+Runs are resumable (app/train/loop.py says how).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from model.errors import AntiphonError
+
+from . import codec, export, lm, quality, tokenizer
+from .dialogues import generate
+
+
+def _data(args: argparse.Namespace) -> int:
+    rows = generate(args.out, args.count, args.seed, args.split, args.workers)
+    hours = sum(row["duration"] for row in rows) / 3600
+    print(f"{len(rows)} dialogues ({hours:.2f} h) in {args.out}")
+    return 0
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+
+    stages = parser.add_subparsers(dest="stage", required=True, metavar="STAGE")
+    data = stages.add_parser("data", help="generate synthetic dialogues (espeak-ng)")
+    data.add_argument("--out", type=Path, required=True, help="folder to write")
+    data.add_argument("--count", type=int, required=True, help="number of dialogues")
+    data.add_argument("--split", choices=("train", "eval"), default="train")
+    data.add_argument("--seed", type=int, default=0)
+    data.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    data.set_defaults(stage_handler=_data)
+    for name, module, text in (
+        ("tokenizer", tokenizer, "train the SentencePiece text tokenizer"),
+        ("codec", codec, "train the codec (Mimi architecture)"),
+        ("lm", lm, "train the LM (Moshi architecture) on the codec's tokens"),
+        ("export", export, "write the trained model into assets/ (safetensors + configs)"),
+        ("eval", quality, "measure the demo model's quality figures on held-out dialogues"),
+    ):
+        sub = stages.add_parser(name, help=text)
+        module.add_arguments(sub)
+        sub.set_defaults(stage_handler=module.run)
+
+
+def run(args: argparse.Namespace) -> int:
+    return int(args.stage_handler(args))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m app.train", description=__doc__)
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return run(args)
+    except AntiphonError as exc:
+        print(f"antiphon train: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
