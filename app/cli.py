@@ -7,11 +7,13 @@ import logging
 import sys
 from collections.abc import Sequence
 
+from app.eval import cli as evaluate
+from app.run import offline
 from app.train import cli as train
 from audio_io.errors import AudioError
 from model.errors import AntiphonError
 
-from . import bench, evaluate, offline, serve, talk
+from . import bench, serve, talk
 
 
 def _devices(_args: argparse.Namespace) -> int:

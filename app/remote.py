@@ -38,9 +38,9 @@ from app.core.runtime import (
     AudioSource,
     CapturedFrame,
     CollectingSink,
-    ConversationSummary,
     RealClock,
 )
+from app.core.timing import Timings
 from app.wire.mqtt import BrokerSettings, add_broker_arguments, broker_from_args, call, make_client
 from app.wire.protocol import (
     FULL,
@@ -214,9 +214,8 @@ class RemoteTalkSession:
         self.grant: Grant | None = None
         # The node's audio format, once it has answered; `engine` because `_devices` reads it so.
         self.engine = AudioFormat(24000, 1920)
-        self.summary = ConversationSummary()
-        self.network_ms: list[float] = []  # round trip minus the node's time, per frame
-        self.node_ms: list[float] = []
+        # per frame: compute and latency, the node's time, the round trip minus the node's time
+        self.timings = Timings()
         self._sampling = sampling or SamplingParams()
         self._sampling_asked = sampling is not None
         self._muted = False
@@ -274,23 +273,10 @@ class RemoteTalkSession:
 
     def latency_report(self) -> dict[str, Any]:
         """Where the time goes: the conversation's figures plus the network's share."""
+        frame_duration = self.engine.frame_duration
+        return self.timings.summary(frame_duration, node=self.grant.node if self.grant else None)
 
-        def median(values: list[float]) -> float | None:
-            return float(np.median(values)) if values else None
-
-        figures: dict[str, Any] = dict(self.summary.as_dict(self.engine.frame_duration))
-        network, total = median(self.network_ms), median(self.summary.latency_ms)
-        figures.update(
-            network_ms_median=network,
-            network_ms_p99=float(np.percentile(self.network_ms, 99)) if self.network_ms else None,
-            node_ms_median=median(self.node_ms),
-            network_share=network / total if network is not None and total else None,
-            lost_frames=self._lost,
-            node=self.grant.node if self.grant else None,
-        )
-        return figures
-
-    async def run(self) -> ConversationSummary:
+    async def run(self) -> Timings:
         """Get a session, open the devices and converse until the source ends or cancellation."""
         # No last will: the node notices a vanished client by its silence (--session-timeout).
         client = make_client(self.broker, client_id=self.client_id)
@@ -314,7 +300,7 @@ class RemoteTalkSession:
         except aiomqtt.MqttError as exc:
             raise RemoteError(f"lost the broker at {self.broker.describe()}: {exc}") from exc
 
-    async def _converse(self, client: aiomqtt.Client, grant: Grant) -> ConversationSummary:
+    async def _converse(self, client: aiomqtt.Client, grant: Grant) -> Timings:
         loop = asyncio.get_running_loop()
         task = asyncio.current_task()
         assert task is not None
@@ -343,15 +329,18 @@ class RemoteTalkSession:
                     self.events.emit(ErrorEvent(self._elapsed(), -1, str(exc), fatal=True))
             finally:
                 self._lost += len(self._sent)
-                self.summary.dropped_input = self._lost
-                self.summary.sink_counters = dict(sink.counters())
+                counters = sink.counters()
+                self.timings.counters.update(
+                    dropped_input=self._lost,
+                    **{name: counters.get(name, 0) for name in ("underruns", "overruns", "xruns")},
+                )
                 self.stop_recording()
-                self.events.emit(StateEvent(self._elapsed(), self.summary.frames, "stopped"))
+                self.events.emit(StateEvent(self._elapsed(), self.timings.frames, "stopped"))
                 self._report()
                 if collected is not None:
                     write_wav(self.demo_out, collected.audio(), grant.sample_rate)
                     self.notice(f"wrote the reply to {self.demo_out}")
-        return self.summary
+        return self.timings
 
     @contextlib.contextmanager
     def _audio(
@@ -410,30 +399,27 @@ class RemoteTalkSession:
         node_ms = frame.node_us / 1000
         compute_ms = (frame.encode_us + frame.lm_us + frame.decode_us) / 1000
         latency = 1000 * (now - sent.capture_time + sink.buffered_seconds())
-        self.network_ms.append(1000 * (now - sent.send_time) - node_ms)
-        self.node_ms.append(node_ms)
-        self.summary.compute_ms.append(compute_ms)
-        self.summary.latency_ms.append(latency)
-        self.summary.frames += 1
+        self.timings.network_ms.append(1000 * (now - sent.send_time) - node_ms)
+        self.timings.node_ms.append(node_ms)
         counters = sink.counters()
-        self.events.emit(
-            FrameStats(
-                self._elapsed(),
-                self.summary.frames - 1,
-                encode_ms=frame.encode_us / 1000,
-                lm_ms=frame.lm_us / 1000,
-                decode_ms=frame.decode_us / 1000,
-                compute_ms=compute_ms,
-                real_time_factor=compute_ms / (1000 * self.engine.frame_duration),
-                dropped_input=self._lost,
-                underruns=counters.get("underruns", 0),
-                overruns=counters.get("overruns", 0),
-                xruns=counters.get("xruns", 0),
-                latency_ms=latency,
-                input_level_db=level_db(sent.pcm),
-                output_level_db=level_db(frame.pcm),
-            )
+        stats = FrameStats(
+            self._elapsed(),
+            self.timings.frames,
+            encode_ms=frame.encode_us / 1000,
+            lm_ms=frame.lm_us / 1000,
+            decode_ms=frame.decode_us / 1000,
+            compute_ms=compute_ms,
+            real_time_factor=compute_ms / (1000 * self.engine.frame_duration),
+            dropped_input=self._lost,
+            underruns=counters.get("underruns", 0),
+            overruns=counters.get("overruns", 0),
+            xruns=counters.get("xruns", 0),
+            latency_ms=latency,
+            input_level_db=level_db(sent.pcm),
+            output_level_db=level_db(frame.pcm),
         )
+        self.timings.add_stats(stats)
+        self.events.emit(stats)
 
     def _on_event(self, message: dict[str, Any]) -> None:
         event = _event_from(message)
@@ -448,13 +434,13 @@ class RemoteTalkSession:
 
     def _report(self) -> None:
         figures = self.latency_report()
-        if figures["network_ms_median"] is None:
+        if figures.get("network_ms") is None or figures.get("latency_ms") is None:
             return
         self.notice(
-            f"latency median {figures['latency_ms_median']:.0f} ms microphone to speaker: "
-            f"network {figures['network_ms_median']:.1f} ms "
+            f"latency median {figures['latency_ms']['median']:.0f} ms microphone to speaker: "
+            f"network {figures['network_ms']['median']:.1f} ms "
             f"({100 * (figures['network_share'] or 0):.0f} %), node "
-            f"{figures['node_ms_median']:.1f} ms; {self._lost} frames lost"
+            f"{figures['node_ms']['median']:.1f} ms; {self._lost} frames lost"
         )
 
 

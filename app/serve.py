@@ -412,7 +412,7 @@ class Server:
         for session in sessions:
             self.engine.close(session.slot)
             if session.recorder is not None:
-                session.recorder.close(session.summary())
+                session.recorder.close(session.summary(self.engine.frame_duration))
 
     async def _update_availability(self, client: aiomqtt.Client) -> None:
         """Take fleet requests only while a slot is free (a full node leaves the group)."""
@@ -471,14 +471,14 @@ class Server:
                     ),
                 )
                 with contextlib.suppress(AntiphonError, OSError, RuntimeError):
-                    recorder.close(session.summary())
+                    recorder.close(session.summary(self.engine.frame_duration))
         now = time.monotonic()
         publishing = []
         for session, arrival in batch:
             result = results[session.slot]
             index = session.frames
             session.frames += 1
-            session.compute_ms.append(result.compute_ms)
+            session.timings.add(result.compute_ms, result.encode_ms, result.lm_ms, result.decode_ms)
             if session.closed:
                 continue
             publishing.extend(self._reply(client, session, arrival, result, index, now))
@@ -509,7 +509,7 @@ class Server:
         now: float,
     ) -> list[Any]:
         node_us = 1e6 * (now - arrival.time)
-        session.node_ms.append(node_us / 1000)
+        session.timings.node_ms.append(node_us / 1000)
         reply = AudioFrame(
             arrival.frame.sequence,
             result.pcm,

@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from app.core.recording import Recorder
+from app.core.timing import Timings
 from app.wire.protocol import (
     DUPLICATE,
     INPUT_OVERFLOW,
@@ -53,8 +54,8 @@ class Session:
     frames: int = 0  # frames stepped so far: the session's frame index
     dropped: int = 0  # input frames dropped because the queue was full
     missing: int = 0  # sequence numbers skipped by the client (lost on the way, or never sent)
-    compute_ms: list[float] = field(default_factory=list)
-    node_ms: list[float] = field(default_factory=list)  # arrival -> reply handed to MQTT
+    # per frame: compute, and node_ms (its arrival to the reply handed to MQTT)
+    timings: Timings = field(default_factory=Timings)
     recorder: Recorder | None = None
     errors: Counter[str] = field(default_factory=Counter)
     _reported: dict[str, float] = field(default_factory=dict)
@@ -101,21 +102,15 @@ class Session:
         self._reported[code] = now
         return True
 
-    def summary(self) -> dict[str, Any]:
-        def pct(values: list[float], q: float) -> float | None:
-            return float(np.percentile(values, q)) if values else None
-
-        return {
-            "frames": self.frames,
-            "duration_s": self.elapsed,
-            "compute_ms_median": pct(self.compute_ms, 50),
-            "compute_ms_p99": pct(self.compute_ms, 99),
-            "node_ms_median": pct(self.node_ms, 50),
-            "node_ms_p99": pct(self.node_ms, 99),
-            "dropped_input_frames": self.dropped,
-            "missing_input_frames": self.missing,
-            "errors": dict(self.errors),
-        }
+    def summary(self, frame_duration: float) -> dict[str, Any]:
+        """The timing summary (app.core.timing) of the session so far, for its recording."""
+        self.timings.counters["dropped_input"] = self.dropped
+        return self.timings.summary(
+            frame_duration,
+            duration_s=self.elapsed,
+            missing_input=self.missing,
+            errors=dict(self.errors),
+        )
 
 
 @dataclass

@@ -28,11 +28,11 @@ from app.core.runtime import (
     CapturedFrame,
     CollectingSink,
     Conversation,
-    ConversationSummary,
     DropOldestQueue,
     PacedFileSource,
     RealClock,
 )
+from app.core.timing import Timings
 from audio_io.devices import DeviceInfo, Microphone, Speaker, find_device
 from audio_io.errors import AudioDeviceError
 from audio_io.files import write_wav
@@ -276,14 +276,14 @@ class TalkSession:
             return None
         if self._conversation is not None:
             self._conversation.recorder = None
-            recorder.close(self._conversation.summary.as_dict(self.engine.frame_duration))
+            recorder.close(self._conversation.timings.summary(self.engine.frame_duration))
         else:
             recorder.close()
         self.events.sinks.remove(recorder)
         self.recording_started = None
         return recorder.folder
 
-    async def run(self) -> ConversationSummary:
+    async def run(self) -> Timings:
         """Open the devices and converse until the source ends or the task is cancelled."""
         loop = asyncio.get_running_loop()
         task = asyncio.current_task()
@@ -387,24 +387,25 @@ async def _talk_in_terminal(session: TalkSession) -> int:
         file=sys.stderr,
     )
     run = asyncio.create_task(session.run())
-    summary: ConversationSummary | None
+    timings: Timings | None
     try:
-        summary = await asyncio.shield(run)
+        timings = await asyncio.shield(run)
     except asyncio.CancelledError:
         run.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await run
-        summary = session._conversation.summary if session._conversation else None
+        timings = session._conversation.timings if session._conversation else None
     finally:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
     print()
-    if summary is not None:
-        figures = summary.as_dict(session.engine.frame_duration)
+    if timings is not None:
+        figures = timings.summary(session.engine.frame_duration)
+        compute = figures.get("compute_ms") or {"median": 0.0}
         print(
             f"antiphon: {figures['frames']} frames, compute median "
-            f"{figures['compute_ms_median'] or 0:.1f} ms (real-time factor "
-            f"{figures['real_time_factor'] or 0:.2f}), {figures['dropped_input_frames']} "
+            f"{compute['median']:.1f} ms (real-time factor "
+            f"{figures.get('real_time_factor') or 0:.2f}), {timings.counters['dropped_input']} "
             "microphone frames dropped",
             file=sys.stderr,
         )

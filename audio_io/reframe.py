@@ -2,7 +2,8 @@
 
 A device delivers blocks of whatever size and rate it likes; the codec wants 24 kHz mono frames of
 exactly 1920 samples. `to_mono` mixes down, `StreamResampler` converts the rate block by block
-(its concatenated output equals resampling the whole signal at once), `Reframer` cuts frames.
+(its concatenated output equals resampling the whole signal at once), `Reframer` cuts frames;
+`resample` converts a whole signal to an exact length.
 """
 
 from __future__ import annotations
@@ -90,3 +91,14 @@ class StreamResampler:
         tail = self._stream.resample_chunk(np.zeros(0, dtype=np.float32), last=True)
         self._stream.clear()
         return tail
+
+
+def resample(audio: np.ndarray, from_rate: int, to_rate: int) -> np.ndarray:
+    """Whole-signal rate conversion (soxr, high quality, as `StreamResampler` does it) to exactly
+    round(len * to_rate / from_rate) samples."""
+    if from_rate == to_rate:
+        return audio
+    resampler = StreamResampler(from_rate, to_rate)
+    out = np.concatenate([resampler.process(audio), resampler.flush()])
+    length = round(len(audio) * to_rate / from_rate)
+    return np.pad(out[:length], (0, max(0, length - len(out))))

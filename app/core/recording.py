@@ -3,12 +3,12 @@
     folder/session.wav    stereo, 24 kHz, PCM 16: left = assistant, right = user, one frame clock
     folder/events.jsonl   one Event.to_json() per line, flushed per line
     folder/meta.json      model (files + sha256), sampling, seed, devices, versions, start time;
-                          rewritten atomically at close with the timing summary
+                          rewritten atomically at close with the timing summary (app.core.timing)
 
 with Recorder(folder, engine.format, model, sampling, devices={"inference": "cuda:0"}) as recorder:
     recorder.write_frame(reply_pcm, mic_pcm)   # once per 80 ms frame, float32 [1920] each
     recorder.emit(TextEvent(...))              # an EventSink
-    recorder.close(timing_summary(stats, frame_duration))
+    recorder.close(timings.summary(frame_duration))   # app.core.timing
 
 `model` is the LoadedModel (described by its files, hashed) or, for a conversation whose model
 runs elsewhere (`antiphon talk --remote`), the name the node gives it.
@@ -29,7 +29,6 @@ import logging
 import os
 import platform
 import threading
-from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -40,12 +39,13 @@ import torch
 from tqdm import tqdm
 
 from audio_io.files import write_wav
-from audio_io.reframe import StreamResampler
+from audio_io.reframe import resample
 from model import SamplingParams
 from model.errors import AntiphonError
 
 from .audio import AudioFormat
-from .events import Event, FrameStats
+from .events import Event
+from .files import FDB_INPUT, FDB_OUTPUT, write_json_atomically
 from .models import LoadedModel
 
 log = logging.getLogger(__name__)
@@ -118,7 +118,7 @@ class Recorder:
                 "versions": versions(),
                 "summary": None,
             }
-            _write_json_atomically(self.folder / META_FILE, self.meta)
+            write_json_atomically(self.folder / META_FILE, self.meta)
             self._events = open(self.folder / EVENTS_FILE, "w", encoding="utf-8")  # noqa: SIM115
             self._wav = soundfile.SoundFile(
                 wav_path, "w", self.sample_rate, 2, subtype="PCM_16", format="WAV"
@@ -175,42 +175,7 @@ class Recorder:
                 duration_s=self.frames * self.frame_duration,
                 summary=summary,
             )
-            _write_json_atomically(self.folder / META_FILE, self.meta)
-
-
-def timing_summary(
-    stats: Sequence[FrameStats], frame_duration: float, wall_s: float | None = None
-) -> dict[str, Any]:
-    """The latency/timing figures of a session, from its per-frame FrameStats."""
-    if not stats:
-        return {"frames": 0}
-    compute = np.array([s.compute_ms for s in stats])
-    frame_ms = 1000 * frame_duration
-    last = stats[-1]  # the queue counters are running totals
-    summary: dict[str, Any] = {
-        "frames": len(stats),
-        "frame_ms": frame_ms,
-        "median_compute_ms": float(np.median(compute)),
-        "p99_compute_ms": float(np.percentile(compute, 99)),
-        "max_compute_ms": float(compute.max()),
-        "median_encode_ms": float(np.median([s.encode_ms for s in stats])),
-        "median_lm_ms": float(np.median([s.lm_ms for s in stats])),
-        "median_decode_ms": float(np.median([s.decode_ms for s in stats])),
-        "real_time_factor": float(np.median(compute)) / frame_ms,
-        "frames_slower_than_real_time": int((compute > frame_ms).sum()),
-        "dropped_input": last.dropped_input,
-        "underruns": last.underruns,
-        "overruns": last.overruns,
-        "xruns": last.xruns,
-    }
-    latencies = [s.latency_ms for s in stats if s.latency_ms is not None]
-    if latencies:
-        summary["median_latency_ms"] = float(np.median(latencies))
-        summary["p99_latency_ms"] = float(np.percentile(latencies, 99))
-    if wall_s is not None:
-        summary["wall_s"] = wall_s
-        summary["wall_real_time_factor"] = wall_s / (len(stats) * frame_duration)
-    return summary
+            write_json_atomically(self.folder / META_FILE, self.meta)
 
 
 def parse_events(lines: list[str]) -> tuple[list[dict[str, Any]], list[int]]:
@@ -265,7 +230,7 @@ def export_fdb(
     same length and time-aligned, since they come from the two channels of one frame clock.
     """
     out_dir = Path(out_dir)
-    input_path, output_path = out_dir / "input.wav", out_dir / "output.wav"
+    input_path, output_path = out_dir / FDB_INPUT, out_dir / FDB_OUTPUT
     if not overwrite and (input_path.exists() or output_path.exists()):
         raise RecordingError(f"{out_dir} already has input.wav/output.wav; pass overwrite=True")
     recording = read_recording(recording_dir)
@@ -274,16 +239,6 @@ def export_fdb(
         audio = resample(channel, recording.sample_rate, sample_rate)
         write_wav(path, audio, sample_rate)
     return input_path, output_path
-
-
-def resample(audio: np.ndarray, from_rate: int, to_rate: int) -> np.ndarray:
-    """Whole-signal rate conversion to exactly round(len * to_rate / from_rate) samples."""
-    if from_rate == to_rate:
-        return audio
-    resampler = StreamResampler(from_rate, to_rate)
-    out = np.concatenate([resampler.process(audio), resampler.flush()])
-    length = round(len(audio) * to_rate / from_rate)
-    return np.pad(out[:length], (0, max(0, length - len(out))))
 
 
 def file_sha256(path: str | Path) -> str:
@@ -316,7 +271,7 @@ def file_sha256(path: str | Path) -> str:
     cache[key] = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sha256": sha}
     try:
         cache_path.parent.mkdir(parents=True, exist_ok=True)
-        _write_json_atomically(cache_path, cache)
+        write_json_atomically(cache_path, cache)
     except OSError as exc:  # a read-only home must not stop a recording
         log.warning("cannot update the hash cache %s: %s", cache_path, exc)
     return sha
@@ -387,12 +342,6 @@ def _read_hash_cache(path: Path) -> dict[str, Any]:
         log.warning("ignoring the unreadable hash cache %s: %s", path, exc)
         return {}
     return cache if isinstance(cache, dict) else {}
-
-
-def _write_json_atomically(path: Path, data: Any) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def _jsonable(data: Any) -> Any:

@@ -18,9 +18,10 @@ import asyncio
 import logging
 import statistics
 import time
+from collections import deque
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Generic, Protocol, TypeVar
 
 import numpy as np
@@ -30,6 +31,7 @@ from model import SamplingParams
 from .audio import level_db
 from .engine import Engine, StepResult
 from .events import ErrorEvent, EventSink, FrameStats, StateEvent, TextEvent
+from .timing import Timings
 
 log = logging.getLogger(__name__)
 
@@ -110,33 +112,6 @@ class DropOldestQueue(Generic[T]):
         return self._queue.qsize()
 
 
-@dataclass
-class ConversationSummary:
-    frames: int = 0
-    compute_ms: list[float] = field(default_factory=list)
-    latency_ms: list[float] = field(default_factory=list)
-    dropped_input: int = 0
-    dropped_output: int = 0
-    sink_counters: dict[str, int] = field(default_factory=dict)
-
-    def as_dict(self, frame_duration: float) -> dict[str, float | int | None]:
-        def pct(values: list[float], q: float) -> float | None:
-            return float(np.percentile(values, q)) if values else None
-
-        median = statistics.median(self.compute_ms) if self.compute_ms else None
-        return {
-            "frames": self.frames,
-            "compute_ms_median": median,
-            "compute_ms_p99": pct(self.compute_ms, 99),
-            "real_time_factor": None if median is None else median / (1000 * frame_duration),
-            "latency_ms_median": pct(self.latency_ms, 50),
-            "latency_ms_p99": pct(self.latency_ms, 99),
-            "dropped_input_frames": self.dropped_input,
-            "dropped_output_frames": self.dropped_output,
-            **self.sink_counters,
-        }
-
-
 class FrameRecorder(Protocol):
     def write_frame(self, assistant: np.ndarray, user: np.ndarray) -> None: ...
 
@@ -166,7 +141,8 @@ class Conversation:
         self.clock = clock or RealClock()
         self.recorder = recorder
         self.muted = False
-        self.summary = ConversationSummary()
+        self.timings = Timings()  # the frames played, and the queues' counters at the end
+        self._recent_ms: deque[float] = deque(maxlen=5)  # compute of the latest steps
         self._inputs: DropOldestQueue[CapturedFrame | None] = DropOldestQueue(input_queue_frames)
         self._outputs: DropOldestQueue[tuple[CapturedFrame, StepResult] | None] = DropOldestQueue(
             output_queue_frames
@@ -187,7 +163,7 @@ class Conversation:
     def elapsed(self) -> float:
         return self.clock.now() - self._start
 
-    async def run(self) -> ConversationSummary:
+    async def run(self) -> Timings:
         """Run until the source ends (or the task is cancelled); returns the figures."""
         self._start = self.clock.now()
         self.events.emit(StateEvent(0.0, 0, "started"))
@@ -206,11 +182,15 @@ class Conversation:
         finally:
             # A step still running finishes in its thread; wait so torch is idle at exit.
             torch_thread.shutdown(wait=True, cancel_futures=True)
-            self.summary.dropped_input = self._inputs.dropped
-            self.summary.dropped_output = self._outputs.dropped
-            self.summary.sink_counters = dict(self.sink.counters())
+            counters = self.sink.counters()
+            self.timings.counters.update(
+                dropped_input=self._inputs.dropped,
+                underruns=counters.get("underruns", 0),
+                overruns=counters.get("overruns", 0) + self._outputs.dropped,
+                xruns=counters.get("xruns", 0),
+            )
             self.events.emit(StateEvent(self.elapsed, self._frame, "stopped"))
-        return self.summary
+        return self.timings
 
     async def _capture(self) -> None:
         async for frame in self.source.frames():
@@ -242,7 +222,7 @@ class Conversation:
                     self.events.emit(TextEvent(now, self._frame, result.text_token, result.text))
                 if self.recorder is not None:
                     self.recorder.write_frame(result.pcm, pcm)
-                self.summary.compute_ms.append(result.compute_ms)
+                self._recent_ms.append(result.compute_ms)
                 self._report_if_slow(now)
                 self._outputs.put((frame, result))
                 self._frame += 1
@@ -253,7 +233,7 @@ class Conversation:
         """Warn (at most every 5 s) when the recent frames' median is over budget: one slow
         frame (a first step, a hiccup) is absorbed by the queues and is no news."""
         frame_ms = 1000 * self.engine.frame_duration
-        recent = statistics.median(self.summary.compute_ms[-5:])
+        recent = statistics.median(self._recent_ms)
         if recent > frame_ms and now - self._slow_reported_at > 5.0:
             self._slow_reported_at = now
             self.events.emit(
@@ -272,27 +252,25 @@ class Conversation:
             captured, result = item
             self.sink.play(result.pcm)
             latency = 1000 * (self.clock.now() - captured.time + self.sink.buffered_seconds())
-            self.summary.latency_ms.append(latency)
-            self.summary.frames += 1
             counters = self.sink.counters()
-            self.events.emit(
-                FrameStats(
-                    self.elapsed,
-                    self.summary.frames - 1,
-                    encode_ms=result.encode_ms,
-                    lm_ms=result.lm_ms,
-                    decode_ms=result.decode_ms,
-                    compute_ms=result.compute_ms,
-                    real_time_factor=result.compute_ms / frame_ms,
-                    dropped_input=self._inputs.dropped,
-                    underruns=counters.get("underruns", 0),
-                    overruns=counters.get("overruns", 0) + self._outputs.dropped,
-                    xruns=counters.get("xruns", 0),
-                    latency_ms=latency,
-                    input_level_db=level_db(captured.pcm),
-                    output_level_db=level_db(result.pcm),
-                )
+            stats = FrameStats(
+                self.elapsed,
+                self.timings.frames,
+                encode_ms=result.encode_ms,
+                lm_ms=result.lm_ms,
+                decode_ms=result.decode_ms,
+                compute_ms=result.compute_ms,
+                real_time_factor=result.compute_ms / frame_ms,
+                dropped_input=self._inputs.dropped,
+                underruns=counters.get("underruns", 0),
+                overruns=counters.get("overruns", 0) + self._outputs.dropped,
+                xruns=counters.get("xruns", 0),
+                latency_ms=latency,
+                input_level_db=level_db(captured.pcm),
+                output_level_db=level_db(result.pcm),
             )
+            self.timings.add_stats(stats)
+            self.events.emit(stats)
 
 
 class PacedFileSource:

@@ -18,7 +18,6 @@ import ctypes.util
 import json
 import logging
 import math
-import os
 import random
 import resource
 import time
@@ -31,6 +30,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from app.core.files import write_atomically
 from model.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -84,9 +84,8 @@ def save_checkpoint(
         "data_rng": data_generator.get_state(),
         "extra": extra or {},
     }
-    tmp = path.with_suffix(".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)  # a run killed while saving keeps the previous checkpoint
+    # a run killed while saving keeps the previous checkpoint
+    write_atomically(path, lambda tmp: torch.save(state, tmp))
 
 
 def load_checkpoint(

@@ -45,6 +45,7 @@ import torch
 from tqdm import tqdm
 
 from app.core.engine import Engine
+from app.core.files import FDB_INPUT, FDB_OUTPUT
 from app.core.models import ASSETS, LoadedModel, bundled_model
 from audio_io.files import write_wav
 from model.codec import Codec
@@ -310,8 +311,8 @@ def summarize(results: list[dict], stois: list[float]) -> dict[str, Any]:
 def write_fdb(folder: Path, user: np.ndarray, assistant: np.ndarray) -> None:
     """One run in Full-Duplex-Bench's layout, for `antiphon eval`."""
     folder.mkdir(parents=True, exist_ok=True)
-    write_wav(folder / "input.wav", user, SAMPLE_RATE)
-    write_wav(folder / "output.wav", assistant, SAMPLE_RATE)
+    write_wav(folder / FDB_INPUT, user, SAMPLE_RATE)
+    write_wav(folder / FDB_OUTPUT, assistant, SAMPLE_RATE)
 
 
 def evaluate(

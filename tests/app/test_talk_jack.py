@@ -86,7 +86,7 @@ def test_talk_records_every_frame_and_plays_the_reply(
     assert rate == 24000 and audio.shape[1] == 2
     frames = len(audio) // 1920
     assert summary["frames"] == frames == meta["frames"]
-    assert summary["dropped_input_frames"] == 0  # every captured frame was processed
+    assert summary["dropped_input"] == 0  # every captured frame was processed
     assert frames * 0.08 > len(speech) / 24000 + 1.0
 
     # The user channel holds the utterance as the JACK peer spoke it.

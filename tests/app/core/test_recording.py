@@ -30,7 +30,6 @@ from app.core.recording import (
     file_sha256,
     hash_cache_path,
     read_recording,
-    timing_summary,
 )
 from model import ModelFiles, SamplingParams
 
@@ -246,19 +245,3 @@ def test_export_fdb(tmp_path: Path, model: LoadedModel, sample_rate: int) -> Non
     assert abs(np.argmax(np.abs(assistant)) - (4 * F + 960) * scale) <= 1
     with pytest.raises(RecordingError, match="already has"):
         export_fdb(tmp_path / "rec", tmp_path / "fdb", sample_rate)
-
-
-def test_timing_summary() -> None:
-    stats = [
-        FrameStats(t * 0.08, t, 1.0, 2.0, 1.0, ms, ms / 80, underruns=t // 5)
-        for t, ms in enumerate([4.0] * 9 + [100.0])
-    ]
-    summary = timing_summary(stats, 0.08, wall_s=1.6)
-    assert summary["frames"] == 10
-    assert summary["median_compute_ms"] == 4.0
-    assert 4.0 < summary["p99_compute_ms"] <= 100.0 == summary["max_compute_ms"]
-    assert summary["real_time_factor"] == pytest.approx(0.05)
-    assert summary["frames_slower_than_real_time"] == 1
-    assert summary["underruns"] == 1  # a running total: the last frame's value
-    assert summary["wall_real_time_factor"] == pytest.approx(2.0)
-    assert timing_summary([], 0.08) == {"frames": 0}

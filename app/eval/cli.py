@@ -25,11 +25,12 @@ from typing import Any
 
 from tqdm import tqdm
 
+from app.core.timing import Timings, distribution
 from audio_io.errors import AudioError
 
-from . import metrics, timeline, vad
-from .eval_folders import Conversation, EvaluationError, Found, find_conversations, load
-from .metrics import Segment, TurnEvent, TurnRules
+from . import fdb, monologue, timeline, turns, vad
+from .folders import Conversation, EvaluationError, Found, find_conversations, load
+from .turns import Segment, TurnEvent, TurnRules
 
 REPORT_FILE = "eval.json"
 TIMELINE_FILE = "timeline.png"
@@ -115,32 +116,39 @@ def evaluate(item: Found, conversation: Conversation, rules: TurnRules) -> Evalu
     duration = len(c.assistant) / c.sample_rate
     assistant = vad.speech_segments(c.assistant, c.sample_rate)
     user = vad.speech_segments(c.user, c.sample_rate)
-    events = metrics.turn_events(user, assistant, c.pieces, duration, rules)
-    backchannels = metrics.assistant_backchannels(assistant, c.pieces, rules)
+    events = turns.turn_events(user, assistant, c.pieces, duration, rules)
+    backchannels = turns.assistant_backchannels(assistant, c.pieces, rules)
     report: dict[str, Any] = {
         "path": str(item.path),
         "name": item.name,
         "kind": item.kind,
         "category": item.category,
-        "speech": metrics.speech_summary(assistant, user, duration),
-        "turns": metrics.summarize_turns(events),
+        "speech": turns.speech_summary(assistant, user, duration),
+        "turns": turns.summarize_turns(events),
         "assistant_backchannels": backchannels,
         "assistant_backchannels_per_min": 60 * backchannels / duration if duration else None,
         "words_from": "inner monologue" if c.pieces is not None else "none: duration rule only",
         "fdb": _fdb(item.category, assistant, user, c, duration, rules),
         "monologue": (
-            metrics.monologue(c.pieces, assistant, duration, c.frame_duration, rules)
+            monologue.monologue(c.pieces, assistant, duration, c.frame_duration, rules)
             if c.pieces is not None
             else None
         ),
-        "runtime": metrics.runtime(c.frames, c.frame_duration),
+        "runtime": runtime(c.frames, c.frame_duration),
         "runtime_errors": [e.get("message", "") for e in c.errors],
         "segments": {"assistant": _rounded(assistant), "user": _rounded(user)},
-        "turn_events": metrics.events_as_dicts(events),
+        "turn_events": turns.events_as_dicts(events),
         "warnings": c.warnings,
     }
     compute = [f["compute_ms"] for f in c.frames if isinstance(f.get("compute_ms"), int | float)]
     return Evaluated(item, report, events, compute)
+
+
+def runtime(frames: Sequence[dict[str, Any]], frame_duration: float) -> dict[str, Any] | None:
+    """The runtime's own figures from events.jsonl's frame events: the timing summary every
+    recording's meta.json holds (app.core.timing), recomputed; None without frame events."""
+    timings = Timings.from_events(frames)
+    return timings.summary(frame_duration) if timings.frames else None
 
 
 def _fdb(
@@ -151,25 +159,25 @@ def _fdb(
     duration: float,
     rules: TurnRules,
 ) -> dict[str, Any] | None:
-    if category == metrics.PAUSE_HANDLING:
-        return metrics.fdb_pause_handling(assistant, c.pieces, rules)
-    if category == metrics.BACKCHANNEL:
-        return metrics.fdb_backchannel(assistant, c.pieces, duration, rules)
-    if category == metrics.SMOOTH_TURN_TAKING:
+    if category == fdb.PAUSE_HANDLING:
+        return fdb.fdb_pause_handling(assistant, c.pieces, rules)
+    if category == fdb.BACKCHANNEL:
+        return fdb.fdb_backchannel(assistant, c.pieces, duration, rules)
+    if category == fdb.SMOOTH_TURN_TAKING:
         user_end = c.user_end if c.user_end is not None else (user[-1][1] if user else None)
         if user_end is None:
             c.warnings.append("smooth turn-taking: no user speech found, no latency")
             return None
-        return metrics.fdb_smooth_turn_taking(assistant, c.pieces, user_end, rules)
-    if category == metrics.USER_INTERRUPTION:
+        return fdb.fdb_smooth_turn_taking(assistant, c.pieces, user_end, rules)
+    if category == fdb.USER_INTERRUPTION:
         interruption = c.interruption
         if interruption is None:
-            stretches = metrics.merge(user, rules.min_pause_s)
+            stretches = turns.merge(user, rules.min_pause_s)
             if not stretches:
                 c.warnings.append("user interruption: no user speech found")
                 return None
             interruption = stretches[-1]  # the interruption is the user's last stretch of speech
-        return metrics.fdb_user_interruption(assistant, c.pieces, interruption, rules)
+        return fdb.fdb_user_interruption(assistant, c.pieces, interruption, rules)
     return None
 
 
@@ -180,15 +188,15 @@ def aggregate(done: Sequence[Evaluated], rules: TurnRules) -> dict[str, Any]:
         for key in ("duration_s", "assistant_s", "user_s", "overlap_s", "silence_s")
     }
     events = [e for r in done for e in r.turn_events]
-    fdb = {}
-    for category in metrics.FDB_CATEGORIES:
+    by_category = {}
+    for category in fdb.FDB_CATEGORIES:
         results = [
             r.report["fdb"]
             for r in done
             if r.report["category"] == category and r.report["fdb"] is not None
         ]
         if results:
-            fdb[category] = metrics.summarize_fdb(category, results)
+            by_category[category] = fdb.summarize_fdb(category, results)
     compute = [c for r in done for c in r.compute_ms]
     monologues = [(r.report["monologue"], r.report["speech"]["duration_s"]) for r in done]
     monologues = [(m, d) for m, d in monologues if m is not None]
@@ -196,10 +204,10 @@ def aggregate(done: Sequence[Evaluated], rules: TurnRules) -> dict[str, Any]:
     return {
         "recordings": len(done),
         "speech": totals,
-        "turns": metrics.summarize_turns(events),
-        "fdb": fdb,
+        "turns": turns.summarize_turns(events),
+        "fdb": by_category,
         "tokens_per_s": sum(m["pieces"] for m, _ in monologues) / with_text if with_text else None,
-        "compute_ms": metrics.distribution(compute) if compute else None,
+        "compute_ms": distribution(compute) if compute else None,
         "underruns": sum((r.report["runtime"] or {}).get("underruns", 0) for r in done),
     }
 
@@ -240,7 +248,7 @@ def _write_json(path: Path, data: Any) -> None:
 
 def _title(item: Found, report: dict[str, Any]) -> str:
     parts = [item.name]
-    end = report["turns"][metrics.END_OF_TURN]
+    end = report["turns"][turns.END_OF_TURN]
     if end["latency_median_s"] is not None:
         parts.append(f"response latency {end['latency_median_s']:.2f} s")
     parts.append(f"overlap {report['speech']['overlap_s']:.1f} s")
@@ -253,7 +261,7 @@ def _marks(events: Sequence[TurnEvent]) -> list[tuple[float, float, str]]:
     """Response latencies (user's end -> assistant's onset) and interruption stop latencies."""
     marks = []
     for e in events:
-        if e.latency is not None and e.kind in (metrics.END_OF_TURN, metrics.INTERRUPTION):
+        if e.latency is not None and e.kind in (turns.END_OF_TURN, turns.INTERRUPTION):
             marks.append((e.user_end, e.user_end + e.latency, f"{e.latency:.2f} s"))
         if e.stop_latency is not None:
             marks.append(
@@ -276,8 +284,8 @@ def format_report(done: Sequence[Evaluated], summary: dict[str, Any]) -> str:
     ]  # fmt: skip
     for r in done:
         rep = r.report
-        speech, turns = rep["speech"], rep["turns"]
-        end, pause = turns[metrics.END_OF_TURN], turns[metrics.PAUSE]
+        speech, by_kind = rep["speech"], rep["turns"]
+        end, pause = by_kind[turns.END_OF_TURN], by_kind[turns.PAUSE]
         runtime, mono = rep["runtime"], rep["monologue"]
         rows.append(
             [
@@ -286,10 +294,10 @@ def format_report(done: Sequence[Evaluated], summary: dict[str, Any]) -> str:
                 f"{speech['assistant_s']:.1f}",
                 f"{speech['user_s']:.1f}",
                 f"{speech['overlap_s']:.2f}",
-                _ratio(r.turn_events, metrics.END_OF_TURN),
+                _ratio(r.turn_events, turns.END_OF_TURN),
                 _seconds(end["latency_median_s"]),
-                _ratio(r.turn_events, metrics.PAUSE) if pause["count"] else "-",
-                _seconds(turns[metrics.INTERRUPTION]["stop_latency_median_s"]),
+                _ratio(r.turn_events, turns.PAUSE) if pause["count"] else "-",
+                _seconds(by_kind[turns.INTERRUPTION]["stop_latency_median_s"]),
                 f"{mono['tokens_per_s']:.1f}" if mono and mono["tokens_per_s"] is not None else "-",
                 f"{runtime['real_time_factor']:.2f}" if runtime else "-",
             ]
@@ -309,7 +317,7 @@ def format_report(done: Sequence[Evaluated], summary: dict[str, Any]) -> str:
         "",
     ]
     turn_rows = [["turn-taking", "count", "turn-over", "latency med", "latency mean", "stop med"]]
-    for kind in metrics.TURN_KINDS:
+    for kind in turns.TURN_KINDS:
         entry = summary["turns"][kind]
         turn_rows.append(
             [

@@ -23,12 +23,12 @@ from typing import Any
 import numpy as np
 import soundfile
 
+from app.core.files import FDB_INPUT, FDB_OUTPUT, TEXT_SUFFIX, read_text
 from app.core.recording import EVENTS_FILE, META_FILE, SESSION_WAV, parse_events
 from model.errors import AntiphonError
 
-from . import metrics
-from .metrics import Piece, Segment
-from .offline import FDB_INPUT, FDB_OUTPUT, TEXT_SUFFIX, read_text
+from . import fdb
+from .turns import Piece, Segment
 
 RECORDING_FILES = (SESSION_WAV, EVENTS_FILE, META_FILE)
 DEFAULT_SAMPLE_RATE = 24000
@@ -116,15 +116,15 @@ def fdb_category(parts: Sequence[str]) -> str | None:
     for part in reversed(parts):
         name = part.lower().replace("-", "_").replace(" ", "_")
         if "interrupt" in name:
-            return metrics.USER_INTERRUPTION
+            return fdb.USER_INTERRUPTION
         if "turn_taking" in name:
-            return metrics.SMOOTH_TURN_TAKING
+            return fdb.SMOOTH_TURN_TAKING
         if "pause" in name:
-            return metrics.PAUSE_HANDLING
+            return fdb.PAUSE_HANDLING
         if "user_backchannel" in name:
             return None  # v1.5's: the user backchannels; no v1 category (generic metrics only)
         if "backchannel" in name:
-            return metrics.BACKCHANNEL
+            return fdb.BACKCHANNEL
     return None
 
 
@@ -260,10 +260,10 @@ def load_fdb(folder: Path) -> Conversation:
 def _read_annotations(folder: Path, category: str | None, conversation: Conversation) -> None:
     """FDB's turn_taking.json (user's end of turn) and interrupt.json / v1.5 metadata.json."""
     try:
-        if category == metrics.SMOOTH_TURN_TAKING and (folder / "turn_taking.json").is_file():
+        if category == fdb.SMOOTH_TURN_TAKING and (folder / "turn_taking.json").is_file():
             data = json.loads((folder / "turn_taking.json").read_text(encoding="utf-8"))
             conversation.user_end = float(data[0]["timestamp"][0])
-        elif category == metrics.USER_INTERRUPTION:
+        elif category == fdb.USER_INTERRUPTION:
             for name in ("interrupt.json", "metadata.json"):
                 if (folder / name).is_file():
                     data = json.loads((folder / name).read_text(encoding="utf-8"))

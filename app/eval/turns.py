@@ -1,9 +1,10 @@
-"""Full-duplex metrics: pure functions on speech segments, inner-monologue pieces and frame figures.
+"""Turn-taking: pure functions on speech segments and the inner monologue's pieces.
 
-Inputs are what `app.vad` and a recording give: speech segments `(start_s, end_s)` per channel,
-sorted and disjoint; the inner monologue as `Piece(time_s, text)`; events.jsonl's frame events
-as dicts. Nothing here reads files or runs a model. docs/evaluation.md says what each number
-means and how it relates to Full-Duplex-Bench (FDB).
+Inputs are what `app.eval.vad` and a recording give: speech segments `(start_s, end_s)` per
+channel, sorted and disjoint, and the inner monologue as `Piece(time_s, text)`. Nothing here
+reads files or runs a model. docs/evaluation.md says what each number means; `app.eval.fdb`
+scores Full-Duplex-Bench's categories with the same rule, `app.eval.monologue` the text against
+the audio.
 
 The one rule FDB uses everywhere: the assistant *takes the turn* when what it says spans at least
 1 s, or has more than 3 words. Words come from the inner monologue when there is one; without it
@@ -12,7 +13,6 @@ the rule is the duration alone.
 
 from __future__ import annotations
 
-import math
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
@@ -27,13 +27,6 @@ END_OF_TURN = "end_of_turn"
 INTERRUPTION = "interruption"
 USER_BACKCHANNEL = "user_backchannel"
 TURN_KINDS = (END_OF_TURN, PAUSE, INTERRUPTION, USER_BACKCHANNEL)
-
-# Full-Duplex-Bench v1's four categories, named as its evaluation scripts name them
-PAUSE_HANDLING = "pause_handling"
-BACKCHANNEL = "backchannel"
-SMOOTH_TURN_TAKING = "smooth_turn_taking"
-USER_INTERRUPTION = "user_interruption"
-FDB_CATEGORIES = (PAUSE_HANDLING, BACKCHANNEL, SMOOTH_TURN_TAKING, USER_INTERRUPTION)
 
 _TOKEN_ID = re.compile(r"<\d+>")  # what a model without tokenizer writes for a text token
 
@@ -141,7 +134,7 @@ def takes_turn(span_s: float, words: int | None, rules: TurnRules) -> bool:
     return span_s >= rules.min_turn_s or (words is not None and words > rules.max_short_words)
 
 
-def _response(
+def assistant_response(
     stretches: Sequence[Segment], pieces: Sequence[Piece] | None, rules: TurnRules
 ) -> tuple[bool, float, int | None]:
     """(takes the turn, span, words) of the assistant's speech `stretches` (possibly none)."""
@@ -201,13 +194,13 @@ def turn_events(
         if talking is not None and short[i]:
             following = [s for s, _ in user_stretches if s > u_start] + [duration]
             after = clip(stretches, u_end, following[0])
-            took, span, words = _response(after, pieces, rules)
+            took, span, words = assistant_response(after, pieces, rules)
             events.append(
                 TurnEvent(USER_BACKCHANNEL, u_start, u_end, took, None, None, span, words)
             )
             continue
         response = [a for a in stretches if u_start < a[0] < window_end and a[1] > u_end]
-        took, span, words = _response(response, pieces, rules)
+        took, span, words = assistant_response(response, pieces, rules)
         latency = max(0.0, response[0][0] - u_end) if took else None
         if talking is not None:
             kind = INTERRUPTION
@@ -234,7 +227,7 @@ def assistant_backchannels(
     """Stretches of assistant speech too short to be a turn (< 1 s and at most 3 words)."""
     rules = rules or TurnRules()
     return sum(
-        not _response([stretch], pieces, rules)[0]
+        not assistant_response([stretch], pieces, rules)[0]
         for stretch in merge(assistant, rules.min_pause_s)
     )
 
@@ -246,13 +239,13 @@ def summarize_turns(events: Sequence[TurnEvent]) -> dict[str, dict[str, Any]]:
         chosen = [e for e in events if e.kind == kind]
         entry: dict[str, Any] = {
             "count": len(chosen),
-            "turn_over_rate": _mean([float(e.took_turn) for e in chosen]),
+            "turn_over_rate": mean_or_none([float(e.took_turn) for e in chosen]),
         }
         if kind in (END_OF_TURN, INTERRUPTION):
-            entry.update(_stats("latency", [e.latency for e in chosen]))
+            entry.update(median_and_mean("latency", [e.latency for e in chosen]))
         if kind == INTERRUPTION:
-            entry.update(_stats("stop_latency", [e.stop_latency for e in chosen]))
-            entry["stopped_in_time_rate"] = _mean(
+            entry.update(median_and_mean("stop_latency", [e.stop_latency for e in chosen]))
+            entry["stopped_in_time_rate"] = mean_or_none(
                 [
                     float(
                         e.stop_latency is not None and e.stop_latency <= e.user_end - e.user_start
@@ -268,201 +261,16 @@ def events_as_dicts(events: Sequence[TurnEvent]) -> list[dict[str, Any]]:
     return [asdict(e) for e in events]
 
 
-# --- Full-Duplex-Bench v1 categories ---------------------------------------------------------
-
-
-def fdb_pause_handling(
-    assistant: Sequence[Segment], pieces: Sequence[Piece] | None, rules: TurnRules | None = None
-) -> dict[str, Any]:
-    """TOR over the whole output: did the assistant take the turn at all (lower is better)."""
-    rules = rules or TurnRules()
-    took, span, words = _response(assistant, pieces, rules)
-    return {"turn_over": int(took), "response_s": span, "words": words}
-
-
-def fdb_backchannel(
-    assistant: Sequence[Segment],
-    pieces: Sequence[Piece] | None,
-    duration: float,
-    rules: TurnRules | None = None,
-) -> dict[str, Any]:
-    """FDB's backchannel rule per VAD segment of the output.
-
-    A segment under 1 s with at most 2 words is a backchannel; any other is a turn. TOR is 1
-    when any segment is a turn; frequency is backchannels per second of the recording.
-    """
-    rules = rules or TurnRules()
-    turns = backchannels = 0
-    for start, end in assistant:
-        words = count_words(pieces, start, end, rules.text_lead_s)
-        # FDB's chain (longer than 3 s; else more than 3 words; else 1 s or more; else more
-        # than 2 words) comes down to this
-        is_turn = end - start >= rules.min_turn_s or (words is not None and words > 2)
-        turns += is_turn
-        backchannels += not is_turn
-    return {
-        "turn_over": int(turns > 0),
-        "backchannels": backchannels,
-        "backchannel_per_s": backchannels / duration if duration > 0 else None,
-    }
-
-
-def fdb_smooth_turn_taking(
-    assistant: Sequence[Segment],
-    pieces: Sequence[Piece] | None,
-    user_end: float,
-    rules: TurnRules | None = None,
-) -> dict[str, Any]:
-    """TOR over the whole output (higher is better); latency from `user_end` to its first onset."""
-    rules = rules or TurnRules()
-    took, span, words = _response(assistant, pieces, rules)
-    latency = max(0.0, assistant[0][0] - user_end) if took else None
-    return {"turn_over": int(took), "latency_s": latency, "user_end_s": user_end, "words": words}
-
-
-def fdb_user_interruption(
-    assistant: Sequence[Segment],
-    pieces: Sequence[Piece] | None,
-    interruption: Segment,
-    rules: TurnRules | None = None,
-) -> dict[str, Any]:
-    """After the user's interruption [start, end]: TOR and latency of the output after `end`
-    (FDB crops the output there, so speech still going counts, at latency 0), and how long the
-    assistant went on speaking after the interruption began (stop latency; None if it was silent
-    at that moment)."""
-    rules = rules or TurnRules()
-    start, end = interruption
-    after = clip(assistant, end, math.inf)
-    took, span, words = _response(after, pieces, rules)
-    talking = next((a for a in merge(assistant, rules.min_pause_s) if a[0] <= start < a[1]), None)
-    return {
-        "turn_over": int(took),
-        "latency_s": max(0.0, after[0][0] - end) if took else None,
-        "stop_latency_s": talking[1] - start if talking is not None else None,
-        "interruption_s": [start, end],
-        "words": words,
-    }
-
-
-def summarize_fdb(category: str, results: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """FDB's aggregate for one category: means over samples, latency over those with TOR 1."""
-    summary: dict[str, Any] = {
-        "samples": len(results),
-        "turn_over_rate": _mean([r["turn_over"] for r in results]),
-    }
-    if category in (SMOOTH_TURN_TAKING, USER_INTERRUPTION):
-        latencies = [r["latency_s"] for r in results if r["latency_s"] is not None]
-        summary["latency_mean_s"] = _mean(latencies)
-    if category == USER_INTERRUPTION:
-        summary.update(_stats("stop_latency", [r["stop_latency_s"] for r in results]))
-    if category == BACKCHANNEL:
-        summary["backchannel_per_s_mean"] = _mean(
-            [r["backchannel_per_s"] for r in results if r["backchannel_per_s"] is not None]
-        )
-    return summary
-
-
-# --- the inner monologue against the audio ---------------------------------------------------
-
-
-def monologue(
-    pieces: Sequence[Piece],
-    assistant: Sequence[Segment],
-    duration: float,
-    frame_duration: float,
-    rules: TurnRules | None = None,
-) -> dict[str, Any]:
-    """Text tokens per second, and how text and the assistant's speech line up, on frames.
-
-    text_while_silent: share of frames with text where the assistant is silent (no speech
-    within `text_lead_s`: the text may run a little ahead of the audio).
-    speech_without_text: share of the assistant's speech frames with no text within
-    `text_cover_s` (text is sparse, one piece per word or less, hence the window).
-    """
-    rules = rules or TurnRules()
-    frames = max(1, math.ceil(duration / frame_duration))
-    centers = (np.arange(frames) + 0.5) * frame_duration
-    speech = np.zeros(frames, dtype=bool)
-    for start, end in assistant:
-        speech |= (centers >= start) & (centers < end)
-    text = np.zeros(frames, dtype=bool)
-    for piece in pieces:
-        text[min(frames - 1, max(0, int(piece.time / frame_duration)))] = True
-    near_speech = _dilate(speech, math.ceil(rules.text_lead_s / frame_duration))
-    near_text = _dilate(text, math.ceil(rules.text_cover_s / frame_duration))
-    words = count_words(pieces, -math.inf, math.inf, 0.0) or 0
-    return {
-        "pieces": len(pieces),
-        "words": words,
-        "tokens_per_s": len(pieces) / duration if duration > 0 else None,
-        "text_frames": int(text.sum()),
-        "text_while_silent": _share(text & ~near_speech, text),
-        "speech_without_text": _share(speech & ~near_text, speech),
-    }
-
-
-def _dilate(mask: np.ndarray, radius: int) -> np.ndarray:
-    if radius <= 0:
-        return mask.copy()
-    kernel = np.ones(2 * radius + 1)
-    return np.convolve(mask.astype(float), kernel, mode="same") > 0
-
-
-def _share(part: np.ndarray, whole: np.ndarray) -> float | None:
-    n = int(whole.sum())
-    return float(part.sum()) / n if n else None
-
-
-# --- the runtime's own figures ---------------------------------------------------------------
-
-
-def distribution(values: Sequence[float]) -> dict[str, float]:
-    data = np.asarray(values, dtype=float)
-    return {
-        "mean": float(data.mean()),
-        "median": float(np.median(data)),
-        "p90": float(np.percentile(data, 90)),
-        "p99": float(np.percentile(data, 99)),
-        "max": float(data.max()),
-    }
-
-
-def runtime(frames: Sequence[dict[str, Any]], frame_duration: float) -> dict[str, Any] | None:
-    """From events.jsonl's frame events: compute time, real-time factor, queue health, latency.
-
-    The queue counters (underruns, ...) are running totals, so the largest value is the count.
-    """
-    compute = [f["compute_ms"] for f in frames if isinstance(f.get("compute_ms"), int | float)]
-    if not compute:
-        return None
-    frame_ms = 1000 * frame_duration
-    summary: dict[str, Any] = {
-        "frames": len(compute),
-        "frame_ms": frame_ms,
-        "compute_ms": distribution(compute),
-        "real_time_factor": float(np.median(compute)) / frame_ms,
-        "frames_slower_than_real_time": int(sum(c > frame_ms for c in compute)),
-    }
-    for part in ("encode_ms", "lm_ms", "decode_ms"):
-        values = [f[part] for f in frames if isinstance(f.get(part), int | float)]
-        summary[f"median_{part}"] = float(np.median(values)) if values else None
-    for counter in ("underruns", "overruns", "dropped_input", "xruns"):
-        summary[counter] = int(max((f.get(counter) or 0 for f in frames), default=0))
-    latencies = [f["latency_ms"] for f in frames if isinstance(f.get("latency_ms"), int | float)]
-    summary["latency_ms"] = distribution(latencies) if latencies else None
-    return summary
-
-
 # --- small helpers ---------------------------------------------------------------------------
 
 
-def _mean(values: Sequence[float]) -> float | None:
+def mean_or_none(values: Sequence[float]) -> float | None:
     return float(np.mean(values)) if len(values) else None
 
 
-def _stats(name: str, values: Iterable[float | None]) -> dict[str, float | None]:
+def median_and_mean(name: str, values: Iterable[float | None]) -> dict[str, float | None]:
     present = [v for v in values if v is not None]
     return {
         f"{name}_median_s": float(np.median(present)) if present else None,
-        f"{name}_mean_s": _mean(present),
+        f"{name}_mean_s": mean_or_none(present),
     }

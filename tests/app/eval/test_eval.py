@@ -18,9 +18,10 @@ import pytest
 import soundfile
 import soxr
 
-from app import evaluate, metrics, vad
 from app.core.events import FrameStats, TextEvent
-from app.metrics import Piece, TurnRules
+from app.eval import cli as evaluate
+from app.eval import fdb, monologue, turns, vad
+from app.eval.turns import Piece, TurnRules
 
 SR = 24000
 FRAME = 1920 / SR
@@ -41,14 +42,14 @@ SENTENCES = {
 # --- the rules on hand-written segments ------------------------------------------------------
 
 
-def kinds(events: list[metrics.TurnEvent]) -> list[tuple[str, bool]]:
+def kinds(events: list[turns.TurnEvent]) -> list[tuple[str, bool]]:
     return [(e.kind, e.took_turn) for e in events]
 
 
 def test_end_of_turn_pause_interruption_and_backchannel_are_told_apart() -> None:
     user = [(0.0, 2.0), (3.0, 4.0), (5.0, 6.0), (8.0, 8.5), (10.0, 11.5)]
     assistant = [(6.4, 9.5), (12.0, 14.0)]
-    events = metrics.turn_events(user, assistant, None, 15.0)
+    events = turns.turn_events(user, assistant, None, 15.0)
     assert kinds(events) == [
         ("pause", False),  # user resumes after 1 s; the assistant stayed silent
         ("pause", False),
@@ -59,7 +60,7 @@ def test_end_of_turn_pause_interruption_and_backchannel_are_told_apart() -> None
     assert events[2].latency == pytest.approx(0.4)
     assert events[4].latency == pytest.approx(0.5)
 
-    interrupted = metrics.turn_events([(0, 2), (4, 6)], [(2.5, 4.7), (6.3, 8)], None, 9.0)
+    interrupted = turns.turn_events([(0, 2), (4, 6)], [(2.5, 4.7), (6.3, 8)], None, 9.0)
     assert kinds(interrupted) == [("end_of_turn", True), ("interruption", True)]
     assert interrupted[1].stop_latency == pytest.approx(0.7)
     assert interrupted[1].latency == pytest.approx(0.3)
@@ -67,7 +68,7 @@ def test_end_of_turn_pause_interruption_and_backchannel_are_told_apart() -> None
 
 def test_an_assistant_cutting_into_a_pause_is_a_turn_over_not_a_user_interruption() -> None:
     # the user pauses 1 s; the assistant starts after 0.3 s; the user resumes 0.5 s later
-    events = metrics.turn_events([(0, 2), (3, 5)], [(2.3, 4.0)], None, 8.0)
+    events = turns.turn_events([(0, 2), (3, 5)], [(2.3, 4.0)], None, 8.0)
     assert kinds(events) == [("pause", True), ("end_of_turn", False)]
 
 
@@ -75,34 +76,34 @@ def test_the_turn_rule_counts_words_from_the_monologue_when_there_is_one() -> No
     rules = TurnRules()
     short = [(1.0, 1.6)]  # 0.6 s of speech: a turn only if it has more than 3 words
     words = [Piece(1.0 + 0.1 * i, f" w{i}") for i in range(5)]
-    assert metrics.fdb_pause_handling(short, None, rules)["turn_over"] == 0  # duration only
-    assert metrics.fdb_pause_handling(short, words[:3], rules)["turn_over"] == 0
-    assert metrics.fdb_pause_handling(short, words, rules)["turn_over"] == 1
+    assert fdb.fdb_pause_handling(short, None, rules)["turn_over"] == 0  # duration only
+    assert fdb.fdb_pause_handling(short, words[:3], rules)["turn_over"] == 0
+    assert fdb.fdb_pause_handling(short, words, rules)["turn_over"] == 1
     pieces = [Piece(1.0, " Hel"), Piece(1.1, "lo"), Piece(1.2, " there"), Piece(1.3, "<17>")]
-    assert metrics.count_words(pieces, 0, 2, 0) == 3
-    assert metrics.fdb_pause_handling([(1.0, 2.0)], [], rules)["turn_over"] == 1  # 1 s: a turn
+    assert turns.count_words(pieces, 0, 2, 0) == 3
+    assert fdb.fdb_pause_handling([(1.0, 2.0)], [], rules)["turn_over"] == 1  # 1 s: a turn
 
 
 def test_fdb_backchannel_rule_and_runtime_figures() -> None:
-    result = metrics.fdb_backchannel([(1, 1.5), (4, 4.4)], None, 10.0)
+    result = fdb.fdb_backchannel([(1, 1.5), (4, 4.4)], None, 10.0)
     assert result == {"turn_over": 0, "backchannels": 2, "backchannel_per_s": 0.2}
-    assert metrics.fdb_backchannel([(1, 1.5), (4, 6)], None, 10.0)["turn_over"] == 1
+    assert fdb.fdb_backchannel([(1, 1.5), (4, 6)], None, 10.0)["turn_over"] == 1
 
     frames = [{"compute_ms": 10.0 * (i % 10), "underruns": i // 50} for i in range(100)]
     frames[3] = {"compute_ms": 120.0, "underruns": 0}
-    figures = metrics.runtime(frames, 0.08)
+    figures = evaluate.runtime(frames, 0.08)
     assert figures is not None
     assert figures["frames_slower_than_real_time"] == 11  # ten of 90 ms, one of 120 ms
     assert figures["underruns"] == 1
     assert figures["compute_ms"]["max"] == 120.0
     assert figures["real_time_factor"] == pytest.approx(figures["compute_ms"]["median"] / 80)
-    assert metrics.runtime([], 0.08) is None
+    assert evaluate.runtime([], 0.08) is None
 
 
 def test_monologue_against_speech() -> None:
     speech = [(1.0, 3.0)]
     pieces = [Piece(1.04, " one"), Piece(1.6, " two"), Piece(5.0, " ghost")]
-    result = metrics.monologue(pieces, speech, 10.0, FRAME)
+    result = monologue.monologue(pieces, speech, 10.0, FRAME)
     assert result["tokens_per_s"] == pytest.approx(0.3)
     assert result["text_while_silent"] == pytest.approx(1 / 3)  # "ghost", far from speech
     # speech within 1 s of text: 1.0 .. 2.6 (2.7 on 80 ms frames); the rest of 2 s is without

@@ -12,18 +12,15 @@
     --record DIR                 also record the session(s) (app/core/recording.py's folder format;
                                  with --fdb, one recording per folder under DIR).
 
-The text file's format is TEXT_FORMAT below (shown by --help too).
+The text file's format is `app.core.files.TEXT_FORMAT` (shown by --help too).
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import os
-import re
 import sys
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,29 +30,22 @@ from tqdm import tqdm
 
 from app.core.engine import Engine
 from app.core.events import EventFanout, EventLog, EventSink, FrameStats, StateEvent, TextEvent
+from app.core.files import (
+    FDB_INPUT,
+    FDB_OUTPUT,
+    TEXT_FORMAT,
+    TEXT_SUFFIX,
+    text_path,
+    write_atomically,
+    write_text,
+)
 from app.core.models import add_model_arguments, load_from_args
-from app.core.recording import Recorder, resample, timing_summary
+from app.core.recording import Recorder
+from app.core.timing import Timings
 from audio_io.errors import AudioError
 from audio_io.files import read_audio, write_wav
+from audio_io.reframe import resample
 from model.errors import AntiphonError, ConfigError
-
-FDB_INPUT = "input.wav"
-FDB_OUTPUT = "output.wav"
-TEXT_SUFFIX = ".text.tsv"
-TEXT_HEADER = ("start_s", "frame", "token", "text")
-_ESCAPES = {ord("\\"): "\\\\", ord("\t"): "\\t", ord("\n"): "\\n", ord("\r"): "\\r"}
-TEXT_FORMAT = """\
-text file (OUT.text.tsv, output.text.tsv): tab-separated, a header line, then one row per piece
-of the inner monologue as it became readable:
-
-    start_s  frame  token  text
-    1.040    13     2992    Hello
-
-  start_s  start of the frame in which the model emitted it (frame * 0.08 s), on the WAVs' clock
-  text     the new text (a word start begins with a space, so the column joined is the whole
-           monologue); <id> for a model without tokenizer; tab, newline, CR and backslash
-           are written as \\t, \\n, \\r and \\\\ (app.offline.read_text reads it back)
-"""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -134,24 +124,6 @@ def converse(
     return Conversation(reply[: len(user)], events.of(TextEvent), events.of(FrameStats), wall_s)
 
 
-def write_text(path: Path, pieces: list[TextEvent]) -> None:
-    rows = ["\t".join(TEXT_HEADER)]
-    rows += [f"{p.time:.3f}\t{p.frame}\t{p.token}\t{p.text.translate(_ESCAPES)}" for p in pieces]
-    _replace(path, lambda tmp: tmp.write_bytes(("\n".join(rows) + "\n").encode("utf-8")))
-
-
-def read_text(path: str | Path) -> list[tuple[float, int, int, str]]:
-    """A text file back as (start_s, frame, token, text) rows."""
-    unescape = {value: key for key, value in _ESCAPES.items()}
-
-    def text(escaped: str) -> str:
-        return re.sub(r"\\[\\tnr]", lambda m: chr(unescape[m.group()]), escaped)
-
-    lines = Path(path).read_bytes().decode("utf-8").split("\n")[1:]
-    rows = [line.split("\t") for line in lines if line]
-    return [(float(s), int(f), int(t), text(escaped)) for s, f, t, escaped in rows]
-
-
 def run(args: argparse.Namespace) -> int:
     if (args.fdb is None) == (args.input is None or args.output is None):
         raise ConfigError("give either IN and OUT.wav, or --fdb DIR (not both)")
@@ -169,7 +141,7 @@ def run(args: argparse.Namespace) -> int:
         return _run_fdb(engine, args)
     user = read_audio(args.input, sample_rate=engine.sample_rate)
     result = _one(engine, args.input, user, args.output, args.record, args)
-    print(f"wrote {args.output} and {_text_path(args.output)}")
+    print(f"wrote {args.output} and {text_path(args.output)}")
     print(_summary_line(engine, result.stats, result.wall_s))
     return 0
 
@@ -235,34 +207,25 @@ def _one(
     with recorder or contextlib.nullcontext():  # closed without summary if interrupted
         result = converse(engine, user, recorder=recorder, progress=args.fdb is None)
         if recorder is not None:
-            recorder.close(timing_summary(result.stats, engine.frame_duration, result.wall_s))
+            summary = Timings.of(result.stats).summary(engine.frame_duration, result.wall_s)
+            recorder.close(summary)
     rate, reply = engine.sample_rate, result.reply
     if out_format is not None:  # a round trip through 24 kHz may be a sample or two off
         rate, length = out_format
         reply = resample(reply, engine.sample_rate, rate)
         reply = np.pad(reply[:length], (0, max(0, length - len(reply))))
     output.parent.mkdir(parents=True, exist_ok=True)
-    _replace(output, lambda tmp: write_wav(tmp, reply, rate))
-    write_text(_text_path(output), result.pieces)
+    write_atomically(output, lambda tmp: write_wav(tmp, reply, rate))
+    write_text(text_path(output), result.pieces)
     return result
 
 
-def _text_path(output: Path) -> Path:
-    return output.with_suffix(TEXT_SUFFIX)
-
-
-def _replace(path: Path, write: Callable[[Path], object]) -> None:
-    """Write through a temporary file, so a killed run never leaves a half-written `path`."""
-    tmp = path.with_name(f".{path.stem}.partial{path.suffix}")
-    write(tmp)
-    os.replace(tmp, path)
-
-
 def _summary_line(engine: Engine, stats: list[FrameStats], wall_s: float) -> str:
-    s = timing_summary(stats, engine.frame_duration, wall_s)
+    s = Timings.of(stats).summary(engine.frame_duration, wall_s)
+    compute = s["compute_ms"]
     return (
         f"{s['frames']} frames ({s['frames'] * engine.frame_duration:.1f} s of audio) in "
         f"{wall_s:.1f} s; compute per {s['frame_ms']:.0f} ms frame: median "
-        f"{s['median_compute_ms']:.1f} ms, p99 {s['p99_compute_ms']:.1f} ms; real-time factor "
+        f"{compute['median']:.1f} ms, p99 {compute['p99']:.1f} ms; real-time factor "
         f"{s['real_time_factor']:.2f} (below 1: faster than real time)"
     )

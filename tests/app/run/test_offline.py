@@ -11,10 +11,11 @@ import pytest
 import soundfile
 import torch
 
-from app import offline
+from app.core import files
 from app.core.engine import Engine, StepResult
 from app.core.models import random_model
 from app.core.recording import SESSION_WAV, read_recording
+from app.run import offline
 from audio_io.files import read_audio
 from model import SamplingParams
 from model.errors import ConfigError
@@ -51,8 +52,8 @@ def test_file_in_wav_and_text_out(tmp_path: Path, capsys) -> None:
     assert np.abs(reply).max() > 0  # the model said something
 
     header = (tmp_path / "reply.text.tsv").read_text().splitlines()[0]
-    assert header.split("\t") == list(offline.TEXT_HEADER)
-    rows = offline.read_text(tmp_path / "reply.text.tsv")
+    assert header.split("\t") == list(files.TEXT_HEADER)
+    rows = files.read_text(tmp_path / "reply.text.tsv")
     assert rows, "the random model emits non-PAD tokens, shown as <id>"
     for start_s, frame, token, text in rows:
         assert start_s == pytest.approx(frame * 0.08) and text == f"<{token}>"

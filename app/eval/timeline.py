@@ -18,7 +18,7 @@ import numpy as np
 
 from model.errors import AntiphonError
 
-from .metrics import Piece, Segment
+from .turns import Piece, Segment
 
 INSTALL_HINT = "pip install matplotlib (or: bash scripts/setup.sh --eval)"
 
