@@ -7,13 +7,14 @@ import logging
 import sys
 from collections.abc import Sequence
 
+from app.bench import cli as bench
 from app.eval import cli as evaluate
 from app.run import offline
 from app.train import cli as train
 from audio_io.errors import AudioError
 from model.errors import AntiphonError
 
-from . import bench, serve, talk
+from . import serve, talk
 
 
 def _devices(_args: argparse.Namespace) -> int:

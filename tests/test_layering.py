@@ -24,9 +24,9 @@ FORBIDDEN = {
 }
 # the headless server never imports the TUI
 SERVER_FORBIDDEN = {"textual"}
-# The one exception: the reference side of `antiphon bench`, which app/bench.py imports lazily
-# and only when a comparison is asked for (tests/app/test_bench.py checks that).
-REFERENCE_ADAPTERS = {"app/bench_reference.py": {"moshi"}}
+# The one exception: the reference side of `antiphon bench`, which app/bench/cli.py imports
+# lazily and only when a comparison is asked for (tests/app/bench/test_bench.py checks that).
+REFERENCE_ADAPTERS = {"app/bench/reference.py": {"moshi"}}
 
 
 def product_files() -> list[Path]:

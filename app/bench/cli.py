@@ -20,10 +20,10 @@ import os
 import platform
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from importlib.metadata import version
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -36,27 +36,15 @@ from model.lm import LM
 from model.quantizer import Codebook
 from model.sampling import SamplingParams
 
+from .stream import Implementation, Stream
+
 if TYPE_CHECKING:
-    from .bench_reference import Reference
+    from .reference import Reference
 
 log = logging.getLogger(__name__)
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 PARTS = ("encode", "lm", "decode", "frame")
-
-
-@dataclass
-class Stream:
-    """One streaming session of one implementation at one batch size: the three steps."""
-
-    encode: Callable[[torch.Tensor], torch.Tensor]  # pcm [B, 1, 1920] -> codes [B, K, 1]
-    # user codes -> the assistant's codes [B, dep_q, 1] (None: nothing yet); None: codec only
-    lm: Callable[[torch.Tensor], torch.Tensor | None] | None
-    decode: Callable[[torch.Tensor], torch.Tensor]  # codes [B, K, 1] -> pcm [B, 1, 1920]
-
-
-class Implementation(Protocol):
-    def stream(self, batch_size: int) -> contextlib.AbstractContextManager[Stream]: ...
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -318,7 +306,7 @@ def _build_reference(
     if device.type == "cpu":  # the reference's lazy torch.compile is for its CUDA path
         os.environ.setdefault("NO_TORCH_COMPILE", "1")
     try:
-        from .bench_reference import Reference
+        from .reference import Reference
     except ImportError as exc:
         raise ConfigError(
             "the comparison needs the reference `moshi` package (bash scripts/setup.sh --dev); "

@@ -1,7 +1,7 @@
 """The reference `moshi` package's side of `antiphon bench`, and nothing else.
 
 This is the one product module that imports the reference package (a test-only oracle, see
-ARCHITECTURE.md): `app.bench` imports it lazily, only when a comparison is asked for, so that
+ARCHITECTURE.md): `app.bench.cli` imports it lazily, only when a comparison is asked for, so that
 `antiphon bench --no-reference` and every other command run without `moshi` installed.
 
 The reference models are built from our configs written as Kyutai's keyword configs, with random
@@ -25,7 +25,7 @@ from model.kyutai_config import kyutai_mimi_config, lm_config_from_kyutai, lm_co
 from model.kyutai_names import codec_key_from_kyutai
 from model.sampling import SamplingParams
 
-from .bench import Stream
+from .stream import Stream
 
 
 def kyutai_lm_kwargs(config: LMConfig) -> dict[str, Any]:

@@ -14,11 +14,11 @@ from pathlib import Path
 
 import pytest
 
-from app import bench
+from app.bench import cli as bench
 from model.config import moshi_7b, tiny_lm
 from model.errors import ConfigError
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 def _args(*argv: str) -> argparse.Namespace:
@@ -68,14 +68,14 @@ def test_7b_needs_the_mimi_codec() -> None:
 def test_reference_configs_translate_back_to_ours() -> None:
     from moshi.models.loaders import _lm_kwargs
 
-    from app.bench_reference import kyutai_lm_kwargs
+    from app.bench.reference import kyutai_lm_kwargs
 
     assert kyutai_lm_kwargs(moshi_7b()) == _lm_kwargs  # the released config itself
     kyutai_lm_kwargs(tiny_lm(dep_q=8, n_q=16, card=2048))  # checks the round trip inside
 
 
 def test_importing_the_bench_does_not_import_the_reference() -> None:
-    code = "import sys, app.bench; print('moshi' in sys.modules)"
+    code = "import sys, app.bench.cli; print('moshi' in sys.modules)"
     result = subprocess.run(
         [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True
     )
