@@ -10,11 +10,12 @@ from collections.abc import Sequence
 from app.bench import cli as bench
 from app.eval import cli as evaluate
 from app.run import offline
+from app.talk import cli as talk
 from app.train import cli as train
 from audio_io.errors import AudioError
 from model.errors import AntiphonError
 
-from . import serve, talk
+from . import serve
 
 
 def _devices(_args: argparse.Namespace) -> int:

@@ -42,8 +42,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from app.remote import request_session  # noqa: E402
-from app.talk import generated_user_signal  # noqa: E402
+from app.talk.devices import generated_user_signal  # noqa: E402
+from app.wire.client import request_session  # noqa: E402
 from app.wire.mqtt import BrokerSettings, call, make_client  # noqa: E402
 from app.wire.protocol import AudioFrame, SampleFormat, decode_audio, encode_audio  # noqa: E402
 

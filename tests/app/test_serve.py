@@ -30,9 +30,9 @@ from app.core.engine import BatchEngine
 from app.core.models import random_model
 from app.core.recording import read_recording
 from app.core.runtime import CollectingSink, PacedFileSource, RealClock
-from app.remote import RemoteTalkSession
 from app.serve import ServeOptions, Server
 from app.serve_state import Arrival, Session, step_time
+from app.talk.remote import RemoteTalkSession
 from app.wire.mqtt import BrokerSettings, make_client, socket_nodelay
 from app.wire.protocol import (
     AUDIO_HEADER,

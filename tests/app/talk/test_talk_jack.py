@@ -21,7 +21,7 @@ import soundfile
 from tests.jack_server import JackPeer, JackServer, make_jack_fixture
 
 jack_server = make_jack_fixture()
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 def _lag(reference: np.ndarray, signal: np.ndarray) -> tuple[int, float]:

@@ -1,7 +1,8 @@
 """What the TUI needs from a conversation, and nothing more.
 
-`app.talk.TalkSession` (a local model) satisfies `TalkControls`; a remote session will too, so
-the TUI never sees an engine, a model or a sound device. Controls are called from the event loop.
+`app.talk.session.TalkSession` (a local model) and `app.talk.remote.RemoteTalkSession` satisfy
+`TalkControls`, so the TUI never sees an engine, a model or a sound device. Controls are called
+from the event loop.
 """
 
 from __future__ import annotations

@@ -27,23 +27,18 @@ from textual.pilot import Pilot
 from app.core.engine import Engine
 from app.core.events import ErrorEvent, EventFanout, EventLog, FrameStats, StateEvent, TextEvent
 from app.core.models import random_model
-from app.talk import TalkSession
-from app.tui import TalkApp, TalkControls, make_app
-from app.tui.app import HelpScreen
-from app.tui.messages import (
-    SpeechChanged,
-    StatsUpdated,
-    TextArrived,
-    VoiceActivity,
-)
-from app.tui.widgets import AlertBar, LevelMeter, StatusPanel, Transcript
+from app.talk.session import TalkSession
+from app.talk.tui import TalkApp, TalkControls, make_app
+from app.talk.tui.help import HelpScreen
+from app.talk.tui.messages import SpeechChanged, StatsUpdated, TextArrived, VoiceActivity
+from app.talk.tui.widgets import AlertBar, LevelMeter, StatusPanel, Transcript
 from audio_io.errors import AudioDeviceError
 from model import SamplingParams
 from tests.jack_server import JackServer, make_jack_fixture
 
 jack_server = make_jack_fixture()
 SIZE = (120, 36)
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 class FixedClock:
@@ -319,6 +314,25 @@ def test_every_way_out_stops_the_conversation(keys: list[str]) -> None:
             await pilot.pause()
         assert app.return_code == 0
         assert not session.running
+
+    run(test)
+
+
+def test_nothing_is_drawn_once_the_app_has_let_go_of_its_screen() -> None:
+    """Under load the status timer fired after teardown and found no StatusPanel (NoMatches):
+    leaving stops the timer, and a late tick or a late frame draws nothing."""
+    session = ScriptedSession()
+
+    async def test() -> None:
+        app = make_app(session)
+        async with app.run_test(size=SIZE) as pilot:
+            await settle(pilot)
+            await pilot.press("q")
+            await pilot.pause()
+        app._show_status()  # what a late tick of the status timer does
+        app.stats = frame(3, mic_db=-20.0)  # a late frame: its watcher redraws nothing
+        app.muted = True
+        assert app.return_code == 0
 
     run(test)
 

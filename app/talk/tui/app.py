@@ -1,8 +1,10 @@
 """`antiphon talk` in the terminal: the inner monologue live, levels, status and controls.
 
 The conversation (`session.run()`) is a worker in the app's own event loop; its events come
-back as messages (messages.MessageBridge). The app decides what each area shows and turns keys
-into session controls. Quitting cancels the conversation and waits for it (the recording is
+back as messages (messages.MessageBridge). The app keeps what it shows in reactive variables
+(the latest frame figures, who speaks, the conversation's state, the temperatures asked for,
+mute) whose `watch_` methods redraw the areas that show them, and turns keys into session
+controls. Quitting cancels the conversation and waits for it (the recording is
 closed, the torch thread idle) before the app exits; Textual restores the terminal, and what
 the person should keep (notices, fatal errors, recordings made) is printed after exit.
 """
@@ -12,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import logging
 import signal
 from collections.abc import Iterator
 from datetime import datetime
@@ -20,22 +21,24 @@ from pathlib import Path
 from typing import ClassVar, Literal
 
 from rich.console import Group, RenderableType
-from rich.table import Table
 from rich.text import Text
 from rich.traceback import Traceback
 from textual import on
 from textual.app import App, ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Horizontal, Vertical
-from textual.screen import ModalScreen
-from textual.widgets import Footer, Header, Static
+from textual.reactive import var
+from textual.timer import Timer
+from textual.widgets import Footer, Header
 from textual.worker import Worker, WorkerCancelled, WorkerFailed, WorkerState
 
 from app.core.events import FrameStats
 from audio_io.errors import AudioError
+from model import SamplingParams
 from model.errors import AntiphonError
 
 from .controls import TalkControls
+from .help import HelpScreen
 from .messages import (
     ErrorReported,
     MessageBridge,
@@ -53,28 +56,6 @@ TEMPERATURE_MAX = 2.0
 TEXT_T = Binding.Group("text temp")
 AUDIO_T = Binding.Group("audio temp")
 
-# What each area shows, for the help screen (docs/tui.md says the same).
-AREAS = (
-    (
-        "inner monologue",
-        "the assistant's text as the model generates it; a pause of 1.2 s or a change of "
-        "speaker starts a new block; 'you' blocks are your speech (from the microphone level) "
-        "with its duration",
-    ),
-    (
-        "levels",
-        "microphone and assistant levels (-60 to 0 dBFS); each side is speaking, listening "
-        "(the other one speaks), silent, or muted",
-    ),
-    (
-        "status",
-        "model, sound devices, conversation time, compute per 80 ms frame and real-time factor "
-        "(above 1: slower than real time), microphone-to-speaker latency, speaker underruns "
-        "and overruns, microphone frames dropped, temperatures, recording folder and duration",
-    ),
-    ("alert bar", "the latest problem and what to do about it (escape hides it)"),
-)
-
 
 def plain(text: str) -> Text:
     """Text printed after exit as it is: no markup, and long paths left to the terminal to wrap."""
@@ -83,32 +64,6 @@ def plain(text: str) -> Text:
 
 def side_state(own: bool, other: bool) -> Literal["speaking", "listening", "silent"]:
     return "speaking" if own else "listening" if other else "silent"
-
-
-class HelpScreen(ModalScreen[None]):
-    BINDINGS: ClassVar[list[BindingType]] = [
-        Binding("escape,question_mark", "dismiss", "Close help"),
-        Binding("q", "app.quit", "Quit"),  # a modal screen stops the app's own keys
-    ]
-
-    def compose(self) -> ComposeResult:
-        keys = Table.grid(padding=(0, 2))
-        keys.add_column(style="bold", no_wrap=True)
-        keys.add_column()
-        for binding in TalkApp.BINDINGS:
-            assert isinstance(binding, Binding)
-            keys.add_row(self.app.get_key_display(binding), binding.tooltip or binding.description)
-        areas = Table.grid(padding=(0, 2))
-        areas.add_column(style="bold", no_wrap=True)
-        areas.add_column()
-        for name, what in AREAS:
-            areas.add_row(name, what)
-        with Vertical(id="help"):
-            yield Static("Keys", classes="heading")
-            yield Static(keys)
-            yield Static("What you see", classes="heading")
-            yield Static(areas)
-            yield Static("escape or ? closes this help", classes="hint")
 
 
 class TalkApp(App[int]):
@@ -155,20 +110,29 @@ class TalkApp(App[int]):
         Binding("ctrl+c", "quit", "Quit", show=False, priority=True, tooltip="quit too"),
     ]
 
+    # What the screen shows; each change redraws its area (watch_*). Not initialised by
+    # watchers (init=False): nothing is drawn before on_mount has composed the screen.
+    stats: var[FrameStats | None] = var(None, init=False)  # the newest frame's figures
+    state: var[str] = var("starting", init=False)  # starting, running, ended
+    user_speaking: var[bool] = var(False, init=False)
+    assistant_speaking: var[bool] = var(False, init=False)
+    muted: var[bool] = var(False, init=False)
+    # What the person asked for: the session applies it between two frames, so its own
+    # `sampling` can lag behind two quick presses.
+    sampling: var[SamplingParams] = var(SamplingParams, init=False)
+
     def __init__(self, session: TalkControls, record_dir: Path = Path("recordings")) -> None:
         super().__init__()
         self.session = session
         self.record_dir = record_dir
-        # What the person asked for: the session applies it between two frames, so its own
-        # `sampling` can lag behind two quick presses.
-        self.sampling = session.sampling
-        self.stats: FrameStats | None = None
-        self.state = "starting"
+        self.set_reactive(TalkApp.sampling, session.sampling)
+        self.set_reactive(TalkApp.muted, session.muted)
         self.notes: list[str] = []  # printed after exit
-        self.speaking = {"user": False, "assistant": False}
         self._bridge = MessageBridge(self)
         self._conversation: Worker[object] | None = None
         self._mounted = False
+        self._shown = False  # the screen is there to draw on (from mount until detached)
+        self._status_timer: Timer | None = None
         self._quitting = False
         self._recording: Path | None = None  # the folder being recorded, as last seen
         self._exit_code = 0
@@ -202,8 +166,10 @@ class TalkApp(App[int]):
             asyncio.get_running_loop().add_signal_handler(
                 signal.SIGTERM, lambda: self.call_next(self.action_quit)
             )
-        self.set_interval(0.5, self._refresh_status)  # the recording's duration runs on
-        self._refresh()
+        self._shown = True
+        # the conversation's time and the recording's duration run on between frames
+        self._status_timer = self.set_interval(0.5, self._show_status)
+        self._show_all()
 
     async def on_unmount(self) -> None:
         # Every way out (q, ctrl+q, an exit from elsewhere) waits for the conversation to stop.
@@ -211,6 +177,9 @@ class TalkApp(App[int]):
         await self._end_conversation()
 
     def _detach(self) -> None:
+        self._shown = False  # nothing is drawn from here on: the screen may be gone
+        if self._status_timer is not None:
+            self._status_timer.stop()
         if self._bridge in self.session.events.sinks:
             self.session.events.sinks.remove(self._bridge)
         with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
@@ -232,14 +201,16 @@ class TalkApp(App[int]):
     def _speech(self, message: SpeechChanged) -> None:
         if message.side == "user":
             self.query_one(Transcript).user_speech(message.at, message.speaking)
-        self.speaking[message.side] = message.speaking
-        self._refresh_levels()
+        if message.side == "user":
+            self.user_speaking = message.speaking
+        else:
+            self.assistant_speaking = message.speaking
 
     @on(StatsUpdated)
     def _stats(self, message: StatsUpdated) -> None:
+        self.user_speaking = message.user_speaking
+        self.assistant_speaking = message.assistant_speaking
         self.stats = message.stats
-        self.speaking = {"user": message.user_speaking, "assistant": message.assistant_speaking}
-        self._refresh()
 
     @on(StateChanged)
     def _state(self, message: StateChanged) -> None:
@@ -251,7 +222,8 @@ class TalkApp(App[int]):
             transcript.note(message.at, "the conversation has ended (q quits)")
         elif message.state == "reset":
             transcript.note(message.at, "conversation reset: the model starts afresh")
-        self._refresh()
+        elif message.state in ("muted", "unmuted"):
+            self.muted = message.state == "muted"
 
     @on(ErrorReported)
     def _error(self, message: ErrorReported) -> None:
@@ -286,15 +258,13 @@ class TalkApp(App[int]):
             self.exit(2 if expected else 1, return_code=2 if expected else 1, message=failure)
         elif event.state in (WorkerState.SUCCESS, WorkerState.CANCELLED) and not self._quitting:
             self.state = "ended"
-            self._refresh()
 
     # --- keys ---------------------------------------------------------------------------------
 
     def action_toggle_mute(self) -> None:
         self.session.muted = not self.session.muted
-        self._bridge.muted = self.session.muted
-        self.notify("microphone muted" if self.session.muted else "microphone on", timeout=2)
-        self._refresh()
+        self._bridge.muted = self.muted = self.session.muted
+        self.notify("microphone muted" if self.muted else "microphone on", timeout=2)
 
     def action_reset(self) -> None:
         if self.state != "running":
@@ -320,7 +290,7 @@ class TalkApp(App[int]):
                 )
             else:
                 self.notify(f"recording to {folder}", timeout=3)
-        self._refresh_status()
+        self._show_status()  # the recording is the session's: no variable of the app
 
     def action_text_temperature(self, delta: float) -> None:
         self._change_temperature("text_temperature", delta)
@@ -360,7 +330,6 @@ class TalkApp(App[int]):
         value = round(min(TEMPERATURE_MAX, max(0.0, value)), 1)
         self.sampling = dataclasses.replace(self.sampling, **{field: value})
         self.session.set_sampling(self.sampling)
-        self._refresh_status()
 
     def _new_recording_folder(self) -> Path:
         stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
@@ -370,18 +339,40 @@ class TalkApp(App[int]):
             folder = self.record_dir / f"{stamp}-{n}"
         return folder
 
-    def _refresh(self) -> None:
-        self._refresh_levels()
-        self._refresh_status()
+    # --- drawing ------------------------------------------------------------------------------
 
-    def _refresh_levels(self) -> None:
+    def watch_stats(self) -> None:
+        self._show_all()
+
+    def watch_user_speaking(self) -> None:
+        self._show_levels()
+
+    def watch_assistant_speaking(self) -> None:
+        self._show_levels()
+
+    def watch_muted(self) -> None:
+        self._show_all()
+
+    def watch_state(self) -> None:
+        self._show_status()
+
+    def watch_sampling(self) -> None:
+        self._show_status()
+
+    def _show_all(self) -> None:
+        self._show_levels()
+        self._show_status()
+
+    def _show_levels(self) -> None:
+        if not self._shown:
+            return
         mic = self.query_one("#mic", LevelMeter)
         assistant = self.query_one("#assistant", LevelMeter)
         if self.stats is not None:
             mic.level_db = self.stats.input_level_db
             assistant.level_db = self.stats.output_level_db
-        user, agent = self.speaking["user"], self.speaking["assistant"]
-        mic.state = "muted" if self.session.muted else side_state(user, agent)
+        user, agent = self.user_speaking, self.assistant_speaking
+        mic.state = "muted" if self.muted else side_state(user, agent)
         assistant.state = side_state(agent, user)
 
     def _notes_text(self) -> Text:
@@ -395,8 +386,10 @@ class TalkApp(App[int]):
             self.notes.append(f"recorded {self._recording}")
         self._recording = folder
 
-    def _refresh_status(self) -> None:
+    def _show_status(self) -> None:
         self._track_recording()
+        if not self._shown:
+            return
         status = self.query_one(StatusPanel)
         status.show_rows(list(self._status_rows()))
         recording = self.session.recorder is not None
@@ -408,7 +401,7 @@ class TalkApp(App[int]):
         yield "model", session.model_name
         yield "input", session.devices.get("input", "opening…")
         yield "output", session.devices.get("output", "opening…")
-        yield "state", self.state + (" · muted" if session.muted else "")
+        yield "state", self.state + (" · muted" if self.muted else "")
         if stats is None:
             yield "compute", "–"
             yield "latency", "–"
@@ -430,32 +423,6 @@ class TalkApp(App[int]):
             duration = session.clock.now() - started if started is not None else 0.0
             yield "recording", f"{clock_time(duration)} (c stops)"
             yield "folder", str(recorder.folder)
-
-
-class LogToApp(logging.Handler):
-    """Log records go to the alert bar while the TUI draws on the terminal."""
-
-    def __init__(self, app: TalkApp) -> None:
-        super().__init__(logging.WARNING)
-        self.app = app
-
-    def emit(self, record: logging.LogRecord) -> None:
-        severity: Literal["warning", "error"] = (
-            "error" if record.levelno >= logging.ERROR else "warning"
-        )
-        self.app.post_message(Noticed(self.format(record), severity))
-
-
-@contextlib.contextmanager
-def logging_into(app: TalkApp) -> Iterator[None]:
-    """While the app runs, log to it instead of to stderr (the screen it draws on)."""
-    root = logging.getLogger()
-    saved = root.handlers[:]
-    root.handlers = [LogToApp(app)]
-    try:
-        yield
-    finally:
-        root.handlers = saved
 
 
 def make_app(session: TalkControls, record_dir: Path = Path("recordings")) -> TalkApp:

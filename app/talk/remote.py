@@ -4,7 +4,7 @@
                   (sequence numbers,                          (the same numbers)     ─► speaker
                    capture and send times kept)
 
-`RemoteTalkSession` has the control surface of `app.talk.TalkSession` (model_name, devices,
+`RemoteTalkSession` has the control surface of `app.talk.session.TalkSession` (model_name, devices,
 sampling, muted, reset, set_sampling, start/stop_recording, events, notice, run), so the
 terminal printer and the TUI drive either. Each reply carries the node's time for its frame, so
 the round trip splits into the node's share and the network's (both ways, broker included).
@@ -18,17 +18,14 @@ import contextlib
 import dataclasses
 import logging
 import secrets
-import signal
 import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import aiomqtt
 import numpy as np
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
 
 from app.core.audio import AudioFormat, level_db
 from app.core.events import ErrorEvent, Event, EventFanout, FrameStats, StateEvent, TextEvent
@@ -41,134 +38,25 @@ from app.core.runtime import (
     RealClock,
 )
 from app.core.timing import Timings
+from app.wire.client import Grant, RemoteError, request_session
 from app.wire.mqtt import BrokerSettings, add_broker_arguments, broker_from_args, call, make_client
 from app.wire.protocol import (
-    FULL,
     AudioFrame,
     ProtocolError,
     SampleFormat,
-    SessionTopics,
     decode_audio,
     decode_json,
     encode_audio,
     encode_json,
-    valid_level,
 )
 from audio_io.files import write_wav
 from model import SamplingParams
-from model.errors import AntiphonError
 
-from .talk import TalkSession, TerminalPrinter, _devices
+from .devices import open_devices
 
 log = logging.getLogger(__name__)
 
-REPLY_TIMEOUT = 3.0  # seconds to wait for a node to answer a session request
 DRAIN_TIMEOUT = 1.0  # seconds to wait for the last replies after the microphone ends
-
-
-class RemoteError(AntiphonError):
-    """No node gave a session, or the session ended on the node's side."""
-
-
-@dataclass(frozen=True)
-class Grant:
-    """A node's answer to a session request: where the session lives and its audio format."""
-
-    node: str
-    owner: str
-    session: str
-    topics: SessionTopics
-    model: str
-    format: SampleFormat
-    sample_rate: int
-    frame_size: int
-    session_timeout: float
-    sampling: SamplingParams  # what the node applies: its defaults and the request's changes
-
-    @property
-    def frame_duration(self) -> float:
-        return self.frame_size / self.sample_rate
-
-
-async def request_session(
-    client: aiomqtt.Client,
-    prefix: str,
-    owner: str,
-    *,
-    node: str | None = None,
-    format: SampleFormat = SampleFormat.S16,
-    sampling: dict[str, Any] | None = None,
-    attempts: int = 3,
-) -> Grant:
-    """Ask a node (or, with node=None, the fleet) for a session; the client must be connected.
-
-    A full node answers `full` (or, having left the fleet's shared subscription, nobody
-    answers): the request is repeated with back-off, `attempts` times in all.
-    """
-    if not valid_level(owner):
-        raise RemoteError(f"{owner!r} cannot be part of a topic: use a simpler username")
-    reply_to = f"{prefix}/reply/{owner}/{secrets.token_urlsafe(8)}"
-    target = f"{prefix}/{node}/requests" if node else f"{prefix}/requests"
-    body = {"owner": owner, "format": format.name.lower(), "sampling": sampling or {}}
-    await call(client.subscribe(reply_to, qos=1))
-    problem = "no node answered"
-    try:
-        for attempt in range(attempts):
-            correlation = secrets.token_bytes(8)
-            properties = Properties(PacketTypes.PUBLISH)
-            properties.ResponseTopic = reply_to
-            properties.CorrelationData = correlation
-            await call(client.publish(target, encode_json(body), qos=1, properties=properties))
-            answer = await _reply(client, reply_to, correlation)
-            if answer is not None and answer.get("ok"):
-                return _grant(answer, prefix)
-            if answer is not None:
-                problem = f"{answer.get('node')}: {answer.get('message')}"
-                if answer.get("code") != FULL:
-                    break
-            await asyncio.sleep(0.2 * 2**attempt)
-    finally:
-        await call(client.unsubscribe(reply_to))
-    where = f"node {node}" if node else "the fleet"
-    raise RemoteError(f"no session from {where} at {target}: {problem}")
-
-
-async def _reply(client: aiomqtt.Client, topic: str, correlation: bytes) -> dict[str, Any] | None:
-    with contextlib.suppress(TimeoutError):
-        async with asyncio.timeout(REPLY_TIMEOUT):
-            async for message in client.messages:
-                received = getattr(message.properties, "CorrelationData", None)
-                if message.topic.value == topic and received == correlation:
-                    payload = message.payload if isinstance(message.payload, bytes) else b""
-                    try:
-                        return decode_json(payload)
-                    except ProtocolError as exc:
-                        raise RemoteError(f"the node's reply is not readable: {exc}") from exc
-    return None
-
-
-def _grant(answer: dict[str, Any], prefix: str) -> Grant:
-    try:
-        node, owner, session = answer["node"], answer["owner"], answer["session"]
-        topics = SessionTopics(f"{prefix}/{node}/session/{owner}/{session}")
-        if answer["topic"] != topics.base:
-            raise RemoteError(f"the node named topic {answer['topic']}, not {topics.base}")
-        return Grant(
-            node=node,
-            owner=owner,
-            session=session,
-            topics=topics,
-            model=str(answer["model"]),
-            format=SampleFormat.named(answer["format"]),
-            sample_rate=int(answer["sample_rate"]),
-            frame_size=int(answer["frame_size"]),
-            session_timeout=float(answer["session_timeout_s"]),
-            sampling=SamplingParams(**answer["sampling"]),
-        )
-    except (KeyError, TypeError, ValueError, ProtocolError) as exc:
-        raise RemoteError(
-            f"the node's reply lacks {exc}: is it the same antiphon version?"
-        ) from exc
 
 
 @dataclass(frozen=True)
@@ -212,14 +100,13 @@ class RemoteTalkSession:
         self.recorder: Recorder | None = None
         self.recording_started: float | None = None
         self.grant: Grant | None = None
-        # The node's audio format, once it has answered; `engine` because `_devices` reads it so.
-        self.engine = AudioFormat(24000, 1920)
+        self.format = AudioFormat(24000, 1920)  # the node's, once it has answered
         # per frame: compute and latency, the node's time, the round trip minus the node's time
         self.timings = Timings()
         self._sampling = sampling or SamplingParams()
         self._sampling_asked = sampling is not None
         self._muted = False
-        self._initial_record = record
+        self.initial_record = record
         self._notices = notices or (lambda text: print(f"antiphon: {text}", file=sys.stderr))
         self._source, self._sink = source, sink
         self._commands: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
@@ -258,7 +145,7 @@ class RemoteTalkSession:
         self._commands.put_nowait({"cmd": "sampling", **dataclasses.asdict(params)})
 
     def start_recording(self, folder: Path) -> None:
-        recorder = Recorder(folder, self.engine, self.model_name, self._sampling, self.devices)
+        recorder = Recorder(folder, self.format, self.model_name, self._sampling, self.devices)
         self.recorder, self.recording_started = recorder, self.clock.now()
         self.events.sinks.append(recorder)
 
@@ -273,7 +160,7 @@ class RemoteTalkSession:
 
     def latency_report(self) -> dict[str, Any]:
         """Where the time goes: the conversation's figures plus the network's share."""
-        frame_duration = self.engine.frame_duration
+        frame_duration = self.format.frame_duration
         return self.timings.summary(frame_duration, node=self.grant.node if self.grant else None)
 
     async def run(self) -> Timings:
@@ -286,7 +173,7 @@ class RemoteTalkSession:
                 self.grant = grant = await request_session(
                     client, self.prefix, self.owner, node=self.node, sampling=sampling
                 )
-                self.engine = AudioFormat(grant.sample_rate, grant.frame_size)
+                self.format = AudioFormat(grant.sample_rate, grant.frame_size)
                 self._sampling = grant.sampling
                 await call(client.subscribe(grant.topics.out, qos=0))
                 self.devices["node"] = f"{grant.node} via {self.broker.describe()}"
@@ -315,8 +202,8 @@ class RemoteTalkSession:
         with self._audio(speaker_lost) as (source, sink, collected):
             self._started = self.clock.now()
             self.events.emit(StateEvent(0.0, 0, "started", self.model_name))
-            if self._initial_record is not None:
-                self.start_recording(self._initial_record)
+            if self.initial_record is not None:
+                self.start_recording(self.initial_record)
             try:
                 async with asyncio.TaskGroup() as tasks:
                     receiving = tasks.create_task(self._receive(client, grant, sink))
@@ -349,8 +236,7 @@ class RemoteTalkSession:
         if self._source is not None and self._sink is not None:
             yield self._source, self._sink, None
             return
-        # `_devices` reads only the attributes a RemoteTalkSession shares with a TalkSession.
-        with _devices(cast(TalkSession, self), speaker_lost) as devices:
+        with open_devices(self, self.format, speaker_lost) as devices:
             yield devices
 
     async def _send(self, client: aiomqtt.Client, grant: Grant, source: AudioSource) -> None:
@@ -409,7 +295,7 @@ class RemoteTalkSession:
             lm_ms=frame.lm_us / 1000,
             decode_ms=frame.decode_us / 1000,
             compute_ms=compute_ms,
-            real_time_factor=compute_ms / (1000 * self.engine.frame_duration),
+            real_time_factor=compute_ms / (1000 * self.format.frame_duration),
             dropped_input=self._lost,
             underruns=counters.get("underruns", 0),
             overruns=counters.get("overruns", 0),
@@ -488,25 +374,3 @@ def session_from_args(
         demo_out=getattr(args, "demo_out", Path("antiphon-talk.wav")),
         notices=notices,
     )
-
-
-def run(args: argparse.Namespace) -> int:
-    """`antiphon talk --remote ...` with the inner monologue printed (no TUI)."""
-    session = session_from_args(args)
-    session.events.sinks.append(TerminalPrinter())
-    return asyncio.run(_talk(session))
-
-
-async def _talk(session: RemoteTalkSession) -> int:
-    loop = asyncio.get_running_loop()
-    talking = asyncio.create_task(session.run())
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, talking.cancel)
-    print(f"antiphon: {session.model_name} | Ctrl-C to stop", file=sys.stderr)
-    try:
-        await talking
-    except asyncio.CancelledError:
-        if not talking.cancelled():
-            raise
-    print()
-    return 0

@@ -1,0 +1,141 @@
+"""`antiphon talk`: microphone -> model -> speaker, the inner monologue shown as it comes.
+
+The model runs here (`TalkSession`) or, with --remote, on an `antiphon serve` node
+(`RemoteTalkSession`); either is shown in the full-screen TUI (app/talk/tui/), or printed with
+--no-tui or when stdout is not a terminal: the monologue on stdout, notices on stderr. Ctrl-C
+and SIGTERM stop it cleanly (the recording is closed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from pathlib import Path
+
+from app.core.commands import run_until_signalled
+from app.core.engine import Engine
+from app.core.events import ErrorEvent, Event, TextEvent
+from app.core.models import add_model_arguments, load_from_args
+
+from . import remote
+from .session import TalkSession
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_model_arguments(parser)
+    parser.add_argument("--input-device", help="microphone: index or name (see antiphon devices)")
+    parser.add_argument("--output-device", help="speaker: index or name")
+    parser.add_argument("--record", type=Path, metavar="DIR", help="record the session here")
+    parser.add_argument(
+        "--demo-out",
+        type=Path,
+        default=Path("antiphon-talk.wav"),
+        help="where the reply goes when there is no speaker",
+    )
+    parser.add_argument(
+        "--record-dir",
+        type=Path,
+        default=Path("recordings"),
+        metavar="DIR",
+        help="where the TUI's record key (c) records: DIR/<date-time> (default %(default)s)",
+    )
+    remote.add_arguments(parser)
+    parser.add_argument(
+        "--no-tui",
+        action="store_true",
+        help="print the inner monologue instead of the full-screen TUI (also when stdout is "
+        "not a terminal)",
+    )
+
+
+class TerminalPrinter:
+    """The inner monologue on stdout as it comes; problems on stderr."""
+
+    def emit(self, event: Event) -> None:
+        if isinstance(event, TextEvent):
+            print(event.text, end="", flush=True)
+        elif isinstance(event, ErrorEvent):
+            print(
+                f"\nantiphon: {event.message}" + (f" ({event.hint})" if event.hint else ""),
+                file=sys.stderr,
+                flush=True,
+            )
+
+
+def run(args: argparse.Namespace) -> int:
+    use_tui = not args.no_tui and sys.stdout.isatty()
+    if args.remote:
+        return _run_remote(args, use_tui)
+    model = load_from_args(args)
+    if model.notice and not use_tui:
+        print(f"antiphon: {model.notice}", file=sys.stderr)
+    engine = Engine(model)
+    engine.warm_up()
+    if not use_tui:
+        session = TalkSession(
+            engine, args.input_device, args.output_device, args.record, args.demo_out
+        )
+        session.events.sinks.append(TerminalPrinter())
+        return asyncio.run(_talk_in_terminal(session))
+
+    from .tui import logging_into, make_app  # lazily: the headless server never loads textual
+
+    session = TalkSession(
+        engine,
+        args.input_device,
+        args.output_device,
+        args.record,
+        args.demo_out,
+        notices=lambda text: tui.notice(text),  # `tui` exists before the session runs
+    )
+    tui = make_app(session, args.record_dir)
+    if model.notice:
+        tui.notice(model.notice)
+    with logging_into(tui):
+        tui.run()
+    return tui.return_code or 0
+
+
+def _run_remote(args: argparse.Namespace, use_tui: bool) -> int:
+    """The model on a server (`antiphon serve`), the microphone and speaker here."""
+    if not use_tui:
+        session = remote.session_from_args(args)
+        session.events.sinks.append(TerminalPrinter())
+        return asyncio.run(_remote_in_terminal(session))
+    from .tui import logging_into, make_app
+
+    session = remote.session_from_args(args, notices=lambda text: tui.notice(text))
+    tui = make_app(session, args.record_dir)
+    with logging_into(tui):
+        tui.run()
+    return tui.return_code or 0
+
+
+async def _talk_in_terminal(session: TalkSession) -> int:
+    print(
+        f"antiphon: {session.model_name}"
+        + (f" | recording to {session.initial_record}" if session.initial_record else "")
+        + " | Ctrl-C to stop",
+        file=sys.stderr,
+    )
+    timings = await run_until_signalled(session.run()) or session.timings
+    print()
+    if timings is not None:
+        figures = timings.summary(session.engine.frame_duration)
+        compute = figures.get("compute_ms") or {"median": 0.0}
+        print(
+            f"antiphon: {figures['frames']} frames, compute median "
+            f"{compute['median']:.1f} ms (real-time factor "
+            f"{figures.get('real_time_factor') or 0:.2f}), {timings.counters['dropped_input']} "
+            "microphone frames dropped",
+            file=sys.stderr,
+        )
+    return 0
+
+
+async def _remote_in_terminal(session: remote.RemoteTalkSession) -> int:
+    print(f"antiphon: {session.model_name} | Ctrl-C to stop", file=sys.stderr)
+    await run_until_signalled(session.run())  # the session reports its latency itself
+    print()
+    return 0

@@ -1,0 +1,170 @@
+"""The sound devices of a conversation held here (`talk`, local or remote), with fallbacks.
+
+The devices run in PortAudio's threads; their callbacks hand frames to the event loop with
+`call_soon_threadsafe` and never block. With no microphone on the machine (a server, CI), a
+demo utterance plays as the user's voice instead, in real time; with no speaker, the reply
+is collected for a WAV. A session needs only what `DeviceUser` names to have its devices
+opened: `TalkSession` and `RemoteTalkSession` both have it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+from app.core.audio import AudioFormat
+from app.core.events import ErrorEvent, EventSink
+from app.core.runtime import (
+    AudioSink,
+    AudioSource,
+    CapturedFrame,
+    Clock,
+    CollectingSink,
+    DropOldestQueue,
+    PacedFileSource,
+)
+from audio_io.devices import DeviceInfo, Microphone, Speaker, find_device
+from audio_io.errors import AudioDeviceError
+
+
+class DeviceUser(Protocol):
+    """What opening a conversation's devices reads of its session, and tells it."""
+
+    @property
+    def input_device(self) -> str | None: ...  # index or name; None: the default, or a demo
+
+    @property
+    def output_device(self) -> str | None: ...
+
+    @property
+    def demo_out(self) -> Path: ...  # where the reply goes when there is no speaker
+
+    @property
+    def clock(self) -> Clock: ...
+
+    @property
+    def events(self) -> EventSink: ...  # a lost microphone is reported here
+
+    @property
+    def devices(self) -> dict[str, str]: ...  # gets "input" and "output": what was opened
+
+    def notice(self, text: str) -> None: ...
+
+
+def generated_user_signal(seconds: float, sample_rate: int) -> np.ndarray:
+    """Two voiced 'utterances' (a gliding harmonic tone with syllable rhythm) and pauses."""
+    t = np.arange(int(seconds * sample_rate)) / sample_rate
+    pitch = 140 + 40 * np.sin(2 * np.pi * 0.5 * t)
+    phase = 2 * np.pi * np.cumsum(pitch) / sample_rate
+    voice = sum(np.sin(k * phase) / k for k in range(1, 6))
+    syllables = np.clip(np.sin(2 * np.pi * 4 * t), 0, None)
+    speaking = ((t % 3.0) < 1.6).astype(np.float64)  # 1.6 s of speech every 3 s
+    return (0.25 * voice * syllables * speaking).astype(np.float32)
+
+
+class MicrophoneSource:
+    """Frames from a PortAudio input, handed to the loop from its callback thread.
+
+    The source ends (and with it the conversation, whose recording is then closed) if the
+    device disappears; the reason goes to `events` as an error.
+    """
+
+    def __init__(self, device: DeviceInfo, events: EventSink, queue_frames: int = 4) -> None:
+        self._device = device
+        self._events = events
+        self._queue: DropOldestQueue[CapturedFrame | None] = DropOldestQueue(queue_frames)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self.microphone: Microphone | None = None
+
+    def _on_frame(self, pcm: np.ndarray, capture_time: float) -> None:
+        # PortAudio thread: no blocking, no raising; the loop does the rest.
+        assert self._loop is not None
+        self._loop.call_soon_threadsafe(self._queue.put, CapturedFrame(pcm, capture_time))
+
+    def _on_error(self, message: str) -> None:
+        assert self._loop is not None
+        self._loop.call_soon_threadsafe(self._lost, message)
+
+    def _lost(self, message: str) -> None:
+        self._events.emit(
+            ErrorEvent(
+                0.0,
+                -1,
+                f"microphone lost: {message}",
+                hint="reconnect it and start again; the recording is kept",
+                fatal=True,
+            )
+        )
+        self._queue.put(None)
+
+    async def frames(self) -> AsyncIterator[CapturedFrame]:
+        self._loop = asyncio.get_running_loop()
+        self.microphone = Microphone(self._device, on_frame=self._on_frame, on_error=self._on_error)
+        with self.microphone:
+            while (frame := await self._queue.get()) is not None:
+                yield frame
+
+
+class SpeakerSink:
+    def __init__(self, speaker: Speaker) -> None:
+        self.speaker = speaker
+
+    def play(self, pcm: np.ndarray) -> None:
+        self.speaker.write(pcm)
+
+    def buffered_seconds(self) -> float:
+        return self.speaker.buffered_seconds + (self.speaker.latency or 0.0)
+
+    def counters(self) -> dict[str, int]:
+        return {
+            "underruns": self.speaker.underruns,
+            "overruns": self.speaker.overruns,
+            "xruns": self.speaker.xruns,
+        }
+
+
+@contextlib.contextmanager
+def open_devices(
+    session: DeviceUser, format: AudioFormat, on_speaker_lost: Callable[[str], None]
+) -> Iterator[tuple[AudioSource, AudioSink, CollectingSink | None]]:
+    """The source and sink of a conversation in `format`, falling back to a demo when there
+    are none; `session.devices` gets their names."""
+    names = session.devices
+    try:
+        microphone = find_device(session.input_device, "input")
+    except AudioDeviceError as exc:
+        if session.input_device is not None:
+            raise
+        session.notice(str(exc))
+        session.notice(
+            "no microphone, so a demo utterance plays as your voice "
+            "(pass --input-device to choose one)"
+        )
+        audio = generated_user_signal(6.0, format.sample_rate)
+        source: AudioSource = PacedFileSource(
+            audio, format.frame_size, format.sample_rate, session.clock
+        )
+        names["input"] = "demo utterance (generated)"
+    else:
+        source = MicrophoneSource(microphone, session.events)
+        names["input"] = microphone.describe()
+    try:
+        speaker_device = find_device(session.output_device, "output")
+    except AudioDeviceError as exc:
+        if session.output_device is not None:
+            raise
+        session.notice(str(exc))
+        session.notice(f"no speaker: the reply goes to {session.demo_out}")
+        collected = CollectingSink()
+        names["output"] = f"file {session.demo_out}"
+        yield source, collected, collected
+        return
+    names["output"] = speaker_device.describe()
+    # The speaker opens first: frames the microphone captures meanwhile would pile up.
+    with Speaker(speaker_device, on_error=on_speaker_lost) as speaker:
+        yield source, SpeakerSink(speaker), None
