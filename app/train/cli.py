@@ -11,7 +11,13 @@
 (docs/demo-model.md has the exact sequence, seeds and expected times.) Also runnable without
 the rest of the app as `python -m app.train ...` (a training machine needs no sound devices).
 
-Runs are resumable (app/train/loop.py says how).
+Runs are resumable: a run folder holds `checkpoint.pt` (weights, optimizer state, step and
+every random state), written every `--checkpoint-every` steps and when `--time-limit` is
+reached; running the same command again continues from it, and the continued run computes the
+same numbers as an uninterrupted one. The trained weights are also written as safetensors with
+their config at every checkpoint, so a partial run is usable. `--minutes` instead of `--steps`
+fixes the number of steps from the speed of the first ones; log.jsonl records it, so
+`--steps` reproduces the run.
 """
 
 from __future__ import annotations
@@ -19,11 +25,10 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from model.errors import AntiphonError
+from app.core.commands import main as run_main
 
 from . import codec, export, lm, quality, tokenizer
 from .dialogues import generate
@@ -63,17 +68,9 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """`python -m app.train ...`: logs at INFO (the log is the progress report of long runs)."""
     parser = argparse.ArgumentParser(prog="python -m app.train", description=__doc__)
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     add_arguments(parser)
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        return run(args)
-    except AntiphonError as exc:
-        print(f"antiphon train: {exc}", file=sys.stderr)
-        return 2
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    parser.set_defaults(handler=run)
+    return run_main(parser, argv, name="antiphon train", log_level=logging.INFO)

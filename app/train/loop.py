@@ -1,13 +1,8 @@
 """The training loop the codec and LM trainers share: seeding, the learning-rate schedule,
 resumable checkpoints, the step loop with its log, bf16 autocast and the allocator tuning.
 
-Runs are resumable: a run folder holds `checkpoint.pt` (weights, optimizer state, step and
-every random state), written every `--checkpoint-every` steps and when `--time-limit` is
-reached; running the same command again continues from it, and the continued run computes the
-same numbers as an uninterrupted one. The trained weights are also written as safetensors with
-their config at every checkpoint, so a partial run is usable. `--minutes` instead of `--steps`
-fixes the number of steps from the speed of the first ones; log.jsonl records it, so
-`--steps` reproduces the run.
+Runs are resumable, and resume to the same numbers (the command's help, app/train/cli.py,
+says how); `train_loop` and the checkpoint functions are how.
 """
 
 from __future__ import annotations

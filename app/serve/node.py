@@ -1,11 +1,9 @@
-"""`antiphon serve`: many conversations on one model, batched, over MQTT (docs/serve.md).
+"""The serving node: many conversations on one model, batched, over MQTT (docs/serve.md).
 
     broker ─► receive ─┬─ audio: decode, check, the session's queue (bounded: drop oldest, count)
                        └─ requests, commands ─► control queue ─► control task (open, close, ...)
-    stepper: once per frame period, just after the last of the clients' phases
-             (`serve_state.step_time`), one BatchEngine.step (in the torch thread) for the
-             sessions that have a frame; the others are skipped. Replies carry the sequence
-             number of the frame they answer.
+    frame clock (app/serve/clock.py): once per frame period, one BatchEngine.step (in the torch
+             thread) for the sessions that have a frame; the others are skipped.
     housekeeping: sessions silent for --session-timeout are closed; metrics go out once a second.
 
 One asyncio loop and one torch thread, which owns the BatchEngine and the recordings' audio, so
@@ -16,7 +14,6 @@ reconnects with back-off and serves on: sessions survive an outage shorter than
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import dataclasses
@@ -24,12 +21,9 @@ import logging
 import math
 import random
 import secrets
-import signal
 import socket
-import sys
 import time
 from collections import OrderedDict
-from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,12 +36,12 @@ from aiomqtt.exceptions import MqttConnectError
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from app.core.engine import BatchEngine, StepResult
-from app.core.events import ErrorEvent, Event, StateEvent, TextEvent
-from app.core.models import LoadedModel, add_model_arguments, load_from_args
+from app.core.engine import BatchEngine
+from app.core.events import ErrorEvent, Event, StateEvent
+from app.core.models import LoadedModel
 from app.core.recording import Recorder, RecordingError, model_meta, versions
 from app.core.runtime import DropOldestQueue
-from app.wire.mqtt import BrokerSettings, add_broker_arguments, broker_from_args, call, make_client
+from app.wire.mqtt import BrokerSettings, call, make_client
 from app.wire.protocol import (
     BUSY,
     FULL,
@@ -55,14 +49,12 @@ from app.wire.protocol import (
     RETAINED,
     SESSION_CLOSED,
     UNKNOWN_SESSION,
-    AudioFrame,
     ProtocolError,
     SampleFormat,
     SessionRequest,
     Topics,
     decode_audio,
     decode_json,
-    encode_audio,
     encode_json,
     max_audio_bytes,
     parse_command,
@@ -73,7 +65,8 @@ from app.wire.protocol import (
 from model import SamplingParams
 from model.errors import AntiphonError, ConfigError
 
-from .serve_state import Arrival, Metrics, Session, step_time
+from .clock import FrameClock
+from .sessions import Metrics, Session
 
 log = logging.getLogger(__name__)
 
@@ -112,14 +105,13 @@ class Server:
         self.client: aiomqtt.Client | None = None  # while connected
         self._closed: OrderedDict[tuple[str, str], None] = OrderedDict()
         self._torch = ThreadPoolExecutor(max_workers=1, thread_name_prefix="antiphon-torch")
-        self._wake = asyncio.Event()  # a frame arrived
         self._control: asyncio.Queue[aiomqtt.Message] = asyncio.Queue(CONTROL_QUEUE)
         self._outbox: DropOldestQueue[tuple[str, bytes, int, bool]] = DropOldestQueue(OUTBOX)
         self._availability = asyncio.Lock()
         self._taking_requests = False
         self._stopping = False
         self._connections = 0  # successful connections so far
-        self._silence = np.zeros(self.engine.frame_size, dtype=np.float32)
+        self.frame_clock = FrameClock(self)
         if options.record:
             model_meta(model)  # hashes the weight files once, up front (cached), not per session
 
@@ -130,8 +122,9 @@ class Server:
     def _warm_up(self, frames: int = 3) -> None:
         """A few silent batched steps in every slot: the first steps are slow (allocations)."""
         slots = [self.engine.open() for _ in range(self.options.slots)]
+        silence = np.zeros(self.engine.frame_size, dtype=np.float32)
         for _ in range(frames):
-            self.engine.step(dict.fromkeys(slots, self._silence))
+            self.engine.step(dict.fromkeys(slots, silence))
         for slot in slots:
             self.engine.close(slot)
 
@@ -144,7 +137,7 @@ class Server:
         """
         delay = RECONNECT_MIN
         try:
-            await self._in_torch(self._warm_up)
+            await self.in_torch(self._warm_up)
             while True:
                 connections = self._connections
                 failure: BaseException | None = None
@@ -170,8 +163,8 @@ class Server:
         finally:
             left = list(self.sessions.values())
             for session in left:
-                self._forget(session, "node stopping")
-            await asyncio.shield(self._in_torch(self._close_in_torch, left))
+                self._publish(session, self._forget(session, "node stopping"))
+            await asyncio.shield(self.in_torch(self._close_in_torch, left))
             self._torch.shutdown(wait=True)
 
     async def _connection(self) -> None:
@@ -206,7 +199,7 @@ class Server:
         async with asyncio.TaskGroup() as tasks:
             tasks.create_task(self._receive(client))
             tasks.create_task(self._control_loop(client))
-            tasks.create_task(self._stepper(client))
+            tasks.create_task(self.frame_clock.run(client))
             tasks.create_task(self._publisher(client))
             tasks.create_task(self._housekeeping(client))
 
@@ -215,7 +208,7 @@ class Server:
         self._stopping = True
         await self._update_availability(client)
         for session in list(self.sessions.values()):
-            await self._close(session, "node stopping")
+            await self.close_session(session, "node stopping")
         while self._outbox.qsize():
             topic, payload, qos, retain = await self._outbox.get()
             await call(client.publish(topic, payload, qos=qos, retain=retain))
@@ -269,7 +262,7 @@ class Server:
         if pushed:
             self.metrics.frames_dropped += pushed
             self._session_error(session, session.overflow_error(pushed))
-        self._wake.set()
+        self.frame_clock.wake.set()
 
     async def _on_request(
         self, client: aiomqtt.Client, message: aiomqtt.Message, payload: bytes
@@ -331,18 +324,18 @@ class Server:
             return
         session.last_heard = time.monotonic()
         if command.name == "close":
-            await self._close(session, "closed by the client")
+            await self.close_session(session, "closed by the client")
         elif command.name == "mute":
             session.muted = command.muted
-            self._emit(session, StateEvent(session.elapsed, session.frames, _muted(command.muted)))
+            self.emit(session, StateEvent(session.elapsed, session.frames, _muted(command.muted)))
         elif command.name == "reset":
-            await self._in_torch(self.engine.reset, session.slot)
-            self._emit(session, StateEvent(session.elapsed, session.frames, "reset"))
+            await self.in_torch(self.engine.reset, session.slot)
+            self.emit(session, StateEvent(session.elapsed, session.frames, "reset"))
         elif command.name == "sampling":
             session.sampling = params
-            await self._in_torch(self.engine.set_sampling, session.slot, params)
+            await self.in_torch(self.engine.set_sampling, session.slot, params)
             detail = encode_json(dataclasses.asdict(params)).decode()
-            self._emit(session, StateEvent(session.elapsed, session.frames, "sampling", detail))
+            self.emit(session, StateEvent(session.elapsed, session.frames, "sampling", detail))
 
     # --- sessions ------------------------------------------------------------------------------
 
@@ -367,7 +360,7 @@ class Server:
             recorder.meta["session"] = {"id": session_id, "owner": request.owner}
             return slot, recorder, None
 
-        slot, recorder, problem = await self._in_torch(open_in_torch)
+        slot, recorder, problem = await self.in_torch(open_in_torch)
         session = Session(
             id=session_id,
             owner=request.owner,
@@ -380,24 +373,29 @@ class Server:
         )
         self.sessions[(session.owner, session.id)] = session
         self.metrics.sessions_opened += 1
-        self._emit(session, StateEvent(0.0, 0, "opened", self.model.name))
+        self.emit(session, StateEvent(0.0, 0, "opened", self.model.name))
         if problem is not None:
-            self._emit(session, ErrorEvent(0.0, 0, f"not recording: {problem}"))
+            self.emit(session, ErrorEvent(0.0, 0, f"not recording: {problem}"))
         self._publish_info()
         log.info("session %s… of %s opened in slot %d", session_id[:6], request.owner, slot)
         return session
 
-    async def _close(self, session: Session, reason: str) -> None:
+    async def close_session(self, session: Session, reason: str) -> None:
         if session.closed:
             return
-        self._forget(session, reason)
-        await asyncio.shield(self._in_torch(self._close_in_torch, [session]))
+        closed = self._forget(session, reason)
+        await asyncio.shield(self.in_torch(self._close_in_torch, [session]))
         if self.client is not None:
+            # Back in the fleet's group before the client hears that its slot is free: a
+            # request it sends at once must find this node (it found none when `closed` went
+            # out first).
             await self._update_availability(self.client)
+        self._publish(session, closed)
         self._publish_info()
 
-    def _forget(self, session: Session, reason: str) -> None:
-        """The loop's side of closing: no more frames or commands reach the session."""
+    def _forget(self, session: Session, reason: str) -> StateEvent:
+        """The loop's side of closing: no more frames or commands reach the session. Returns
+        the `closed` event, already in its recording, for the caller to publish."""
         session.closed = True
         key = (session.owner, session.id)
         self.sessions.pop(key, None)
@@ -405,8 +403,11 @@ class Server:
         while len(self._closed) > FORGET_CLOSED:
             self._closed.popitem(last=False)
         self.metrics.sessions_closed += 1
-        self._emit(session, StateEvent(session.elapsed, session.frames, "closed", reason))
+        closed = StateEvent(session.elapsed, session.frames, "closed", reason)
+        if session.recorder is not None:
+            session.recorder.emit(closed)
         log.info("session %s… closed: %s", session.id[:6], reason)
+        return closed
 
     def _close_in_torch(self, sessions: list[Session]) -> None:
         for session in sessions:
@@ -423,110 +424,6 @@ class Server:
             elif not wanted and self._taking_requests:
                 await call(client.unsubscribe(self.topics.shared_requests))
             self._taking_requests = wanted
-
-    # --- the frame clock -----------------------------------------------------------------------
-
-    async def _stepper(self, client: aiomqtt.Client) -> None:
-        while True:
-            ready = [s for s in self.sessions.values() if s.queue]
-            now = time.monotonic()
-            period = self.engine.frame_duration
-            at = step_time(self.sessions.values(), ready, now, period) if ready else math.inf
-            if now >= at or any(len(s.queue) > 1 for s in ready):  # due, or someone is behind
-                await self._step(client, ready)
-                continue
-            self._wake.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), None if at == math.inf else at - now)
-
-    async def _step(self, client: aiomqtt.Client, ready: list[Session]) -> None:
-        batch = [(session, session.queue.popleft()) for session in ready]
-        frames = {s.slot: self._silence if s.muted else a.frame.pcm for s, a in batch}
-        started = time.perf_counter()
-        try:
-            results, unrecorded = await self._in_torch(self._step_in_torch, batch, frames)
-        except Exception as exc:  # a failed step (out of memory, say) ends its sessions only
-            log.exception("a batched step failed")
-            self.metrics.errors["step_failed"] += 1
-            for session, _ in batch:
-                self._emit(
-                    session, ErrorEvent(session.elapsed, session.frames, str(exc), fatal=True)
-                )
-                await self._close(session, "the node failed to step it")
-            return
-        self.metrics.steps += 1
-        self.metrics.step_ms.append(1000 * (time.perf_counter() - started))
-        for session, _ in batch:  # a recording that failed ends, its conversation goes on
-            if session.slot in unrecorded and session.recorder is not None:
-                recorder, session.recorder = session.recorder, None
-                self.metrics.errors["recording_failed"] += 1
-                self._emit(
-                    session,
-                    ErrorEvent(
-                        session.elapsed,
-                        session.frames,
-                        f"recording stopped: {unrecorded[session.slot]}",
-                        hint="free disk space or check the --record folder; what was written "
-                        "is kept",
-                    ),
-                )
-                with contextlib.suppress(AntiphonError, OSError, RuntimeError):
-                    recorder.close(session.summary(self.engine.frame_duration))
-        now = time.monotonic()
-        publishing = []
-        for session, arrival in batch:
-            result = results[session.slot]
-            index = session.frames
-            session.frames += 1
-            session.timings.add(result.compute_ms, result.encode_ms, result.lm_ms, result.decode_ms)
-            if session.closed:
-                continue
-            publishing.extend(self._reply(client, session, arrival, result, index, now))
-        await asyncio.gather(*publishing)
-
-    def _step_in_torch(
-        self, batch: list[tuple[Session, Arrival]], frames: dict[int, np.ndarray]
-    ) -> tuple[dict[int, StepResult], dict[int, str]]:
-        """The batched step, then each session's recording; a recording that fails (a full
-        disk) is reported by slot and does not fail the step for the others."""
-        results = self.engine.step(frames)
-        unrecorded: dict[int, str] = {}
-        for session, _ in batch:
-            if session.recorder is not None:
-                try:
-                    session.recorder.write_frame(results[session.slot].pcm, frames[session.slot])
-                except (AntiphonError, OSError, RuntimeError) as exc:
-                    unrecorded[session.slot] = str(exc)
-        return results, unrecorded
-
-    def _reply(
-        self,
-        client: aiomqtt.Client,
-        session: Session,
-        arrival: Arrival,
-        result: StepResult,
-        index: int,
-        now: float,
-    ) -> list[Any]:
-        node_us = 1e6 * (now - arrival.time)
-        session.timings.node_ms.append(node_us / 1000)
-        reply = AudioFrame(
-            arrival.frame.sequence,
-            result.pcm,
-            session.format,
-            node_us=round(node_us),
-            encode_us=round(1000 * result.encode_ms),
-            lm_us=round(1000 * result.lm_ms),
-            decode_us=round(1000 * result.decode_ms),
-        )
-        self.metrics.frames_out += 1
-        publishing = [client.publish(session.topics.out_audio, encode_audio(reply))]
-        if result.text:
-            event = TextEvent(session.elapsed, index, result.text_token, result.text)
-            publishing.append(client.publish(session.topics.out_text, event.to_json()))
-            if session.recorder is not None:
-                session.recorder.emit(event)
-        return publishing
 
     # --- outgoing ------------------------------------------------------------------------------
 
@@ -545,25 +442,29 @@ class Server:
             for session in list(self.sessions.values()):
                 if now - session.last_heard > self.options.session_timeout:
                     self.metrics.timeouts += 1
-                    await self._close(session, "timeout: no audio or command")
+                    await self.close_session(session, "timeout: no audio or command")
             current = self.metrics.as_dict()
             counters = {k: v for k, v in current.items() if k != "uptime_s"}
             if counters != published and now - last_metrics >= 1.0:
                 published, last_metrics = counters, now
                 self._outbox.put((self.topics.metrics, encode_json(current), 1, True))
 
-    def _emit(self, session: Session, event: Event, **extra: Any) -> None:
-        payload = encode_json(event.to_dict() | extra)
-        self._outbox.put((session.topics.out_event, payload, 0, False))
+    def emit(self, session: Session, event: Event, **extra: Any) -> None:
+        """An event of a session: to its client (event topic) and to its recording."""
+        self._publish(session, event, **extra)
         if session.recorder is not None:
             session.recorder.emit(event)
+
+    def _publish(self, session: Session, event: Event, **extra: Any) -> None:
+        payload = encode_json(event.to_dict() | extra)
+        self._outbox.put((session.topics.out_event, payload, 0, False))
 
     def _session_error(self, session: Session, exc: ProtocolError) -> None:
         self.metrics.errors[exc.code] += 1
         session.errors[exc.code] += 1
         if session.may_report(exc.code, time.monotonic()):
             event = ErrorEvent(session.elapsed, session.frames, str(exc))
-            self._emit(session, event, code=exc.code, count=session.errors[exc.code])
+            self.emit(session, event, code=exc.code, count=session.errors[exc.code])
 
     def _no_such_session(self, owner: str, session_id: str) -> None:
         """Told on the named session's own event topic, which only its owner may read."""
@@ -607,7 +508,7 @@ class Server:
             "fleet_requests": self.topics.fleet_requests,
         }
 
-    def _in_torch(self, function: Any, *args: Any) -> asyncio.Future[Any]:
+    def in_torch(self, function: Any, *args: Any) -> asyncio.Future[Any]:
         """Run in the torch thread; submitted at once, so work asked for is done even if the
         caller is cancelled meanwhile (the thread finishes its queue before the node exits)."""
         return asyncio.get_running_loop().run_in_executor(self._torch, function, *args)
@@ -621,92 +522,3 @@ def _first_leaf(group: BaseException) -> BaseException:
 
 def _muted(muted: bool) -> str:
     return "muted" if muted else "unmuted"
-
-
-# --- the command ---------------------------------------------------------------------------------
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    add_model_arguments(parser)
-    add_broker_arguments(parser, "--broker", host_and_port=True)
-    group = parser.add_argument_group("serving")
-    group.add_argument("--prefix", default="antiphon", help="topic prefix (default antiphon)")
-    group.add_argument("--node", default=socket.gethostname(), help="node name (default: host)")
-    group.add_argument("--slots", type=int, default=4, help="conversations at once (default 4)")
-    group.add_argument("--record", type=Path, metavar="DIR", help="record every session here")
-    group.add_argument(
-        "--session-timeout",
-        type=float,
-        default=10.0,
-        help="close a session after this many seconds without audio (default 10)",
-    )
-    group.add_argument(
-        "--queue-frames",
-        type=int,
-        default=8,
-        help="input frames a session may have waiting before the oldest is dropped (default 8)",
-    )
-
-
-def run(args: argparse.Namespace) -> int:
-    broker = broker_from_args(args, "--broker")
-    options = ServeOptions(
-        prefix=args.prefix,
-        node=args.node,
-        slots=args.slots,
-        record=args.record,
-        session_timeout=args.session_timeout,
-        queue_frames=args.queue_frames,
-    )
-    model = load_from_args(args)
-    if model.tokenizer is None:
-        print(
-            "antiphon: no bundled model yet: serving a small RANDOMLY INITIALISED model "
-            "(noise and meaningless tokens); --hf-repo loads Kyutai's models",
-            file=sys.stderr,
-        )
-    try:
-        server = Server(model, broker, options)
-    except ProtocolError as exc:
-        raise ConfigError(str(exc)) from exc
-    print(
-        f"antiphon serve: node {options.node}, {options.slots} slots of {model.name}, "
-        f"broker {broker.describe()}, topics {server.topics.prefix}/{options.node}/...",
-        file=sys.stderr,
-        flush=True,
-    )
-    return asyncio.run(_serve_until_signalled(server))
-
-
-async def _serve_until_signalled(server: Server) -> int:
-    loop = asyncio.get_running_loop()
-    serving = asyncio.create_task(server.run())
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, serving.cancel)
-    try:
-        await serving
-    except asyncio.CancelledError:
-        if not serving.cancelled():
-            raise
-    return 0
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """`python -m app.serve ...`, the same as `antiphon serve ...`."""
-    parser = argparse.ArgumentParser(prog="antiphon serve", description=__doc__.split("\n")[0])
-    parser.add_argument("-v", "--verbose", action="store_true", help="log more")
-    add_arguments(parser)
-    args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO if args.verbose else logging.WARNING,
-        format="%(levelname)s %(name)s: %(message)s",
-    )
-    try:
-        return run(args)
-    except AntiphonError as exc:
-        print(f"antiphon: {exc}", file=sys.stderr)
-        return 2
-
-
-if __name__ == "__main__":
-    sys.exit(main())

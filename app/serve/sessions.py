@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import time
 from collections import Counter, deque
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,7 +23,6 @@ from app.wire.protocol import (
 from model import SamplingParams
 
 ERROR_EVENT_INTERVAL = 1.0  # seconds: at most one error event per code and session this often
-STEP_MARGIN = 0.003  # seconds a step waits after the expected last arrival of its cluster
 
 
 @dataclass(frozen=True)
@@ -156,23 +154,3 @@ class Metrics:
             "errors": dict(self.errors),
             "errors_total": sum(self.errors.values()),
         }
-
-
-def step_time(
-    sessions: Iterable[Session], ready: list[Session], now: float, period: float
-) -> float:
-    """When to step the frames waiting in `ready`: just after the last arrival of their cluster.
-
-    Each client sends a frame per period on a phase of its own. One step per period serves them
-    all with the least waiting if it comes right after the phase that precedes the largest gap
-    between phases. A frame later than that (jitter) waits for the next step, or gets a step of
-    its own at once when its session falls a frame behind (the caller's rule).
-    """
-    phases = sorted(
-        s.last_arrival % period for s in sessions if s.queue or now - s.last_arrival < 2 * period
-    )
-    gaps = [b - a for a, b in zip(phases, phases[1:], strict=False)]
-    gaps.append(phases[0] + period - phases[-1])
-    end = phases[max(range(len(gaps)), key=gaps.__getitem__)]
-    oldest = min(s.queue[0].time for s in ready)
-    return oldest + (end + STEP_MARGIN - oldest) % period

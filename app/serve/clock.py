@@ -1,0 +1,185 @@
+"""The node's frame clock: once per frame period, one batched step for the sessions that have a
+frame, timed just after the last of the clients' phases; replies carry the sequence number of
+the frame they answer.
+
+Each client sends a frame every 80 ms on a phase of its own. `step_time` picks the moment that
+serves them all with the least waiting; a session that falls a frame behind gets a step at once.
+The step runs in the node's one torch thread (the BatchEngine and the recordings' audio live
+there); a step that fails ends its sessions only, a recording that fails ends only itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import time
+from collections.abc import Iterable
+from typing import Any, Protocol
+
+import aiomqtt
+import numpy as np
+
+from app.core.engine import BatchEngine, StepResult
+from app.core.events import ErrorEvent, Event, TextEvent
+from app.wire.protocol import AudioFrame, encode_audio
+from model.errors import AntiphonError
+
+from .sessions import Arrival, Metrics, Session
+
+log = logging.getLogger(__name__)
+
+STEP_MARGIN = 0.003  # seconds a step waits after the expected last arrival of its cluster
+
+
+class Node(Protocol):
+    """What the frame clock needs of the node whose sessions it steps."""
+
+    @property
+    def engine(self) -> BatchEngine: ...
+
+    @property
+    def sessions(self) -> dict[tuple[str, str], Session]: ...
+
+    @property
+    def metrics(self) -> Metrics: ...
+
+    def in_torch(self, function: Any, *args: Any) -> asyncio.Future[Any]: ...
+
+    def emit(self, session: Session, event: Event, **extra: Any) -> None: ...
+
+    async def close_session(self, session: Session, reason: str) -> None: ...
+
+
+def step_time(
+    sessions: Iterable[Session], ready: list[Session], now: float, period: float
+) -> float:
+    """When to step the frames waiting in `ready`: just after the last arrival of their cluster.
+
+    Each client sends a frame per period on a phase of its own. One step per period serves them
+    all with the least waiting if it comes right after the phase that precedes the largest gap
+    between phases. A frame later than that (jitter) waits for the next step, or gets a step of
+    its own at once when its session falls a frame behind (the caller's rule).
+    """
+    phases = sorted(
+        s.last_arrival % period for s in sessions if s.queue or now - s.last_arrival < 2 * period
+    )
+    gaps = [b - a for a, b in zip(phases, phases[1:], strict=False)]
+    gaps.append(phases[0] + period - phases[-1])
+    end = phases[max(range(len(gaps)), key=gaps.__getitem__)]
+    oldest = min(s.queue[0].time for s in ready)
+    return oldest + (end + STEP_MARGIN - oldest) % period
+
+
+class FrameClock:
+    """Steps a node's sessions on the frame period (run it as one task of the node)."""
+
+    def __init__(self, node: Node) -> None:
+        self.node = node
+        self.wake = asyncio.Event()  # set when a frame arrives
+        self._silence = np.zeros(node.engine.frame_size, dtype=np.float32)
+
+    async def run(self, client: aiomqtt.Client) -> None:
+        """Step until cancelled: when the frames waiting are due, or at once for a session
+        that has fallen a frame behind; otherwise sleep until then or until a frame arrives."""
+        while True:
+            ready = [s for s in self.node.sessions.values() if s.queue]
+            now = time.monotonic()
+            period = self.node.engine.frame_duration
+            at = step_time(self.node.sessions.values(), ready, now, period) if ready else math.inf
+            if now >= at or any(len(s.queue) > 1 for s in ready):  # due, or someone is behind
+                await self._step(client, ready)
+                continue
+            self.wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.wake.wait(), None if at == math.inf else at - now)
+
+    async def _step(self, client: aiomqtt.Client, ready: list[Session]) -> None:
+        batch = [(session, session.queue.popleft()) for session in ready]
+        frames = {s.slot: self._silence if s.muted else a.frame.pcm for s, a in batch}
+        started = time.perf_counter()
+        try:
+            results, unrecorded = await self.node.in_torch(self._step_in_torch, batch, frames)
+        except Exception as exc:  # a failed step (out of memory, say) ends its sessions only
+            log.exception("a batched step failed")
+            self.node.metrics.errors["step_failed"] += 1
+            for session, _ in batch:
+                self.node.emit(
+                    session, ErrorEvent(session.elapsed, session.frames, str(exc), fatal=True)
+                )
+                await self.node.close_session(session, "the node failed to step it")
+            return
+        self.node.metrics.steps += 1
+        self.node.metrics.step_ms.append(1000 * (time.perf_counter() - started))
+        for session, _ in batch:  # a recording that failed ends, its conversation goes on
+            if session.slot in unrecorded and session.recorder is not None:
+                recorder, session.recorder = session.recorder, None
+                self.node.metrics.errors["recording_failed"] += 1
+                self.node.emit(
+                    session,
+                    ErrorEvent(
+                        session.elapsed,
+                        session.frames,
+                        f"recording stopped: {unrecorded[session.slot]}",
+                        hint="free disk space or check the --record folder; what was written "
+                        "is kept",
+                    ),
+                )
+                with contextlib.suppress(AntiphonError, OSError, RuntimeError):
+                    recorder.close(session.summary(self.node.engine.frame_duration))
+        now = time.monotonic()
+        publishing = []
+        for session, arrival in batch:
+            result = results[session.slot]
+            index = session.frames
+            session.frames += 1
+            session.timings.add(result.compute_ms, result.encode_ms, result.lm_ms, result.decode_ms)
+            if session.closed:
+                continue
+            publishing.extend(self._reply(client, session, arrival, result, index, now))
+        await asyncio.gather(*publishing)
+
+    def _step_in_torch(
+        self, batch: list[tuple[Session, Arrival]], frames: dict[int, np.ndarray]
+    ) -> tuple[dict[int, StepResult], dict[int, str]]:
+        """The batched step, then each session's recording; a recording that fails (a full
+        disk) is reported by slot and does not fail the step for the others."""
+        results = self.node.engine.step(frames)
+        unrecorded: dict[int, str] = {}
+        for session, _ in batch:
+            if session.recorder is not None:
+                try:
+                    session.recorder.write_frame(results[session.slot].pcm, frames[session.slot])
+                except (AntiphonError, OSError, RuntimeError) as exc:
+                    unrecorded[session.slot] = str(exc)
+        return results, unrecorded
+
+    def _reply(
+        self,
+        client: aiomqtt.Client,
+        session: Session,
+        arrival: Arrival,
+        result: StepResult,
+        index: int,
+        now: float,
+    ) -> list[Any]:
+        node_us = 1e6 * (now - arrival.time)
+        session.timings.node_ms.append(node_us / 1000)
+        reply = AudioFrame(
+            arrival.frame.sequence,
+            result.pcm,
+            session.format,
+            node_us=round(node_us),
+            encode_us=round(1000 * result.encode_ms),
+            lm_us=round(1000 * result.lm_ms),
+            decode_us=round(1000 * result.decode_ms),
+        )
+        self.node.metrics.frames_out += 1
+        publishing = [client.publish(session.topics.out_audio, encode_audio(reply))]
+        if result.text:
+            event = TextEvent(session.elapsed, index, result.text_token, result.text)
+            publishing.append(client.publish(session.topics.out_text, event.to_json()))
+            if session.recorder is not None:
+                session.recorder.emit(event)
+        return publishing
