@@ -21,7 +21,7 @@ Facts this relies on (jackd2 1.9.21, libportaudio2 19.6.0, Debian 12):
   N counting up over every stream opened since PortAudio was initialised) and connect them to
   system:capture_N / system:playback_N when they start.
 - `sounddevice._terminate()` must run BEFORE jackd stops, else the process aborts at exit; and a
-  PortAudio stream whose server vanished can never be stopped (see audio_io/devices.py), so tests
+  PortAudio stream whose server vanished can never be stopped (see audio_io/streams.py), so tests
   that kill the server do it in a subprocess.
 - In CI (CI=true) a missing jackd fails the test; elsewhere it skips.
 """

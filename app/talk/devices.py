@@ -28,8 +28,9 @@ from app.core.runtime import (
     DropOldestQueue,
     PacedFileSource,
 )
-from audio_io.devices import DeviceInfo, Microphone, Speaker, find_device
+from audio_io.devices import DeviceInfo, find_device
 from audio_io.errors import AudioDeviceError
+from audio_io.streams import Microphone, Speaker
 
 
 class DeviceUser(Protocol):

@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 import soxr
 
-from audio_io.devices import Microphone, Speaker
 from audio_io.errors import AudioDeviceError
+from audio_io.streams import Microphone, Speaker
 from tests.jack_server import JackPeer, JackServer, jack_server, require_portaudio, require_tool
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -1,7 +1,7 @@
 """Child process for test_jack.py: the JACK server vanishes under a running Microphone and Speaker.
 
 Run as `python -m tests.audio_io.vanish_child` from the repository root. A PortAudio stream whose
-server died can never be stopped (audio_io/devices.py says why), so this cannot run inside pytest's
+server died can never be stopped (audio_io/streams.py says why), so this cannot run inside pytest's
 own process. Prints one JSON line: the errors reported, and how long detection and close took.
 """
 
@@ -11,7 +11,7 @@ import time
 
 import numpy as np
 
-from audio_io.devices import Microphone, Speaker
+from audio_io.streams import Microphone, Speaker
 from tests.jack_server import point_portaudio_at, start_jackd
 
 
