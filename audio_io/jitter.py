@@ -1,6 +1,6 @@
 """The speaker's jitter buffer: frames arrive in bursts from inference, the device pulls steadily.
 
-Drop policy (ARCHITECTURE.md: every queue is bounded and says what it drops):
+Drop policy (docs/architecture.md: every queue is bounded and says what it drops):
 
 - **Pre-roll.** Nothing plays until `preroll_frames` frames are buffered, at the start and again
   after every underrun; until then `read` returns silence. One frame of pre-roll absorbs the

@@ -1,8 +1,8 @@
 """The reference `moshi` package's side of `antiphon bench`, and nothing else.
 
 This is the one product module that imports the reference package (a test-only oracle, see
-ARCHITECTURE.md): `app.bench.cli` imports it lazily, only when a comparison is asked for, so that
-`antiphon bench --no-reference` and every other command run without `moshi` installed.
+docs/architecture.md): `app.bench.cli` imports it lazily, only when a comparison is asked for,
+so that `antiphon bench --no-reference` and every other command run without `moshi` installed.
 
 The reference models are built from our configs written as Kyutai's keyword configs, with random
 weights; `our_codec_state` / `our_lm_state` hand those same weights to our modules.

@@ -1,4 +1,4 @@
-"""What `antiphon serve` keeps per session and per node, and when it steps them."""
+"""What `antiphon serve` keeps per session and per node: queues, sequence numbers, counters."""
 
 from __future__ import annotations
 
