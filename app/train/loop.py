@@ -224,10 +224,10 @@ def train_loop(
             if done % options.log_every == 0 or done == options.steps or out_of_time:
                 elapsed = time.monotonic() - began
                 rate = (done - start) / max(elapsed, 1e-9)
-                left = None if options.steps is None else (options.steps - done) / max(rate, 1e-9)
+                eta = None if options.steps is None else (options.steps - done) / max(rate, 1e-9)
                 row = {"step": done, **metrics, "peak_rss_gb": memory["peak_rss_gb"],
                        "elapsed_s": round(elapsed, 1),
-                       "eta_s": None if left is None else round(left)}  # fmt: skip
+                       "eta_s": None if eta is None else round(eta)}  # fmt: skip
                 log_file.write(json.dumps(row) + "\n")
                 log_file.flush()
                 if not options.progress:  # the log is the progress report
@@ -239,7 +239,7 @@ def train_loop(
                         " ".join(f"{k} {v:.3g}" for k, v in metrics.items() if k != "faults"),
                         1 / max(rate, 1e-9),
                         memory["peak_rss_gb"],
-                        "?" if left is None else f"{left / 60:.0f} min",
+                        "?" if eta is None else f"{eta / 60:.0f} min",
                     )
             if options.evaluate is not None and (
                 done % options.eval_every == 0 or done == options.steps

@@ -34,12 +34,14 @@ from model.lm import LM
 from model.sampling import SamplingParams
 from tests.model.test_codec import reference_and_ours, speechlike
 from tests.model.test_lm_parity import CONFIGS
+from tests.reference import require_reference
 
 LM_KWARGS = CONFIGS["moshi-like"]
 GEN_CONFIG = {"temp": 0.6, "temp_text": 0.5, "top_k": 100, "top_k_text": 10}
 
 
 def _reference_lm(kwargs: dict, seed: int = 0) -> nn.Module:
+    require_reference()
     from moshi.models.lm import LMModel
 
     torch.manual_seed(seed)

@@ -11,9 +11,11 @@ from model.config import MimiConfig, mimi, tiny_mimi
 from model.errors import AudioInputError
 from model.kyutai_config import kyutai_mimi_config
 from model.kyutai_names import codec_key_from_kyutai
+from tests.reference import require_reference
 
 
 def reference_and_ours(config: MimiConfig, seed: int = 0):
+    require_reference()
     from moshi.models.loaders import get_mimi
 
     torch.manual_seed(seed)

@@ -5,6 +5,7 @@ from model.config import mimi
 from model.kyutai_names import codec_key_from_kyutai, codec_key_to_kyutai
 from model.quantizer import SplitResidualVQ
 from model.seanet import SeanetDecoder, SeanetEncoder
+from tests.reference import require_reference
 
 EXAMPLES = [
     ("encoder.model.3.conv.conv.weight", "encoder.model.3.conv.weight"),
@@ -40,6 +41,7 @@ def test_examples(kyutai: str, ours: str) -> None:
 
 @pytest.fixture(scope="module")
 def released_mimi_state() -> dict[str, torch.Tensor]:
+    require_reference()
     from moshi.models import loaders
 
     return loaders.get_mimi(None, device="cpu").state_dict()

@@ -39,6 +39,7 @@ def test_nothing_comes_out_until_the_delays_have_passed(lm: LM) -> None:
 
 def test_a_conversation_runs_far_past_the_context(lm: LM) -> None:
     context = lm.config.temporal.context
+    assert context is not None
     frames = _run(lm, _user(1, 5 * context, lm), SamplingParams(seed=1))
     assert all(f.ready.all() for f in frames[1:])
     assert all(torch.isfinite(f.text_logits).all() for f in frames)
@@ -139,7 +140,9 @@ def _greedy_conversation(lm: LM, frames: int) -> tuple[torch.Tensor, list]:
 
 def test_training_logits_equal_streamed_logits_past_the_context(lm: LM) -> None:
     """The training path (whole sequence, delayed time) computes what streaming computes."""
-    frames = lm.config.temporal.context + 9
+    context = lm.config.temporal.context
+    assert context is not None
+    frames = context + 9
     codes, steps = _greedy_conversation(lm, frames)
     with torch.no_grad():
         text_logits, audio_logits, targets = lm.forward_delayed(codes)
@@ -162,7 +165,7 @@ def test_every_depth_weight_set_learns_through_the_training_forward(lm: LM) -> N
     _, audio_logits, _ = model.forward_delayed(codes)
     audio_logits.logsumexp(-1).sum().backward()
     for layer in model.depformer.layers:
-        for projection in layer.self_attn.in_projs:
+        for projection in layer.self_attn.in_projs:  # type: ignore[union-attr]
             assert projection.weight.grad is not None and projection.weight.grad.abs().sum() > 0
 
 

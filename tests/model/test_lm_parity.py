@@ -12,6 +12,7 @@ import torch
 from model.checkpoint import lm_config_from_kyutai
 from model.lm import LM
 from model.sampling import SamplingParams
+from tests.reference import require_reference
 
 pytestmark = pytest.mark.parity
 
@@ -75,6 +76,7 @@ CONFIGS = {
 
 
 def _pair(kwargs: dict, seed: int = 0):
+    require_reference()
     from moshi.models.lm import LMModel
 
     torch.manual_seed(seed)

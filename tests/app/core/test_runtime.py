@@ -98,7 +98,7 @@ def test_a_step_slower_than_real_time_is_reported_and_audio_is_dropped(engine: E
     slow = SlowEngine(engine, seconds=0.12)  # 120 ms of compute for an 80 ms frame
     started = time.monotonic()
     _, summary, _, events = _converse(
-        slow,
+        slow,  # type: ignore[arg-type]
         _signal(1.6),
         clock=RealClock(),  # type: ignore[arg-type]
         input_queue_frames=2,

@@ -263,7 +263,9 @@ def test_a_failed_recording_ends_only_that_recording(
                 await me.wait_replies(a, i + 1)
                 await me.wait_replies(b, i + 1)
             # The disk "fills up" under session a: its recorder refuses further frames.
-            server.sessions[("alice", a["session"])].recorder.close()
+            recorder = server.sessions[("alice", a["session"])].recorder
+            assert recorder is not None
+            recorder.close()
             for i in range(3, 6):
                 await me.send(a, i, audio[i])
                 await me.send(b, i, audio[i])
