@@ -1,6 +1,6 @@
 """The TUI's widgets: the transcript, the level meters, the status panel and the alert bar.
 
-They only display; what to display is decided by the app (app/tui/app.py). Colours live in
+They only display; what to display is decided by the app (app/talk/tui/app.py). Colours live in
 antiphon.tcss, reached through component classes where a widget renders several parts.
 """
 
