@@ -185,7 +185,9 @@ class Festival:
 (fclose (fopen "{done}" "w"))
 """
             if self._process.poll() is not None:
-                raise SpeechError("festival exited (is the voice installed? see app.train.speech_cmu)")
+                raise SpeechError(
+                    "festival exited (is the voice installed? see app.train.speech_cmu)"
+                )
             self._process.stdin.write(script)  # type: ignore[union-attr]
             self._process.stdin.flush()  # type: ignore[union-attr]
             deadline = time.monotonic() + timeout
