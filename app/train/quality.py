@@ -274,8 +274,8 @@ def _figures(results: list[dict]) -> dict[str, Any]:
         "answer_correct": _share([r["answer_correct"] for r in answered]),
         "audio_matches": _share([r["audio_matches"] for r in answered]),
         "audio_says_text": _share([r["audio_says_text"] for r in answered if r["text_picked"]]),
-        "codec_stoi": _mean([r["stoi_clean"] for r in results]),
-        "codec_stoi_heard": _mean([r["stoi_heard"] for r in results]),
+        "codec_stoi": _mean([r["stoi_clean"] for r in results if "stoi_clean" in r]),
+        "codec_stoi_heard": _mean([r["stoi_heard"] for r in results if "stoi_heard" in r]),
         "silent_while_user": (
             sum(r["silent_user_frames"] for r in results) / user_frames if user_frames else None
         ),

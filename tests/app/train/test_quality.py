@@ -24,15 +24,15 @@ def test_the_recorded_assistant_scores_perfectly(tmp_path: Path) -> None:
             if speaker == ASSISTANT
         ]
         results.append(score_dialogue(Session(assistant, monologue, 0.08), description, renderings))
-    report = summarize(results, [])
+    report = summarize(results)
     figures = report["figures"]
     assert report["counts"]["requests_answered"] >= 4
-    for name in ("answer_correct", "audio_matches", "answers_within_1s"):
+    for name in ("answer_correct", "audio_matches", "audio_says_text", "answers_within_1s"):
         assert figures[name] == 1.0, name
     assert figures["silent_while_user"] > 0.9  # an interrupted answer overlaps the user a little
     for name in ("pause_kept_silent", "stops_within_0_5s"):
         assert figures[name] in (None, 1.0), name
     # A model that says nothing answers nothing.
     silent = Session(np.zeros_like(assistant), [], 0.08)
-    nothing = summarize([score_dialogue(silent, description, renderings)], [])["figures"]
+    nothing = summarize([score_dialogue(silent, description, renderings)])["figures"]
     assert nothing["answers_within_1s"] == 0.0 and nothing["silent_while_user"] == 1.0
