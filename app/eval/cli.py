@@ -86,6 +86,9 @@ def run(args: argparse.Namespace) -> int:
         except (EvaluationError, AudioError) as exc:
             failed.append((item.path, str(exc)))
             continue
+        except Exception as exc:  # an odd folder costs its own report, never the others'
+            failed.append((item.path, f"unexpected {type(exc).__name__}: {exc}"))
+            continue
         for warning in result.report["warnings"]:
             print(f"antiphon: warning: {warning}", file=sys.stderr)
         done.append(result)

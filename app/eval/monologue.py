@@ -51,7 +51,8 @@ def _dilate(mask: np.ndarray, radius: int) -> np.ndarray:
     if radius <= 0:
         return mask.copy()
     kernel = np.ones(2 * radius + 1)
-    return np.convolve(mask.astype(float), kernel, mode="same") > 0
+    # "full" and cut: mode="same" returns the kernel's length when the mask is the shorter
+    return np.convolve(mask.astype(float), kernel, mode="full")[radius : radius + len(mask)] > 0
 
 
 def _share(part: np.ndarray, whole: np.ndarray) -> float | None:

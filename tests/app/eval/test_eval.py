@@ -389,3 +389,35 @@ def test_missing_silero_vad_says_how_to_install(monkeypatch: pytest.MonkeyPatch)
     finally:
         monkeypatch.undo()
         vad._silero.cache_clear()
+
+
+def test_short_recordings_are_evaluated_and_an_odd_folder_does_not_stop_the_rest(
+    speech, tmp_path: Path, capsys
+) -> None:
+    """Issue 13 item 3: a recording shorter than the monologue's 2.16 s window was a crash
+    (np.convolve "same" returns the kernel's length), and one crash lost every folder's table."""
+    s = speech
+    root = tmp_path / "tree"
+    for name, duration in (("short", 1.0), ("one_frame", 0.08), ("good", 4.0)):
+        write_recording(
+            root / name,
+            lay_out(duration, [(0.0, s["yeah"])]),
+            lay_out(duration, []),
+            [(0.0, " yeah")],
+        )
+    write_recording(root / "odd", lay_out(2.0, []), lay_out(2.0, []), [])
+    with (root / "odd" / "events.jsonl").open("a") as events:
+        events.write('{"type": "frame", "frame": 30, "underruns": "many"}\n')
+
+    assert run_eval(root) == 1
+    captured = capsys.readouterr()
+    report = json.loads(captured.out)
+    evaluated = {Path(r["path"]).name: r for r in report["recordings"]}
+    assert set(evaluated) == {"short", "one_frame", "good"}
+    assert evaluated["short"]["speech"]["duration_s"] == pytest.approx(1.0)
+    assert evaluated["short"]["monologue"]["pieces"] == 1
+    assert evaluated["one_frame"]["monologue"]["text_frames"] == 1
+    (failed,) = report["failed"]
+    assert Path(failed["path"]).name == "odd" and "many" in failed["error"]
+    assert f"cannot evaluate {root / 'odd'}" in captured.err
+    assert "Traceback" not in captured.err
