@@ -4,6 +4,7 @@
     folder/events.jsonl   one Event.to_json() per line, flushed per line
     folder/meta.json      model (files + sha256), sampling, seed, devices, versions, start time;
                           rewritten atomically at close with the timing summary (app.core.timing)
+                          and the sampling as it ended (sampling_at_end, sampling_changes)
 
 with Recorder(folder, engine.format, model, sampling, devices={"inference": "cuda:0"}) as recorder:
     recorder.write_frame(reply_pcm, mic_pcm)   # once per 80 ms frame, float32 [1920] each
@@ -44,7 +45,7 @@ from model import SamplingParams
 from model.errors import AntiphonError
 
 from .audio import AudioFormat
-from .events import Event
+from .events import Event, StateEvent
 from .files import FDB_INPUT, FDB_OUTPUT, write_json_atomically
 from .models import LoadedModel
 
@@ -94,6 +95,7 @@ class Recorder:
         self.frames = 0
         self._closed = False
         self._lock = threading.Lock()  # events may come from several threads
+        self._sampling_changes: list[dict[str, Any]] = []
         wav_path = self.folder / SESSION_WAV
         if wav_path.exists() and not overwrite:
             raise RecordingError(
@@ -112,7 +114,9 @@ class Recorder:
                 "channels": {"left": "assistant", "right": "user"},
                 "started_at": _now(),
                 "model": described,
-                "sampling": dataclasses.asdict(sampling),
+                "sampling": dataclasses.asdict(sampling),  # as the recording started
+                "sampling_at_end": dataclasses.asdict(sampling),
+                "sampling_changes": self._sampling_changes,  # {"time", "frame", **sampling} each
                 "seed": sampling.seed,
                 "devices": devices,
                 "versions": versions(),
@@ -159,6 +163,20 @@ class Recorder:
                 return
             self._events.write(line)
             self._events.flush()
+            if isinstance(event, StateEvent) and event.state == "sampling":
+                self._sampling_changed(event)
+
+    def _sampling_changed(self, event: StateEvent) -> None:
+        """meta.json says how the recording ended, not only how it began (written at close)."""
+        try:
+            params = json.loads(event.detail)
+        except json.JSONDecodeError:
+            params = None
+        if not isinstance(params, dict):
+            log.warning("a sampling event without its parameters: %r", event.detail)
+            return
+        self.meta["sampling_at_end"] = params
+        self._sampling_changes.append({"time": event.time, "frame": event.frame, **params})
 
     def close(self, summary: dict[str, Any] | None = None) -> None:
         """Finish the files and rewrite meta.json with `summary`; later calls do nothing."""

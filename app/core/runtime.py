@@ -15,6 +15,8 @@ The clock is injectable: tests run a conversation faster than real time with `Vi
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import json
 import logging
 import statistics
 import time
@@ -218,6 +220,9 @@ class Conversation:
                 now = self.elapsed
                 if reset:
                     self.events.emit(StateEvent(now, self._frame, "reset"))
+                if sampling is not None:  # detail: the parameters, as a node's event has them
+                    detail = json.dumps(dataclasses.asdict(sampling), separators=(",", ":"))
+                    self.events.emit(StateEvent(now, self._frame, "sampling", detail))
                 if result.text:
                     self.events.emit(TextEvent(now, self._frame, result.text_token, result.text))
                 if self.recorder is not None:

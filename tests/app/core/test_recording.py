@@ -245,3 +245,56 @@ def test_export_fdb(tmp_path: Path, model: LoadedModel, sample_rate: int) -> Non
     assert abs(np.argmax(np.abs(assistant)) - (4 * F + 960) * scale) <= 1
     with pytest.raises(RecordingError, match="already has"):
         export_fdb(tmp_path / "rec", tmp_path / "fdb", sample_rate)
+
+
+def test_a_sampling_change_during_a_recording_is_an_event_and_ends_in_meta(
+    tmp_path: Path, model: LoadedModel
+) -> None:
+    """Issue 13 item 2: t/T/a/A (the session's request_sampling) wrote no event, and meta.json
+    kept only the starting temperatures."""
+    import asyncio
+
+    from app.core.engine import Engine
+    from app.core.events import EventFanout
+    from app.core.runtime import CollectingSink, Conversation, PacedFileSource, VirtualClock
+
+    engine = Engine(model, SamplingParams(text_temperature=0.7, seed=3))
+    clock = VirtualClock()
+    audio = np.zeros(10 * F, np.float32)
+    source = PacedFileSource(audio, F, model.format.sample_rate, clock)
+    folder = tmp_path / "rec"
+    recorder = Recorder(folder, model.format, model, engine.sampling, {"inference": "cpu"})
+    conversation = Conversation(
+        engine, source, CollectingSink(), EventFanout(recorder), clock, recorder,
+        input_queue_frames=1000,
+    )  # fmt: skip
+    hotter = dataclasses.replace(engine.sampling, text_temperature=0.9, audio_temperature=1.1)
+    frames = source.frames
+
+    async def change_at_frame_4():  # as the TUI's key would, between two frames
+        async for i, frame in _enumerate(frames()):
+            if i == 4:
+                conversation.request_sampling(hotter)
+            yield frame
+
+    source.frames = change_at_frame_4  # type: ignore[method-assign]
+    timings = asyncio.run(conversation.run())
+    recorder.close(timings.summary(engine.frame_duration))
+
+    rec = read_recording(folder)
+    (change,) = [e for e in rec.events if e["type"] == "state" and e["state"] == "sampling"]
+    assert 0 < change["frame"] < 10  # between two frames, mid-recording
+    assert json.loads(change["detail"]) == dataclasses.asdict(hotter)
+    assert engine.sampling == hotter
+    assert rec.meta["sampling"]["text_temperature"] == pytest.approx(0.7)  # as it started
+    assert rec.meta["sampling_at_end"] == dataclasses.asdict(hotter)
+    assert rec.meta["sampling_changes"] == [
+        {"time": change["time"], "frame": change["frame"], **dataclasses.asdict(hotter)}
+    ]
+
+
+async def _enumerate(items):
+    i = 0
+    async for item in items:
+        yield i, item
+        i += 1
