@@ -65,28 +65,84 @@ def _hf_offline() -> bool:
     return value.upper() in ("1", "ON", "YES", "TRUE")  # huggingface_hub's truthy values
 
 
-def _hf_download(repo: str, filename: str, cache_dir: str | Path | None, offline: bool) -> Path:
+class _NotInRepo(CheckpointError):
+    """The repo, as the hub or the cache has it, lacks this file (config.json may be absent)."""
+
+
+def _hf_download(
+    repo: str,
+    filename: str,
+    cache_dir: str | Path | None,
+    offline: bool,
+    unreachable: str | None = None,
+) -> Path:
+    """`filename` of `repo` through the cache; `unreachable`: why the hub cannot be reached
+    (then only the cache is tried, as offline, rather than retrying for a minute)."""
     try:
         from huggingface_hub import hf_hub_download
-        from huggingface_hub.errors import LocalEntryNotFoundError
+        from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
     except ImportError as exc:
         raise CheckpointError(
             f"--hf-repo {repo} needs huggingface_hub (pip install 'antiphon[hf]'), "
             "or pass local files with --moshi-weight, --mimi-weight, --tokenizer and --config"
         ) from exc
+    local_only = offline or unreachable is not None
     try:
-        return Path(hf_hub_download(repo, filename, cache_dir=cache_dir, local_files_only=offline))
+        return Path(
+            hf_hub_download(repo, filename, cache_dir=cache_dir, local_files_only=local_only)
+        )
     except LocalEntryNotFoundError as exc:
+        where = f"the Hugging Face cache ({cache_dir or 'default'})"
+        if unreachable is not None:
+            what = repo if not _repo_cached(repo, cache_dir) else f"{repo}/{filename}"
+            raise CheckpointError(
+                f"cannot reach the Hugging Face hub {unreachable}, and {what} is not in {where}; "
+                "check the network (and HF_ENDPOINT), or set HF_HUB_OFFLINE=1 to use only the "
+                "cache without asking the hub"
+            ) from exc
         hint = (
             "offline mode is on (HF_HUB_OFFLINE): download it once while online"
             if offline
             else "check the network or download it into the cache first"
         )
-        raise CheckpointError(
-            f"{repo}/{filename} is not in the Hugging Face cache ({cache_dir or 'default'}); {hint}"
-        ) from exc
+        if not _repo_cached(repo, cache_dir):  # no file of it at all: not a file it lacks
+            raise CheckpointError(f"{repo} is not in {where}; {hint}") from exc
+        raise _NotInRepo(f"{repo}/{filename} is not in {where}; {hint}") from exc
+    except EntryNotFoundError as exc:  # the hub answered: the repo has no such file
+        raise _NotInRepo(f"{repo} has no {filename}: {exc}") from exc
     except Exception as exc:  # the hub raises many kinds; all mean "could not get the file"
         raise CheckpointError(f"could not get {filename} from {repo}: {exc}") from exc
+
+
+def _repo_cached(repo: str, cache_dir: str | Path | None) -> bool:
+    """Whether the cache holds any snapshot of `repo` (huggingface_hub's cache layout)."""
+    from huggingface_hub import constants
+
+    root = Path(cache_dir if cache_dir is not None else constants.HF_HUB_CACHE)
+    snapshots = root / f"models--{repo.replace('/', '--')}" / "snapshots"
+    return snapshots.is_dir() and any(snapshots.iterdir())
+
+
+def _hub_unreachable(repo: str, filename: str) -> str | None:
+    """One quick question to the hub (no retries): None when it answers, whatever it says
+    (the download then reports it), else where it is and why it cannot be reached. Without
+    this, huggingface_hub retries a file that is not cached for about 25 s, with a warning a
+    second, before it gives up."""
+    try:
+        from huggingface_hub import constants, get_hf_file_metadata, hf_hub_url
+        from huggingface_hub.errors import HfHubHTTPError
+    except ImportError:
+        return None  # _hf_download says how to install it
+    try:
+        get_hf_file_metadata(hf_hub_url(repo, filename), timeout=constants.HF_HUB_ETAG_TIMEOUT)
+    except HfHubHTTPError as exc:
+        status = exc.response.status_code if exc.response is not None else None
+        if status is not None and (status >= 500 or status == 408):
+            return f"at {constants.ENDPOINT} (HTTP {status})"
+        return None
+    except Exception as exc:  # no answer: refused, timed out, no route, no DNS, bad TLS
+        return f"at {constants.ENDPOINT} ({exc or type(exc).__name__})"
+    return None
 
 
 def resolve_files(
@@ -114,14 +170,19 @@ def resolve_files(
             return path
         if hf_repo is None:
             raise CheckpointError(f"no {name} given: pass its path or --hf-repo")
-        return _hf_download(hf_repo, name, cache_dir, offline)
+        return _hf_download(hf_repo, name, cache_dir, offline, unreachable)
+
+    unreachable = None
+    needed = [lm_weights, codec_weights, tokenizer, config]
+    if hf_repo is not None and not offline and any(path is None for path in needed):
+        unreachable = _hub_unreachable(hf_repo, CONFIG_FILE if config is None else LM_FILE)
 
     raw: dict[str, Any] = {}
     config_path = Path(config) if config is not None else None
     if config_path is None and hf_repo is not None:
         try:
-            config_path = _hf_download(hf_repo, CONFIG_FILE, cache_dir, offline)
-        except CheckpointError:
+            config_path = _hf_download(hf_repo, CONFIG_FILE, cache_dir, offline, unreachable)
+        except _NotInRepo:
             log.warning("%s has no config.json: assuming the Moshi 7B configuration", hf_repo)
     if config_path is not None:
         try:

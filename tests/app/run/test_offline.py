@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -151,3 +155,45 @@ def test_every_frame_of_the_real_engine_is_timed() -> None:
     engine = Engine(random_model(torch.device("cpu"), SamplingParams()))
     result = offline.converse(engine, np.zeros(3 * F, np.float32), progress=False)
     assert len(result.stats) == 3 and all(s.compute_ms > 0 for s in result.stats)
+
+
+# --- a model from the hub that cannot be had (issue 13, item 8) -----------------------------
+
+
+def _run_with_hf_repo(tmp_path: Path, **env: str) -> tuple[subprocess.CompletedProcess, float]:
+    """The real command line in a fresh process: huggingface_hub reads its environment
+    (HF_ENDPOINT among others) once, at import."""
+    _tone(tmp_path / "in.wav", 1.0, 24000)
+    cache = tmp_path / "hf-cache"
+    cache.mkdir()
+    environment = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGINGFACE_"))}
+    environment.update(HF_HUB_CACHE=str(cache), OMP_NUM_THREADS="1", **env)
+    argv = [sys.executable, "-m", "app.cli", "run", str(tmp_path / "in.wav")]
+    argv += [str(tmp_path / "out.wav"), "--hf-repo", "org/not-cached", "--device", "cpu"]
+    started = time.monotonic()
+    root = Path(__file__).resolve().parents[3]
+    done = subprocess.run(
+        argv, capture_output=True, text=True, env=environment, timeout=300, cwd=root
+    )
+    return done, time.monotonic() - started
+
+
+def test_a_repo_not_in_the_cache_offline_is_one_line_without_a_7b_guess(tmp_path: Path) -> None:
+    done, _ = _run_with_hf_repo(tmp_path, HF_HUB_OFFLINE="1")
+    assert done.returncode != 0 and not (tmp_path / "out.wav").exists()
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr  # no "has no config.json: assuming the Moshi 7B" first
+    (line,) = lines
+    assert line.startswith("antiphon: ") and "org/not-cached" in line
+    assert "not in the Hugging Face cache" in line and "HF_HUB_OFFLINE" in line
+
+
+def test_an_unreachable_hub_fails_in_seconds_with_one_line(tmp_path: Path) -> None:
+    done, took = _run_with_hf_repo(tmp_path, HF_ENDPOINT="http://127.0.0.1:9")
+    assert done.returncode != 0
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr  # no retry warnings
+    (line,) = lines
+    assert "cannot reach the Hugging Face hub" in line and "127.0.0.1:9" in line
+    assert "org/not-cached" in line and "HF_HUB_OFFLINE" in line
+    assert took < 15, f"took {took:.0f} s"
