@@ -10,6 +10,7 @@ extra) is imported on first use, with the Agg backend: no display needed.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -27,7 +28,9 @@ USER_COLOUR = "#d62728"
 MARK_COLOUR = "#2ca02c"
 MAX_WIDTH_IN = 40.0  # long sessions get a wide picture, up to this
 SECONDS_PER_INCH = 1.5
+DPI = 100
 WORD_ROWS = 4  # words are staggered over this many rows so neighbours do not overlap
+WORD_GAP_PX = 4  # the least room between two words on one row
 
 
 class TimelineUnavailableError(AntiphonError):
@@ -62,11 +65,33 @@ def draw_timeline(
     """Write the timeline as a PNG at `path`; `marks` are labelled spans (start, end, label),
     such as response latencies, drawn under the words."""
     plt = _pyplot()
+    fig = timeline_figure(
+        assistant, user, sample_rate, assistant_segments, user_segments, pieces, title, marks
+    )
+    try:
+        fig.savefig(path, dpi=fig.dpi)
+    finally:
+        plt.close(fig)
+
+
+def timeline_figure(
+    assistant: np.ndarray,
+    user: np.ndarray,
+    sample_rate: int,
+    assistant_segments: Sequence[Segment],
+    user_segments: Sequence[Segment],
+    pieces: Sequence[Piece] | None,
+    title: str = "",
+    marks: Sequence[tuple[float, float, str]] = (),
+) -> Any:
+    """The timeline as a matplotlib Figure (its first axes: the monologue); the caller closes
+    it (pyplot.close)."""
+    plt = _pyplot()
 
     duration = max(len(assistant), len(user)) / sample_rate
     width = min(MAX_WIDTH_IN, max(10.0, duration / SECONDS_PER_INCH))
     fig, (text_ax, assistant_ax, user_ax) = plt.subplots(
-        3, 1, figsize=(width, 5.5), sharex=True, height_ratios=[1.3, 1, 1]
+        3, 1, figsize=(width, 5.5), sharex=True, height_ratios=[1.3, 1, 1], dpi=DPI
     )
     try:
         for ax, audio, segments, colour, name in (
@@ -94,10 +119,6 @@ def draw_timeline(
         else:
             for start, end in assistant_segments:
                 text_ax.axvspan(start, end, color=ASSISTANT_COLOUR, alpha=0.08, linewidth=0)
-            for i, (time, word) in enumerate(words_at_times(pieces)):
-                row = WORD_ROWS - i % WORD_ROWS
-                text_ax.plot([time, time], [0, row - 0.15], color="grey", linewidth=0.4)
-                text_ax.text(time, row, word, fontsize=8, ha="left", va="center")
         for start, end, label in marks:
             text_ax.annotate(
                 "", xy=(end, 0.3), xytext=(start, 0.3),
@@ -113,9 +134,40 @@ def draw_timeline(
         if title:
             fig.suptitle(title, fontsize=10, x=0.01, ha="left")
         fig.tight_layout()
-        fig.savefig(path, dpi=100)
-    finally:
+        if pieces is not None:  # last: placed in pixels, on the final layout
+            _place_words(fig, text_ax, words_at_times(pieces))
+    except BaseException:
         plt.close(fig)
+        raise
+    return fig
+
+
+def _place_words(fig: Any, ax: Any, words: Sequence[tuple[float, str]]) -> None:
+    """Each word at its time on the highest row where it stands clear of the word before it
+    there, measured as drawn; a word with room on no row (or past the axes' end) is left out,
+    and how many were is written in the corner. Readable at any length: a long session shows
+    fewer of its words, never words over one another."""
+    renderer = fig.canvas.get_renderer()
+    right = ax.get_window_extent(renderer).x1
+    ends = [-math.inf] * WORD_ROWS  # each row's last label's right edge, in pixels
+    left_out = 0
+    for time, word in words:
+        x = float(ax.transData.transform((time, 0.0))[0])
+        label = ax.text(time, WORD_ROWS, word, fontsize=8, ha="left", va="center", clip_on=True)
+        end = x + label.get_window_extent(renderer).width
+        row = next((r for r in range(WORD_ROWS) if ends[r] + WORD_GAP_PX <= x), None)
+        if row is None or end > right:
+            label.remove()
+            left_out += 1
+            continue
+        ends[row] = end
+        label.set_y(WORD_ROWS - row)
+        ax.plot([time, time], [0, WORD_ROWS - row - 0.15], color="grey", linewidth=0.4)
+    if left_out:
+        note = f"{left_out} of {len(words)} words not shown, for room"
+        box = {"color": "white", "alpha": 0.8, "pad": 1}
+        ax.text(0.998, 0.02, note, transform=ax.transAxes, ha="right", va="bottom",
+                fontsize=7, color="grey", bbox=box)  # fmt: skip
 
 
 def _waveform(ax: Any, audio: np.ndarray, sample_rate: int, width_in: float, colour: str) -> None:
