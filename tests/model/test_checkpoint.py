@@ -50,7 +50,7 @@ def _reference_lm(kwargs: dict, seed: int = 0) -> nn.Module:
 
 @pytest.fixture(scope="module")
 def mimi_file(tmp_path_factory) -> tuple[nn.Module, Path]:
-    """The reference Mimi (tiny shape, random codebooks) saved as Kyutai saves it."""
+    """The reference Mimi (tiny shape, fitted codebooks) saved as Kyutai saves it."""
     reference, _ = reference_and_ours(tiny_mimi())
     path = tmp_path_factory.mktemp("mimi") / CODEC_FILE
     save_file(reference.state_dict(), str(path))

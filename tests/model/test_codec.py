@@ -1,5 +1,5 @@
 """The codec: streaming equals whole-signal, causality, per-slot reset, and parity with the
-reference `moshi` Mimi on random weights."""
+reference `moshi` Mimi on random weights (codebooks fitted to the latents, so codes vary)."""
 
 from __future__ import annotations
 
@@ -15,21 +15,55 @@ from tests.reference import require_reference
 
 
 def reference_and_ours(config: MimiConfig, seed: int = 0):
+    """The reference Mimi and ours with the same random weights, and codebooks fitted to this
+    encoder's latents (`fit_codebooks`) so the parity tests see varied codes."""
     require_reference()
     from moshi.models.loaders import get_mimi
 
     torch.manual_seed(seed)
     reference = get_mimi(None, kyutai_mimi_config(config), num_codebooks=config.num_codebooks)
     state = reference.state_dict()
-    for name, tensor in state.items():  # random codebooks: the loader leaves them empty
-        if name.endswith("embedding_sum"):
-            tensor.copy_(torch.randn_like(tensor))
-        elif name.endswith("cluster_usage"):
-            tensor.uniform_(0.5, 2.0)
-    reference.load_state_dict(state)
+    for name, tensor in state.items():  # the loader leaves the codebooks empty
+        if name.endswith("cluster_usage"):
+            tensor.uniform_(0.5, 2.0)  # usages other than 1: the centroid is sum / usage
     ours = Codec(config).eval()
     ours.load_state_dict({codec_key_from_kyutai(k): v for k, v in state.items()}, strict=True)
+    fit_codebooks(ours, seed=seed)
+    fitted = ours.state_dict()
+    reference.load_state_dict({k: fitted[codec_key_from_kyutai(k)] for k in state}, strict=True)
     return reference, ours
+
+
+def fit_codebooks(codec: Codec, seed: int = 0) -> None:
+    """Give every codebook centroids drawn from the residuals it sees on speech-like audio.
+
+    N(0, 1) centroids sit far from the projected latents, so one or two codes win every frame and
+    a quantizer that picked the wrong code would still agree with the reference. Here each
+    codebook, in order, takes as centroids residual vectors (after the earlier codebooks) of
+    signals like the tests' (other noise seeds, so test vectors are never exact centroids), with
+    a little jitter so that copies of a vector differ. Usages are kept; sums follow them.
+    """
+    g = torch.Generator().manual_seed(seed + 1000)
+    pcm = speechlike(4, 12, codec.frame_size, seed=seed + 1000)
+    with torch.no_grad():
+        latent = codec.latent(pcm)  # [B, D, T]
+        for rvq in (codec.quantizer.rvq_first, codec.quantizer.rvq_rest):
+            residual = rvq.input_proj(latent).transpose(1, 2).flatten(0, 1)  # [B*T, C]
+            for k in range(len(rvq.codebooks)):
+                codebook = rvq.codebook(k)
+                pick = torch.randint(
+                    0, residual.shape[0], (codebook.embedding.shape[0],), generator=g
+                )
+                jitter = torch.randn(codebook.embedding.shape, generator=g)
+                centroids = residual[pick] + 0.1 * residual.std(dim=0) * jitter
+                codebook.embedding_sum.copy_(centroids * codebook.cluster_usage[:, None])
+                codebook.refresh()
+                residual = residual - codebook.decode(codebook.encode(residual))
+
+
+def distinct_codes(codes: torch.Tensor) -> list[int]:
+    """codes [B, K, T] -> the number of distinct codes of each codebook."""
+    return [int(codes[:, k].unique().numel()) for k in range(codes.shape[1])]
 
 
 def speechlike(batch: int, frames: int, frame_size: int, seed: int = 0) -> torch.Tensor:
@@ -52,6 +86,7 @@ def test_whole_signal_matches_reference(tiny_pair) -> None:
         codes = ours.encode(pcm)
         expected = reference.encode(pcm)
         assert torch.equal(codes, expected)
+        assert min(distinct_codes(codes)) >= 12  # of 24 vectors (18-21 measured)
         torch.testing.assert_close(ours.decode(codes), reference.decode(codes), atol=1e-5, rtol=0)
 
 
@@ -63,6 +98,7 @@ def test_streamed_matches_reference(tiny_pair) -> None:
     frames = ours.config.transformer.context // 2
     pcm = speechlike(2, frames, ours.frame_size, seed=1)
     enc, dec = ours.init_encoder_state(2), ours.init_decoder_state(2)
+    streamed = []
     with torch.no_grad(), reference.streaming(2):
         for t in range(frames):
             frame = pcm[:, :, t * ours.frame_size : (t + 1) * ours.frame_size]
@@ -71,16 +107,19 @@ def test_streamed_matches_reference(tiny_pair) -> None:
             torch.testing.assert_close(
                 ours.decode_step(codes, dec), reference.decode(codes), atol=1e-5, rtol=0
             )
+            streamed.append(codes)
+    assert min(distinct_codes(torch.cat(streamed, dim=2))) >= 6  # of 10 vectors (9-10 measured)
 
 
 @pytest.mark.parity
 def test_released_config_matches_reference() -> None:
     """The released Mimi shape (random weights): identical codes, audio within 1e-5."""
     reference, ours = reference_and_ours(mimi())
-    pcm = speechlike(1, 3, ours.frame_size, seed=2)
+    pcm = speechlike(2, 12, ours.frame_size, seed=2)
     with torch.no_grad():
         codes = ours.encode(pcm)
         assert torch.equal(codes, reference.encode(pcm))
+        assert min(distinct_codes(codes)) >= 16  # of 24 vectors (22-24 measured)
         torch.testing.assert_close(ours.decode(codes), reference.decode(codes), atol=1e-5, rtol=0)
 
 
