@@ -36,6 +36,9 @@ config=${CONFIG:-demo}  # tiny: the test shapes, for a dry run of every stage in
 frames=${FRAMES:-400}   # the LM's longest training window (frames)
 
 train() { "$py" -m app.train "$@"; }
+lm_extra=()
+# a few steps of the tiny codec leave codebooks nearly dead; the real run must not
+[ "$config" = tiny ] && lm_extra=(--allow-dead-codes)
 
 for stage in "$@"; do
     echo "=== $stage ($(date +%T))"
@@ -65,7 +68,8 @@ for stage in "$@"; do
                 --codec "$run_dir/codec" --tokenizer "$run_dir/tokenizer" \
                 --out "$run_dir/lm" --device "$device" --seed "$seed" --config "$config" \
                 --steps "$lm_steps" --batch-size 20 --frames "$frames" --threads "$threads" \
-                --checkpoint-every 100 --log-every 25 --eval-every 250 --no-progress
+                --checkpoint-every 100 --log-every 25 --eval-every 250 --no-progress \
+                "${lm_extra[@]}"
             ;;
         export)
             train export --codec "$run_dir/codec" --lm "$run_dir/lm" \
