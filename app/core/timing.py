@@ -128,7 +128,8 @@ class Timings:
                 if (value := number(event, name)) is not None:
                     values.append(value)
             for name in COUNTERS:
-                timings.counters[name] = max(timings.counters[name], int(event.get(name) or 0))
+                if (value := number(event, name)) is not None:
+                    timings.counters[name] = max(timings.counters[name], int(value))
         return timings
 
     def summary(
