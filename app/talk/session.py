@@ -101,9 +101,9 @@ class TalkSession:
             folder, self.engine.format, self.engine.model, self._sampling, self.devices
         )
         self.recorder, self.recording_started = recorder, self.clock.now()
+        if self._conversation is not None:  # from this frame on, its own frame 0 and counters
+            self._conversation.attach_recorder(recorder)
         self.events.sinks.append(recorder)
-        if self._conversation is not None:
-            self._conversation.recorder = recorder
 
     def stop_recording(self) -> Path | None:
         recorder, self.recorder = self.recorder, None
@@ -111,7 +111,8 @@ class TalkSession:
             return None
         if self._conversation is not None:
             self._conversation.recorder = None
-            recorder.close(self._conversation.timings.summary(self.engine.frame_duration))
+            recorder.update_counters(self._conversation.counters())
+            recorder.close(recorder.summary())  # of the frames it holds, not the conversation's
         else:
             recorder.close()
         self.events.sinks.remove(recorder)
