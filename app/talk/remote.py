@@ -8,6 +8,11 @@
 sampling, muted, reset, set_sampling, start/stop_recording, events, notice, run), so the
 terminal printer and the TUI drive either. Each reply carries the node's time for its frame, so
 the round trip splits into the node's share and the network's (both ways, broker included).
+
+The conversation's frame clock is the sequence number: frame n is the n-th frame captured here,
+answered or not. A recording keeps that time: frames the node never answered (it skipped them,
+or they were lost on the way) are silence in it, and the node's events are put on the frame of
+the reply they came with.
 """
 
 from __future__ import annotations
@@ -29,7 +34,7 @@ import numpy as np
 
 from app.core.audio import AudioFormat, level_db
 from app.core.events import ErrorEvent, Event, EventFanout, FrameStats, StateEvent, TextEvent
-from app.core.recording import Recorder
+from app.core.recording import Origin, Recorder
 from app.core.runtime import (
     AudioSink,
     AudioSource,
@@ -37,7 +42,7 @@ from app.core.runtime import (
     CollectingSink,
     RealClock,
 )
-from app.core.timing import Timings
+from app.core.timing import COUNTERS, Timings
 from app.wire.client import Grant, RemoteError, request_session
 from app.wire.mqtt import BrokerSettings, add_broker_arguments, broker_from_args, call, make_client
 from app.wire.protocol import (
@@ -113,6 +118,8 @@ class RemoteTalkSession:
         self._sent: dict[int, _Sent] = {}
         self._sequence = 0
         self._lost = 0  # frames sent and never answered
+        self._answered = -1  # the sequence number of the latest reply
+        self._last_stats: FrameStats | None = None
         self._started = 0.0
 
     @property
@@ -146,6 +153,11 @@ class RemoteTalkSession:
 
     def start_recording(self, folder: Path) -> None:
         recorder = Recorder(folder, self.format, self.model_name, self._sampling, self.devices)
+        if self._sequence > 0:  # mid-conversation: its own frame 0, time 0 and counters
+            stats = self._last_stats
+            counters = {n: getattr(stats, n) for n in COUNTERS} if stats else {}
+            counters["dropped_input"] = self._lost
+            recorder.start_at(Origin(self._elapsed(), self._sequence, counters))
         self.recorder, self.recording_started = recorder, self.clock.now()
         self.events.sinks.append(recorder)
 
@@ -153,7 +165,11 @@ class RemoteTalkSession:
         recorder, self.recorder = self.recorder, None
         if recorder is None:
             return None
-        recorder.close(self.latency_report())
+        # The frames before the oldest still awaited were answered or are lost for good: the
+        # recording's time runs to there (to the last frame captured once the session is over).
+        recorder.pad_to(min(self._sent, default=self._sequence))
+        recorder.update_counters(self.timings.counters)
+        recorder.close(recorder.summary(node=self.grant.node if self.grant else None))
         self.events.sinks.remove(recorder)
         self.recording_started = None
         return recorder.folder
@@ -216,6 +232,7 @@ class RemoteTalkSession:
                     self.events.emit(ErrorEvent(self._elapsed(), -1, str(exc), fatal=True))
             finally:
                 self._lost += len(self._sent)
+                self._sent.clear()
                 counters = sink.counters()
                 self.timings.counters.update(
                     dropped_input=self._lost,
@@ -280,17 +297,16 @@ class RemoteTalkSession:
             self._lost += 1
             del self._sent[older]
         sink.play(frame.pcm)
-        if self.recorder is not None:
-            self.recorder.write_frame(frame.pcm, sent.pcm)
+        self._answered = frame.sequence
+        if self.recorder is not None:  # frames skipped before it: silence in the recording
+            self.recorder.write_frame(frame.pcm, sent.pcm, frame.sequence)
         node_ms = frame.node_us / 1000
         compute_ms = (frame.encode_us + frame.lm_us + frame.decode_us) / 1000
         latency = 1000 * (now - sent.capture_time + sink.buffered_seconds())
-        self.timings.network_ms.append(1000 * (now - sent.send_time) - node_ms)
-        self.timings.node_ms.append(node_ms)
         counters = sink.counters()
         stats = FrameStats(
             self._elapsed(),
-            self.timings.frames,
+            frame.sequence,
             encode_ms=frame.encode_us / 1000,
             lm_ms=frame.lm_us / 1000,
             decode_ms=frame.decode_us / 1000,
@@ -303,17 +319,28 @@ class RemoteTalkSession:
             latency_ms=latency,
             input_level_db=level_db(sent.pcm),
             output_level_db=level_db(frame.pcm),
+            node_ms=node_ms,
+            network_ms=1000 * (now - sent.send_time) - node_ms,
         )
+        self._last_stats = stats
         self.timings.add_stats(stats)
         self.events.emit(stats)
 
     def _on_event(self, message: dict[str, Any]) -> None:
-        event = _event_from(message)
+        event = self._on_our_clock(_event_from(message))
         if event is None:
             return
         self.events.emit(event)
         if isinstance(event, StateEvent) and event.state == "closed":
             raise RemoteError(f"the node closed the session: {event.detail}")
+
+    def _on_our_clock(self, event: Event | None) -> Event | None:
+        """A node's event on this conversation's clock: the frame of the reply it came with
+        (the node counts the frames it stepped, which skips those it never got), and now."""
+        if event is None:
+            return None
+        frame = max(self._answered, 0) if event.frame >= 0 else -1
+        return dataclasses.replace(event, time=self._elapsed(), frame=frame)
 
     def _elapsed(self) -> float:
         return self.clock.now() - self._started
