@@ -42,6 +42,7 @@ import threading
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -84,7 +85,8 @@ class Origin(NamedTuple):
 
     time: float = 0.0  # the conversation's time (its events' "time") at the recording's time 0
     frame: int = 0  # the conversation's frame index of the recording's frame 0
-    counters: Mapping[str, int] = {}  # the conversation's running counters then (COUNTERS)
+    # the conversation's running counters then (COUNTERS)
+    counters: Mapping[str, int] = MappingProxyType({})
 
 
 SILENCE = "silence"  # the state of the event that marks frames written as silence
