@@ -168,6 +168,13 @@ def load_recording(folder: Path) -> Conversation:
             f"recording is written at the codec's rate ({DEFAULT_SAMPLE_RATE} Hz)"
         )
     frame_duration = frame_size / sample_rate
+    silent = meta.get("silent_frames")
+    if isinstance(silent, int) and silent > 0:
+        warnings.append(
+            f"{folder}: {silent} frame(s) ({silent * frame_duration:.1f} s) were never processed "
+            "(dropped to keep up, or lost on the way) and are silence in both channels; the "
+            "'silence' events in events.jsonl say where"
+        )
     events = _read_events(folder / EVENTS_FILE, warnings)
     events = _within_the_audio(folder, meta, events, -(-len(audio) // frame_size), warnings)
     pieces, frames, errors = [], [], []

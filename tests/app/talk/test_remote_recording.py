@@ -16,6 +16,7 @@ from app.core.events import EventLog, FrameStats, StateEvent
 from app.core.models import random_model
 from app.core.recording import SILENCE, read_recording
 from app.core.runtime import CapturedFrame, Clock, CollectingSink, RealClock
+from app.eval.folders import load_recording
 from app.talk.remote import RemoteTalkSession
 from app.wire.mqtt import BrokerSettings
 from model import SamplingParams
@@ -117,6 +118,8 @@ def test_a_remote_recording_keeps_the_conversations_time(
     assert recorded == [s for s in answered if s < held]
     assert whole.meta["summary"]["frames"] == len(recorded)
     assert all(e["frame"] < held for e in whole.events)
+    (said,) = load_recording(tmp_path / "whole").warnings  # eval tells where time is missing
+    assert f"{len(skipped)} frame(s)" in said and "never processed" in said
 
     # started at frame 24 and stopped at 32: its own frame 0, the frames it held, its own figures
     part = read_recording(late)
