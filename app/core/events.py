@@ -50,10 +50,10 @@ class FrameStats(Event):
     overruns: int = 0  # output audio dropped so far to keep latency bounded
     xruns: int = 0  # device-reported over/underflows so far
     latency_ms: float | None = None  # microphone-to-speaker, when measurable
-    node_ms: float | None = None  # (talk --remote) the node's time for this frame
-    network_ms: float | None = None  # (talk --remote) the round trip less the node's time
     input_level_db: float = -120.0  # RMS of the user's frame, dBFS
     output_level_db: float = -120.0  # RMS of the assistant's frame, dBFS
+    node_ms: float | None = None  # (talk --remote) the node's time for this frame
+    network_ms: float | None = None  # (talk --remote) the round trip less the node's time
 
 
 @dataclass(frozen=True)
