@@ -167,9 +167,11 @@ class RemoteTalkSession:
             return None
         # The frames before the oldest still awaited were answered or are lost for good: the
         # recording's time runs to there (to the last frame captured once the session is over).
-        recorder.pad_to(min(self._sent, default=self._sequence))
-        recorder.update_counters(self.timings.counters)
-        recorder.close(recorder.summary(node=self.grant.node if self.grant else None))
+        try:
+            recorder.pad_to(min(self._sent, default=self._sequence))
+        finally:  # a full disk must not leave it unclosed
+            recorder.update_counters(self.timings.counters)
+            recorder.close(recorder.summary(node=self.grant.node if self.grant else None))
         self.events.sinks.remove(recorder)
         self.recording_started = None
         return recorder.folder
