@@ -31,6 +31,7 @@ frame (a slow disk must not stall the inference thread): a power cut can lose th
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import importlib.metadata
@@ -90,6 +91,8 @@ class Origin(NamedTuple):
 
 
 SILENCE = "silence"  # the state of the event that marks frames written as silence
+STOPPED = "recording_stopped"  # the state of the event that says why the audio ends early
+WRITE_FAILED_HINT = "free disk space or record to another folder; what was written is kept"
 
 
 class Recording(NamedTuple):
@@ -119,6 +122,7 @@ class Recorder:
         self.frames = 0  # written, silence included
         self.silent_frames = 0  # written as silence: the model never processed them
         self.origin = Origin()
+        self.failure: str | None = None  # why the audio could not be written, if it could not
         self.timings = Timings()  # of the frame events recorded, their counters rebased
         self._closed = False
         self._lock = threading.Lock()  # events may come from several threads
@@ -191,12 +195,15 @@ class Recorder:
         stereo = np.clip(np.stack([assistant, user], axis=1), -1.0, 1.0)  # PCM 16 would wrap
         with self._lock:
             self._check_open()
-            if frame is not None:
-                if frame < self.origin.frame + self.frames:
-                    log.debug("frame %d is before this recording's next frame: left out", frame)
-                    return
-                self._silence_until(frame - self.origin.frame)
-            self._wav.write(stereo.astype(np.float32, copy=False))
+            if frame is not None and frame < self.origin.frame + self.frames:
+                log.debug("frame %d is before this recording's next frame: left out", frame)
+                return
+            try:
+                if frame is not None:
+                    self._silence_until(frame - self.origin.frame)
+                self._wav.write(stereo.astype(np.float32, copy=False))
+            except (OSError, RuntimeError) as exc:  # a full disk; libsndfile's are RuntimeErrors
+                raise self._write_failed(exc) from exc
             self.frames += 1
 
     def pad_to(self, frame: int) -> None:
@@ -204,11 +211,29 @@ class Recorder:
         when the frames before it were never processed (lost on the way, or still awaited)."""
         with self._lock:
             self._check_open()
-            self._silence_until(frame - self.origin.frame)
+            try:
+                self._silence_until(frame - self.origin.frame)
+            except (OSError, RuntimeError) as exc:
+                raise self._write_failed(exc) from exc
 
     def _check_open(self) -> None:
         if self._closed:
             raise RecordingError(f"the recording in {self.folder} is closed")
+        if self.failure is not None:
+            raise RecordingError(f"the recording in {self.folder} stopped: {self.failure}")
+
+    def _write_failed(self, exc: BaseException) -> RecordingError:
+        """The audio cannot be written (a full disk): the recording stops where its last whole
+        frame ends, says so in its events and meta.json, and records nothing more."""
+        self.failure = f"cannot write to {self.folder / SESSION_WAV}: {exc} (is the disk full?)"
+        with contextlib.suppress(OSError, RuntimeError):  # a part of a frame may have gone out
+            self._wav.truncate(self.frames * self.frame_size)
+        event = StateEvent(self.frames * self.frame_duration, self.frames, STOPPED, self.failure)
+        with contextlib.suppress(OSError):
+            self._events.write(event.to_json() + "\n")
+            self._events.flush()
+        self.meta["stopped_early"] = self.failure
+        return RecordingError(self.failure)
 
     def _silence_until(self, end: int) -> None:
         """Write silence from the next frame up to the recording's frame `end` (exclusive)."""
@@ -220,22 +245,26 @@ class Recorder:
             "silence in both channels"
         )
         event = StateEvent(self.frames * self.frame_duration, self.frames, SILENCE, detail)
+        self._wav.write(np.zeros((count * self.frame_size, 2), dtype=np.float32))
         self._events.write(event.to_json() + "\n")
         self._events.flush()
-        self._wav.write(np.zeros((count * self.frame_size, 2), dtype=np.float32))
         self.frames += count
         self.silent_frames += count
 
     def emit(self, event: Event) -> None:
         with self._lock:
-            if self._closed:  # a late event from another thread: the recording is over
-                log.debug("event after close dropped: %s", event.to_json())
+            if self._closed or self.failure:  # a late event, or the recording has stopped
+                log.debug("event after the recording's end dropped: %s", event.to_json())
                 return
             rebased = self._rebased(event)
             if rebased is None:
                 return
-            self._events.write(rebased.to_json() + "\n")
-            self._events.flush()
+            try:
+                self._events.write(rebased.to_json() + "\n")
+                self._events.flush()
+            except OSError as exc:  # a full disk: the conversation goes on, the audio may too
+                log.warning("event not recorded in %s: %s", self.folder / EVENTS_FILE, exc)
+                return
             if isinstance(rebased, FrameStats):
                 self.timings.add_stats(rebased)
             if isinstance(rebased, StateEvent) and rebased.state == "sampling":
@@ -287,9 +316,6 @@ class Recorder:
             if self._closed:
                 return
             self._closed = True
-            self._wav.flush()  # fsync, once
-            self._wav.close()
-            self._events.close()
             self.meta.update(
                 ended_at=_now(),
                 frames=self.frames,
@@ -297,7 +323,20 @@ class Recorder:
                 duration_s=self.frames * self.frame_duration,
                 summary=summary,
             )
-            write_json_atomically(self.folder / META_FILE, self.meta)
+            problems = []  # each step is tried: a full disk must not cost the others
+            for step in (self._wav.flush, self._wav.close, self._events.close, self._write_meta):
+                try:
+                    step()  # the WAV's flush: fsync, once
+                except (OSError, RuntimeError) as exc:
+                    problems.append(str(exc))
+            if problems:
+                raise RecordingError(
+                    f"the recording in {self.folder} was not finished ({'; '.join(problems)}): "
+                    "its audio is readable as far as it was written"
+                )
+
+    def _write_meta(self) -> None:
+        write_json_atomically(self.folder / META_FILE, self.meta)
 
 
 def parse_events(lines: list[str]) -> tuple[list[dict[str, Any]], list[int]]:

@@ -37,7 +37,7 @@ from model import SamplingParams
 from .audio import level_db
 from .engine import Engine, StepResult
 from .events import ErrorEvent, EventSink, FrameStats, StateEvent, TextEvent
-from .recording import Origin
+from .recording import WRITE_FAILED_HINT, Origin, RecordingError
 from .timing import Timings
 
 log = logging.getLogger(__name__)
@@ -244,6 +244,8 @@ class Conversation:
                 pcm = silence if self.muted else frame.pcm
                 result = await loop.run_in_executor(torch_thread, self._step, pcm, reset, sampling)
                 now = self.elapsed
+                if self.recorder is not None:  # frames dropped before this one: silence there
+                    self._record(result.pcm, pcm, index, now)  # first: its events follow it
                 if reset:
                     self.events.emit(StateEvent(now, index, "reset"))
                 if sampling is not None:  # detail: the parameters, as a node's event has them
@@ -251,14 +253,23 @@ class Conversation:
                     self.events.emit(StateEvent(now, index, "sampling", detail))
                 if result.text:
                     self.events.emit(TextEvent(now, index, result.text_token, result.text))
-                if self.recorder is not None:  # frames dropped before this one: silence there
-                    self.recorder.write_frame(result.pcm, pcm, index)
                 self._recent_ms.append(result.compute_ms)
                 self._report_if_slow(now)
                 self._outputs.put((index, frame, result))
                 self._frame = index + 1
         finally:
             self._outputs.put(None)
+
+    def _record(self, reply: np.ndarray, heard: np.ndarray, index: int, now: float) -> None:
+        """A recording that cannot be written (a full disk) stops; the conversation goes on.
+        Its owner still closes it (TalkSession.stop_recording)."""
+        assert self.recorder is not None
+        try:
+            self.recorder.write_frame(reply, heard, index)
+        except RecordingError as exc:
+            self.recorder = None
+            message = f"recording stopped: {exc}"
+            self.events.emit(ErrorEvent(now, index, message, hint=WRITE_FAILED_HINT))
 
     def _report_if_slow(self, now: float) -> None:
         """Warn (at most every 5 s) when the recent frames' median is over budget: one slow

@@ -211,6 +211,10 @@ def _read_meta(path: Path, warnings: list[str]) -> dict[str, Any]:
         problem = f"is not readable JSON ({exc})"
     else:
         if isinstance(meta, dict):
+            if meta.get("stopped_early"):
+                warnings.append(
+                    f"{path.parent}: the recording stopped early: {meta['stopped_early']}"
+                )
             if "started_at" in meta and "ended_at" not in meta:  # Recorder writes both
                 warnings.append(
                     f"{path} has no end: the recording was not closed (its process was killed, "

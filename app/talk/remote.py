@@ -34,7 +34,7 @@ import numpy as np
 
 from app.core.audio import AudioFormat, level_db
 from app.core.events import ErrorEvent, Event, EventFanout, FrameStats, StateEvent, TextEvent
-from app.core.recording import Origin, Recorder
+from app.core.recording import WRITE_FAILED_HINT, Origin, Recorder, RecordingError
 from app.core.runtime import (
     AudioSink,
     AudioSource,
@@ -167,13 +167,16 @@ class RemoteTalkSession:
             return None
         # The frames before the oldest still awaited were answered or are lost for good: the
         # recording's time runs to there (to the last frame captured once the session is over).
-        try:
-            recorder.pad_to(min(self._sent, default=self._sequence))
-        finally:  # a full disk must not leave it unclosed
-            recorder.update_counters(self.timings.counters)
-            recorder.close(recorder.summary(node=self.grant.node if self.grant else None))
         self.events.sinks.remove(recorder)
         self.recording_started = None
+        try:
+            try:
+                recorder.pad_to(min(self._sent, default=self._sequence))
+            finally:  # a full disk must not leave it unclosed
+                recorder.update_counters(self.timings.counters)
+                recorder.close(recorder.summary(node=self.grant.node if self.grant else None))
+        except RecordingError as exc:  # said, and the conversation goes on
+            self.notice(f"{exc} ({WRITE_FAILED_HINT})")
         return recorder.folder
 
     def latency_report(self) -> dict[str, Any]:
@@ -301,7 +304,14 @@ class RemoteTalkSession:
         sink.play(frame.pcm)
         self._answered = frame.sequence
         if self.recorder is not None:  # frames skipped before it: silence in the recording
-            self.recorder.write_frame(frame.pcm, sent.pcm, frame.sequence)
+            try:
+                self.recorder.write_frame(frame.pcm, sent.pcm, frame.sequence)
+            except RecordingError as exc:  # a full disk: the recording stops, not the talk
+                self.events.emit(
+                    ErrorEvent(self._elapsed(), frame.sequence, f"recording stopped: {exc}",
+                               hint=WRITE_FAILED_HINT)
+                )  # fmt: skip
+                self.stop_recording()
         node_ms = frame.node_us / 1000
         compute_ms = (frame.encode_us + frame.lm_us + frame.decode_us) / 1000
         latency = 1000 * (now - sent.capture_time + sink.buffered_seconds())

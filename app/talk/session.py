@@ -16,7 +16,7 @@ from pathlib import Path
 
 from app.core.engine import Engine
 from app.core.events import ErrorEvent, EventFanout, StateEvent
-from app.core.recording import Recorder
+from app.core.recording import WRITE_FAILED_HINT, Recorder, RecordingError
 from app.core.runtime import Conversation, RealClock
 from app.core.timing import Timings
 from audio_io.files import write_wav
@@ -109,14 +109,17 @@ class TalkSession:
         recorder, self.recorder = self.recorder, None
         if recorder is None:
             return None
-        if self._conversation is not None:
-            self._conversation.recorder = None
-            recorder.update_counters(self._conversation.counters())
-            recorder.close(recorder.summary())  # of the frames it holds, not the conversation's
-        else:
-            recorder.close()
         self.events.sinks.remove(recorder)
         self.recording_started = None
+        try:
+            if self._conversation is not None:
+                self._conversation.recorder = None
+                recorder.update_counters(self._conversation.counters())
+                recorder.close(recorder.summary())  # of the frames it holds, not the session's
+            else:
+                recorder.close()
+        except RecordingError as exc:  # a full disk: said, and the conversation goes on
+            self.notice(f"{exc} ({WRITE_FAILED_HINT})")
         return recorder.folder
 
     async def run(self) -> Timings:

@@ -12,6 +12,8 @@ import asyncio
 import contextlib
 import json
 import os
+import re
+import resource
 import signal
 import subprocess
 import sys
@@ -20,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import soundfile
 
 from app.core.events import EventLog, FrameStats
 from app.core.recording import EVENTS_FILE, META_FILE, SESSION_WAV, RecordingError, read_recording
@@ -272,6 +275,47 @@ def _has_frames(wav: Path, frames: int) -> bool:
         return wav.stat().st_size >= 44 + frames * F * 4
     except FileNotFoundError:
         return False
+
+
+# --- a full disk mid-recording --------------------------------------------------------------------
+
+
+def test_a_full_disk_mid_recording_stops_the_recording_not_the_talk(tmp_path: Path) -> None:
+    """The file size limit (RLIMIT_FSIZE, what a full disk looks like to a writer: EFBIG) stops
+    session.wav at about 4 s of the demo utterance's 6 s; `talk` has no sound device here (nor
+    in CI), so the demo utterance is its microphone and the reply goes to a WAV."""
+    record, reply = tmp_path / "talk", tmp_path / "reply.wav"
+    limit = 400 * 1024
+
+    def small_disk() -> None:  # in the child, before it runs
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, resource.RLIM_INFINITY))
+
+    command = [sys.executable, "-m", "app.cli", "talk", "--record", str(record)]
+    command += ["--demo-out", str(reply)]
+    talk = subprocess.run(
+        command, cwd=ROOT, env=os.environ | {"OMP_NUM_THREADS": "1"}, stdin=subprocess.DEVNULL,
+        capture_output=True, text=True, timeout=120, preexec_fn=small_disk,
+    )  # fmt: skip
+    assert_no_traceback(talk.stderr)
+    assert talk.returncode == 0, talk.stderr
+    assert (
+        "recording stopped: cannot write to" in talk.stderr and "is the disk full?" in talk.stderr
+    )
+    assert "free disk space or record to another folder; what was written is kept" in talk.stderr
+    recording = assert_whole(record)  # whole frames, as many as meta.json says
+    assert (record / SESSION_WAV).stat().st_size <= limit
+    assert "cannot write" in recording.meta["stopped_early"]
+    assert [e["state"] for e in recording.events if e["type"] == "state"][-1] == "recording_stopped"
+    assert 30 * F <= len(recording.user) < 75 * F  # 6 s are 75 frames
+    # the conversation went on to its end: more frames stepped than the recording holds
+    stepped = int(re.search(r"antiphon: (\d+) frames, compute", talk.stderr)[1])  # type: ignore[index]
+    assert stepped > recording.meta["summary"]["frames"]
+    assert soundfile.info(reply).frames == stepped * F
+    result = antiphon("eval", str(record), "--json", "--no-timeline")
+    assert_no_traceback(result.stderr)
+    assert result.returncode == 0, result.stderr
+    done, _ = evaluated(result)
+    assert any("the recording stopped early" in w for w in done["talk"]["warnings"])
 
 
 def test_json_of_a_killed_recording_is_valid_at_every_moment(tmp_path: Path) -> None:
