@@ -10,6 +10,10 @@
 #   lm         the LM on the codec's tokens, LM_STEPS steps            RUN_DIR/lm
 #   export     the shipped files (LM bf16, codec fp16, tokenizer, configs)   ASSETS
 #   eval       the quality figures on EVAL_DIALOGUES held-out dialogues RUN_DIR/eval.json
+#              and each request as a Full-Duplex-Bench sample                RUN_DIR/fdb
+#   fdb        `antiphon eval` on those samples                              RUN_DIR/fdb-eval
+#   bench      frame time of the demo shapes on THREADS threads               RUN_DIR/bench.json
+#   card       ASSETS/MODEL_CARD.md from everything above
 #
 # Every stage can be stopped at any moment (Ctrl-C, SIGTERM, a machine that goes away) and the
 # same command goes on: data and tokenizer stages are skipped once their output is there, codec
@@ -78,7 +82,18 @@ for stage in "$@"; do
         eval)
             OMP_NUM_THREADS=${EVAL_THREADS:-$threads} train eval --assets "$assets" \
                 --data "$run_dir/data/eval" --count "${EVAL_DIALOGUES:-300}" \
-                --device "$device" --json "$run_dir/eval.json"
+                --device "$device" --json "$run_dir/eval.json" --fdb-out "$run_dir/fdb"
+            ;;
+        fdb)
+            "$py" -m app.cli eval "$run_dir/fdb" --out "$run_dir/fdb-eval" --no-timeline
+            ;;
+        bench)
+            "$py" -m app.cli bench --lm demo --codec demo --threads "$threads" --no-reference \
+                --frames 200 --json "$run_dir/bench.json"
+            ;;
+        card)
+            train card --run "$run_dir" --assets "$assets" \
+                --data-time "${DATA_TIME:-see RUN_DIR/data-train.log}"
             ;;
         *)
             echo "train_demo: unknown stage $stage (see the top of this file)" >&2

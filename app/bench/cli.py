@@ -30,7 +30,16 @@ from torch import nn
 from tqdm import tqdm
 
 from model.codec import Codec
-from model.config import LMConfig, MimiConfig, mimi, moshi_7b, tiny_lm, tiny_mimi
+from model.config import (
+    LMConfig,
+    MimiConfig,
+    demo_lm,
+    demo_mimi,
+    mimi,
+    moshi_7b,
+    tiny_lm,
+    tiny_mimi,
+)
 from model.errors import ConfigError
 from model.lm import LM
 from model.quantizer import Codebook
@@ -50,11 +59,13 @@ PARTS = ("encode", "lm", "decode", "frame")
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--lm",
-        choices=("tiny", "7b", "none"),
+        choices=("tiny", "demo", "7b", "none"),
         default="tiny",
         help="LM config (none: time the codec only)",
     )
-    parser.add_argument("--codec", choices=("tiny", "mimi"), default="tiny", help="codec config")
+    parser.add_argument(
+        "--codec", choices=("tiny", "demo", "mimi"), default="tiny", help="codec config"
+    )
     parser.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
     parser.add_argument("--dtype", choices=sorted(_DTYPES), default="float32")
     parser.add_argument(
@@ -87,13 +98,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def configs(lm_name: str, codec_name: str) -> tuple[MimiConfig, LMConfig | None]:
-    codec_config = mimi() if codec_name == "mimi" else tiny_mimi()
+    codec_config = {"mimi": mimi, "demo": demo_mimi}.get(codec_name, tiny_mimi)()
     if lm_name == "none":
         return codec_config, None
     if lm_name == "7b":
         if codec_name != "mimi":
             raise ConfigError("--lm 7b reads and writes Mimi's codes: use it with --codec mimi")
         return codec_config, moshi_7b()
+    if lm_name == "demo":  # the bundled demo model's shapes (its tokenizer has under 1024 pieces)
+        if codec_name != "demo":
+            raise ConfigError("--lm demo reads and writes the demo codec's codes: add --codec demo")
+        return codec_config, demo_lm(text_card=1024)
     # A tiny LM that speaks the codec's tokens: as many codebooks each way as the codec makes.
     K = codec_config.num_codebooks
     return codec_config, tiny_lm(dep_q=K, n_q=2 * K, card=codec_config.codebook_size)

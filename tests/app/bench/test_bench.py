@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from app.bench import cli as bench
-from model.config import moshi_7b, tiny_lm
+from model.config import demo_lm, demo_mimi, moshi_7b, tiny_lm
 from model.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -64,6 +64,13 @@ def test_7b_needs_the_mimi_codec() -> None:
         bench.configs("7b", "tiny")
 
 
+def test_demo_lm_times_the_bundled_model_shapes() -> None:
+    codec, lm = bench.configs("demo", "demo")
+    assert codec == demo_mimi() and lm == demo_lm(text_card=1024)
+    with pytest.raises(ConfigError, match="--codec demo"):
+        bench.configs("demo", "mimi")
+
+
 @pytest.mark.parity
 def test_reference_configs_translate_back_to_ours() -> None:
     from moshi.models.loaders import _lm_kwargs
@@ -72,6 +79,7 @@ def test_reference_configs_translate_back_to_ours() -> None:
 
     assert kyutai_lm_kwargs(moshi_7b()) == _lm_kwargs  # the released config itself
     kyutai_lm_kwargs(tiny_lm(dep_q=8, n_q=16, card=2048))  # checks the round trip inside
+    kyutai_lm_kwargs(demo_lm(text_card=1024))  # shared depth weights: a schedule
 
 
 def test_importing_the_bench_does_not_import_the_reference() -> None:
