@@ -133,6 +133,20 @@ def test_codec_run_resumes_exactly(work: Path, codec_run: Path) -> None:
         assert torch.equal(trained.encode(pcm), reference.eval().encode(pcm))
 
 
+def test_decoder_only_training_keeps_every_code(work: Path, codec_run: Path) -> None:
+    out = work / "codec-decoder"
+    train_codec(_codec_args(work, out, "--decoder-only", str(codec_run)))
+    before, after = load_trained_codec(codec_run), load_trained_codec(out)
+    pcm = torch.from_numpy(np.random.default_rng(0).normal(0, 0.1, 24000).astype(np.float32))
+    with torch.no_grad():
+        assert torch.equal(before.encode(pcm.view(1, 1, -1)), after.encode(pcm.view(1, 1, -1)))
+    old, new = before.state_dict(), after.state_dict()
+    changed = {k.split(".")[0] for k in old if not torch.equal(old[k], new[k])}
+    assert changed == {"upsample", "decoder_transformer", "decoder", "quantizer"}
+    assert all(torch.equal(old[k], new[k]) for k in old if ".output_proj." not in k and
+               k.startswith("quantizer"))  # fmt: skip
+
+
 def test_lm_overfits_one_batch(work: Path, codec_run: Path, tmp_path: Path) -> None:
     tokenizer = TextTokenizer(work / "tokenizer" / "tokenizer.model")
     streams = load_or_encode(
