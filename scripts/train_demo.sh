@@ -8,6 +8,8 @@
 #   tokenizer  SentencePiece on the training text                      RUN_DIR/tokenizer
 #   codec      the codec, CODEC_STEPS steps                            RUN_DIR/codec
 #   lm         the LM on the codec's tokens, LM_STEPS steps            RUN_DIR/lm
+#   decoder    (optional) the codec's decoder side only, DECODER_STEPS more steps: every code
+#              stays the same, so the LM is unchanged; export then takes it  RUN_DIR/codec-decoder
 #   export     the shipped files (LM bf16, codec fp16, tokenizer, configs)   ASSETS
 #   eval       the quality figures on EVAL_DIALOGUES held-out dialogues RUN_DIR/eval.json
 #              and each request as a Full-Duplex-Bench sample                RUN_DIR/fdb
@@ -75,8 +77,19 @@ for stage in "$@"; do
                 --checkpoint-every 100 --log-every 25 --eval-every 250 --no-progress \
                 "${lm_extra[@]}"
             ;;
+        decoder)
+            train codec --data "$run_dir/data/train" --eval-data "$run_dir/data/eval" \
+                --decoder-only "$run_dir/codec" --out "$run_dir/codec-decoder" \
+                --device "$device" --seed "$seed" --steps "${DECODER_STEPS:-1500}" \
+                --batch-size 32 --segment 1.2 --max-hours 6 --warmup 100 --lr 5e-4 \
+                --threads "$threads" --checkpoint-every 200 --log-every 50 --eval-every 250 \
+                --no-progress
+            ;;
         export)
-            train export --codec "$run_dir/codec" --lm "$run_dir/lm" \
+            codec_run="$run_dir/codec"
+            [ -f "$run_dir/codec-decoder/codec.safetensors" ] && codec_run="$run_dir/codec-decoder"
+            echo "export: codec from $codec_run"
+            train export --codec "$codec_run" --lm "$run_dir/lm" \
                 --tokenizer "$run_dir/tokenizer" --out "$assets"
             ;;
         eval)

@@ -153,6 +153,7 @@ def write_card(run: Path, assets: Path, commands: dict[str, str]) -> str:
     train_hours = sum(json.loads(line)["duration"] for line in manifest) / 3600
     codec = run_summary(_log(run / "codec" / "log.jsonl"))
     lm = run_summary(_log(run / "lm" / "log.jsonl"))
+    decoder = run_summary(_log(run / "codec-decoder" / "log.jsonl"))
     report = _read_json(run / "eval.json")
     fdb = _read_json(run / "fdb-eval" / "report.json")
     bench = _read_json(run / "bench.json")
@@ -170,6 +171,15 @@ def write_card(run: Path, assets: Path, commands: dict[str, str]) -> str:
         f"| codec | Mimi architecture, 2.6 M parameters | {codec['steps']} | "
         f"{codec['hours']:.2f} h ({_shown(codec['step_s'], 2)} s/step, peak "
         f"{_shown(codec['peak_rss_gb'], 2)} GB) | `antiphon train codec` |",
+        *(
+            [
+                f"| codec decoder | its decoder side only (codes unchanged) | {decoder['steps']} "
+                f"| {decoder['hours']:.2f} h ({_shown(decoder['step_s'], 2)} s/step) | "
+                "`antiphon train codec --decoder-only` |"
+            ]
+            if decoder["steps"]
+            else []
+        ),
         f"| LM | Moshi architecture, 11 M parameters | {lm['steps']} | {lm['hours']:.2f} h "
         f"({_shown(lm['step_s'], 2)} s/step, peak {_shown(lm['peak_rss_gb'], 2)} GB) | "
         "`antiphon train lm` |",
@@ -182,9 +192,11 @@ def write_card(run: Path, assets: Path, commands: dict[str, str]) -> str:
     if lm["last_eval"]:
         out += [f"LM held-out figures (teacher-forced) at step {lm['last_eval']['step']}: "
                 f"`{json.dumps(lm['last_eval']['eval'])}`", ""]  # fmt: skip
-    if codec["last_eval"]:
-        out += [f"Codec held-out figures at step {codec['last_eval']['step']}: "
-                f"`{json.dumps(codec['last_eval']['eval'])}`", ""]  # fmt: skip
+    for name, summary in (("Codec", codec), ("Codec decoder", decoder)):
+        if summary["last_eval"]:
+            out += [f"{name} held-out figures (user channel as heard: STOI, codes used per "
+                    f"codebook) at step {summary['last_eval']['step']}: "
+                    f"`{json.dumps(summary['last_eval']['eval'])}`", ""]  # fmt: skip
     out += ["## Measured quality", ""]
     if report:
         counts = report["counts"]
@@ -230,7 +242,8 @@ def write_card(run: Path, assets: Path, commands: dict[str, str]) -> str:
             f"{row['ours']['frame']['median_ms']:.1f} ms, p99 {row['ours']['frame']['p99_ms']:.1f}"
             " ms (real time needs under 80 ms).",
             "",
-            f"Command: `{commands.get('bench', 'antiphon bench --lm demo --codec demo')}`",
+            f"Command: `antiphon bench --lm demo --codec demo --threads {bench.get('threads', 2)} "
+            f"--no-reference --frames 200 --json {run}/bench.json` (the demo's shapes)",
             "",
         ]
     return "\n".join(out)
@@ -250,8 +263,6 @@ def run(args: argparse.Namespace) -> int:
         "eval": f"antiphon train eval --assets {args.assets} --data {args.run}/data/eval "
         f"--json {args.run}/eval.json --fdb-out {args.run}/fdb",
         "fdb": f"antiphon eval {args.run}/fdb --out {args.run}/fdb-eval --no-timeline",
-        "bench": "antiphon bench --lm demo --codec demo --threads 2 --no-reference "
-        f"--json {args.run}/bench.json",
     }
     (args.assets / CARD).write_text(write_card(args.run, args.assets, commands))
     print(f"wrote {args.assets / CARD}")
