@@ -29,6 +29,7 @@ from app.core.runtime import (
     PacedFileSource,
 )
 from audio_io.devices import DeviceInfo, find_device
+from audio_io.echo import EchoCancelError, EchoCanceller, EchoConfig
 from audio_io.errors import AudioDeviceError
 from audio_io.streams import Microphone, Speaker
 
@@ -169,3 +170,21 @@ def open_devices(
     # The speaker opens first: frames the microphone captures meanwhile would pile up.
     with Speaker(speaker_device, on_error=on_speaker_lost) as speaker:
         yield source, SpeakerSink(speaker), None
+
+
+def open_echo_canceller(
+    session: DeviceUser, format: AudioFormat, source: AudioSource, collected: CollectingSink | None
+) -> EchoCanceller | None:
+    """The canceller for a microphone that hears a speaker; None where there is no echo (a demo
+    voice, a reply going to a file) or no canceller (said once, with what to do)."""
+    if not isinstance(source, MicrophoneSource) or collected is not None:
+        session.devices["echo"] = "off (no microphone and speaker pair)"
+        return None
+    try:
+        echo = EchoCanceller(EchoConfig(format.sample_rate, format.frame_size))
+    except EchoCancelError as exc:
+        session.notice(f"echo cancellation is off: {exc}")
+        session.devices["echo"] = "off (unavailable)"
+        return None
+    session.devices["echo"] = "WebRTC AEC3"
+    return echo
