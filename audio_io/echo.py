@@ -10,10 +10,12 @@ estimator, residual echo suppressor), through the `livekit` wheel, which ships i
 
 Alignment: `played` puts each reply frame on a timeline at the time the speaker will sound it
 (now + jitter buffer + device latency, on the clock of the microphone's capture times); `cancel`
-takes from it the reference that was sounding while the microphone frame was captured, `lead`
-seconds early so that a render time estimated a little late never puts the echo before its
-reference. What is left (the room, device latencies nobody reports) is AEC3's delay estimator's
-job: it follows delays of hundreds of milliseconds and re-locks when they jump.
+takes from it the reference that was sounding while the microphone frame was captured, early by
+`lead` plus the devices' reported latencies. Reported latencies can be too large (JACK's dummy
+driver reports two periods more than the loop has), and a render time estimated late would put
+the echo before its reference, which no canceller can remove; taken that early, the echo always
+comes after it, by the true device latencies plus the room. That rest is AEC3's delay
+estimator's job: it follows delays up to about 450 ms (measured) and re-locks when they jump.
 
 `played` and `cancel` may run on different threads (the event loop, the inference thread).
 """
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 import importlib
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,11 +43,15 @@ class EchoCancelError(AudioError):
 class EchoConfig:
     sample_rate: int = 24000  # of the frames given to `played` and `cancel`
     frame_size: int = 1920  # samples per `cancel` call (one model frame)
-    lead: float = 0.04  # seconds the reference is taken early (see the module's docstring)
+    lead: float = 0.06  # seconds the reference is taken early, beyond the devices' latencies
     history: float = 2.0  # seconds of played audio kept for alignment
     # ERLE is estimated only where the aligned reference is louder than this (dBFS): with the
     # far end silent, input over output measures the user, not the canceller.
     far_end_floor_db: float = -50.0
+    # A played frame estimated to start within this many seconds of where the previous one
+    # ended continues it: render-time estimates wander by tens of milliseconds around an
+    # underrun (measured on JACK), and every shift of the reference costs AEC3 a re-adaptation.
+    snap: float = 0.05
 
     @property
     def block_size(self) -> int:
@@ -102,8 +109,15 @@ class FarEndTimeline:
 
 
 class EchoCanceller:
-    def __init__(self, config: EchoConfig | None = None) -> None:
+    def __init__(
+        self,
+        config: EchoConfig | None = None,
+        device_latency: Callable[[], float] | None = None,
+    ) -> None:
+        """`device_latency`: the output's plus the input's reported latency, in seconds, as
+        PortAudio has them once the streams run (asked for every frame)."""
         self.config = config = config or EchoConfig()
+        self.device_latency = device_latency or (lambda: 0.0)
         if config.frame_size % config.block_size:
             raise ValueError(
                 f"frame_size {config.frame_size} is not a whole number of 10 ms blocks "
@@ -111,7 +125,9 @@ class EchoCanceller:
             )
         self._rtc = _livekit_rtc()
         self._lock = threading.Lock()
-        self._timeline = FarEndTimeline(config.sample_rate, config.history, config.block_size)
+        self._timeline = FarEndTimeline(
+            config.sample_rate, config.history, round(config.snap * config.sample_rate)
+        )
         self._apm = self._new_apm()
 
     def _new_apm(self) -> Any:
@@ -123,8 +139,9 @@ class EchoCanceller:
         """Forget the echo path and the played audio (a new conversation on the same devices)."""
         with self._lock:
             self._apm = self._new_apm()
+            config = self.config
             self._timeline = FarEndTimeline(
-                self.config.sample_rate, self.config.history, self.config.block_size
+                config.sample_rate, config.history, round(config.snap * config.sample_rate)
             )
 
     def played(self, pcm: np.ndarray, render_time: float) -> None:
@@ -139,7 +156,8 @@ class EchoCanceller:
         if mic.shape != (config.frame_size,):
             raise ValueError(f"cancel takes a [{config.frame_size}] frame, got {mic.shape}")
         with self._lock:
-            reference = self._timeline.read(capture_time + config.lead, config.frame_size)
+            lead = config.lead + self.device_latency()
+            reference = self._timeline.read(capture_time + lead, config.frame_size)
             near = _to_pcm16(mic)
             far = _to_pcm16(reference)
             n, rate = config.block_size, config.sample_rate

@@ -135,7 +135,12 @@ class Recorder:
             self._microphone = None
             if keep_microphone:
                 self._microphone = soundfile.SoundFile(
-                    self.folder / MICROPHONE_WAV, "w", self.sample_rate, 1, "PCM_16", "WAV"
+                    self.folder / MICROPHONE_WAV,
+                    "w",
+                    self.sample_rate,
+                    1,
+                    subtype="PCM_16",
+                    format="WAV",
                 )
         except (OSError, soundfile.LibsndfileError) as exc:
             raise RecordingError(f"cannot write a recording in {self.folder}: {exc}") from exc

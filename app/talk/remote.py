@@ -216,7 +216,7 @@ class RemoteTalkSession:
 
         with self._audio(speaker_lost) as (source, sink, collected):
             if self.echo_cancel:
-                self.echo = open_echo_canceller(self, self.format, source, collected)
+                self.echo = open_echo_canceller(self, self.format, source, sink)
             self._started = self.clock.now()
             self.events.emit(StateEvent(0.0, 0, "started", self.model_name))
             if self.initial_record is not None:

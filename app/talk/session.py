@@ -153,7 +153,7 @@ class TalkSession:
         with open_devices(self, self.engine.format, speaker_lost) as (source, sink, collected):
             echo: EchoCanceller | None = None
             if self.echo_cancel:
-                echo = open_echo_canceller(self, self.engine.format, source, collected)
+                echo = open_echo_canceller(self, self.engine.format, source, sink)
             conversation = Conversation(
                 self.engine, source, sink, self.events, self.clock, self.recorder, echo=echo
             )
