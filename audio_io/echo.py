@@ -129,6 +129,10 @@ class EchoCanceller:
             config.sample_rate, config.history, round(config.snap * config.sample_rate)
         )
         self._apm = self._new_apm()
+        # The first call starts LiveKit's native runtime (threads, allocations): here, before
+        # the microphone runs, not in the first frame, where it would cost queued frames.
+        self.cancel(np.zeros(config.frame_size, np.float32), 0.0)
+        self.reset()
 
     def _new_apm(self) -> Any:
         # High-pass: the DC and rumble of cheap microphones hurt the adaptive filter. Noise
