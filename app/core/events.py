@@ -52,6 +52,10 @@ class FrameStats(Event):
     latency_ms: float | None = None  # microphone-to-speaker, when measurable
     input_level_db: float = -120.0  # RMS of the user's frame, dBFS
     output_level_db: float = -120.0  # RMS of the assistant's frame, dBFS
+    echo_cancel: bool = False  # the microphone's echo of the speaker is being removed
+    # echo return loss enhancement: microphone over cleaned power, dB; None while the far end
+    # (the assistant) is silent. An estimate: the user's voice in the frame lowers it.
+    erle_db: float | None = None
 
 
 @dataclass(frozen=True)

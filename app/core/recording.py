@@ -1,6 +1,8 @@
 """Recording one conversation into a folder that survives the process being killed.
 
     folder/session.wav    stereo, 24 kHz, PCM 16: left = assistant, right = user, one frame clock
+    folder/microphone.wav with keep_microphone=True: mono, 24 kHz, PCM 16, the microphone before
+                          echo cancellation, frame for frame on session.wav's clock
     folder/events.jsonl   one Event.to_json() per line, flushed per line
     folder/meta.json      model (files + sha256), sampling, seed, devices, versions, start time;
                           rewritten atomically at close with the timing summary (app.core.timing)
@@ -52,6 +54,7 @@ from .models import LoadedModel
 log = logging.getLogger(__name__)
 
 SESSION_WAV = "session.wav"
+MICROPHONE_WAV = "microphone.wav"  # the raw microphone, when kept (the user channel is cleaned)
 EVENTS_FILE = "events.jsonl"
 META_FILE = "meta.json"
 FORMAT_VERSION = 1
@@ -88,6 +91,7 @@ class Recorder:
         devices: dict[str, Any],
         *,
         overwrite: bool = False,
+        keep_microphone: bool = False,
     ) -> None:
         self.folder = Path(folder)
         self.sample_rate = format.sample_rate
@@ -112,6 +116,7 @@ class Recorder:
                 "sample_rate": self.sample_rate,
                 "frame_size": self.frame_size,
                 "channels": {"left": "assistant", "right": "user"},
+                "microphone": MICROPHONE_WAV if keep_microphone else None,
                 "started_at": _now(),
                 "model": described,
                 "sampling": dataclasses.asdict(sampling),  # as the recording started
@@ -127,9 +132,21 @@ class Recorder:
             self._wav = soundfile.SoundFile(
                 wav_path, "w", self.sample_rate, 2, subtype="PCM_16", format="WAV"
             )
+            self._microphone = None
+            if keep_microphone:
+                self._microphone = soundfile.SoundFile(
+                    self.folder / MICROPHONE_WAV,
+                    "w",
+                    self.sample_rate,
+                    1,
+                    subtype="PCM_16",
+                    format="WAV",
+                )
         except (OSError, soundfile.LibsndfileError) as exc:
             raise RecordingError(f"cannot write a recording in {self.folder}: {exc}") from exc
         _update_header_on_every_write(self._wav)
+        if self._microphone is not None:
+            _update_header_on_every_write(self._microphone)
 
     def __enter__(self) -> Recorder:
         return self
@@ -141,8 +158,11 @@ class Recorder:
     def frame_duration(self) -> float:
         return self.frame_size / self.sample_rate
 
-    def write_frame(self, assistant: np.ndarray, user: np.ndarray) -> None:
-        """One frame of both channels (float32 [frame_size] each, 24 kHz)."""
+    def write_frame(
+        self, assistant: np.ndarray, user: np.ndarray, microphone: np.ndarray | None = None
+    ) -> None:
+        """One frame of both channels (float32 [frame_size] each, 24 kHz); `user` is what the
+        model heard, `microphone` the raw input (kept only with keep_microphone)."""
         if assistant.shape != (self.frame_size,) or user.shape != (self.frame_size,):
             raise ValueError(
                 f"write_frame takes two [{self.frame_size}] frames, got "
@@ -153,6 +173,9 @@ class Recorder:
             if self._closed:
                 raise RecordingError(f"the recording in {self.folder} is closed")
             self._wav.write(stereo.astype(np.float32, copy=False))
+            if self._microphone is not None:  # the same frame count: the same clock
+                raw = user if microphone is None else microphone
+                self._microphone.write(np.clip(raw, -1.0, 1.0).astype(np.float32, copy=False))
             self.frames += 1
 
     def emit(self, event: Event) -> None:
@@ -186,6 +209,8 @@ class Recorder:
             self._closed = True
             self._wav.flush()  # fsync, once
             self._wav.close()
+            if self._microphone is not None:
+                self._microphone.close()
             self._events.close()
             self.meta.update(
                 ended_at=_now(),

@@ -28,6 +28,7 @@ from typing import Generic, Protocol, TypeVar
 
 import numpy as np
 
+from audio_io.echo import EchoCanceller, EchoFrame
 from model import SamplingParams
 
 from .audio import level_db
@@ -115,7 +116,9 @@ class DropOldestQueue(Generic[T]):
 
 
 class FrameRecorder(Protocol):
-    def write_frame(self, assistant: np.ndarray, user: np.ndarray) -> None: ...
+    def write_frame(
+        self, assistant: np.ndarray, user: np.ndarray, microphone: np.ndarray | None = None
+    ) -> None: ...
 
 
 class Conversation:
@@ -123,6 +126,11 @@ class Conversation:
 
     Controls (from any task of the loop): `muted`, `request_reset()`, `request_sampling()`.
     They take effect between two frames, in the torch thread.
+
+    With an `echo` canceller, the model hears the microphone with the speaker's echo removed:
+    each reply frame goes on the canceller's timeline at the time it will sound (now plus what
+    the sink still buffers), and each microphone frame is cleaned against what was sounding
+    while it was captured, in the torch thread, before the step.
     """
 
     def __init__(
@@ -135,8 +143,10 @@ class Conversation:
         recorder: FrameRecorder | None = None,
         input_queue_frames: int = 4,
         output_queue_frames: int = 4,
+        echo: EchoCanceller | None = None,
     ) -> None:
         self.engine = engine
+        self.echo = echo
         self.source = source
         self.sink = sink
         self.events = events
@@ -146,9 +156,7 @@ class Conversation:
         self.timings = Timings()  # the frames played, and the queues' counters at the end
         self._recent_ms: deque[float] = deque(maxlen=5)  # compute of the latest steps
         self._inputs: DropOldestQueue[CapturedFrame | None] = DropOldestQueue(input_queue_frames)
-        self._outputs: DropOldestQueue[tuple[CapturedFrame, StepResult] | None] = DropOldestQueue(
-            output_queue_frames
-        )
+        self._outputs: DropOldestQueue[_Heard | None] = DropOldestQueue(output_queue_frames)
         self._reset_requested = False
         self._sampling_requested: SamplingParams | None = None
         self._start = 0.0
@@ -199,24 +207,31 @@ class Conversation:
             self._inputs.put(frame)
         self._inputs.put(None)  # end of input (never dropped: the queue just lost its oldest)
 
-    def _step(self, pcm: np.ndarray, reset: bool, sampling: SamplingParams | None) -> StepResult:
-        """Runs in the torch thread: the controls taken for this frame, then the frame."""
+    def _step(
+        self, frame: CapturedFrame, muted: bool, reset: bool, sampling: SamplingParams | None
+    ) -> tuple[np.ndarray, EchoFrame | None, StepResult]:
+        """Runs in the torch thread: the controls taken for this frame, the echo removed, then
+        the frame. Returns what the model heard, the canceller's figures, the step's result."""
         if reset:
             self.engine.reset()
         if sampling is not None:
             self.engine.set_sampling(sampling)
-        return self.engine.step(pcm)
+        echo = self.echo.cancel(frame.pcm, frame.time) if self.echo is not None else None
+        heard = echo.pcm if echo is not None else frame.pcm
+        if muted:
+            heard = np.zeros(self.engine.frame_size, dtype=np.float32)
+        return heard, echo, self.engine.step(heard)
 
     async def _infer(self, torch_thread: ThreadPoolExecutor) -> None:
         loop = asyncio.get_running_loop()
-        silence = np.zeros(self.engine.frame_size, dtype=np.float32)
         try:
             while (frame := await self._inputs.get()) is not None:
                 # Controls are taken here, on the loop, so none is lost or applied unreported.
                 reset, self._reset_requested = self._reset_requested, False
                 sampling, self._sampling_requested = self._sampling_requested, None
-                pcm = silence if self.muted else frame.pcm
-                result = await loop.run_in_executor(torch_thread, self._step, pcm, reset, sampling)
+                pcm, echo, result = await loop.run_in_executor(
+                    torch_thread, self._step, frame, self.muted, reset, sampling
+                )
                 now = self.elapsed
                 if reset:
                     self.events.emit(StateEvent(now, self._frame, "reset"))
@@ -226,10 +241,10 @@ class Conversation:
                 if result.text:
                     self.events.emit(TextEvent(now, self._frame, result.text_token, result.text))
                 if self.recorder is not None:
-                    self.recorder.write_frame(result.pcm, pcm)
+                    self.recorder.write_frame(result.pcm, pcm, frame.pcm)
                 self._recent_ms.append(result.compute_ms)
                 self._report_if_slow(now)
-                self._outputs.put((frame, result))
+                self._outputs.put(_Heard(frame, result, echo))
                 self._frame += 1
         finally:
             self._outputs.put(None)
@@ -254,7 +269,9 @@ class Conversation:
     async def _playback(self) -> None:
         frame_ms = 1000 * self.engine.frame_duration
         while (item := await self._outputs.get()) is not None:
-            captured, result = item
+            captured, result, echo = item.captured, item.result, item.echo
+            if self.echo is not None:  # before `play`: what is buffered sounds first
+                self.echo.played(result.pcm, self.clock.now() + self.sink.buffered_seconds())
             self.sink.play(result.pcm)
             latency = 1000 * (self.clock.now() - captured.time + self.sink.buffered_seconds())
             counters = self.sink.counters()
@@ -273,9 +290,20 @@ class Conversation:
                 latency_ms=latency,
                 input_level_db=level_db(captured.pcm),
                 output_level_db=level_db(result.pcm),
+                echo_cancel=self.echo is not None,
+                erle_db=echo.erle_db if echo is not None else None,
             )
             self.timings.add_stats(stats)
             self.events.emit(stats)
+
+
+@dataclass(frozen=True)
+class _Heard:
+    """A frame through inference, on its way to the speaker."""
+
+    captured: CapturedFrame  # as the microphone gave it
+    result: StepResult
+    echo: EchoFrame | None  # the canceller's figures for the frame, when it runs
 
 
 class PacedFileSource:

@@ -40,6 +40,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="DIR",
         help="where the TUI's record key (c) records: DIR/<date-time> (default %(default)s)",
     )
+    parser.add_argument(
+        "--no-echo-cancel",
+        action="store_true",
+        help="hear the microphone as it is: no removal of the speaker's echo (it is on by "
+        "default, so that the assistant does not hear itself through loudspeakers; with "
+        "headphones it is not needed)",
+    )
+    parser.add_argument(
+        "--record-microphone",
+        action="store_true",
+        help="recordings also keep the raw microphone, before echo cancellation, as "
+        "microphone.wav (same clock as session.wav, whose user channel is what the model heard)",
+    )
     remote.add_arguments(parser)
     parser.add_argument(
         "--no-tui",
@@ -74,7 +87,13 @@ def run(args: argparse.Namespace) -> int:
     engine.warm_up()
     if not use_tui:
         session = TalkSession(
-            engine, args.input_device, args.output_device, args.record, args.demo_out
+            engine,
+            args.input_device,
+            args.output_device,
+            args.record,
+            args.demo_out,
+            echo_cancel=not args.no_echo_cancel,
+            keep_microphone=args.record_microphone,
         )
         session.events.sinks.append(TerminalPrinter())
         return asyncio.run(_talk_in_terminal(session))
@@ -88,6 +107,8 @@ def run(args: argparse.Namespace) -> int:
         args.record,
         args.demo_out,
         notices=lambda text: tui.notice(text),  # `tui` exists before the session runs
+        echo_cancel=not args.no_echo_cancel,
+        keep_microphone=args.record_microphone,
     )
     tui = make_app(session, args.record_dir)
     if model.notice:

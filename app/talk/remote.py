@@ -49,10 +49,11 @@ from app.wire.protocol import (
     encode_audio,
     encode_json,
 )
+from audio_io.echo import EchoCanceller
 from audio_io.files import write_wav
 from model import SamplingParams
 
-from .devices import open_devices
+from .devices import open_devices, open_echo_canceller
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +64,9 @@ DRAIN_TIMEOUT = 1.0  # seconds to wait for the last replies after the microphone
 class _Sent:
     capture_time: float
     send_time: float
-    pcm: np.ndarray  # what went out, for a recording
+    pcm: np.ndarray  # what went out (echo removed), for a recording
+    microphone: np.ndarray  # the raw microphone frame
+    erle_db: float | None  # the canceller's estimate for the frame
 
 
 class RemoteTalkSession:
@@ -83,8 +86,13 @@ class RemoteTalkSession:
         notices: Callable[[str], None] | None = None,
         source: AudioSource | None = None,
         sink: AudioSink | None = None,
+        echo_cancel: bool = True,
+        keep_microphone: bool = False,
     ) -> None:
         self.broker = broker
+        self.echo_cancel = echo_cancel  # remove the speaker's echo before sending
+        self.keep_microphone = keep_microphone  # recordings keep the raw microphone too
+        self.echo: EchoCanceller | None = None
         # With a login the broker's ACL puts the session under the username; on an open broker
         # the client id stands in for it.
         self.client_id = broker.client_id or f"antiphon-talk-{secrets.token_hex(4)}"
@@ -145,7 +153,14 @@ class RemoteTalkSession:
         self._commands.put_nowait({"cmd": "sampling", **dataclasses.asdict(params)})
 
     def start_recording(self, folder: Path) -> None:
-        recorder = Recorder(folder, self.format, self.model_name, self._sampling, self.devices)
+        recorder = Recorder(
+            folder,
+            self.format,
+            self.model_name,
+            self._sampling,
+            self.devices,
+            keep_microphone=self.keep_microphone,
+        )
         self.recorder, self.recording_started = recorder, self.clock.now()
         self.events.sinks.append(recorder)
 
@@ -200,6 +215,8 @@ class RemoteTalkSession:
             loop.call_soon_threadsafe(stop)
 
         with self._audio(speaker_lost) as (source, sink, collected):
+            if self.echo_cancel:
+                self.echo = open_echo_canceller(self, self.format, source, sink)
             self._started = self.clock.now()
             self.events.emit(StateEvent(0.0, 0, "started", self.model_name))
             if self.initial_record is not None:
@@ -250,8 +267,12 @@ class RemoteTalkSession:
 
     async def _send_frame(self, client: aiomqtt.Client, grant: Grant, frame: CapturedFrame) -> None:
         sequence, self._sequence = self._sequence, self._sequence + 1
-        self._sent[sequence] = _Sent(frame.time, self.clock.now(), frame.pcm)
-        payload = encode_audio(AudioFrame(sequence, frame.pcm, SampleFormat.S16))
+        pcm, erle = frame.pcm, None
+        if self.echo is not None:  # about a millisecond: on the loop, as the send itself
+            cleaned = self.echo.cancel(frame.pcm, frame.time)
+            pcm, erle = cleaned.pcm, cleaned.erle_db
+        self._sent[sequence] = _Sent(frame.time, self.clock.now(), pcm, frame.pcm, erle)
+        payload = encode_audio(AudioFrame(sequence, pcm, SampleFormat.S16))
         await call(client.publish(grant.topics.in_audio, payload))
 
     async def _control(self, client: aiomqtt.Client, grant: Grant) -> None:
@@ -279,9 +300,11 @@ class RemoteTalkSession:
         for older in [s for s in self._sent if s < frame.sequence]:  # skipped by the node
             self._lost += 1
             del self._sent[older]
+        if self.echo is not None:  # before `play`: what is buffered sounds first
+            self.echo.played(frame.pcm, now + sink.buffered_seconds())
         sink.play(frame.pcm)
         if self.recorder is not None:
-            self.recorder.write_frame(frame.pcm, sent.pcm)
+            self.recorder.write_frame(frame.pcm, sent.pcm, sent.microphone)
         node_ms = frame.node_us / 1000
         compute_ms = (frame.encode_us + frame.lm_us + frame.decode_us) / 1000
         latency = 1000 * (now - sent.capture_time + sink.buffered_seconds())
@@ -303,6 +326,8 @@ class RemoteTalkSession:
             latency_ms=latency,
             input_level_db=level_db(sent.pcm),
             output_level_db=level_db(frame.pcm),
+            echo_cancel=self.echo is not None,
+            erle_db=sent.erle_db,
         )
         self.timings.add_stats(stats)
         self.events.emit(stats)
@@ -373,4 +398,6 @@ def session_from_args(
         record=getattr(args, "record", None),
         demo_out=getattr(args, "demo_out", Path("antiphon-talk.wav")),
         notices=notices,
+        echo_cancel=not getattr(args, "no_echo_cancel", False),
+        keep_microphone=getattr(args, "record_microphone", False),
     )

@@ -414,6 +414,7 @@ class TalkApp(App[int]):
             yield "overruns", f"{stats.overruns} (reply audio dropped)"
             yield "xruns", f"{stats.xruns} (device)"
             yield "dropped", f"{stats.dropped_input} mic frames"
+            yield "echo", echo_status(stats)
         text_t, audio_t = self.sampling.text_temperature, self.sampling.audio_temperature
         yield "temperature", f"text {text_t:.1f} · audio {audio_t:.1f}"
         recorder, started = session.recorder, session.recording_started
@@ -423,6 +424,15 @@ class TalkApp(App[int]):
             duration = session.clock.now() - started if started is not None else 0.0
             yield "recording", f"{clock_time(duration)} (c stops)"
             yield "folder", str(recorder.folder)
+
+
+def echo_status(stats: FrameStats) -> str:
+    """The echo canceller's line: on or off, and how much echo the latest frame lost."""
+    if not stats.echo_cancel:
+        return "not cancelled"
+    if stats.erle_db is None:
+        return "cancelled · ERLE – (assistant silent)"
+    return f"cancelled · ERLE {stats.erle_db:.0f} dB"
 
 
 def make_app(session: TalkControls, record_dir: Path = Path("recordings")) -> TalkApp:
