@@ -99,6 +99,8 @@ class FrameClock:
             if now >= at or any(len(s.queue) > 1 for s in ready):  # due, or someone is behind
                 await self._step(client, ready)
                 continue
+            if self.behind and not self.node.sessions:  # nothing left to be behind with
+                self._caught_up(f"the node {self.node.name} has no sessions left: not behind")
             self.wake.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.wake.wait(), None if at == math.inf else at - now)
@@ -161,20 +163,23 @@ class FrameClock:
             self.behind = metrics.behind = True
             metrics.fell_behind += 1
             log.warning(
-                "node %s is slower than real time: a step takes %.0f ms for a %.0f ms frame, so "
+                "node %s is slower than real time: a step takes %.0f ms, frames last %.0f ms, so "
                 "its sessions lose frames; give it a faster --device or fewer --slots",
                 self.node.name, 1000 * median, 1000 * period,
             )  # fmt: skip
             for session in list(self.node.sessions.values()):
                 self.node.emit(session, self.behind_event(session))
         elif self.behind and median < CAUGHT_UP_BELOW * period:
-            self.behind = metrics.behind = False
-            detail = f"the node {self.node.name} keeps up again ({1000 * median:.0f} ms a step)"
-            log.warning("%s", detail)
-            for session in list(self.node.sessions.values()):
-                self.node.emit(
-                    session, StateEvent(session.elapsed, session.frames, CAUGHT_UP, detail)
-                )
+            self._caught_up(
+                f"the node {self.node.name} keeps up again ({1000 * median:.0f} ms a step)"
+            )
+
+    def _caught_up(self, detail: str) -> None:
+        self.behind = self.node.metrics.behind = False
+        self._recent.clear()
+        log.warning("%s", detail)
+        for session in list(self.node.sessions.values()):
+            self.node.emit(session, StateEvent(session.elapsed, session.frames, CAUGHT_UP, detail))
 
     def behind_event(self, session: Session) -> ErrorEvent:
         period = self.node.engine.frame_duration
@@ -182,8 +187,8 @@ class FrameClock:
         return ErrorEvent(
             session.elapsed,
             session.frames,
-            f"the node {self.node.name} is slower than real time ({1000 * median:.0f} ms a step "
-            f"for a {1000 * period:.0f} ms frame): some of your audio is dropped there; you "
+            f"the node {self.node.name} is slower than real time ({1000 * median:.0f} ms a step, "
+            f"frames last {1000 * period:.0f} ms): some of your audio is dropped there; you "
             "send in real time",
             hint="nothing to change on your side: the node needs a faster device or fewer slots",
             code=NODE_BEHIND,

@@ -88,10 +88,16 @@ class Process:
         self.popen.wait()
 
 
-def serve(broker: Mosquitto, folder: Path, *options: str, node: str = "n1") -> Process:
+def serve(
+    broker: Mosquitto,
+    folder: Path,
+    *options: str,
+    node: str = "n1",
+    command: Sequence[str] = ("-m", "app.cli"),
+) -> Process:
     """`antiphon serve` on the tiny model, once it says `online`."""
     process = Process(
-        ["-m", "app.cli", "serve", "--broker", broker.url, "--node", node, *options],
+        [*command, "serve", "--broker", broker.url, "--node", node, *options],
         folder,
         f"serve-{node}",
     )
@@ -157,7 +163,7 @@ def assert_no_traceback(text: str) -> None:
 def assert_readable(folder: Path) -> Any:
     """Check 3: the recording reads back, and its audio is as long as its frames say."""
     recording = read_recording(folder)
-    assert len(recording.user) == len(recording.assistant) > 0
+    assert len(recording.user) == len(recording.assistant)
     assert len(recording.user) % FRAME == 0
     frames = len(recording.user) // FRAME
     assert recording.meta["summary"].get("frames", 0) <= frames
