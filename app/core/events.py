@@ -75,6 +75,16 @@ class ErrorEvent(Event):
     message: str
     hint: str = ""
     fatal: bool = False
+    # What kind of problem, for whoever acts on it: a node's error code (app/wire/protocol.py),
+    # or SLOWER_THAN_REAL_TIME; "" when nothing acts on it. A condition with a code in
+    # CONDITIONS lasts until a StateEvent CAUGHT_UP says it is over.
+    code: str = ""
+
+
+SLOWER_THAN_REAL_TIME = "slower_than_real_time"  # the model here cannot keep up with the audio
+NODE_BEHIND = "node_behind"  # the serving node cannot keep up (app/wire/protocol.py has it too)
+CONDITIONS = (SLOWER_THAN_REAL_TIME, NODE_BEHIND)
+CAUGHT_UP = "caught_up"  # a StateEvent: the condition above is over
 
 
 class EventSink(Protocol):

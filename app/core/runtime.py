@@ -33,7 +33,15 @@ from model import SamplingParams
 
 from .audio import level_db
 from .engine import Engine, StepResult
-from .events import ErrorEvent, EventSink, FrameStats, StateEvent, TextEvent
+from .events import (
+    CAUGHT_UP,
+    SLOWER_THAN_REAL_TIME,
+    ErrorEvent,
+    EventSink,
+    FrameStats,
+    StateEvent,
+    TextEvent,
+)
 from .timing import Timings
 
 log = logging.getLogger(__name__)
@@ -162,6 +170,7 @@ class Conversation:
         self._start = 0.0
         self._frame = 0
         self._slow_reported_at = float("-inf")
+        self._slow = False  # reported slower than real time, and not yet back under budget
 
     def request_reset(self) -> None:
         self._reset_requested = True
@@ -251,11 +260,13 @@ class Conversation:
 
     def _report_if_slow(self, now: float) -> None:
         """Warn (at most every 5 s) when the recent frames' median is over budget: one slow
-        frame (a first step, a hiccup) is absorbed by the queues and is no news."""
+        frame (a first step, a hiccup) is absorbed by the queues and is no news. Say so when
+        it is back under budget, so that the warning can go."""
         frame_ms = 1000 * self.engine.frame_duration
         recent = statistics.median(self._recent_ms)
         if recent > frame_ms and now - self._slow_reported_at > 5.0:
             self._slow_reported_at = now
+            self._slow = True
             self.events.emit(
                 ErrorEvent(
                     now,
@@ -263,8 +274,13 @@ class Conversation:
                     f"the model is slower than real time ({recent:.0f} ms for a "
                     f"{frame_ms:.0f} ms frame): audio is being dropped to keep up",
                     hint="use a GPU (--device cuda), a smaller model, or close other programs",
+                    code=SLOWER_THAN_REAL_TIME,
                 )
             )
+        elif self._slow and recent < 0.9 * frame_ms:
+            self._slow = False
+            detail = f"the model keeps up again ({recent:.0f} ms for a {frame_ms:.0f} ms frame)"
+            self.events.emit(StateEvent(now, self._frame, CAUGHT_UP, detail))
 
     async def _playback(self) -> None:
         frame_ms = 1000 * self.engine.frame_duration

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from app.core.commands import run_until_signalled
 from app.core.engine import Engine
-from app.core.events import ErrorEvent, Event, TextEvent
+from app.core.events import CAUGHT_UP, ErrorEvent, Event, StateEvent, TextEvent
 from app.core.models import add_model_arguments, load_from_args
 
 from . import remote
@@ -74,6 +74,8 @@ class TerminalPrinter:
                 file=sys.stderr,
                 flush=True,
             )
+        elif isinstance(event, StateEvent) and event.state == CAUGHT_UP:
+            print(f"\nantiphon: {event.detail}", file=sys.stderr, flush=True)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -159,4 +161,4 @@ async def _remote_in_terminal(session: remote.RemoteTalkSession) -> int:
     print(f"antiphon: {session.model_name} | Ctrl-C to stop", file=sys.stderr)
     await run_until_signalled(session.run())  # the session reports its latency itself
     print()
-    return 0
+    return 1 if session.failure is not None else 0
