@@ -58,7 +58,9 @@ def test_every_frame_is_captured_processed_and_played(engine: Engine) -> None:
     stats = events.of(FrameStats)
     assert [s.frame for s in stats] == list(range(25))
     assert all(s.compute_ms > 0 and s.latency_ms is not None for s in stats)
-    assert [e.state for e in events.of(StateEvent)] == ["started", "stopped"]
+    # (on a busy machine the model may fall behind and catch up: a condition, not a state)
+    states = [e.state for e in events.of(StateEvent) if e.state != CAUGHT_UP]
+    assert states == ["started", "stopped"]
 
 
 def test_the_same_audio_gives_the_same_reply_as_stepping_the_engine_directly(
