@@ -89,7 +89,8 @@ class KVCache:
             (self.values, self.value_scales, values),
         ):
             quantized, scale = self._encode(x)
-            stored.scatter_(2, index, quantized)
+            # As bytes: PyTorch's CPU scatter has no float8 kernel; the bits are the same.
+            stored.view(torch.uint8).scatter_(2, index, quantized.view(torch.uint8))
             scales.scatter_(2, scale_index, scale)
 
     def read(self, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
