@@ -25,7 +25,8 @@ class Int8Linear(nn.Module):
             raise ValueError("Int8Linear quantizes bias-free linears only")
         weight = linear.weight.detach().float()  # [out, in]
         scales = weight.abs().amax(dim=1).clamp(min=1e-12) / 127  # [out]
-        self.in_features, self.out_features = linear.in_features, linear.out_features
+        self.in_features: int = linear.in_features
+        self.out_features: int = linear.out_features
         self.weight: torch.Tensor
         self.scales: torch.Tensor
         quantized = (weight / scales[:, None]).round().clamp(-127, 127).to(torch.int8)

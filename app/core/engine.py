@@ -127,7 +127,7 @@ class BatchEngine:
         self,
         model: LoadedModel,
         slots: int,
-        cache_format: CacheFormat = "compute",
+        cache_format: CacheFormat | None = None,
         cuda_graph: bool = False,
     ) -> None:
         self.model = model
@@ -139,7 +139,7 @@ class BatchEngine:
             )
         self._states = FrameStates(
             encoder=codec.init_encoder_state(slots),
-            lm=lm.init_state(slots, model.sampling, cache_format=cache_format),
+            lm=lm.init_state(slots, model.sampling, cache_format or model.cache_format),
             decoder=codec.init_decoder_state(slots),
         )
         self._sessions: dict[int, _Slot] = {}
@@ -265,7 +265,7 @@ class BatchEngine:
         if self._graph is not None:
             times = (0.0, marks.elapsed_ms(0, 4), 0.0)
         else:  # the copy in is charged to encoding, the copy out to decoding
-            times = tuple(marks.elapsed_ms(i, i + 1 if i < 2 else 4) for i in range(3))
+            times = (marks.elapsed_ms(0, 1), marks.elapsed_ms(1, 2), marks.elapsed_ms(2, 4))
         results = {}
         # The step's cost is shared: each session is charged the whole batched step.
         config = self.model.lm.config

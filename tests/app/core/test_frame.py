@@ -101,3 +101,27 @@ def test_cuda_graph_needs_cuda(model) -> None:
 
     with pytest.raises(ConfigError, match="CUDA device"):
         BatchEngine(model, slots=1, cuda_graph=True)
+
+
+def test_8bit_options_reach_the_engine() -> None:
+    import argparse
+
+    from app.core.models import add_model_arguments, load_from_args
+    from model.quantize import Int8Linear
+
+    parser = argparse.ArgumentParser()
+    add_model_arguments(parser)
+    args = parser.parse_args(["--device", "cpu", "--kv-cache", "int8", "--int8-weights"])
+    loaded = load_from_args(args)
+    assert isinstance(loaded.lm.text_linear, Int8Linear)
+    engine = BatchEngine(loaded, slots=1)
+    assert engine._states.lm.temporal.caches[0].keys.dtype == torch.int8
+    slot = engine.open()
+    rng = np.random.default_rng(1)
+    for _ in range(4):
+        result = engine.step(
+            {slot: (0.2 * rng.standard_normal(engine.frame_size)).astype(np.float32)}
+        )
+    assert np.isfinite(result[slot].pcm).all() and result[slot].text_token >= 0
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--kv-cache", "int4"])
