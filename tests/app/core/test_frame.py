@@ -43,7 +43,7 @@ def _inputs(frame_size: int, frames: int, slots: int) -> list[torch.Tensor]:
 
 
 # aot_eager traces the whole frame through dynamo and AOTAutograd's functionalisation (in-place
-# state updates included) in ~12 s of CPU; inductor also generates C++ kernels, ~5 min of CPU on
+# state updates included) in ~12 s of CPU; inductor also generates C++ kernels, ~3 min of CPU on
 # a cold cache, so it runs only when asked: ANTIPHON_COMPILE_BACKEND=inductor.
 BACKEND = os.environ.get("ANTIPHON_COMPILE_BACKEND", "aot_eager")
 
