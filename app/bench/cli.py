@@ -41,7 +41,9 @@ from model.config import (
     tiny_mimi,
 )
 from model.errors import ConfigError
+from model.kvcache import CACHE_FORMATS, CacheFormat
 from model.lm import LM
+from model.quantize import quantize_lm_
 from model.quantizer import Codebook
 from model.sampling import SamplingParams
 
@@ -86,6 +88,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="interleaved: alternate ours and the reference frame by frame (fair on a busy "
         "machine); sequential: one after the other (one KV cache in memory at a time); "
         "auto: interleaved on CPU, sequential on CUDA",
+    )
+    parser.add_argument(
+        "--kv-cache",
+        choices=CACHE_FORMATS,
+        default="compute",
+        help="our LM's KV-cache format (the reference keeps its own)",
+    )
+    parser.add_argument(
+        "--int8-weights", action="store_true", help="weight-only int8 for our LM's linear layers"
     )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", type=Path, metavar="PATH", help="also write the results here")
@@ -133,8 +144,11 @@ class Ours:
         dtype: torch.dtype,
         sampling: SamplingParams,
         reference: Reference | None = None,
+        cache_format: CacheFormat = "compute",
+        int8_weights: bool = False,
     ) -> None:
         self.sampling = sampling
+        self.cache_format = cache_format
         codec = Codec(codec_config).eval()
         if reference is not None:
             codec.load_state_dict(reference.our_codec_state, strict=True)
@@ -155,6 +169,8 @@ class Ours:
             elif device.type == "cuda":
                 lm.to_empty(device=device)
                 _random_init_(lm, torch.Generator(device).manual_seed(0))
+            if int8_weights:
+                quantize_lm_(lm)
             self.lm = lm
 
     @contextlib.contextmanager
@@ -163,7 +179,7 @@ class Ours:
         enc, dec = codec.init_encoder_state(batch_size), codec.init_decoder_state(batch_size)
         lm_step = None
         if lm is not None:
-            state = lm.init_state(batch_size, self.sampling)
+            state = lm.init_state(batch_size, self.sampling, self.cache_format)
 
             def lm_step(codes: torch.Tensor) -> torch.Tensor | None:
                 return lm.step(codes, state).audio  # NOT_READY (-1) until delays pass
@@ -267,7 +283,16 @@ def run(args: argparse.Namespace) -> int:
         reference: Reference | None = None
         if not args.no_reference:
             reference = _build_reference(codec_config, lm_config, device, dtype, sampling)
-        ours = Ours(codec_config, lm_config, device, dtype, sampling, reference)
+        ours = Ours(
+            codec_config,
+            lm_config,
+            device,
+            dtype,
+            sampling,
+            reference,
+            cache_format=args.kv_cache,
+            int8_weights=args.int8_weights,
+        )
         header = _header(args, device, ours, codec_config, lm_config) | {
             "warmup": warmup,
             "order": "interleaved frame by frame" if interleaved else "one after the other",
@@ -352,6 +377,8 @@ def _header(
         "dtype": args.dtype,
         "codec": args.codec,
         "lm": args.lm,
+        "kv_cache": args.kv_cache,
+        "int8_weights": args.int8_weights,  # their int8 weights are buffers, not parameters
         "codec_parameters": _parameters(ours.codec),
         "lm_parameters": _parameters(ours.lm),
         "codec_config": asdict(codec_config),

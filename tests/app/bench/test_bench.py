@@ -59,6 +59,18 @@ def test_codec_only_without_the_reference(tmp_path: Path, capsys) -> None:
     assert "reference" not in row and row["ours"]["frame"]["median_ms"] > 0
 
 
+def test_8bit_formats_are_timed_and_recorded(tmp_path: Path, capsys) -> None:
+    out = tmp_path / "bench.json"
+    args = _args(
+        "--frames", "2", "--warmup", "2", "--no-reference", "--kv-cache", "int8",
+        "--int8-weights", "--json", str(out),
+    )  # fmt: skip
+    assert bench.run(args) == 0
+    data = json.loads(out.read_text())
+    assert data["kv_cache"] == "int8" and data["int8_weights"] is True
+    assert data["results"][0]["ours"]["lm"]["median_ms"] > 0
+
+
 def test_7b_needs_the_mimi_codec() -> None:
     with pytest.raises(ConfigError, match="--codec mimi"):
         bench.configs("7b", "tiny")
