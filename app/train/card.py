@@ -17,6 +17,7 @@ from typing import Any
 
 from app.core.models import ASSETS
 from model.bundle import FILES
+from model.errors import ConfigError
 
 from .quality import HELD_OUT_VOICE_TARGET, TARGETS
 
@@ -258,6 +259,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    manifest = args.run / "data" / "train" / "manifest.jsonl"
+    if not manifest.is_file():
+        raise ConfigError(
+            f"--run {args.run}: no {manifest.relative_to(args.run)}; give the run folder "
+            "scripts/train_demo.sh wrote (RUN_DIR)"
+        )
+    if not args.assets.is_dir():
+        raise ConfigError(f"--assets {args.assets}: no such folder; run `train export` first")
     commands = {
         "data": args.data_time,
         "eval": f"antiphon train eval --assets {args.assets} --data {args.run}/data/eval "
