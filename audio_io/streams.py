@@ -125,6 +125,49 @@ class _Lifecycle:
                 log.exception("on_error handler failed")
 
 
+class SampleClock:
+    """When a stream's sample k reaches the converter, on the time.monotonic() clock.
+
+    t(k) = origin + k / rate. A callback runs late, never early (on a busy machine tens of
+    milliseconds late), so each callback's own times jitter by that much while the earliest
+    origin seen stays put, which the echo canceller's alignment needs. The kept origin creeps
+    later by `drift` seconds a second, so that a device clock slower than the system's is
+    followed; any observation earlier than it takes over at once. `reset` after samples were lost
+    or inserted (an xrun, an underrun): the origin has moved. The first `skip` callbacks of a
+    stream (or after a reset) are not used: PortAudio's times for them were seen off by hundreds
+    of milliseconds on JACK.
+    """
+
+    def __init__(self, rate: int, drift: float = 2e-4, skip: int = 4) -> None:
+        self.rate = rate
+        self.drift = drift
+        self.skip = skip
+        self._seen = 0
+        self._origin: tuple[float, float] | None = None  # (origin, when it was observed)
+        self._latest = 0.0  # time of the latest observation
+
+    def observe(self, index: int, time_of_index: float) -> None:
+        self._seen += 1
+        if self._seen <= self.skip:
+            return
+        self._latest = time_of_index
+        origin = time_of_index - index / self.rate
+        if self._origin is None or origin < self._crept():
+            self._origin = (origin, time_of_index)
+
+    def reset(self) -> None:
+        self._seen = 0
+        self._origin = None
+
+    def time_of(self, index: int) -> float | None:
+        return None if self._origin is None else self._crept() + index / self.rate
+
+    def _crept(self) -> float:
+        assert self._origin is not None
+        origin, since = self._origin
+        return origin + self.drift * max(0.0, self._latest - since)
+
+
 def _abandon_portaudio(device: DeviceInfo) -> None:
     sd = portaudio()
     exit_handler = getattr(sd, "_exit_handler", None)
@@ -182,6 +225,7 @@ class Microphone:
         self._on_frame = on_frame
         self._resampler = StreamResampler(self.device_rate, sample_rate)
         self._reframer = Reframer(frame_size)
+        self._clock = SampleClock(self.device_rate)
         self._life = _Lifecycle(self.device, "input", on_error)
         self.frame_count = 0  # frames handed to on_frame
         self.captured_samples = 0  # samples received from the device, at its rate
@@ -231,10 +275,12 @@ class Microphone:
             now = time.monotonic()
             if status.input_overflow or status.input_underflow:
                 self.xruns += 1
+                self._clock.reset()
             delay = time_info.currentTime - time_info.inputBufferAdcTime
             if not 0.0 < delay < 1.0:
                 delay = frames / self.device_rate
-            block_start = now - delay
+            self._clock.observe(self.captured_samples, now - delay)
+            block_start = self._clock.time_of(self.captured_samples) or now - delay
             self.captured_samples += frames
             pcm = self._resampler.process(to_mono(indata))  # to_mono copies PortAudio's buffer
             held = self._reframer.pending  # samples of the first frame from earlier blocks
@@ -277,6 +323,9 @@ class Speaker:
         self._resampler = StreamResampler(sample_rate, self.device_rate)
         self._write_lock = threading.Lock()  # the resampler is stateful: one writer at a time
         self._life = _Lifecycle(self.device, "output", on_error)
+        # when each sample of the written audio reaches the DAC, from the callbacks that played
+        # written audio throughout (empty before the first, and again after an underrun)
+        self._clock = SampleClock(self.device_rate)
         self.xruns = 0  # callbacks flagged with output underflow or overflow
         self.callback_errors = 0
         self.last_callback_error: str | None = None
@@ -294,6 +343,17 @@ class Speaker:
     @property
     def buffered_seconds(self) -> float:
         return self.jitter.buffered_samples / self.device_rate
+
+    @property
+    def render_delay(self) -> float:
+        """Seconds from now until audio written now will sound: from the DAC time PortAudio
+        gave the callbacks (`SampleClock`), so it does not jump by a device period from one call
+        to the next as the buffer level does; buffer level plus `latency` where there is none."""
+        stats = self.jitter.stats()
+        sounds_at = self._clock.time_of(stats.played_samples + stats.buffered_samples)
+        if sounds_at is None:
+            return stats.buffered_samples / self.device_rate + (self.latency or 0.0)
+        return max(0.0, sounds_at - time.monotonic())
 
     @property
     def underruns(self) -> int:
@@ -344,7 +404,13 @@ class Speaker:
         try:
             if status.output_underflow or status.output_overflow:
                 self.xruns += 1
+            before = self.jitter.played_samples
             outdata[:] = self.jitter.read(frames)[:, None]
+            ahead = time_info.outputBufferDacTime - time_info.currentTime
+            if self.jitter.played_samples - before < frames:  # silence in it: the mapping moved
+                self._clock.reset()
+            elif 0.0 <= ahead < 1.0:
+                self._clock.observe(before, time.monotonic() + ahead)
         except Exception as exc:  # never raise into PortAudio: play silence, count, go on
             outdata.fill(0.0)
             _callback_failed(self, exc)

@@ -22,6 +22,26 @@ from model.streaming import keep_inactive, reset_slots_
 
 PadMode = Literal["constant", "replicate"]
 
+# A streaming step of at most this many output frames runs as one matmul over the windows
+# (`_windowed_conv`) instead of PyTorch's CPU convolution, which copied the weight or fell back
+# to a slow path on such short inputs (Mimi's 512 -> 1024 k16 conv: measured in
+# docs/performance.md). Longer outputs (the first layers, 1920 samples) keep the convolution.
+MATMUL_MAX_FRAMES = 16
+
+
+def _windowed_conv(conv: nn.Conv1d, x: torch.Tensor) -> torch.Tensor:
+    """conv(x) for x [B, C_in, L] (padding already applied) as one matmul: every output frame's
+    window of C_in x K samples against the weight seen as [C_out, C_in * K], a view (no copy)."""
+    B, C_in, _ = x.shape
+    K, dilation, stride = conv.kernel_size[0], conv.dilation[0], conv.stride[0]
+    windows = x.unfold(-1, (K - 1) * dilation + 1, stride)  # [B, C_in, T_out, K_eff]
+    if dilation > 1:
+        windows = windows[..., ::dilation]  # [B, C_in, T_out, K]
+    T_out = windows.shape[2]
+    columns = windows.permute(0, 2, 1, 3).reshape(B, T_out, C_in * K)
+    y = F.linear(columns, conv.weight.view(conv.out_channels, C_in * K), conv.bias)
+    return y.transpose(1, 2)  # [B, C_out, T_out]
+
 
 @dataclass
 class ConvState:
@@ -122,13 +142,14 @@ class CausalConv1d(nn.Module):
         _check_batch(x, state.history.shape[0], "CausalConv1d.step")
         P = self.padding
         if P == 0:
-            return self.conv(x)
+            return self.conv(x)  # 1x1 convolutions: no window to gather
+        short = self.conv.groups == 1 and x.shape[-1] // self.stride <= MATMUL_MAX_FRAMES
         history = state.history  # [B, C_in, P]
         if self.pad_mode == "replicate":
             # Before any input, the "past" is the first sample repeated (F.pad's replicate).
             history = torch.where(state.first.view(-1, 1, 1), x[..., :1], history)
         x = torch.cat([history, x], dim=-1)  # [B, C_in, P + T]
-        y = self.conv(x)
+        y = _windowed_conv(self.conv, x) if short else self.conv(x)
         state.history.copy_(keep_inactive(active, x[..., -P:], state.history))
         if self.pad_mode == "replicate":
             seen = torch.zeros_like(state.first)
@@ -179,7 +200,13 @@ class CausalConvTranspose1d(nn.Module):
             return conv(x)
         B, C_in, T = x.shape
         C_out, K = conv.out_channels, conv.kernel_size[0]
-        contributions = torch.matmul(conv.weight.reshape(C_in, C_out * K).t(), x)  # [B, C_out*K, T]
+        weight = conv.weight.view(C_in, C_out * K)
+        if T < 8:
+            # x^T W, batch folded into the rows: the weight is read in place. W^T x (below) on
+            # Mimi's first decoder layer, 2 frames, took 12x as long (interleaved, one thread).
+            contributions = (x.transpose(1, 2) @ weight).transpose(1, 2)  # [B, C_out*K, T]
+        else:  # from 16 frames on, W^T x is the faster form (1.2x at 16, even at 480)
+            contributions = torch.matmul(weight.t(), x)  # [B, C_out*K, T]
         y = F.fold(
             contributions,
             output_size=(1, (T - 1) * self.stride + K),

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from .config import LMConfig
+from .kvcache import CacheFormat
 from .sampling import SamplingParams, SamplingState, sample
 from .streaming import all_slots, keep_inactive, reset_slots_
 from .transformer import Transformer, TransformerState, make_norm
@@ -113,7 +114,16 @@ class LM(nn.Module):
 
     # --- streaming -----------------------------------------------------------------------------
 
-    def init_state(self, batch_size: int, sampling: SamplingParams | None = None) -> LMState:
+    def init_state(
+        self,
+        batch_size: int,
+        sampling: SamplingParams | None = None,
+        cache_format: CacheFormat = "compute",
+        max_top_k: int | None = None,
+    ) -> LMState:
+        """A fresh conversation in every slot. `cache_format`: the temporal transformer's KV
+        cache (model/kvcache.py; the depth transformer's 8-entry scratch stays in the compute
+        dtype). `max_top_k`: the largest top-k a slot may ask for (model/sampling.py)."""
         device = self.text_linear.weight.device
         config = self.config
         ring = config.max_delay + 2
@@ -126,9 +136,15 @@ class LM(nn.Module):
                 (batch_size, config.num_streams, ring), UNGENERATED, dtype=torch.long, device=device
             ),
             offset=torch.zeros(batch_size, dtype=torch.long, device=device),
-            temporal=self.transformer.init_state(batch_size),
+            temporal=self.transformer.init_state(batch_size, cache_format=cache_format),
             depth=self.depformer.init_state(batch_size),
-            sampling=SamplingState.create(batch_size, sampling or SamplingParams(), device),
+            sampling=SamplingState.create(
+                batch_size,
+                sampling or SamplingParams(),
+                device,
+                vocabulary=(config.text_card, config.card),
+                max_top_k=max_top_k,
+            ),
             delays=torch.tensor(config.delays, device=device),
             initial=initial,
             everyone=all_slots(batch_size, device),
@@ -179,7 +195,7 @@ class LM(nn.Module):
             text_logits,
             sampling.text_temperature,
             sampling.text_top_k,
-            sampling.text_top_k_bound,
+            sampling.text_rank,
             sampling.seed,
             sampling.counter,
             stream=0,
@@ -199,7 +215,7 @@ class LM(nn.Module):
                 logits,
                 sampling.audio_temperature,
                 sampling.audio_top_k,
-                sampling.audio_top_k_bound,
+                sampling.audio_rank,
                 sampling.seed,
                 sampling.counter,
                 stream=1 + k,

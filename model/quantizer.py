@@ -55,12 +55,19 @@ class Codebook(nn.Module):
         self.register_buffer("embedding_sum", torch.zeros(size, dim))
         # Derived centroids [size, dim], cached; not saved.
         self.register_buffer("embedding", torch.zeros(size, dim), persistent=False)
+        # [1, size, dim + 2]: the centroids with a column of ones and their squared norms, the
+        # right-hand side of `torch.cdist`'s matmul, cached (recomputing it was 16 passes over
+        # every codebook per Mimi frame).
+        self._augmented: torch.Tensor
+        self.register_buffer("_augmented", torch.zeros(1, size, dim + 2), persistent=False)
         self.refresh()
 
     def refresh(self) -> None:
         """Recompute the cached centroids (done after loading and after `.to()`)."""
         usage = self.cluster_usage.clamp(min=_EPSILON)[:, None]
         self.embedding = self.embedding_sum / usage
+        norms = self.embedding.pow(2).sum(-1, keepdim=True)
+        self._augmented = torch.cat([self.embedding, torch.ones_like(norms), norms], -1)[None]
 
     def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
         super()._load_from_state_dict(state_dict, prefix, *args)
@@ -73,9 +80,15 @@ class Codebook(nn.Module):
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """Vectors [N, dim] -> codes [N] (long)."""
-        # torch.cdist, as the reference uses: an ||e||^2 - 2 x.e argmin agrees on random data but
-        # rounds differently and flips codes when two centroids are nearly equidistant.
-        distances = torch.cdist(x[None], self.embedding[None], p=2)[0]  # [N, size]
+        # The distances of torch.cdist, as the reference uses, op for op (ATen's
+        # `_euclidean_dist`, its path for more than 25 centroids), with the centroid side cached:
+        # an ||e||^2 - 2 x.e argmin of our own would round differently and flip codes when two
+        # centroids are nearly equidistant.
+        if self.embedding.shape[0] <= 25 or self._augmented.dtype != x.dtype:
+            return torch.cdist(x[None], self.embedding[None], p=2)[0].argmin(dim=-1)
+        norms = x.pow(2).sum(-1, keepdim=True)
+        left = torch.cat([x.mul(-2), norms, torch.ones_like(norms)], -1)[None]  # [1, N, dim + 2]
+        distances = (left @ self._augmented.mT).clamp_min_(0).sqrt_()[0]  # [N, size]
         return distances.argmin(dim=-1)
 
     def decode(self, codes: torch.Tensor) -> torch.Tensor:

@@ -50,46 +50,70 @@ class SamplingState:
     audio_top_k: torch.Tensor  # [B] long
     seed: torch.Tensor  # [B] long
     counter: torch.Tensor  # [B] long: frames drawn so far
-    # Host-side bounds of the top-k values, kept by `set` so `torch.topk` has a static size.
-    text_top_k_bound: int
-    audio_top_k_bound: int
+    # 0, 1, ..., bound - 1: `torch.topk` takes `bound` candidates, a size fixed when the state is
+    # created so that a step never changes shape (a compiled or captured step stays valid).
+    # A slot's own top-k (<= bound, or 0 for "every token" when the bound is the vocabulary)
+    # masks the candidates beyond it.
+    text_rank: torch.Tensor  # [text bound] long
+    audio_rank: torch.Tensor  # [audio bound] long
+    vocabulary: tuple[int, int]  # (text, audio) sizes
 
     @classmethod
     def create(
-        cls, batch_size: int, params: SamplingParams, device: torch.device | str
+        cls,
+        batch_size: int,
+        params: SamplingParams,
+        device: torch.device | str,
+        vocabulary: tuple[int, int],
+        max_top_k: int | None = None,
     ) -> SamplingState:
+        """`vocabulary`: (text, audio) sizes. Every slot may ask for any top-k up to `max_top_k`
+        (None: the vocabulary, so any request is served exactly; a smaller bound makes each
+        draw cheaper on a GPU and refuses larger requests)."""
+
         def full(value: float | int, dtype: torch.dtype) -> torch.Tensor:
             return torch.full((batch_size,), value, dtype=dtype, device=device)
 
-        return cls(
-            text_temperature=full(params.text_temperature, torch.float32),
-            text_top_k=full(params.text_top_k, torch.long),
-            audio_temperature=full(params.audio_temperature, torch.float32),
-            audio_top_k=full(params.audio_top_k, torch.long),
-            seed=full(params.seed & _MASK32, torch.long),
+        def rank(size: int) -> torch.Tensor:
+            bound = size if max_top_k is None else min(max_top_k, size)
+            return torch.arange(bound, device=device)
+
+        state = cls(
+            text_temperature=full(0.0, torch.float32),
+            text_top_k=full(0, torch.long),
+            audio_temperature=full(0.0, torch.float32),
+            audio_top_k=full(0, torch.long),
+            seed=full(0, torch.long),
             counter=full(0, torch.long),
-            text_top_k_bound=params.text_top_k,
-            audio_top_k_bound=params.audio_top_k,
+            text_rank=rank(vocabulary[0]),
+            audio_rank=rank(vocabulary[1]),
+            vocabulary=vocabulary,
         )
+        for slot in range(batch_size):
+            state.set(slot, params)
+        return state
 
     def set(self, slot: int, params: SamplingParams) -> None:
-        """Change one slot's parameters; nothing is rebuilt."""
+        """Change one slot's parameters; nothing is rebuilt, no shape changes."""
+        for stream, k, rank, size in (
+            ("text", params.text_top_k, self.text_rank, self.vocabulary[0]),
+            ("audio", params.audio_top_k, self.audio_rank, self.vocabulary[1]),
+        ):
+            bound = rank.shape[0]
+            if bound < size and not 0 < k <= bound:
+                raise ConfigError(
+                    f"{stream} top-k {k or 'off'} is beyond this engine's limit of {bound}, fixed "
+                    f"when it started: ask for a top-k of at most {bound}"
+                )
         self.text_temperature[slot] = params.text_temperature
         self.text_top_k[slot] = params.text_top_k
         self.audio_temperature[slot] = params.audio_temperature
         self.audio_top_k[slot] = params.audio_top_k
         self.seed[slot] = params.seed & _MASK32  # all the hash uses; any int is a valid seed
-        self.text_top_k_bound = _bound(self.text_top_k_bound, params.text_top_k)
-        self.audio_top_k_bound = _bound(self.audio_top_k_bound, params.audio_top_k)
 
     def reset(self, mask: torch.Tensor) -> None:
         """Restart the random stream of the masked slots (their parameters stay)."""
         reset_slots_(self.counter, mask, 0)
-
-
-def _bound(current: int, new: int) -> int:
-    # 0 means "no cut", which dominates every finite k.
-    return 0 if 0 in (current, new) else max(current, new)
 
 
 def _mix32(x: torch.Tensor) -> torch.Tensor:
@@ -112,18 +136,18 @@ def sample(
     logits: torch.Tensor,
     temperature: torch.Tensor,
     top_k: torch.Tensor,
-    top_k_bound: int,
+    rank: torch.Tensor,
     seed: torch.Tensor,
     counter: torch.Tensor,
     stream: int,
 ) -> torch.Tensor:
-    """One token per slot from logits [B, V]; greedy where temperature is 0."""
+    """One token per slot from logits [B, V]; greedy where temperature is 0.
+
+    top_k [B]: each slot's cut (0: none); rank [bound]: 0..bound-1, the candidates kept."""
     B, V = logits.shape
     logits = logits.float()
     greedy = logits.argmax(dim=-1)
-    k = V if top_k_bound == 0 else min(top_k_bound, V)
-    values, token_ids = torch.topk(logits, k, dim=-1)  # [B, k], sorted descending
-    rank = torch.arange(k, device=logits.device)
+    values, token_ids = torch.topk(logits, rank.shape[0], dim=-1)  # [B, bound], descending
     slot_k = torch.where(top_k > 0, top_k, V)[:, None]
     values = values.masked_fill(rank >= slot_k, float("-inf"))
     safe_temperature = torch.where(temperature > 0, temperature, 1.0)[:, None]

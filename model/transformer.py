@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import TransformerConfig
+from .kvcache import CacheFormat, KVCache
 from .streaming import keep_inactive, reset_slots_
 
 _ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
@@ -108,14 +109,24 @@ def per_set(modules: nn.ModuleList, x: torch.Tensor, sets: WeightSets) -> torch.
     return torch.cat(pieces, dim=1)[:, inverse.to(x.device)]
 
 
-def apply_rope(x: torch.Tensor, positions: torch.Tensor, max_period: float) -> torch.Tensor:
-    """Rotate interleaved (real, imaginary) pairs of x [B, H, T, D] by positions [B, T]."""
-    B, H, T, D = x.shape
-    freqs = torch.exp(
-        torch.arange(D // 2, device=x.device, dtype=torch.float32) * (-math.log(max_period) * 2 / D)
-    )
+def rope_frequencies(head_dim: int, max_period: float, device: torch.device) -> torch.Tensor:
+    """The rotation frequency of each (real, imaginary) pair: [head_dim / 2] fp32."""
+    pairs = torch.arange(head_dim // 2, device=device, dtype=torch.float32)
+    return torch.exp(pairs * (-math.log(max_period) * 2 / head_dim))
+
+
+def rope_tables(positions: torch.Tensor, freqs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin [B, 1, T, D/2] of positions [B, T]: built once per step, shared by layers."""
     angles = positions.float()[:, None, :, None] * freqs  # [B, 1, T, D/2]
-    cos, sin = torch.cos(angles), torch.sin(angles)
+    return torch.cos(angles), torch.sin(angles)
+
+
+Rope = tuple[torch.Tensor, torch.Tensor] | None  # (cos, sin) from `rope_tables`, or no RoPE
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate interleaved (real, imaginary) pairs of x [B, H, T, D] by the tables' angles."""
+    B, H, T, D = x.shape
     pairs = x.view(B, H, T, D // 2, 2).float()
     real, imag = pairs[..., 0], pairs[..., 1]
     rotated = torch.stack([real * cos - imag * sin, real * sin + imag * cos], dim=-1)
@@ -123,12 +134,14 @@ def apply_rope(x: torch.Tensor, positions: torch.Tensor, max_period: float) -> t
 
 
 @dataclass
-class KVCache:
-    """A ring of the last `capacity` keys and values of one layer, per batch slot."""
-
-    keys: torch.Tensor  # [B, H, C, D]
-    values: torch.Tensor  # [B, H, C, D]
-    positions: torch.Tensor  # [B, C] absolute step held in each entry, -1 when empty
+class TransformerState:
+    caches: list[KVCache]  # one per layer
+    positions: torch.Tensor  # [B, C] absolute step held in each ring entry, -1 when empty
+    offset: torch.Tensor  # [B] position of each slot's next step
+    # Constants of every step, built once here rather than every step (on a GPU, a launch each):
+    steps: torch.Tensor  # [max_step] 0, 1, ...
+    empty: torch.Tensor  # [B, max_step] all -1
+    freqs: torch.Tensor | None  # [head_dim / 2] RoPE frequencies, None without RoPE
 
     @property
     def capacity(self) -> int:
@@ -136,18 +149,18 @@ class KVCache:
 
     def reset(self, mask: torch.Tensor) -> None:
         # Keys and values of a reset slot need no clearing: position -1 masks them out.
+        reset_slots_(self.offset, mask, 0)
         reset_slots_(self.positions, mask, -1)
 
 
 @dataclass
-class TransformerState:
-    caches: list[KVCache]
-    offset: torch.Tensor  # [B] position of each slot's next step
+class StepConstants:
+    """What every layer of one step shares, built once per step by `Transformer.step`."""
 
-    def reset(self, mask: torch.Tensor) -> None:
-        reset_slots_(self.offset, mask, 0)
-        for cache in self.caches:
-            cache.reset(mask)
+    positions: torch.Tensor  # [B, T] absolute position of each query
+    slots: torch.Tensor  # [B, T] ring entry each query's key and value go to
+    rope: Rope
+    blocked: torch.Tensor  # [B, 1, T, C] True where a query must not see a ring entry
 
 
 class Attention(nn.Module):
@@ -162,50 +175,30 @@ class Attention(nn.Module):
             nn.Linear(config.dim, config.dim, bias=False) for _ in range(n)
         )
 
-    def _qkv(self, x: torch.Tensor, weight_set: WeightSets, positions: torch.Tensor):
+    def _qkv(self, x: torch.Tensor, weight_set: WeightSets, rope: Rope):
         B, T, _ = x.shape
         H, D = self.config.num_heads, self.config.head_dim
         qkv = per_set(self.in_projs, x, weight_set).view(B, T, 3, H, D).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)  # each [B, H, T, D]
-        if self.config.positions == "rope":
-            q = apply_rope(q, positions, self.config.max_period)
-            k = apply_rope(k, positions, self.config.max_period)
+        if rope is not None:
+            q, k = apply_rope(q, *rope), apply_rope(k, *rope)
         return q, k, v
 
-    def _attend(self, q, k, v, pos_q, pos_k, weight_set: int) -> torch.Tensor:
-        """pos_q [B, T], pos_k [B, S] (-1 for empty entries) → output [B, T, dim]."""
-        delta = pos_q[:, :, None] - pos_k[:, None, :]  # [B, T, S]
-        allowed = pos_k[:, None, :] >= 0
-        if self.config.causal:
-            allowed = allowed & (delta >= 0)
-        if self.config.context is not None:
-            allowed = allowed & (delta < self.config.context)
-        if q.device.type == "cpu":
-            # Explicit softmax attention: PyTorch's fused CPU kernel picks its blocking from the
-            # whole batch's mask, so one conversation's numbers changed (by ~1e-8) with what its
-            # batch neighbours were doing. This way each slot is computed on its own.
-            scores = (q @ k.transpose(-1, -2)) * q.shape[-1] ** -0.5  # [B, H, T, S]
-            scores = scores.masked_fill(~allowed[:, None], float("-inf"))
-            out = torch.softmax(scores.float(), dim=-1).to(v.dtype) @ v
-        else:
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed[:, None])
-        B, H, T, D = out.shape
-        out = out.transpose(1, 2).reshape(B, T, H * D)
-        return self.out_projs[weight_set](out)
-
-    def forward(self, x: torch.Tensor, weight_set: WeightSets = 0) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, weight_set: WeightSets = 0, rope: Rope = None
+    ) -> torch.Tensor:
         """Whole sequence x [B, T, dim], positions 0..T-1 (training, and whole signals).
 
         One fused attention over the batch: unlike a batch of live conversations (`step`), a
         whole sequence has no neighbours whose numbers must stay independent of it. The mask,
         causal and within `context`, is the same for every sequence: [T, T]."""
         B, T, _ = x.shape
-        positions = torch.arange(T, device=x.device)
-        q, k, v = self._qkv(x, weight_set, positions.expand(B, T))
+        q, k, v = self._qkv(x, weight_set, rope)
         context = self.config.context
         if not self.config.causal or context is None or context >= T:
             out = F.scaled_dot_product_attention(q, k, v, is_causal=self.config.causal)
         else:
+            positions = torch.arange(T, device=x.device)
             delta = positions[:, None] - positions[None, :]
             band = (delta >= 0) & (delta < context)
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=band)
@@ -213,38 +206,29 @@ class Attention(nn.Module):
         return per_set(self.out_projs, out, weight_set)
 
     def step(
-        self,
-        x: torch.Tensor,
-        cache: KVCache,
-        positions: torch.Tensor,
-        active: torch.Tensor | None,
-        weight_set: int = 0,
+        self, x: torch.Tensor, cache: KVCache, frame: StepConstants, weight_set: int = 0
     ) -> torch.Tensor:
-        """x [B, T, dim] at absolute positions [B, T]; writes k, v into the ring cache."""
-        B, T, _ = x.shape
-        H, D = self.config.num_heads, self.config.head_dim
-        q, k, v = self._qkv(x, weight_set, positions)
+        """x [B, T, dim] at `frame.positions`; writes k, v into the ring cache, then attends."""
+        q, k, v = self._qkv(x, weight_set, frame.rope)
         # Inactive slots write too (static shapes): the entry they overwrite is the oldest one,
-        # already out of every later query's context, and their new entry is marked empty after
-        # attending (marking it before would leave a fresh slot with nothing to attend to: NaN).
-        slots = positions % cache.capacity
-        index = slots[:, None, :, None].expand(B, H, T, D)
-        cache.keys.scatter_(2, index, k.to(cache.keys.dtype))
-        cache.values.scatter_(2, index, v.to(cache.values.dtype))
-        cache.positions.scatter_(1, slots, positions)
-        out = self._attend(
-            q,
-            cache.keys.to(q.dtype),
-            cache.values.to(q.dtype),
-            positions,
-            cache.positions,
-            weight_set,
-        )
-        if active is not None:
-            cache.positions.scatter_(
-                1, slots, keep_inactive(active, positions, -torch.ones_like(positions))
-            )
-        return out
+        # already out of every later query's context, and `Transformer.step` marks it empty
+        # after every layer has attended.
+        cache.write(frame.slots, k, v)
+        keys, values = cache.read(q.dtype)  # [B, H, C, D]
+        if q.device.type == "cpu":
+            # Explicit softmax attention: PyTorch's fused CPU kernel picks its blocking from the
+            # whole batch's mask, so one conversation's numbers changed (by ~1e-8) with what its
+            # batch neighbours were doing. This way each slot is computed on its own.
+            scores = (q @ keys.transpose(-1, -2)) * q.shape[-1] ** -0.5  # [B, H, T, C]
+            scores = scores.masked_fill(frame.blocked, float("-inf"))
+            out = torch.softmax(scores.float(), dim=-1).to(values.dtype) @ values
+        else:
+            # Unmeasured here (no GPU in this task): SDPA with the boolean mask over the whole
+            # ring; a prefix-length kernel is the next step on a GPU (docs/performance.md).
+            out = F.scaled_dot_product_attention(q, keys, values, attn_mask=~frame.blocked)
+        B, H, T, D = out.shape
+        out = out.transpose(1, 2).reshape(B, T, H * D)
+        return self.out_projs[weight_set](out)
 
 
 class TransformerLayer(nn.Module):
@@ -288,11 +272,11 @@ class TransformerLayer(nn.Module):
         update = self._ffn(self.norm2(x), weight_set)
         return x.to(update) + self.layer_scale_2(update)
 
-    def forward(self, x: torch.Tensor, weight_set: WeightSets = 0) -> torch.Tensor:
-        return self._finish(x, self.self_attn(self.norm1(x), weight_set), weight_set)
+    def forward(self, x: torch.Tensor, weight_set: WeightSets = 0, rope: Rope = None):
+        return self._finish(x, self.self_attn(self.norm1(x), weight_set, rope), weight_set)
 
-    def step(self, x, cache, positions, active, weight_set: int = 0) -> torch.Tensor:
-        attended = self.self_attn.step(self.norm1(x), cache, positions, active, weight_set)
+    def step(self, x, cache: KVCache, frame: StepConstants, weight_set: int = 0) -> torch.Tensor:
+        attended = self.self_attn.step(self.norm1(x), cache, frame, weight_set)
         return self._finish(x, attended, weight_set)
 
 
@@ -302,11 +286,14 @@ class Transformer(nn.Module):
         self.config = config
         self.layers = nn.ModuleList(TransformerLayer(config) for _ in range(config.num_layers))
 
-    def init_state(self, batch_size: int, max_step: int = 1) -> TransformerState:
+    def init_state(
+        self, batch_size: int, max_step: int = 1, cache_format: CacheFormat = "compute"
+    ) -> TransformerState:
         """State for steps of at most `max_step` positions at a time.
 
         The ring holds `context + max_step - 1` entries so that every query of a multi-position
         step still sees its whole context (the streamed result then equals the whole sequence).
+        `cache_format`: keys and values in the weights' dtype, or in 8 bits (model/kvcache.py).
         """
         config = self.config
         if config.context is not None:
@@ -316,29 +303,50 @@ class Transformer(nn.Module):
         else:
             raise ValueError("a streaming transformer needs a context (KV-cache capacity)")
         weight = next(self.parameters())
+        device = weight.device
         shape = (batch_size, config.num_heads, capacity, config.head_dim)
-        caches = [
-            KVCache(
-                keys=torch.zeros(shape, device=weight.device, dtype=weight.dtype),
-                values=torch.zeros(shape, device=weight.device, dtype=weight.dtype),
-                positions=torch.full(
-                    (batch_size, capacity), -1, device=weight.device, dtype=torch.long
-                ),
-            )
-            for _ in self.layers
-        ]
-        offset = torch.zeros(batch_size, device=weight.device, dtype=torch.long)
-        return TransformerState(caches, offset)
+        freqs = None
+        if config.positions == "rope":
+            freqs = rope_frequencies(config.head_dim, config.max_period, device)
+        return TransformerState(
+            caches=[KVCache.create(shape, cache_format, weight.dtype, device) for _ in self.layers],
+            positions=torch.full((batch_size, capacity), -1, device=device, dtype=torch.long),
+            offset=torch.zeros(batch_size, device=device, dtype=torch.long),
+            steps=torch.arange(max_step, device=device),
+            empty=torch.full((batch_size, max_step), -1, device=device, dtype=torch.long),
+            freqs=freqs,
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Whole sequence x [B, T, dim]; differentiable. With weights per step, position t
         uses weight set `config.weight_index(t)` (the depth transformer: t is the codebook)."""
         sets: WeightSets = 0
+        B, T, _ = x.shape
         if self.config.weights_per_step:
-            sets = tuple(self.config.weight_index(t) for t in range(x.shape[1]))
+            sets = tuple(self.config.weight_index(t) for t in range(T))
+        rope: Rope = None
+        if self.config.positions == "rope":
+            head_dim, period = self.config.head_dim, self.config.max_period
+            positions = torch.arange(T, device=x.device).expand(B, T)
+            rope = rope_tables(positions, rope_frequencies(head_dim, period, x.device))
         for layer in self.layers:
-            x = layer(x, sets)
+            x = layer(x, sets, rope)
         return x
+
+    def _constants(self, state: TransformerState, T: int) -> StepConstants:
+        """Positions, ring entries, RoPE tables and mask of this step, for every layer."""
+        positions = state.offset[:, None] + state.steps[:T]  # [B, T]
+        slots = positions % state.capacity
+        state.positions.scatter_(1, slots, positions)
+        pos_k = state.positions[:, None, :]  # [B, 1, C]
+        delta = positions[:, :, None] - pos_k  # [B, T, C]
+        allowed = pos_k >= 0
+        if self.config.causal:
+            allowed = allowed & (delta >= 0)
+        if self.config.context is not None:
+            allowed = allowed & (delta < self.config.context)
+        rope = None if state.freqs is None else rope_tables(positions, state.freqs)
+        return StepConstants(positions, slots, rope, ~allowed[:, None])
 
     def step(
         self,
@@ -349,9 +357,13 @@ class Transformer(nn.Module):
     ) -> torch.Tensor:
         """x [B, T, dim] → [B, T, dim]; advances the active slots by T positions."""
         T = x.shape[1]
-        positions = state.offset[:, None] + torch.arange(T, device=x.device)  # [B, T]
+        frame = self._constants(state, T)
         layers = cast(list[TransformerLayer], list(self.layers))
         for layer, cache in zip(layers, state.caches, strict=True):
-            x = layer.step(x, cache, positions, active, weight_set)
+            x = layer.step(x, cache, frame, weight_set)
+        if active is not None:
+            # Inactive slots wrote their entries too (static shapes); mark them empty again.
+            unwritten = keep_inactive(active, frame.positions, state.empty[:, :T])
+            state.positions.scatter_(1, frame.slots, unwritten)
         state.offset.copy_(keep_inactive(active, state.offset + T, state.offset))
         return x

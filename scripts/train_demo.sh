@@ -8,8 +8,14 @@
 #   tokenizer  SentencePiece on the training text                      RUN_DIR/tokenizer
 #   codec      the codec, CODEC_STEPS steps                            RUN_DIR/codec
 #   lm         the LM on the codec's tokens, LM_STEPS steps            RUN_DIR/lm
+#   decoder    (optional) the codec's decoder side only, DECODER_STEPS more steps: every code
+#              stays the same, so the LM is unchanged; export then takes it  RUN_DIR/codec-decoder
 #   export     the shipped files (LM bf16, codec fp16, tokenizer, configs)   ASSETS
 #   eval       the quality figures on EVAL_DIALOGUES held-out dialogues RUN_DIR/eval.json
+#              and each request as a Full-Duplex-Bench sample                RUN_DIR/fdb
+#   fdb        `antiphon eval` on those samples                              RUN_DIR/fdb-eval
+#   bench      frame time of the demo shapes on THREADS threads               RUN_DIR/bench.json
+#   card       ASSETS/MODEL_CARD.md from everything above
 #
 # Every stage can be stopped at any moment (Ctrl-C, SIGTERM, a machine that goes away) and the
 # same command goes on: data and tokenizer stages are skipped once their output is there, codec
@@ -71,14 +77,36 @@ for stage in "$@"; do
                 --checkpoint-every 100 --log-every 25 --eval-every 250 --no-progress \
                 "${lm_extra[@]}"
             ;;
+        decoder)
+            train codec --data "$run_dir/data/train" --eval-data "$run_dir/data/eval" \
+                --decoder-only "$run_dir/codec" --out "$run_dir/codec-decoder" \
+                --device "$device" --seed "$seed" --steps "${DECODER_STEPS:-1500}" \
+                --batch-size 32 --segment 1.2 --max-hours 6 --warmup 100 --lr 5e-4 \
+                --threads "$threads" --checkpoint-every 200 --log-every 50 --eval-every 250 \
+                --no-progress
+            ;;
         export)
-            train export --codec "$run_dir/codec" --lm "$run_dir/lm" \
+            codec_run="$run_dir/codec"
+            [ -f "$run_dir/codec-decoder/codec.safetensors" ] && codec_run="$run_dir/codec-decoder"
+            echo "export: codec from $codec_run"
+            train export --codec "$codec_run" --lm "$run_dir/lm" \
                 --tokenizer "$run_dir/tokenizer" --out "$assets"
             ;;
         eval)
             OMP_NUM_THREADS=${EVAL_THREADS:-$threads} train eval --assets "$assets" \
                 --data "$run_dir/data/eval" --count "${EVAL_DIALOGUES:-300}" \
-                --device "$device" --json "$run_dir/eval.json"
+                --device "$device" --json "$run_dir/eval.json" --fdb-out "$run_dir/fdb"
+            ;;
+        fdb)
+            "$py" -m app.cli eval "$run_dir/fdb" --out "$run_dir/fdb-eval" --no-timeline
+            ;;
+        bench)
+            "$py" -m app.cli bench --lm demo --codec demo --threads "$threads" --no-reference \
+                --frames 200 --json "$run_dir/bench.json"
+            ;;
+        card)
+            train card --run "$run_dir" --assets "$assets" \
+                --data-time "${DATA_TIME:-see RUN_DIR/data-train.log}"
             ;;
         *)
             echo "train_demo: unknown stage $stage (see the top of this file)" >&2

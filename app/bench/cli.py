@@ -30,9 +30,20 @@ from torch import nn
 from tqdm import tqdm
 
 from model.codec import Codec
-from model.config import LMConfig, MimiConfig, mimi, moshi_7b, tiny_lm, tiny_mimi
+from model.config import (
+    LMConfig,
+    MimiConfig,
+    demo_lm,
+    demo_mimi,
+    mimi,
+    moshi_7b,
+    tiny_lm,
+    tiny_mimi,
+)
 from model.errors import ConfigError
+from model.kvcache import CACHE_FORMATS, CacheFormat
 from model.lm import LM
+from model.quantize import quantize_lm_
 from model.quantizer import Codebook
 from model.sampling import SamplingParams
 
@@ -50,11 +61,13 @@ PARTS = ("encode", "lm", "decode", "frame")
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--lm",
-        choices=("tiny", "7b", "none"),
+        choices=("tiny", "demo", "7b", "none"),
         default="tiny",
         help="LM config (none: time the codec only)",
     )
-    parser.add_argument("--codec", choices=("tiny", "mimi"), default="tiny", help="codec config")
+    parser.add_argument(
+        "--codec", choices=("tiny", "demo", "mimi"), default="tiny", help="codec config"
+    )
     parser.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
     parser.add_argument("--dtype", choices=sorted(_DTYPES), default="float32")
     parser.add_argument(
@@ -76,6 +89,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "machine); sequential: one after the other (one KV cache in memory at a time); "
         "auto: interleaved on CPU, sequential on CUDA",
     )
+    parser.add_argument(
+        "--kv-cache",
+        choices=CACHE_FORMATS,
+        default="compute",
+        help="our LM's KV-cache format (the reference keeps its own)",
+    )
+    parser.add_argument(
+        "--int8-weights", action="store_true", help="weight-only int8 for our LM's linear layers"
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", type=Path, metavar="PATH", help="also write the results here")
     parser.add_argument(
@@ -87,13 +109,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def configs(lm_name: str, codec_name: str) -> tuple[MimiConfig, LMConfig | None]:
-    codec_config = mimi() if codec_name == "mimi" else tiny_mimi()
+    codec_config = {"mimi": mimi, "demo": demo_mimi}.get(codec_name, tiny_mimi)()
     if lm_name == "none":
         return codec_config, None
     if lm_name == "7b":
         if codec_name != "mimi":
             raise ConfigError("--lm 7b reads and writes Mimi's codes: use it with --codec mimi")
         return codec_config, moshi_7b()
+    if lm_name == "demo":  # the bundled demo model's shapes (its tokenizer has under 1024 pieces)
+        if codec_name != "demo":
+            raise ConfigError("--lm demo reads and writes the demo codec's codes: add --codec demo")
+        return codec_config, demo_lm(text_card=1024)
     # A tiny LM that speaks the codec's tokens: as many codebooks each way as the codec makes.
     K = codec_config.num_codebooks
     return codec_config, tiny_lm(dep_q=K, n_q=2 * K, card=codec_config.codebook_size)
@@ -118,8 +144,11 @@ class Ours:
         dtype: torch.dtype,
         sampling: SamplingParams,
         reference: Reference | None = None,
+        cache_format: CacheFormat = "compute",
+        int8_weights: bool = False,
     ) -> None:
         self.sampling = sampling
+        self.cache_format = cache_format
         codec = Codec(codec_config).eval()
         if reference is not None:
             codec.load_state_dict(reference.our_codec_state, strict=True)
@@ -140,6 +169,8 @@ class Ours:
             elif device.type == "cuda":
                 lm.to_empty(device=device)
                 _random_init_(lm, torch.Generator(device).manual_seed(0))
+            if int8_weights:
+                quantize_lm_(lm)
             self.lm = lm
 
     @contextlib.contextmanager
@@ -148,7 +179,7 @@ class Ours:
         enc, dec = codec.init_encoder_state(batch_size), codec.init_decoder_state(batch_size)
         lm_step = None
         if lm is not None:
-            state = lm.init_state(batch_size, self.sampling)
+            state = lm.init_state(batch_size, self.sampling, self.cache_format)
 
             def lm_step(codes: torch.Tensor) -> torch.Tensor | None:
                 return lm.step(codes, state).audio  # NOT_READY (-1) until delays pass
@@ -252,7 +283,16 @@ def run(args: argparse.Namespace) -> int:
         reference: Reference | None = None
         if not args.no_reference:
             reference = _build_reference(codec_config, lm_config, device, dtype, sampling)
-        ours = Ours(codec_config, lm_config, device, dtype, sampling, reference)
+        ours = Ours(
+            codec_config,
+            lm_config,
+            device,
+            dtype,
+            sampling,
+            reference,
+            cache_format=args.kv_cache,
+            int8_weights=args.int8_weights,
+        )
         header = _header(args, device, ours, codec_config, lm_config) | {
             "warmup": warmup,
             "order": "interleaved frame by frame" if interleaved else "one after the other",
@@ -337,6 +377,8 @@ def _header(
         "dtype": args.dtype,
         "codec": args.codec,
         "lm": args.lm,
+        "kv_cache": args.kv_cache,
+        "int8_weights": args.int8_weights,  # their int8 weights are buffers, not parameters
         "codec_parameters": _parameters(ours.codec),
         "lm_parameters": _parameters(ours.lm),
         "codec_config": asdict(codec_config),

@@ -14,12 +14,24 @@ runtime and the server call it from their one inference thread.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from model import LMConfig, SamplingParams, TextStream
+from model import (
+    LM,
+    Codec,
+    DecoderState,
+    EncoderState,
+    LMConfig,
+    LMState,
+    SamplingParams,
+    TextStream,
+)
+from model.errors import AudioInputError, ConfigError
+from model.kvcache import CacheFormat
 
 from .audio import AudioFormat
 from .models import LoadedModel
@@ -59,15 +71,102 @@ class _Slot:
     sampling: SamplingParams
 
 
+@dataclass
+class FrameStates:
+    """The three states a frame updates in place, one slot per conversation."""
+
+    encoder: EncoderState
+    lm: LMState
+    decoder: DecoderState
+
+
+def frame_path(
+    codec: Codec,
+    lm: LM,
+    states: FrameStates,
+    staged: torch.Tensor,
+    out: torch.Tensor,
+    mark: Callable[[int], None] | None = None,
+) -> None:
+    """The whole frame on the device, from one staged input to one packed output.
+
+    staged [B, frame_size + 1]: each slot's mic frame, then 1.0 where the slot's frame arrived.
+    out [B, frame_size + 1] (written): each slot's reply, then its text token (the bits of an
+    int32, see `BatchEngine`). No host synchronisation and no shape that depends on data: the
+    same function runs eagerly, under `torch.compile(fullgraph=True)` and in a CUDA graph.
+    `mark(i)`, when given, is called after part i (1 encode, 2 LM, 3 decode) for timing."""
+    frame_size = codec.frame_size
+    pcm = staged[:, :frame_size].unsqueeze(1)  # [B, 1, frame_size]
+    active = staged[:, frame_size] > 0  # [B]
+    user_codes = codec.encode_step(pcm, states.encoder, active)
+    if mark is not None:
+        mark(1)
+    step = lm.step(user_codes, states.lm, active)
+    if mark is not None:
+        mark(2)
+    reply = codec.decode_step(step.audio, states.decoder, active)
+    out[:, :frame_size].copy_(reply[:, 0])
+    out[:, frame_size:].view(torch.int32).copy_(step.text[:, None])
+    if mark is not None:
+        mark(3)
+
+
 class BatchEngine:
-    def __init__(self, model: LoadedModel, slots: int) -> None:
+    """Conversations in the slots of one batch, stepped together.
+
+    Per frame: the slots' frames are written into one static host buffer (pinned on CUDA), copied
+    to the device in one copy, run through `frame_path`, and the replies and text tokens come
+    back in one packed copy. Timing uses CUDA events on a GPU (one wait per frame, for the
+    result) and the wall clock on the CPU. With `cuda_graph` the whole frame is captured once,
+    when the engine is built, and replayed every frame; its time is then reported whole, as
+    `lm_ms` (encode_ms and decode_ms are 0). NOT MEASURED: no GPU was available when it was
+    written; docs/performance.md says what to measure before making it the default.
+    """
+
+    def __init__(
+        self,
+        model: LoadedModel,
+        slots: int,
+        cache_format: CacheFormat | None = None,
+        cuda_graph: bool = False,
+    ) -> None:
         self.model = model
         self.slots = slots
-        codec, lm = model.codec, model.lm
-        self._encoder = codec.init_encoder_state(slots)
-        self._decoder = codec.init_decoder_state(slots)
-        self._lm = lm.init_state(slots, model.sampling)
+        codec, lm, device = model.codec, model.lm, model.device
+        if cuda_graph and device.type != "cuda":
+            raise ConfigError(
+                "a CUDA graph needs a CUDA device: drop the option or use --device cuda"
+            )
+        self._states = FrameStates(
+            encoder=codec.init_encoder_state(slots),
+            lm=lm.init_state(slots, model.sampling, cache_format or model.cache_format),
+            decoder=codec.init_decoder_state(slots),
+        )
         self._sessions: dict[int, _Slot] = {}
+        width = self.frame_size + 1
+        pinned = device.type == "cuda"
+        self._host_in = torch.zeros(slots, width, pin_memory=pinned)
+        self._host_out = torch.zeros(slots, width, pin_memory=pinned)
+        self._staged = torch.zeros(slots, width, device=device)
+        self._out = torch.zeros(slots, width, device=device)
+        self._marks = _Marks(device)
+        self._graph = self._capture() if cuda_graph else None
+
+    def _capture(self) -> torch.cuda.CUDAGraph:
+        """Record the frame once. Warm-up runs (on a side stream, as CUDA graphs require) see
+        every slot inactive, which leaves a fresh state fresh; the slots are reset anyway."""
+        codec, lm = self.model.codec, self.model.lm
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(3):
+                frame_path(codec, lm, self._states, self._staged, self._out)
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            frame_path(codec, lm, self._states, self._staged, self._out)
+        self._reset_slots(list(range(self.slots)))
+        return graph
 
     @property
     def format(self) -> AudioFormat:
@@ -89,11 +188,6 @@ class BatchEngine:
     def free_slots(self) -> int:
         return self.slots - len(self._sessions)
 
-    def _mask(self, slots: list[int] | set[int]) -> torch.Tensor:
-        mask = torch.zeros(self.slots, dtype=torch.bool)
-        mask[list(slots)] = True
-        return mask.to(self.model.device)
-
     def open(self, sampling: SamplingParams | None = None) -> int:
         """A fresh conversation in a free slot; the other slots are not touched."""
         free = [s for s in range(self.slots) if s not in self._sessions]
@@ -101,28 +195,33 @@ class BatchEngine:
             raise NoFreeSlot(f"all {self.slots} slots are in use")
         slot = free[0]
         params = sampling or self.model.sampling
+        self._states.lm.sampling.set(slot, params)  # first: it refuses what it cannot serve
         self._sessions[slot] = _Slot(
             self.model.tokenizer.stream() if self.model.tokenizer else None, params
         )
         self.reset(slot)
-        self._lm.sampling.set(slot, params)
         return slot
 
     def close(self, slot: int) -> None:
         self._sessions.pop(slot, None)
 
     def reset(self, slot: int) -> None:
-        mask = self._mask([slot])
-        self._encoder.reset(mask)
-        self._decoder.reset(mask)
-        self._lm.reset(mask)
+        self._reset_slots([slot])
         session = self._sessions.get(slot)
         if session is not None and session.text is not None:
             session.text.reset()
 
+    def _reset_slots(self, slots: list[int]) -> None:
+        mask = torch.zeros(self.slots, dtype=torch.bool)
+        mask[slots] = True
+        mask = mask.to(self.model.device)
+        self._states.encoder.reset(mask)
+        self._states.decoder.reset(mask)
+        self._states.lm.reset(mask)
+
     def set_sampling(self, slot: int, params: SamplingParams) -> None:
+        self._states.lm.sampling.set(slot, params)
         self._sessions[slot].sampling = params
-        self._lm.sampling.set(slot, params)
 
     def sampling(self, slot: int) -> SamplingParams:
         return self._sessions[slot].sampling
@@ -135,30 +234,73 @@ class BatchEngine:
         unknown = set(frames) - set(self._sessions)
         if unknown:
             raise KeyError(f"no open session in slots {sorted(unknown)}")
-        codec, lm, device = self.model.codec, self.model.lm, self.model.device
-        batch = np.zeros((self.slots, self.frame_size), dtype=np.float32)
+        staged = self._host_in.numpy()
+        staged.fill(0.0)
         for slot, frame in frames.items():
-            batch[slot] = frame
-        pcm = torch.from_numpy(batch).to(device).view(self.slots, 1, -1)
-        active = self._mask(set(frames))
+            if frame.shape != (self.frame_size,):
+                raise ValueError(
+                    f"a frame is {self.frame_size} samples ({self.sample_rate} Hz), got "
+                    f"{frame.shape}: re-frame the input"
+                )
+            if not np.isfinite(frame).all():
+                raise AudioInputError(f"slot {slot}: audio contains NaN or infinite samples")
+            staged[slot, :-1] = frame
+            staged[slot, -1] = 1.0
 
-        start = _clock(device)
-        user_codes = codec.encode_step(pcm, self._encoder, active)
-        encoded = _clock(device)
-        out = lm.step(user_codes, self._lm, active)
-        stepped = _clock(device)
-        reply = codec.decode_step(out.audio, self._decoder, active)
-        replies = reply[:, 0].float().cpu().numpy()
-        decoded = _clock(device)
+        marks = self._marks
+        marks.mark(0)
+        self._staged.copy_(self._host_in, non_blocking=True)
+        if self._graph is not None:
+            self._graph.replay()
+        else:
+            frame_path(
+                self.model.codec, self.model.lm, self._states, self._staged, self._out, marks.mark
+            )
+        self._host_out.copy_(self._out, non_blocking=True)
+        marks.mark(4)
+        marks.wait()
+        out = self._host_out.numpy()
+        tokens = out[:, -1].copy().view(np.int32)
 
-        tokens = out.text.tolist()
+        if self._graph is not None:
+            times = (0.0, marks.elapsed_ms(0, 4), 0.0)
+        else:  # the copy in is charged to encoding, the copy out to decoding
+            times = (marks.elapsed_ms(0, 1), marks.elapsed_ms(1, 2), marks.elapsed_ms(2, 4))
         results = {}
         # The step's cost is shared: each session is charged the whole batched step.
-        times = (1000 * (encoded - start), 1000 * (stepped - encoded), 1000 * (decoded - stepped))
+        config = self.model.lm.config
         for slot in frames:
-            text = readable_text(self._sessions[slot].text, tokens[slot], lm.config)
-            results[slot] = StepResult(replies[slot], tokens[slot], text, *times)
+            token = int(tokens[slot])
+            text = readable_text(self._sessions[slot].text, token, config)
+            results[slot] = StepResult(out[slot, :-1].copy(), token, text, *times)
         return results
+
+
+class _Marks:
+    """Time points of one frame: CUDA events on a GPU (no synchronisation until `wait`, once per
+    frame, which reading the result needs anyway), the wall clock on the CPU."""
+
+    def __init__(self, device: torch.device, count: int = 5) -> None:
+        self._cuda = device.type == "cuda"
+        self._events = (
+            [torch.cuda.Event(enable_timing=True) for _ in range(count)] if self._cuda else []
+        )
+        self._times = [0.0] * count
+
+    def mark(self, i: int) -> None:
+        if self._cuda:
+            self._events[i].record()
+        else:
+            self._times[i] = time.perf_counter()
+
+    def wait(self) -> None:
+        if self._cuda:
+            self._events[-1].synchronize()
+
+    def elapsed_ms(self, start: int, end: int) -> float:
+        if self._cuda:
+            return self._events[start].elapsed_time(self._events[end])
+        return 1000 * (self._times[end] - self._times[start])
 
 
 class Engine:
@@ -207,9 +349,3 @@ class Engine:
     def step(self, pcm: np.ndarray) -> StepResult:
         """One 80 ms frame of the user's audio (float32 [frame_size] at 24 kHz) in."""
         return self._batch.step({self._slot: pcm})[self._slot]
-
-
-def _clock(device: torch.device) -> float:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return time.perf_counter()

@@ -52,6 +52,10 @@ class FrameStats(Event):
     latency_ms: float | None = None  # microphone-to-speaker, when measurable
     input_level_db: float = -120.0  # RMS of the user's frame, dBFS
     output_level_db: float = -120.0  # RMS of the assistant's frame, dBFS
+    echo_cancel: bool = False  # the microphone's echo of the speaker is being removed
+    # echo return loss enhancement: microphone over cleaned power, dB; None while the far end
+    # (the assistant) is silent. An estimate: the user's voice in the frame lowers it.
+    erle_db: float | None = None
     node_ms: float | None = None  # (talk --remote) the node's time for this frame
     network_ms: float | None = None  # (talk --remote) the round trip less the node's time
 
@@ -73,6 +77,16 @@ class ErrorEvent(Event):
     message: str
     hint: str = ""
     fatal: bool = False
+    # What kind of problem, for whoever acts on it: a node's error code (app/wire/protocol.py),
+    # or SLOWER_THAN_REAL_TIME; "" when nothing acts on it. A condition with a code in
+    # CONDITIONS lasts until a StateEvent CAUGHT_UP says it is over.
+    code: str = ""
+
+
+SLOWER_THAN_REAL_TIME = "slower_than_real_time"  # the model here cannot keep up with the audio
+NODE_BEHIND = "node_behind"  # the serving node cannot keep up (app/wire/protocol.py has it too)
+CONDITIONS = (SLOWER_THAN_REAL_TIME, NODE_BEHIND)
+CAUGHT_UP = "caught_up"  # a StateEvent: the condition above is over
 
 
 class EventSink(Protocol):

@@ -24,6 +24,12 @@ from .events import TextEvent
 
 FDB_INPUT = "input.wav"
 FDB_OUTPUT = "output.wav"
+# Full-Duplex-Bench v1's four categories, named as its folders and evaluation scripts name them
+PAUSE_HANDLING = "pause_handling"
+BACKCHANNEL = "backchannel"
+SMOOTH_TURN_TAKING = "smooth_turn_taking"
+USER_INTERRUPTION = "user_interruption"
+FDB_CATEGORIES = (PAUSE_HANDLING, BACKCHANNEL, SMOOTH_TURN_TAKING, USER_INTERRUPTION)
 TEXT_SUFFIX = ".text.tsv"
 TEXT_HEADER = ("start_s", "frame", "token", "text")
 _ESCAPES = {ord("\\"): "\\\\", ord("\t"): "\\t", ord("\n"): "\\n", ord("\r"): "\\r"}

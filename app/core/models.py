@@ -29,6 +29,8 @@ from model import (
 )
 from model.bundle import CONFIG_FILE, bundle_files
 from model.errors import ConfigError
+from model.kvcache import CACHE_FORMATS, CacheFormat, check_cache_format
+from model.quantize import quantize_lm_
 from model.quantizer import Codebook
 
 from .audio import AudioFormat
@@ -59,6 +61,7 @@ class LoadedModel:
     device: torch.device
     files: ModelFiles | None = None  # where the weights came from (None: random stand-in)
     notice: str | None = None  # one line a user should read when it starts: what it can do
+    cache_format: CacheFormat = "compute"  # the LM's KV cache (model/kvcache.py)
 
     @property
     def format(self) -> AudioFormat:
@@ -77,6 +80,18 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument(
         "--dtype", choices=sorted(_DTYPES), help="LM dtype (default: bf16 on GPU, fp32 on CPU)"
+    )
+    group.add_argument(
+        "--kv-cache",
+        choices=CACHE_FORMATS,
+        default="compute",
+        help="LM KV-cache format: the compute dtype (default), or 8 bits with per-head scales "
+        "(int8, float8): half of bf16's memory, divergence in docs/performance.md",
+    )
+    group.add_argument(
+        "--int8-weights",
+        action="store_true",
+        help="weight-only int8 for the LM's linear layers (for GPUs: slower on a CPU)",
     )
     group.add_argument("--text-temperature", type=float)
     group.add_argument("--text-top-k", type=int)
@@ -102,6 +117,16 @@ def _sampling(args: argparse.Namespace | None, defaults: SamplingParams) -> Samp
 
 
 def load_from_args(args: argparse.Namespace) -> LoadedModel:
+    """The model the options name, in the weight and KV-cache formats they ask for."""
+    loaded = _load(args)
+    loaded.cache_format = check_cache_format(getattr(args, "kv_cache", "compute"))
+    if getattr(args, "int8_weights", False):
+        count = quantize_lm_(loaded.lm)
+        log.info("int8 weights in %d linear layers of the LM", count)
+    return loaded
+
+
+def _load(args: argparse.Namespace) -> LoadedModel:
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     dtype = _DTYPES[args.dtype] if args.dtype else None
     named = [args.hf_repo, args.moshi_weight, args.mimi_weight, args.tokenizer, args.config]

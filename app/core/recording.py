@@ -1,6 +1,8 @@
 """Recording one conversation into a folder that survives the process being killed.
 
     folder/session.wav    stereo, 24 kHz, PCM 16: left = assistant, right = user, one frame clock
+    folder/microphone.wav with keep_microphone=True: mono, 24 kHz, PCM 16, the microphone before
+                          echo cancellation, frame for frame on session.wav's clock
     folder/events.jsonl   one Event.to_json() per line, flushed per line
     folder/meta.json      model (files + sha256), sampling, seed, devices, versions, start time;
                           rewritten atomically at close with the timing summary (app.core.timing)
@@ -65,6 +67,7 @@ from .timing import COUNTERS, Timings
 log = logging.getLogger(__name__)
 
 SESSION_WAV = "session.wav"
+MICROPHONE_WAV = "microphone.wav"  # the raw microphone, when kept (the user channel is cleaned)
 EVENTS_FILE = "events.jsonl"
 META_FILE = "meta.json"
 FORMAT_VERSION = 1
@@ -115,6 +118,7 @@ class Recorder:
         devices: dict[str, Any],
         *,
         overwrite: bool = False,
+        keep_microphone: bool = False,
     ) -> None:
         self.folder = Path(folder)
         self.sample_rate = format.sample_rate
@@ -143,6 +147,7 @@ class Recorder:
                 "sample_rate": self.sample_rate,
                 "frame_size": self.frame_size,
                 "channels": {"left": "assistant", "right": "user"},
+                "microphone": MICROPHONE_WAV if keep_microphone else None,
                 "started_at": _now(),
                 "model": described,
                 "sampling": dataclasses.asdict(sampling),  # as the recording started
@@ -158,9 +163,21 @@ class Recorder:
             self._wav = soundfile.SoundFile(
                 wav_path, "w", self.sample_rate, 2, subtype="PCM_16", format="WAV"
             )
+            self._microphone = None
+            if keep_microphone:
+                self._microphone = soundfile.SoundFile(
+                    self.folder / MICROPHONE_WAV,
+                    "w",
+                    self.sample_rate,
+                    1,
+                    subtype="PCM_16",
+                    format="WAV",
+                )
         except (OSError, soundfile.LibsndfileError) as exc:
             raise RecordingError(f"cannot write a recording in {self.folder}: {exc}") from exc
         _update_header_on_every_write(self._wav)
+        if self._microphone is not None:
+            _update_header_on_every_write(self._microphone)
 
     def __enter__(self) -> Recorder:
         return self
@@ -179,9 +196,14 @@ class Recorder:
             self.origin = origin
 
     def write_frame(
-        self, assistant: np.ndarray, user: np.ndarray, frame: int | None = None
+        self,
+        assistant: np.ndarray,
+        user: np.ndarray,
+        microphone: np.ndarray | None = None,
+        frame: int | None = None,
     ) -> None:
-        """One frame of both channels (float32 [frame_size] each, 24 kHz).
+        """One frame of both channels (float32 [frame_size] each, 24 kHz); `user` is what the
+        model heard, `microphone` the raw input (kept only with keep_microphone).
 
         `frame`: the conversation's index of this frame. Frames skipped since the last one
         written are written as silence first; a frame from before the recording's start, or
@@ -202,6 +224,9 @@ class Recorder:
                 if frame is not None:
                     self._silence_until(frame - self.origin.frame)
                 self._wav.write(stereo.astype(np.float32, copy=False))
+                if self._microphone is not None:  # the same frame count: the same clock
+                    raw = user if microphone is None else microphone
+                    self._microphone.write(np.clip(raw, -1.0, 1.0).astype(np.float32, copy=False))
             except (OSError, RuntimeError) as exc:  # a full disk; libsndfile's are RuntimeErrors
                 raise self._write_failed(exc) from exc
             self.frames += 1
@@ -228,6 +253,8 @@ class Recorder:
         self.failure = f"cannot write to {self.folder / SESSION_WAV}: {exc} (is the disk full?)"
         with contextlib.suppress(OSError, RuntimeError):  # a part of a frame may have gone out
             self._wav.truncate(self.frames * self.frame_size)
+            if self._microphone is not None:
+                self._microphone.truncate(self.frames * self.frame_size)
         event = StateEvent(self.frames * self.frame_duration, self.frames, STOPPED, self.failure)
         with contextlib.suppress(OSError):
             self._events.write(event.to_json() + "\n")
@@ -246,6 +273,8 @@ class Recorder:
         )
         event = StateEvent(self.frames * self.frame_duration, self.frames, SILENCE, detail)
         self._wav.write(np.zeros((count * self.frame_size, 2), dtype=np.float32))
+        if self._microphone is not None:
+            self._microphone.write(np.zeros(count * self.frame_size, dtype=np.float32))
         self._events.write(event.to_json() + "\n")
         self._events.flush()
         self.frames += count
@@ -324,7 +353,10 @@ class Recorder:
                 summary=summary,
             )
             problems = []  # each step is tried: a full disk must not cost the others
-            for step in (self._wav.flush, self._wav.close, self._events.close, self._write_meta):
+            steps = [self._wav.flush, self._wav.close, self._events.close, self._write_meta]
+            if self._microphone is not None:
+                steps.insert(2, self._microphone.close)
+            for step in steps:
                 try:
                     step()  # the WAV's flush: fsync, once
                 except (OSError, RuntimeError) as exc:

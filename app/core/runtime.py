@@ -32,11 +32,20 @@ from typing import Generic, Protocol, TypeVar
 
 import numpy as np
 
+from audio_io.echo import EchoCanceller, EchoFrame
 from model import SamplingParams
 
 from .audio import level_db
 from .engine import Engine, StepResult
-from .events import ErrorEvent, EventSink, FrameStats, StateEvent, TextEvent
+from .events import (
+    CAUGHT_UP,
+    SLOWER_THAN_REAL_TIME,
+    ErrorEvent,
+    EventSink,
+    FrameStats,
+    StateEvent,
+    TextEvent,
+)
 from .recording import WRITE_FAILED_HINT, Origin, RecordingError
 from .timing import Timings
 
@@ -122,7 +131,13 @@ class DropOldestQueue(Generic[T]):
 class FrameRecorder(Protocol):
     def start_at(self, origin: Origin) -> None: ...
 
-    def write_frame(self, assistant: np.ndarray, user: np.ndarray, frame: int | None) -> None: ...
+    def write_frame(
+        self,
+        assistant: np.ndarray,
+        user: np.ndarray,
+        microphone: np.ndarray | None = None,
+        frame: int | None = None,
+    ) -> None: ...
 
 
 class Conversation:
@@ -130,6 +145,11 @@ class Conversation:
 
     Controls (from any task of the loop): `muted`, `request_reset()`, `request_sampling()`.
     They take effect between two frames, in the torch thread.
+
+    With an `echo` canceller, the model hears the microphone with the speaker's echo removed:
+    each reply frame goes on the canceller's timeline at the time it will sound (now plus what
+    the sink still buffers), and each microphone frame is cleaned against what was sounding
+    while it was captured, in the torch thread, before the step.
     """
 
     def __init__(
@@ -142,8 +162,10 @@ class Conversation:
         recorder: FrameRecorder | None = None,
         input_queue_frames: int = 4,
         output_queue_frames: int = 4,
+        echo: EchoCanceller | None = None,
     ) -> None:
         self.engine = engine
+        self.echo = echo
         self.source = source
         self.sink = sink
         self.events = events
@@ -156,15 +178,14 @@ class Conversation:
         self._inputs: DropOldestQueue[tuple[int, CapturedFrame] | None] = DropOldestQueue(
             input_queue_frames
         )
-        self._outputs: DropOldestQueue[tuple[int, CapturedFrame, StepResult] | None] = (
-            DropOldestQueue(output_queue_frames)
-        )
+        self._outputs: DropOldestQueue[_Heard | None] = DropOldestQueue(output_queue_frames)
         self._reset_requested = False
         self._sampling_requested: SamplingParams | None = None
         self._start = 0.0
         self._running = False
         self._frame = 0  # the index of the frame being processed, or of the next one
         self._slow_reported_at = float("-inf")
+        self._slow = False  # reported slower than real time, and not yet back under budget
 
     def request_reset(self) -> None:
         self._reset_requested = True
@@ -223,17 +244,23 @@ class Conversation:
             index += 1
         self._inputs.put(None)  # end of input (never dropped: the queue just lost its oldest)
 
-    def _step(self, pcm: np.ndarray, reset: bool, sampling: SamplingParams | None) -> StepResult:
-        """Runs in the torch thread: the controls taken for this frame, then the frame."""
+    def _step(
+        self, frame: CapturedFrame, muted: bool, reset: bool, sampling: SamplingParams | None
+    ) -> tuple[np.ndarray, EchoFrame | None, StepResult]:
+        """Runs in the torch thread: the controls taken for this frame, the echo removed, then
+        the frame. Returns what the model heard, the canceller's figures, the step's result."""
         if reset:
             self.engine.reset()
         if sampling is not None:
             self.engine.set_sampling(sampling)
-        return self.engine.step(pcm)
+        echo = self.echo.cancel(frame.pcm, frame.time) if self.echo is not None else None
+        heard = echo.pcm if echo is not None else frame.pcm
+        if muted:
+            heard = np.zeros(self.engine.frame_size, dtype=np.float32)
+        return heard, echo, self.engine.step(heard)
 
     async def _infer(self, torch_thread: ThreadPoolExecutor) -> None:
         loop = asyncio.get_running_loop()
-        silence = np.zeros(self.engine.frame_size, dtype=np.float32)
         try:
             while (item := await self._inputs.get()) is not None:
                 index, frame = item
@@ -241,11 +268,13 @@ class Conversation:
                 # Controls are taken here, on the loop, so none is lost or applied unreported.
                 reset, self._reset_requested = self._reset_requested, False
                 sampling, self._sampling_requested = self._sampling_requested, None
-                pcm = silence if self.muted else frame.pcm
-                result = await loop.run_in_executor(torch_thread, self._step, pcm, reset, sampling)
+                pcm, echo, result = await loop.run_in_executor(
+                    torch_thread, self._step, frame, self.muted, reset, sampling
+                )
                 now = self.elapsed
-                if self.recorder is not None:  # frames dropped before this one: silence there
-                    self._record(result.pcm, pcm, index, now)  # first: its events follow it
+                # First, so that its events follow it; frames dropped before it: silence there.
+                if self.recorder is not None:
+                    self._record(result.pcm, pcm, frame.pcm, index, now)
                 if reset:
                     self.events.emit(StateEvent(now, index, "reset"))
                 if sampling is not None:  # detail: the parameters, as a node's event has them
@@ -255,17 +284,19 @@ class Conversation:
                     self.events.emit(TextEvent(now, index, result.text_token, result.text))
                 self._recent_ms.append(result.compute_ms)
                 self._report_if_slow(now)
-                self._outputs.put((index, frame, result))
+                self._outputs.put(_Heard(index, frame, result, echo))
                 self._frame = index + 1
         finally:
             self._outputs.put(None)
 
-    def _record(self, reply: np.ndarray, heard: np.ndarray, index: int, now: float) -> None:
+    def _record(
+        self, reply: np.ndarray, heard: np.ndarray, raw: np.ndarray, index: int, now: float
+    ) -> None:
         """A recording that cannot be written (a full disk) stops; the conversation goes on.
         Its owner still closes it (TalkSession.stop_recording)."""
         assert self.recorder is not None
         try:
-            self.recorder.write_frame(reply, heard, index)
+            self.recorder.write_frame(reply, heard, raw, frame=index)
         except RecordingError as exc:
             self.recorder = None
             message = f"recording stopped: {exc}"
@@ -273,11 +304,13 @@ class Conversation:
 
     def _report_if_slow(self, now: float) -> None:
         """Warn (at most every 5 s) when the recent frames' median is over budget: one slow
-        frame (a first step, a hiccup) is absorbed by the queues and is no news."""
+        frame (a first step, a hiccup) is absorbed by the queues and is no news. Say so when
+        it is back under budget, so that the warning can go."""
         frame_ms = 1000 * self.engine.frame_duration
         recent = statistics.median(self._recent_ms)
         if recent > frame_ms and now - self._slow_reported_at > 5.0:
             self._slow_reported_at = now
+            self._slow = True
             self.events.emit(
                 ErrorEvent(
                     now,
@@ -285,13 +318,20 @@ class Conversation:
                     f"the model is slower than real time ({recent:.0f} ms for a "
                     f"{frame_ms:.0f} ms frame): audio is being dropped to keep up",
                     hint="use a GPU (--device cuda), a smaller model, or close other programs",
+                    code=SLOWER_THAN_REAL_TIME,
                 )
             )
+        elif self._slow and recent < 0.9 * frame_ms:
+            self._slow = False
+            detail = f"the model keeps up again ({recent:.0f} ms for a {frame_ms:.0f} ms frame)"
+            self.events.emit(StateEvent(now, self._frame, CAUGHT_UP, detail))
 
     async def _playback(self) -> None:
         frame_ms = 1000 * self.engine.frame_duration
         while (item := await self._outputs.get()) is not None:
-            index, captured, result = item
+            index, captured, result, echo = item.index, item.captured, item.result, item.echo
+            if self.echo is not None:  # before `play`: what is buffered sounds first
+                self.echo.played(result.pcm, self.clock.now() + self.sink.buffered_seconds())
             self.sink.play(result.pcm)
             latency = 1000 * (self.clock.now() - captured.time + self.sink.buffered_seconds())
             counters = self.sink.counters()
@@ -310,9 +350,21 @@ class Conversation:
                 latency_ms=latency,
                 input_level_db=level_db(captured.pcm),
                 output_level_db=level_db(result.pcm),
+                echo_cancel=self.echo is not None,
+                erle_db=echo.erle_db if echo is not None else None,
             )
             self.timings.add_stats(stats)
             self.events.emit(stats)
+
+
+@dataclass(frozen=True)
+class _Heard:
+    """A frame through inference, on its way to the speaker."""
+
+    index: int  # on the conversation's clock
+    captured: CapturedFrame  # as the microphone gave it
+    result: StepResult
+    echo: EchoFrame | None  # the canceller's figures for the frame, when it runs
 
 
 class PacedFileSource:

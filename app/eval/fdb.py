@@ -7,6 +7,14 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
+from app.core.files import (  # noqa: F401  (the category names are part of this module's API)
+    BACKCHANNEL,
+    FDB_CATEGORIES,
+    PAUSE_HANDLING,
+    SMOOTH_TURN_TAKING,
+    USER_INTERRUPTION,
+)
+
 from .turns import (
     Piece,
     Segment,
@@ -18,13 +26,6 @@ from .turns import (
     median_and_mean,
     merge,
 )
-
-# Full-Duplex-Bench v1's four categories, named as its evaluation scripts name them
-PAUSE_HANDLING = "pause_handling"
-BACKCHANNEL = "backchannel"
-SMOOTH_TURN_TAKING = "smooth_turn_taking"
-USER_INTERRUPTION = "user_interruption"
-FDB_CATEGORIES = (PAUSE_HANDLING, BACKCHANNEL, SMOOTH_TURN_TAKING, USER_INTERRUPTION)
 
 
 def fdb_pause_handling(

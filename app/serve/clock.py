@@ -15,6 +15,7 @@ import contextlib
 import logging
 import math
 import time
+from collections import deque
 from collections.abc import Iterable
 from typing import Any, Protocol
 
@@ -22,8 +23,8 @@ import aiomqtt
 import numpy as np
 
 from app.core.engine import BatchEngine, StepResult
-from app.core.events import ErrorEvent, Event, TextEvent
-from app.wire.protocol import AudioFrame, encode_audio
+from app.core.events import CAUGHT_UP, ErrorEvent, Event, StateEvent, TextEvent
+from app.wire.protocol import NODE_BEHIND, AudioFrame, encode_audio
 from model.errors import AntiphonError
 
 from .sessions import Arrival, Metrics, Session
@@ -31,10 +32,15 @@ from .sessions import Arrival, Metrics, Session
 log = logging.getLogger(__name__)
 
 STEP_MARGIN = 0.003  # seconds a step waits after the expected last arrival of its cluster
+PACE_STEPS = 8  # the latest steps whose median says whether the node keeps up
+CAUGHT_UP_BELOW = 0.9  # of the frame period: the median step that ends being behind
 
 
 class Node(Protocol):
     """What the frame clock needs of the node whose sessions it steps."""
+
+    @property
+    def name(self) -> str: ...
 
     @property
     def engine(self) -> BatchEngine: ...
@@ -78,7 +84,9 @@ class FrameClock:
     def __init__(self, node: Node) -> None:
         self.node = node
         self.wake = asyncio.Event()  # set when a frame arrives
+        self.behind = False  # the median of the latest steps is longer than a frame
         self._silence = np.zeros(node.engine.frame_size, dtype=np.float32)
+        self._recent: deque[float] = deque(maxlen=PACE_STEPS)  # seconds per step
 
     async def run(self, client: aiomqtt.Client) -> None:
         """Step until cancelled: when the frames waiting are due, or at once for a session
@@ -91,6 +99,8 @@ class FrameClock:
             if now >= at or any(len(s.queue) > 1 for s in ready):  # due, or someone is behind
                 await self._step(client, ready)
                 continue
+            if self.behind and not self.node.sessions:  # nothing left to be behind with
+                self._caught_up(f"the node {self.node.name} has no sessions left: not behind")
             self.wake.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.wake.wait(), None if at == math.inf else at - now)
@@ -112,6 +122,7 @@ class FrameClock:
             return
         self.node.metrics.steps += 1
         self.node.metrics.step_ms.append(1000 * (time.perf_counter() - started))
+        self._keep_pace(time.perf_counter() - started)
         for session, _ in batch:  # a recording that failed ends, its conversation goes on
             if session.slot in unrecorded and session.recorder is not None:
                 recorder, session.recorder = session.recorder, None
@@ -139,6 +150,49 @@ class FrameClock:
                 continue
             publishing.extend(self._reply(client, session, arrival, result, index, now))
         await asyncio.gather(*publishing)
+
+    def _keep_pace(self, seconds: float) -> None:
+        """Say when the node falls behind real time, and when it keeps up again: in its log,
+        its metrics and an event to every session (their clients then know where the delay
+        is). One slow step (a hiccup) is absorbed by the queues and is no news."""
+        self._recent.append(seconds)
+        period = self.node.engine.frame_duration
+        median = float(np.median(self._recent))
+        metrics = self.node.metrics
+        if not self.behind and len(self._recent) >= PACE_STEPS // 2 and median > period:
+            self.behind = metrics.behind = True
+            metrics.fell_behind += 1
+            log.warning(
+                "node %s is slower than real time: a step takes %.0f ms, frames last %.0f ms, so "
+                "its sessions lose frames; give it a faster --device or fewer --slots",
+                self.node.name, 1000 * median, 1000 * period,
+            )  # fmt: skip
+            for session in list(self.node.sessions.values()):
+                self.node.emit(session, self.behind_event(session))
+        elif self.behind and median < CAUGHT_UP_BELOW * period:
+            self._caught_up(
+                f"the node {self.node.name} keeps up again ({1000 * median:.0f} ms a step)"
+            )
+
+    def _caught_up(self, detail: str) -> None:
+        self.behind = self.node.metrics.behind = False
+        self._recent.clear()
+        log.warning("%s", detail)
+        for session in list(self.node.sessions.values()):
+            self.node.emit(session, StateEvent(session.elapsed, session.frames, CAUGHT_UP, detail))
+
+    def behind_event(self, session: Session) -> ErrorEvent:
+        period = self.node.engine.frame_duration
+        median = float(np.median(self._recent)) if self._recent else 0.0
+        return ErrorEvent(
+            session.elapsed,
+            session.frames,
+            f"the node {self.node.name} is slower than real time ({1000 * median:.0f} ms a step, "
+            f"frames last {1000 * period:.0f} ms): some of your audio is dropped there; you "
+            "send in real time",
+            hint="nothing to change on your side: the node needs a faster device or fewer slots",
+            code=NODE_BEHIND,
+        )
 
     def _step_in_torch(
         self, batch: list[tuple[Session, Arrival]], frames: dict[int, np.ndarray]

@@ -116,6 +116,10 @@ class Server:
             model_meta(model)  # hashes the weight files once, up front (cached), not per session
 
     @property
+    def name(self) -> str:
+        return self.topics.node
+
+    @property
     def free_slots(self) -> int:
         return self.options.slots - len(self.sessions)
 
@@ -261,7 +265,8 @@ class Server:
         self.metrics.frames_in += 1
         if pushed:
             self.metrics.frames_dropped += pushed
-            self._session_error(session, session.overflow_error(pushed))
+            overflow = session.overflow_error(pushed, self.engine.frame_duration, self.topics.node)
+            self._session_error(session, overflow)
         self.frame_clock.wake.set()
 
     async def _on_request(
@@ -374,6 +379,8 @@ class Server:
         self.sessions[(session.owner, session.id)] = session
         self.metrics.sessions_opened += 1
         self.emit(session, StateEvent(0.0, 0, "opened", self.model.name))
+        if self.frame_clock.behind:
+            self.emit(session, self.frame_clock.behind_event(session))
         if problem is not None:
             self.emit(session, ErrorEvent(0.0, 0, f"not recording: {problem}"))
         self._publish_info()

@@ -14,6 +14,7 @@ from app.core.timing import Timings
 from app.wire.protocol import (
     DUPLICATE,
     INPUT_OVERFLOW,
+    NODE_BEHIND,
     OUT_OF_ORDER,
     AudioFrame,
     ProtocolError,
@@ -23,6 +24,8 @@ from app.wire.protocol import (
 from model import SamplingParams
 
 ERROR_EVENT_INTERVAL = 1.0  # seconds: at most one error event per code and session this often
+ARRIVALS_KEPT = 16  # a session's latest arrival times: whether its client sends in real time
+FAST = 1.25  # frames arriving this many times faster than real time are the client's doing
 
 
 @dataclass(frozen=True)
@@ -46,6 +49,7 @@ class Session:
     last_heard: float = field(default_factory=time.monotonic)  # a valid frame or command
     last_arrival: float = -np.inf  # of the last frame accepted: its phase times the steps
     queue: deque[Arrival] = field(default_factory=deque)
+    arrivals: deque[float] = field(default_factory=lambda: deque(maxlen=ARRIVALS_KEPT))
     last_sequence: int = -1
     muted: bool = False
     closed: bool = False
@@ -78,6 +82,7 @@ class Session:
             self.missing += frame.sequence - self.last_sequence - 1
         self.last_sequence = frame.sequence
         self.last_heard = self.last_arrival = now
+        self.arrivals.append(now)
         pushed = 0
         while len(self.queue) >= self.queue_frames:
             self.queue.popleft()
@@ -86,11 +91,23 @@ class Session:
         self.dropped += pushed
         return pushed
 
-    def overflow_error(self, pushed: int) -> ProtocolError:
+    def sends_too_fast(self, period: float) -> bool:
+        """Whether the client's latest frames came faster than one per period (a burst)."""
+        times = self.arrivals
+        return len(times) > 1 and (len(times) - 1) * period > FAST * (times[-1] - times[0])
+
+    def overflow_error(self, pushed: int, period: float, node: str) -> ProtocolError:
+        """Frames pushed out of a full queue: the client's fault only if it sends too fast."""
+        if self.sends_too_fast(period):
+            return ProtocolError(
+                INPUT_OVERFLOW,
+                f"frames arrive faster than real time: {pushed} dropped ({self.dropped} so far); "
+                f"send one frame per {1000 * period:.0f} ms",
+            )
         return ProtocolError(
-            INPUT_OVERFLOW,
-            f"frames arrive faster than real time: {pushed} dropped ({self.dropped} so far); "
-            "send one frame per 80 ms",
+            NODE_BEHIND,
+            f"the node {node} is slower than real time: {pushed} of your frames dropped there "
+            f"({self.dropped} so far); you send in real time, nothing to change on your side",
         )
 
     def may_report(self, code: str, now: float) -> bool:
@@ -125,6 +142,8 @@ class Metrics:
     frames_dropped: int = 0
     steps: int = 0
     reconnects: int = 0
+    behind: bool = False  # the recent steps take longer than a frame: sessions lose frames
+    fell_behind: int = 0  # times the node fell behind so far
     errors: Counter[str] = field(default_factory=Counter)
     step_ms: deque[float] = field(default_factory=lambda: deque(maxlen=1000))
     _reported: dict[str, float] = field(default_factory=dict)
@@ -149,6 +168,8 @@ class Metrics:
             "frames_dropped": self.frames_dropped,
             "steps": self.steps,
             "reconnects": self.reconnects,
+            "behind": self.behind,
+            "fell_behind": self.fell_behind,
             "step_ms_median": float(np.median(steps)) if steps else None,
             "step_ms_p99": float(np.percentile(steps, 99)) if steps else None,
             "errors": dict(self.errors),

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from app.core.commands import run_until_signalled
 from app.core.engine import Engine
-from app.core.events import ErrorEvent, Event, TextEvent
+from app.core.events import CAUGHT_UP, ErrorEvent, Event, StateEvent, TextEvent
 from app.core.models import add_model_arguments, load_from_args
 
 from . import remote
@@ -40,6 +40,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="DIR",
         help="where the TUI's record key (c) records: DIR/<date-time> (default %(default)s)",
     )
+    parser.add_argument(
+        "--no-echo-cancel",
+        action="store_true",
+        help="hear the microphone as it is: no removal of the speaker's echo (it is on by "
+        "default, so that the assistant does not hear itself through loudspeakers; with "
+        "headphones it is not needed)",
+    )
+    parser.add_argument(
+        "--record-microphone",
+        action="store_true",
+        help="recordings also keep the raw microphone, before echo cancellation, as "
+        "microphone.wav (same clock as session.wav, whose user channel is what the model heard)",
+    )
     remote.add_arguments(parser)
     parser.add_argument(
         "--no-tui",
@@ -61,6 +74,8 @@ class TerminalPrinter:
                 file=sys.stderr,
                 flush=True,
             )
+        elif isinstance(event, StateEvent) and event.state == CAUGHT_UP:
+            print(f"\nantiphon: {event.detail}", file=sys.stderr, flush=True)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -74,7 +89,13 @@ def run(args: argparse.Namespace) -> int:
     engine.warm_up()
     if not use_tui:
         session = TalkSession(
-            engine, args.input_device, args.output_device, args.record, args.demo_out
+            engine,
+            args.input_device,
+            args.output_device,
+            args.record,
+            args.demo_out,
+            echo_cancel=not args.no_echo_cancel,
+            keep_microphone=args.record_microphone,
         )
         session.events.sinks.append(TerminalPrinter())
         return asyncio.run(_talk_in_terminal(session))
@@ -88,6 +109,8 @@ def run(args: argparse.Namespace) -> int:
         args.record,
         args.demo_out,
         notices=lambda text: tui.notice(text),  # `tui` exists before the session runs
+        echo_cancel=not args.no_echo_cancel,
+        keep_microphone=args.record_microphone,
     )
     tui = make_app(session, args.record_dir)
     if model.notice:
@@ -138,4 +161,4 @@ async def _remote_in_terminal(session: remote.RemoteTalkSession) -> int:
     print(f"antiphon: {session.model_name} | Ctrl-C to stop", file=sys.stderr)
     await run_until_signalled(session.run())  # the session reports its latency itself
     print()
-    return 0
+    return 1 if session.failure is not None else 0

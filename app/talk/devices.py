@@ -29,6 +29,7 @@ from app.core.runtime import (
     PacedFileSource,
 )
 from audio_io.devices import DeviceInfo, find_device
+from audio_io.echo import EchoCancelError, EchoCanceller, EchoConfig
 from audio_io.errors import AudioDeviceError
 from audio_io.streams import Microphone, Speaker
 
@@ -119,7 +120,7 @@ class SpeakerSink:
         self.speaker.write(pcm)
 
     def buffered_seconds(self) -> float:
-        return self.speaker.buffered_seconds + (self.speaker.latency or 0.0)
+        return self.speaker.render_delay
 
     def counters(self) -> dict[str, int]:
         return {
@@ -169,3 +170,27 @@ def open_devices(
     # The speaker opens first: frames the microphone captures meanwhile would pile up.
     with Speaker(speaker_device, on_error=on_speaker_lost) as speaker:
         yield source, SpeakerSink(speaker), None
+
+
+def open_echo_canceller(
+    session: DeviceUser, format: AudioFormat, source: AudioSource, sink: AudioSink
+) -> EchoCanceller | None:
+    """The canceller for a microphone that hears a speaker; None where there is no echo (a demo
+    voice, a reply going to a file) or no canceller (said once, with what to do)."""
+    if not isinstance(source, MicrophoneSource) or not isinstance(sink, SpeakerSink):
+        session.devices["echo"] = "off (no microphone and speaker pair)"
+        return None
+    speaker = sink.speaker
+
+    def device_latency() -> float:
+        microphone = source.microphone
+        return (speaker.latency or 0.0) + ((microphone.latency or 0.0) if microphone else 0.0)
+
+    try:
+        echo = EchoCanceller(EchoConfig(format.sample_rate, format.frame_size), device_latency)
+    except EchoCancelError as exc:
+        session.notice(f"echo cancellation is off: {exc}")
+        session.devices["echo"] = "off (unavailable)"
+        return None
+    session.devices["echo"] = "WebRTC AEC3"
+    return echo

@@ -31,6 +31,7 @@ from typing import Any
 
 import aiomqtt
 import numpy as np
+from aiomqtt.exceptions import MqttConnectError
 
 from app.core.audio import AudioFormat, level_db
 from app.core.events import ErrorEvent, Event, EventFanout, FrameStats, StateEvent, TextEvent
@@ -44,8 +45,17 @@ from app.core.runtime import (
 )
 from app.core.timing import COUNTERS, Timings
 from app.wire.client import Grant, RemoteError, request_session
-from app.wire.mqtt import BrokerSettings, add_broker_arguments, broker_from_args, call, make_client
+from app.wire.mqtt import (
+    PASSWORD_ENV,
+    BrokerSettings,
+    add_broker_arguments,
+    broker_from_args,
+    call,
+    make_client,
+)
 from app.wire.protocol import (
+    SESSION_CLOSED,
+    UNKNOWN_SESSION,
     AudioFrame,
     ProtocolError,
     SampleFormat,
@@ -54,21 +64,26 @@ from app.wire.protocol import (
     encode_audio,
     encode_json,
 )
+from audio_io.echo import EchoCanceller
 from audio_io.files import write_wav
 from model import SamplingParams
 
-from .devices import open_devices
+from .devices import open_devices, open_echo_canceller
 
 log = logging.getLogger(__name__)
 
 DRAIN_TIMEOUT = 1.0  # seconds to wait for the last replies after the microphone ends
+RECONNECT_MIN, RECONNECT_MAX = 0.25, 2.0  # seconds between tries to reach the broker, doubling
+BROKER_LOST = "broker_lost"  # the code of the error event when the connection goes
 
 
 @dataclass(frozen=True)
 class _Sent:
     capture_time: float
     send_time: float
-    pcm: np.ndarray  # what went out, for a recording
+    pcm: np.ndarray  # what went out (echo removed), for a recording
+    microphone: np.ndarray  # the raw microphone frame
+    erle_db: float | None  # the canceller's estimate for the frame
 
 
 class RemoteTalkSession:
@@ -88,8 +103,13 @@ class RemoteTalkSession:
         notices: Callable[[str], None] | None = None,
         source: AudioSource | None = None,
         sink: AudioSink | None = None,
+        echo_cancel: bool = True,
+        keep_microphone: bool = False,
     ) -> None:
         self.broker = broker
+        self.echo_cancel = echo_cancel  # remove the speaker's echo before sending
+        self.keep_microphone = keep_microphone  # recordings keep the raw microphone too
+        self.echo: EchoCanceller | None = None
         # With a login the broker's ACL puts the session under the username; on an open broker
         # the client id stands in for it.
         self.client_id = broker.client_id or f"antiphon-talk-{secrets.token_hex(4)}"
@@ -121,6 +141,10 @@ class RemoteTalkSession:
         self._answered = -1  # the sequence number of the latest reply
         self._last_stats: FrameStats | None = None
         self._started = 0.0
+        self._client: aiomqtt.Client | None = None  # the connection of the moment (None: away)
+        self._last_sent = 0.0  # when a frame last went out: the node's session timeout counts
+        self._heard = 0.0  # when the node was last heard from
+        self.failure: str | None = None  # why the conversation ended early, if it did
 
     @property
     def model_name(self) -> str:
@@ -152,7 +176,14 @@ class RemoteTalkSession:
         self._commands.put_nowait({"cmd": "sampling", **dataclasses.asdict(params)})
 
     def start_recording(self, folder: Path) -> None:
-        recorder = Recorder(folder, self.format, self.model_name, self._sampling, self.devices)
+        recorder = Recorder(
+            folder,
+            self.format,
+            self.model_name,
+            self._sampling,
+            self.devices,
+            keep_microphone=self.keep_microphone,
+        )
         if self._sequence > 0:  # mid-conversation: its own frame 0, time 0 and counters
             stats = self._last_stats
             counters = {n: getattr(stats, n) for n in COUNTERS} if stats else {}
@@ -185,30 +216,54 @@ class RemoteTalkSession:
         return self.timings.summary(frame_duration, node=self.grant.node if self.grant else None)
 
     async def run(self) -> Timings:
-        """Get a session, open the devices and converse until the source ends or cancellation."""
-        # No last will: the node notices a vanished client by its silence (--session-timeout).
-        client = make_client(self.broker, client_id=self.client_id)
-        try:
-            async with client:
+        """Get a session, open the devices and converse until the source ends or cancellation.
+
+        A broker that goes away is reached again (with back-off) while the node still keeps the
+        session; frames captured meanwhile are lost, and counted."""
+        async with contextlib.AsyncExitStack() as connections:
+            try:
+                client = await self._connect(connections)
+            except MqttConnectError as exc:
+                raise RemoteError(
+                    f"the broker at {self.broker.describe()} refused the connection: {exc} "
+                    f"(check --username and ${PASSWORD_ENV})"
+                ) from exc
+            except aiomqtt.MqttError as exc:
+                raise RemoteError(
+                    f"cannot reach the broker at {self.broker.describe()}: {exc} "
+                    "(is it running, and is --remote right?)"
+                ) from exc
+            try:
                 sampling = dataclasses.asdict(self._sampling) if self._sampling_asked else None
                 self.grant = grant = await request_session(
                     client, self.prefix, self.owner, node=self.node, sampling=sampling
                 )
-                self.format = AudioFormat(grant.sample_rate, grant.frame_size)
-                self._sampling = grant.sampling
                 await call(client.subscribe(grant.topics.out, qos=0))
-                self.devices["node"] = f"{grant.node} via {self.broker.describe()}"
-                try:
-                    return await self._converse(client, grant)
-                finally:
+            except aiomqtt.MqttError as exc:
+                raise RemoteError(
+                    f"lost the broker at {self.broker.describe()} while asking for a session: "
+                    f"{exc}; start again once it is back"
+                ) from exc
+            self.format = AudioFormat(grant.sample_rate, grant.frame_size)
+            self._sampling = grant.sampling
+            self.devices["node"] = f"{grant.node} via {self.broker.describe()}"
+            try:
+                return await self._converse(connections, client, grant)
+            finally:
+                if self._client is not None:
                     with contextlib.suppress(aiomqtt.MqttError):
-                        await call(
-                            client.publish(grant.topics.ctl, encode_json({"cmd": "close"}), 1)
-                        )
-        except aiomqtt.MqttError as exc:
-            raise RemoteError(f"lost the broker at {self.broker.describe()}: {exc}") from exc
+                        close = encode_json({"cmd": "close"})
+                        await call(self._client.publish(grant.topics.ctl, close, 1))
 
-    async def _converse(self, client: aiomqtt.Client, grant: Grant) -> Timings:
+    async def _connect(self, connections: contextlib.AsyncExitStack) -> aiomqtt.Client:
+        # No last will: the node notices a vanished client by its silence (--session-timeout).
+        # A connection that failed stays on the stack until the end; leaving it is a no-op.
+        client = make_client(self.broker, client_id=self.client_id)
+        return await connections.enter_async_context(client)
+
+    async def _converse(
+        self, connections: contextlib.AsyncExitStack, client: aiomqtt.Client, grant: Grant
+    ) -> Timings:
         loop = asyncio.get_running_loop()
         task = asyncio.current_task()
         assert task is not None
@@ -221,20 +276,22 @@ class RemoteTalkSession:
             loop.call_soon_threadsafe(stop)
 
         with self._audio(speaker_lost) as (source, sink, collected):
-            self._started = self.clock.now()
+            if self.echo_cancel:
+                self.echo = open_echo_canceller(self, self.format, source, sink)
+            self._started = self._last_sent = self.clock.now()
             self.events.emit(StateEvent(0.0, 0, "started", self.model_name))
             if self.initial_record is not None:
                 self.start_recording(self.initial_record)
             try:
                 async with asyncio.TaskGroup() as tasks:
-                    receiving = tasks.create_task(self._receive(client, grant, sink))
-                    controlling = tasks.create_task(self._control(client, grant))
-                    await self._send(client, grant, source)
-                    receiving.cancel()
-                    controlling.cancel()
+                    linking = tasks.create_task(self._link(connections, client, grant, sink))
+                    await self._send(grant, source)
+                    linking.cancel()
             except* RemoteError as group:
-                for exc in group.exceptions:
-                    self.events.emit(ErrorEvent(self._elapsed(), -1, str(exc), fatal=True))
+                for exc in _leaves(group):
+                    self.failure = str(exc)
+                    hint = "the recording is kept" if self.recorder is not None else ""
+                    self.events.emit(ErrorEvent(self._elapsed(), -1, str(exc), hint, fatal=True))
             finally:
                 self._lost += len(self._sent)
                 self._sent.clear()
@@ -261,25 +318,116 @@ class RemoteTalkSession:
         with open_devices(self, self.format, speaker_lost) as devices:
             yield devices
 
-    async def _send(self, client: aiomqtt.Client, grant: Grant, source: AudioSource) -> None:
+    async def _link(
+        self,
+        connections: contextlib.AsyncExitStack,
+        client: aiomqtt.Client,
+        grant: Grant,
+        sink: AudioSink,
+    ) -> None:
+        """Receive and send commands on one connection after another: when the broker goes
+        away, reach it again while the node keeps the session, or end the conversation."""
+        while True:
+            self._client, self._heard = client, self.clock.now()
+            try:
+                async with asyncio.TaskGroup() as tasks:
+                    tasks.create_task(self._receive(client, grant, sink))
+                    tasks.create_task(self._control(client, grant))
+                    tasks.create_task(self._watch_node(grant))
+            except* aiomqtt.MqttError as group:
+                problem = next(iter(_leaves(group)))
+            self._client = None
+            client = await self._reconnect(connections, grant, problem)
+
+    async def _reconnect(
+        self, connections: contextlib.AsyncExitStack, grant: Grant, problem: BaseException
+    ) -> aiomqtt.Client:
+        """A new connection with back-off, until the node would have closed the session."""
+        lost_at, lost_before = self.clock.now(), self._lost
+        # The node closes a session it has not heard from for its session timeout.
+        deadline = self._last_sent + grant.session_timeout
+        where = self.broker.describe()
+        self.events.emit(
+            ErrorEvent(
+                self._elapsed(),
+                self._frame_now(),
+                f"lost the broker at {where} ({problem}): reconnecting",
+                hint=f"the node {grant.node} keeps the session for {grant.session_timeout:g} s",
+                code=BROKER_LOST,
+            )
+        )
+        delay = RECONNECT_MIN
+        while True:
+            await asyncio.sleep(max(0.0, min(delay, deadline - self.clock.now())))
+            try:
+                client = await self._connect(connections)
+                await call(client.subscribe(grant.topics.out, qos=0))
+                break
+            except aiomqtt.MqttError as exc:
+                if self.clock.now() >= deadline:
+                    raise RemoteError(
+                        f"lost the broker at {where} ({exc}), and the node {grant.node} closes "
+                        f"a session it has not heard from for {grant.session_timeout:g} s: the "
+                        "conversation is over; start antiphon talk again once the broker is back"
+                    ) from exc
+                delay = min(2 * delay, RECONNECT_MAX)
+        self._lost += len(self._sent)  # in flight when the broker went: their replies are gone
+        self._sent.clear()
+        away, lost = self.clock.now() - lost_at, self._lost - lost_before
+        detail = f"the broker at {where} is back after {away:.1f} s: {lost} frames lost"
+        self.events.emit(StateEvent(self._elapsed(), self._frame_now(), "reconnected", detail))
+        self.notice(f"{detail}; the conversation goes on")
+        return client
+
+    async def _watch_node(self, grant: Grant) -> None:
+        """End the conversation when the node stays silent as long as it would keep a session:
+        it has stopped, or it lost the broker and has not found it again."""
+        while True:
+            await asyncio.sleep(min(0.5, grant.session_timeout / 4))
+            silent = self.clock.now() - self._heard
+            if silent > grant.session_timeout:
+                raise RemoteError(
+                    f"the node {grant.node} has not answered for {silent:.0f} s: it stopped or "
+                    "lost the broker, and the conversation is over; start antiphon talk again"
+                )
+
+    async def _send(self, grant: Grant, source: AudioSource) -> None:
         """Until the source ends; then until the replies still on their way are in."""
         async for frame in source.frames():
-            await self._send_frame(client, grant, frame)
+            await self._send_frame(grant, frame)
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(DRAIN_TIMEOUT + 2 * grant.frame_duration):
                 while self._sent:
                     await asyncio.sleep(grant.frame_duration / 4)
 
-    async def _send_frame(self, client: aiomqtt.Client, grant: Grant, frame: CapturedFrame) -> None:
+    async def _send_frame(self, grant: Grant, frame: CapturedFrame) -> None:
         sequence, self._sequence = self._sequence, self._sequence + 1
-        self._sent[sequence] = _Sent(frame.time, self.clock.now(), frame.pcm)
-        payload = encode_audio(AudioFrame(sequence, frame.pcm, SampleFormat.S16))
-        await call(client.publish(grant.topics.in_audio, payload))
+        pcm, erle = frame.pcm, None
+        if self.echo is not None:  # about a millisecond: on the loop, as the send itself
+            cleaned = self.echo.cancel(frame.pcm, frame.time)  # also while the broker is away
+            pcm, erle = cleaned.pcm, cleaned.erle_db
+        client = self._client
+        if client is None:  # the broker is away: the frame is lost (and counted), time goes on
+            self._lost += 1
+            return
+        self._sent[sequence] = _Sent(frame.time, self.clock.now(), pcm, frame.pcm, erle)
+        payload = encode_audio(AudioFrame(sequence, pcm, SampleFormat.S16))
+        try:
+            await call(client.publish(grant.topics.in_audio, payload))
+        except aiomqtt.MqttError:  # the link hears of it too, and reconnects
+            del self._sent[sequence]
+            self._lost += 1
+            return
+        self._last_sent = self.clock.now()
 
     async def _control(self, client: aiomqtt.Client, grant: Grant) -> None:
         while True:
             command = await self._commands.get()
-            await call(client.publish(grant.topics.ctl, encode_json(command), qos=1))
+            try:
+                await call(client.publish(grant.topics.ctl, encode_json(command), qos=1))
+            except aiomqtt.MqttError:
+                self._commands.put_nowait(command)  # again on the next connection
+                raise
 
     async def _receive(self, client: aiomqtt.Client, grant: Grant, sink: AudioSink) -> None:
         async for message in client.messages:
@@ -287,8 +435,10 @@ class RemoteTalkSession:
             payload = message.payload if isinstance(message.payload, bytes) else b""
             try:
                 if topic == grant.topics.out_audio:
+                    self._heard = self.clock.now()
                     self._on_audio(decode_audio(payload, grant.frame_size), sink)
                 elif topic in (grant.topics.out_text, grant.topics.out_event):
+                    self._heard = self.clock.now()
                     self._on_event(decode_json(payload, limit=2**16))
             except ProtocolError as exc:
                 log.warning("unreadable message from the node on %s: %s", topic, exc)
@@ -301,11 +451,15 @@ class RemoteTalkSession:
         for older in [s for s in self._sent if s < frame.sequence]:  # skipped by the node
             self._lost += 1
             del self._sent[older]
+        if self.echo is not None:  # before `play`: what is buffered sounds first
+            self.echo.played(frame.pcm, now + sink.buffered_seconds())
         sink.play(frame.pcm)
         self._answered = frame.sequence
         if self.recorder is not None:  # frames skipped before it: silence in the recording
             try:
-                self.recorder.write_frame(frame.pcm, sent.pcm, frame.sequence)
+                self.recorder.write_frame(
+                    frame.pcm, sent.pcm, sent.microphone, frame=frame.sequence
+                )
             except RecordingError as exc:  # a full disk: the recording stops, not the talk
                 self.events.emit(
                     ErrorEvent(self._elapsed(), frame.sequence, f"recording stopped: {exc}",
@@ -331,6 +485,8 @@ class RemoteTalkSession:
             latency_ms=latency,
             input_level_db=level_db(sent.pcm),
             output_level_db=level_db(frame.pcm),
+            echo_cancel=self.echo is not None,
+            erle_db=sent.erle_db,
             node_ms=node_ms,
             network_ms=1000 * (now - sent.send_time) - node_ms,
         )
@@ -344,15 +500,27 @@ class RemoteTalkSession:
             return
         self.events.emit(event)
         if isinstance(event, StateEvent) and event.state == "closed":
-            raise RemoteError(f"the node closed the session: {event.detail}")
+            raise RemoteError(
+                f"the node closed the session ({event.detail}): the conversation is over; "
+                "start antiphon talk again"
+            )
+        if isinstance(event, ErrorEvent) and event.code in (SESSION_CLOSED, UNKNOWN_SESSION):
+            raise RemoteError(
+                f"the node no longer has this session ({event.message}): the conversation is "
+                "over; start antiphon talk again"
+            )
 
     def _on_our_clock(self, event: Event | None) -> Event | None:
         """A node's event on this conversation's clock: the frame of the reply it came with
         (the node counts the frames it stepped, which skips those it never got), and now."""
         if event is None:
             return None
-        frame = max(self._answered, 0) if event.frame >= 0 else -1
+        frame = self._frame_now() if event.frame >= 0 else -1
         return dataclasses.replace(event, time=self._elapsed(), frame=frame)
+
+    def _frame_now(self) -> int:
+        """The conversation's frame for an event of now: the latest answered (and so recorded)."""
+        return max(self._answered, 0)
 
     def _elapsed(self) -> float:
         return self.clock.now() - self._started
@@ -367,6 +535,13 @@ class RemoteTalkSession:
             f"({100 * (figures['network_share'] or 0):.0f} %), node "
             f"{figures['node_ms']['median']:.1f} ms; {self._lost} frames lost"
         )
+
+
+def _leaves(group: BaseException) -> list[BaseException]:
+    """The exceptions in a (nested) exception group, or the exception itself."""
+    if isinstance(group, BaseExceptionGroup):
+        return [leaf for inner in group.exceptions for leaf in _leaves(inner)]
+    return [group]
 
 
 def _event_from(message: dict[str, Any]) -> Event | None:
@@ -412,4 +587,6 @@ def session_from_args(
         record=getattr(args, "record", None),
         demo_out=getattr(args, "demo_out", Path("antiphon-talk.wav")),
         notices=notices,
+        echo_cancel=not getattr(args, "no_echo_cancel", False),
+        keep_microphone=getattr(args, "record_microphone", False),
     )

@@ -19,10 +19,11 @@ from app.core.events import ErrorEvent, EventFanout, StateEvent
 from app.core.recording import WRITE_FAILED_HINT, Recorder, RecordingError
 from app.core.runtime import Conversation, RealClock
 from app.core.timing import Timings
+from audio_io.echo import EchoCanceller
 from audio_io.files import write_wav
 from model import SamplingParams
 
-from .devices import open_devices
+from .devices import open_devices, open_echo_canceller
 
 
 class TalkSession:
@@ -40,8 +41,13 @@ class TalkSession:
         record: Path | None = None,
         demo_out: Path = Path("antiphon-talk.wav"),
         notices: Callable[[str], None] | None = None,
+        *,
+        echo_cancel: bool = True,
+        keep_microphone: bool = False,
     ) -> None:
         self.engine = engine
+        self.echo_cancel = echo_cancel  # remove the speaker's echo from the microphone
+        self.keep_microphone = keep_microphone  # recordings keep the raw microphone too
         self.input_device = input_device
         self.output_device = output_device
         self.demo_out = demo_out
@@ -98,7 +104,12 @@ class TalkSession:
 
     def start_recording(self, folder: Path) -> None:
         recorder = Recorder(
-            folder, self.engine.format, self.engine.model, self._sampling, self.devices
+            folder,
+            self.engine.format,
+            self.engine.model,
+            self._sampling,
+            self.devices,
+            keep_microphone=self.keep_microphone,
         )
         self.recorder, self.recording_started = recorder, self.clock.now()
         if self._conversation is not None:  # from this frame on, its own frame 0 and counters
@@ -144,8 +155,11 @@ class TalkSession:
             loop.call_soon_threadsafe(stop)
 
         with open_devices(self, self.engine.format, speaker_lost) as (source, sink, collected):
+            echo: EchoCanceller | None = None
+            if self.echo_cancel:
+                echo = open_echo_canceller(self, self.engine.format, source, sink)
             conversation = Conversation(
-                self.engine, source, sink, self.events, self.clock, self.recorder
+                self.engine, source, sink, self.events, self.clock, self.recorder, echo=echo
             )
             conversation.muted = self._muted
             if self._sampling != self.engine.sampling:

@@ -1,4 +1,4 @@
-"""`antiphon train data|tokenizer|codec|lm|export|eval`: everything that makes the demo model.
+"""`antiphon train data|tokenizer|codec|lm|export|eval|card`: everything that makes the demo model.
 
     antiphon train data --out data/train --count 5000 --split train
     antiphon train tokenizer --data data/train --out runs/tokenizer
@@ -6,7 +6,8 @@
     antiphon train lm --data data/train --codec runs/codec --tokenizer runs/tokenizer \\
         --out runs/lm --device cuda --minutes 7
     antiphon train export --codec runs/codec --lm runs/lm --tokenizer runs/tokenizer --out assets
-    antiphon train eval --assets assets --data data/eval
+    antiphon train eval --assets assets --data data/eval --json runs/eval.json
+    antiphon train card --run runs --assets assets
 
 (docs/demo-model.md has the exact sequence, seeds and expected times.) Also runnable without
 the rest of the app as `python -m app.train ...` (a training machine needs no sound devices).
@@ -30,7 +31,7 @@ from pathlib import Path
 
 from app.core.commands import main as run_main
 
-from . import codec, export, lm, quality, tokenizer
+from . import card, codec, export, lm, quality, tokenizer
 from .dialogues import generate
 
 
@@ -57,6 +58,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         ("lm", lm, "train the LM (Moshi architecture) on the codec's tokens"),
         ("export", export, "write the trained model into assets/ (safetensors + configs)"),
         ("eval", quality, "measure the demo model's quality figures on held-out dialogues"),
+        ("card", card, "write MODEL_CARD.md next to the weights from the run's records"),
     ):
         sub = stages.add_parser(name, help=text)
         module.add_arguments(sub)

@@ -133,6 +133,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "by k-means on the latents it has learnt (on a random encoder's latents they collapse "
         "to a few live codes)",
     )
+    parser.add_argument(
+        "--decoder-only",
+        type=Path,
+        metavar="CODEC_RUN",
+        help="go on training only the decoder side of a trained codec run (after the codes: "
+        "upsampling, decoder transformer and SEANet decoder, the quantizer's output "
+        "projections), always from quantized latents as at inference; its encoder and "
+        "codebooks stay as they are, so every code, and any LM trained on them, is unchanged",
+    )
     parser.add_argument("--waveform-weight", type=float, default=0.1)
     parser.add_argument("--commitment-weight", type=float, default=0.25)
     parser.add_argument(
@@ -155,10 +164,15 @@ def train_codec(args: argparse.Namespace) -> int:
     options = loop.loop_options(args)
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
-    config = PRESETS[args.config]()
     generator = loop.seed_everything(args.seed)
-    codec = Codec(config).to(device).train()
-    optimizer = torch.optim.AdamW(codec.parameters(), lr=args.lr, betas=(0.8, 0.99))
+    if args.decoder_only is not None:
+        codec = load_trained_codec(args.decoder_only, device).train()
+        trainable = freeze_encoder_side(codec)
+    else:
+        codec = Codec(PRESETS[args.config]()).to(device).train()
+        trainable = list(codec.parameters())
+    config = codec.config
+    optimizer = torch.optim.AdamW(trainable, lr=args.lr, betas=(0.8, 0.99))
     start = 0
     if (out / loop.CHECKPOINT).is_file():
         start, extra = loop.load_checkpoint(out / loop.CHECKPOINT, codec, optimizer, generator)
@@ -168,7 +182,8 @@ def train_codec(args: argparse.Namespace) -> int:
     mel_loss = MultiResolutionMelLoss(config.sample_rate).to(device)
     frames = max(1, round(args.segment * config.frame_rate))
     samples = frames * config.frame_size
-    vq = CodebookTraining(decay=args.codebook_decay)
+    vq = None if args.decoder_only else CodebookTraining(decay=args.codebook_decay)
+    quantize_probability = 1.0 if args.decoder_only else args.quantize_probability
     autocast = loop.autocast(device, enabled=not args.no_bf16)
     if args.eval_data is not None:
         held_out = HeldOut(args.eval_data, config.sample_rate)
@@ -180,14 +195,18 @@ def train_codec(args: argparse.Namespace) -> int:
         pcm = data.batch(args.batch_size, samples, generator).to(device)
         with autocast:
             estimate, commitment, codes = forward_train(
-                codec, pcm, vq, args.quantize_probability, quantize=i >= args.vq_start
+                codec,
+                pcm,
+                vq,
+                quantize_probability,
+                quantize=args.decoder_only is not None or i >= args.vq_start,
             )
         mel = mel_loss(estimate, pcm)
         waveform = F.l1_loss(estimate, pcm)
         loss = mel + args.waveform_weight * waveform + args.commitment_weight * commitment
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(codec.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_(trainable, 1.0)
         optimizer.step()
         return {
             "loss": loss.item(),
@@ -209,6 +228,20 @@ def train_codec(args: argparse.Namespace) -> int:
     if options.steps is not None and start >= options.steps:
         save_codec(codec, out)
     return done
+
+
+DECODER_SIDE = ("upsample.", "decoder_transformer.", "decoder.", "quantizer.rvq_first.output_proj.",
+                "quantizer.rvq_rest.output_proj.")  # fmt: skip
+
+
+def freeze_encoder_side(codec: Codec) -> list[torch.nn.Parameter]:
+    """Freeze everything up to and including the codes; returns the parameters after them."""
+    trainable = []
+    for name, param in codec.named_parameters():
+        param.requires_grad_(name.startswith(DECODER_SIDE))
+        if param.requires_grad:
+            trainable.append(param)
+    return trainable
 
 
 class HeldOut:

@@ -136,7 +136,10 @@ def encode_dialogues(
     frame_rate, frame_size = codec.config.frame_rate, codec.frame_size
     files = read_manifest(folder)
     out: list[np.ndarray] = []
+    every = max(batch, len(files) // 20 // batch * batch)  # without a bar: a log line per 5%
     for first in tqdm(range(0, len(files), batch), desc="encoding", disable=not progress):
+        if not progress and first % every == 0:
+            log.info("encoding %s: %d/%d dialogues", folder, first, len(files))
         loaded = [read_dialogue(path) for path in files[first : first + batch]]
         frames = [math.ceil(pcm.shape[1] / frame_size) for pcm, _ in loaded]
         stereo = np.zeros((len(loaded), 2, max(frames) * frame_size), dtype=np.float32)

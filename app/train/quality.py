@@ -29,8 +29,8 @@ figures compare what the model said and wrote with what the dialogue asked for:
 Activity is the assistant channel's RMS per 80 ms frame above ACTIVE_RMS (the demo voice
 speaks at about 0.08). Every figure is also given per intent and for the users who speak with
 the held-out voice (a speaker no training dialogue has). A JSON report has every figure and
-the per-request details; `--fdb-out DIR` also writes each run in Full-Duplex-Bench's layout
-(input.wav, output.wav) for `antiphon eval`.
+the per-request details; `--fdb-out DIR` also cuts each request into a Full-Duplex-Bench
+sample (input.wav, output.wav, annotations; app.train.fdbsets) for `antiphon eval`.
 """
 
 from __future__ import annotations
@@ -48,13 +48,12 @@ import torch
 from tqdm import tqdm
 
 from app.core.engine import Engine
-from app.core.files import FDB_INPUT, FDB_OUTPUT
 from app.core.models import ASSETS, LoadedModel, bundled_model
-from audio_io.files import write_wav
 from model.codec import Codec
 
 from .content import ASSISTANT_VOICE
 from .dialogues import USER, read_dialogue, read_manifest
+from .fdbsets import write_fdb_samples
 from .features import dtw_cost, mfcc
 from .speech import SAMPLE_RATE, Voice, speak
 from .stoi import stoi
@@ -327,13 +326,6 @@ def summarize(results: list[dict]) -> dict[str, Any]:
     }
 
 
-def write_fdb(folder: Path, user: np.ndarray, assistant: np.ndarray) -> None:
-    """One run in Full-Duplex-Bench's layout, for `antiphon eval`."""
-    folder.mkdir(parents=True, exist_ok=True)
-    write_wav(folder / FDB_INPUT, user, SAMPLE_RATE)
-    write_wav(folder / FDB_OUTPUT, assistant, SAMPLE_RATE)
-
-
 def evaluate(
     model: LoadedModel,
     folder: Path,
@@ -356,7 +348,8 @@ def evaluate(
         result["stoi_clean"] = codec_stoi(model.codec, clean_speech(description))
         results.append(result)
         if fdb_out is not None:
-            write_fdb(fdb_out / wav.stem, user, session.assistant[: len(user)])
+            assistant = session.assistant[: len(user)]
+            write_fdb_samples(fdb_out, wav.stem, user, assistant, description, SAMPLE_RATE)
     report = summarize(results)
     report["model"] = model.name
     report["dialogues"] = results
@@ -412,7 +405,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--fdb-out",
         type=Path,
-        help="also write every run as input.wav + output.wav here (for `antiphon eval`)",
+        help="also cut every request into a Full-Duplex-Bench sample here (for `antiphon eval`)",
     )
 
 

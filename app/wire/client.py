@@ -35,6 +35,7 @@ from .protocol import (
 )
 
 REPLY_TIMEOUT = 3.0  # seconds to wait for a node to answer a session request
+FULL_GRACE = 0.5  # seconds after a request before the retained topics may say "all full"
 
 
 class RemoteError(AntiphonError):
@@ -74,14 +75,19 @@ async def request_session(
     """Ask a node (or, with node=None, the fleet) for a session; the client must be connected.
 
     A full node answers `full` (or, having left the fleet's shared subscription, nobody
-    answers): the request is repeated with back-off, `attempts` times in all.
+    answers): the request is repeated with back-off, `attempts` times in all. When the nodes'
+    retained info and status topics say that every node is full or offline, the answer comes
+    at once (FULL_GRACE), not after every attempt has timed out.
     """
     if not valid_level(owner):
         raise RemoteError(f"{owner!r} cannot be part of a topic: use a simpler username")
     reply_to = f"{prefix}/reply/{owner}/{secrets.token_urlsafe(8)}"
     target = f"{prefix}/{node}/requests" if node else f"{prefix}/requests"
     body = {"owner": owner, "format": format.name.lower(), "sampling": sampling or {}}
+    fleet = Fleet(prefix, node)
     await call(client.subscribe(reply_to, qos=1))
+    for topic in fleet.topics:
+        await call(client.subscribe(topic, qos=1))
     problem = "no node answered"
     try:
         for attempt in range(attempts):
@@ -90,31 +96,94 @@ async def request_session(
             properties.ResponseTopic = reply_to
             properties.CorrelationData = correlation
             await call(client.publish(target, encode_json(body), qos=1, properties=properties))
-            answer = await _reply(client, reply_to, correlation)
+            answer = await _reply(client, reply_to, correlation, fleet)
             if answer is not None and answer.get("ok"):
                 return _grant(answer, prefix)
             if answer is not None:
                 problem = f"{answer.get('node')}: {answer.get('message')}"
                 if answer.get("code") != FULL:
                     break
+            if (unavailable := fleet.unavailable()) is not None:
+                problem = unavailable
+                break
             await asyncio.sleep(0.2 * 2**attempt)
     finally:
         await call(client.unsubscribe(reply_to))
+        for topic in fleet.topics:
+            await call(client.unsubscribe(topic))
     where = f"node {node}" if node else "the fleet"
     raise RemoteError(f"no session from {where} at {target}: {problem}")
 
 
-async def _reply(client: aiomqtt.Client, topic: str, correlation: bytes) -> dict[str, Any] | None:
-    with contextlib.suppress(TimeoutError):
-        async with asyncio.timeout(REPLY_TIMEOUT):
-            async for message in client.messages:
-                received = getattr(message.properties, "CorrelationData", None)
-                if message.topic.value == topic and received == correlation:
-                    payload = message.payload if isinstance(message.payload, bytes) else b""
-                    try:
-                        return decode_json(payload)
-                    except ProtocolError as exc:
-                        raise RemoteError(f"the node's reply is not readable: {exc}") from exc
+class Fleet:
+    """What the nodes' retained status and info topics say (docs/protocol.md): which nodes are
+    online, and their free slots. Empty where the broker's ACL lets the client read neither."""
+
+    def __init__(self, prefix: str, node: str | None) -> None:
+        self.prefix = prefix
+        self.topics = [f"{prefix}/{node or '+'}/{name}" for name in ("status", "info")]
+        self.status: dict[str, bytes] = {}
+        self.info: dict[str, dict[str, Any]] = {}
+
+    def update(self, topic: str, payload: bytes) -> bool:
+        """Take a status or info message; False for any other topic."""
+        head, _, name = topic.rpartition("/")
+        node = head.removeprefix(self.prefix + "/")
+        if head == node or "/" in node or name not in ("status", "info"):
+            return False
+        if name == "status":
+            self.status[node] = payload
+        else:
+            with contextlib.suppress(ProtocolError):
+                self.info[node] = decode_json(payload, limit=2**16)
+        return True
+
+    def unavailable(self) -> str | None:
+        """Why no node known here can take a session (every one full or offline), or None."""
+        known = sorted(set(self.status) | set(self.info))
+        if not known:
+            return None
+        online = [n for n in known if self.status.get(n, b"online") != b"offline"]
+        if not online:
+            return f"no node is online ({', '.join(known)}: offline); start antiphon serve"
+        slots = {n: self.info.get(n, {}) for n in online}
+        if all(
+            isinstance(i.get("free_slots"), int) and i["free_slots"] <= 0 for i in slots.values()
+        ):
+            busy = ", ".join(f"{n}: all {i.get('slots')} slots busy" for n, i in slots.items())
+            return (
+                f"every node is full ({busy}); try again when a conversation ends, "
+                "or start another node"
+            )
+        return None
+
+
+async def _reply(
+    client: aiomqtt.Client, topic: str, correlation: bytes, fleet: Fleet
+) -> dict[str, Any] | None:
+    """The answer to one request; None after REPLY_TIMEOUT, or after FULL_GRACE when the
+    nodes' retained topics say that none can take it."""
+    loop = asyncio.get_running_loop()
+    asked = loop.time()
+    messages = client.messages
+    while (waited := loop.time() - asked) < REPLY_TIMEOUT:
+        if waited >= FULL_GRACE and fleet.unavailable() is not None:
+            return None
+        wake = FULL_GRACE - waited if waited < FULL_GRACE else REPLY_TIMEOUT - waited
+        try:
+            async with asyncio.timeout(wake):
+                message = await anext(messages)
+        except TimeoutError:
+            continue
+        payload = message.payload if isinstance(message.payload, bytes) else b""
+        if fleet.update(message.topic.value, payload):
+            continue
+        received = getattr(message.properties, "CorrelationData", None)
+        if message.topic.value == topic and received == correlation:
+            try:
+                return decode_json(payload)
+            except ProtocolError as exc:
+                raise RemoteError(f"the node's reply is not readable: {exc}") from exc
     return None
 
 

@@ -48,6 +48,7 @@ BAD_FRAME = "bad_frame"  # audio header, size, format or samples not acceptable
 OUT_OF_ORDER = "out_of_order"  # sequence number below the last one accepted: dropped
 DUPLICATE = "duplicate"  # sequence number equal to the last one accepted: dropped
 INPUT_OVERFLOW = "input_overflow"  # frames arrive faster than real time: oldest dropped
+NODE_BEHIND = "node_behind"  # the node steps slower than real time: frames dropped there
 TOO_LARGE = "too_large"  # payload above the size limit of its topic
 BAD_SAMPLING = "bad_sampling"
 BAD_REPLY_TOPIC = "bad_reply_topic"

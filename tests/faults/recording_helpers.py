@@ -1,7 +1,7 @@
 """The fault suite's recording side: the third check of every fault, "nothing lost", and the
 product's own commands in processes of their own.
 
-    assert_whole(folder)             # session.wav readable by any reader, as long as its events say
+    assert_whole(folder)    # check 3: session.wav readable by any reader, as long as its events say
     result = antiphon("eval", str(folder), "--json")   # python -m app.cli, from the checkout
     assert_no_traceback(result.stderr)
 """
@@ -41,10 +41,6 @@ def antiphon(*args: str, timeout: float = WAIT, env: dict[str, str] | None = Non
         timeout=timeout,
         env=environment,
     )
-
-
-def assert_no_traceback(text: str) -> None:
-    assert "Traceback" not in text, text
 
 
 def assert_whole(folder: Path) -> Recording:

@@ -30,11 +30,11 @@ from app.core.runtime import CollectingSink, PacedFileSource, RealClock
 from app.eval.folders import load_recording
 from app.talk.remote import RemoteTalkSession
 from app.wire.mqtt import BrokerSettings, make_client
+from tests.faults.conftest import assert_no_traceback
 from tests.faults.recording_helpers import (
     ROOT,
     F,
     antiphon,
-    assert_no_traceback,
     assert_whole,
     evaluated,
     make_recording,

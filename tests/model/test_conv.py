@@ -177,3 +177,16 @@ def test_convtr_matches_reference(kernel: int, stride: int) -> None:
         with ref.streaming(2):
             ref_streamed = torch.cat([ref(x[..., t : t + 1]) for t in range(6)], -1)
     torch.testing.assert_close(stream(ours, x, 1), ref_streamed, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize(("kernel", "stride", "dilation"), [(16, 8, 1), (3, 1, 2), (7, 1, 1)])
+def test_short_steps_run_as_one_matmul_with_the_convolution_s_sums(kernel, stride, dilation):
+    """Steps of few output frames gather windows and multiply once (`_windowed_conv`)."""
+    from model.conv import MATMUL_MAX_FRAMES, _windowed_conv
+
+    torch.manual_seed(0)
+    conv = torch.nn.Conv1d(24, 40, kernel, stride=stride, dilation=dilation)
+    length = (kernel - 1) * dilation + 1 + 3 * stride  # 4 output frames
+    x = torch.randn(2, 24, length)
+    torch.testing.assert_close(_windowed_conv(conv, x), conv(x), rtol=0, atol=1e-5)
+    assert MATMUL_MAX_FRAMES >= 4  # so the streaming steps of tests above take this path too

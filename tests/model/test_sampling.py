@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from model.errors import ConfigError
 from model.sampling import SamplingParams, SamplingState, sample, uniform_noise
 
 
@@ -16,7 +17,7 @@ def _draw(logits: torch.Tensor, temperature: float, top_k: int, draws: int, seed
         rows,
         temperature=torch.full((B,), temperature),
         top_k=torch.full((B,), top_k, dtype=torch.long),
-        top_k_bound=top_k,
+        rank=torch.arange(logits.shape[1]),
         seed=torch.full((B,), seed, dtype=torch.long),
         counter=torch.arange(B),
         stream=0,
@@ -45,7 +46,7 @@ def test_temperature_zero_is_greedy_and_top_k_is_per_slot() -> None:
         logits,
         temperature,
         top_k,
-        0,
+        torch.arange(50),
         torch.zeros(3, dtype=torch.long),
         torch.zeros(3, dtype=torch.long),
         stream=0,
@@ -63,12 +64,24 @@ def test_noise_depends_only_on_seed_counter_stream_and_token() -> None:
     assert abs(a.mean().item() - 0.5) < 0.03
 
 
-def test_state_keeps_a_static_top_k_bound_and_refuses_bad_params() -> None:
-    state = SamplingState.create(2, SamplingParams(text_top_k=25), "cpu")
-    state.set(1, SamplingParams(text_top_k=40))
-    assert state.text_top_k_bound == 40
-    state.set(0, SamplingParams(text_top_k=0))
-    assert state.text_top_k_bound == 0  # 0 keeps every token, so the bound is "no cut"
+def test_top_k_size_is_fixed_when_the_state_is_created() -> None:
+    # By default every request is served exactly: the candidates are the whole vocabulary.
+    state = SamplingState.create(2, SamplingParams(text_top_k=25), "cpu", vocabulary=(100, 64))
+    state.set(1, SamplingParams(text_top_k=40, audio_top_k=0))
+    state.set(0, SamplingParams(text_top_k=10_000))  # more than the vocabulary: no cut
+    assert state.text_rank.shape == (100,) and state.audio_rank.shape == (64,)
+    assert state.text_top_k.tolist() == [10_000, 40]
+    # A bound makes each draw cheaper and refuses what it cannot serve, shapes unchanged.
+    params = SamplingParams(text_top_k=25, audio_top_k=5)
+    bounded = SamplingState.create(2, params, "cpu", vocabulary=(100, 64), max_top_k=30)
+    assert bounded.text_rank.shape == (30,) and bounded.audio_rank.shape == (30,)
+    bounded.set(1, SamplingParams(text_top_k=30, audio_top_k=5))
+    for refused in (SamplingParams(text_top_k=40), SamplingParams(audio_top_k=0)):
+        with pytest.raises(ConfigError, match="at most 30"):
+            bounded.set(0, refused)
+    assert bounded.text_top_k.tolist() == [25, 30]  # a refused request changes nothing
+    with pytest.raises(ConfigError, match="at most 30"):  # nor does the default, when too big
+        SamplingState.create(1, SamplingParams(), "cpu", vocabulary=(100, 64), max_top_k=30)
     with pytest.raises(ValueError, match="temperature"):
         SamplingParams(text_temperature=-1.0)
 
@@ -76,7 +89,7 @@ def test_state_keeps_a_static_top_k_bound_and_refuses_bad_params() -> None:
 def test_any_integer_seed_is_accepted_and_bad_values_are_config_errors() -> None:
     from model.errors import ConfigError
 
-    state = SamplingState.create(1, SamplingParams(seed=2**70 + 5), "cpu")
+    state = SamplingState.create(1, SamplingParams(seed=2**70 + 5), "cpu", vocabulary=(10, 10))
     state.set(0, SamplingParams(seed=-3))
     assert 0 <= int(state.seed[0]) < 2**32
     with pytest.raises(ConfigError, match="top-k"):

@@ -32,7 +32,7 @@ from textual.timer import Timer
 from textual.widgets import Footer, Header
 from textual.worker import Worker, WorkerCancelled, WorkerFailed, WorkerState
 
-from app.core.events import FrameStats
+from app.core.events import CAUGHT_UP, CONDITIONS, FrameStats
 from audio_io.errors import AudioError
 from model import SamplingParams
 from model.errors import AntiphonError
@@ -135,6 +135,8 @@ class TalkApp(App[int]):
         self._status_timer: Timer | None = None
         self._quitting = False
         self._recording: Path | None = None  # the folder being recorded, as last seen
+        self._standing: Noticed | None = None  # the latest notice: back once a condition ends
+        self._condition = ""  # the code of the condition the alert bar shows ("" for none)
         self._exit_code = 0
 
     def compose(self) -> ComposeResult:
@@ -224,12 +226,21 @@ class TalkApp(App[int]):
             transcript.note(message.at, "conversation reset: the model starts afresh")
         elif message.state in ("muted", "unmuted"):
             self.muted = message.state == "muted"
+        elif message.state == CAUGHT_UP and self._condition:
+            # The condition is over: its alert goes, and the notice it covered comes back.
+            self._condition = ""
+            transcript.note(message.at, message.detail)
+            if self._standing is not None:
+                self._noticed(self._standing)
+            else:
+                self.query_one(AlertBar).clear()
 
     @on(ErrorReported)
     def _error(self, message: ErrorReported) -> None:
         self.query_one(AlertBar).show_alert(
             message.message, message.hint, "error" if message.fatal else "warning"
         )
+        self._condition = message.code if message.code in CONDITIONS else ""
         if message.fatal:
             self.notes.append(message.message + (f" ({message.hint})" if message.hint else ""))
             self._exit_code = 1
@@ -238,6 +249,7 @@ class TalkApp(App[int]):
     def _noticed(self, message: Noticed) -> None:
         lines = message.text.splitlines()
         self.query_one(AlertBar).show_alert(" — ".join(lines), "", message.severity)
+        self._standing, self._condition = message, ""
 
     @on(Worker.StateChanged)
     def _conversation_changed(self, event: Worker.StateChanged) -> None:
@@ -304,6 +316,7 @@ class TalkApp(App[int]):
 
     def action_dismiss_alert(self) -> None:
         self.query_one(AlertBar).clear()
+        self._condition = ""
 
     async def action_quit(self) -> None:
         self._quitting = True
@@ -414,6 +427,7 @@ class TalkApp(App[int]):
             yield "overruns", f"{stats.overruns} (reply audio dropped)"
             yield "xruns", f"{stats.xruns} (device)"
             yield "dropped", f"{stats.dropped_input} mic frames"
+            yield "echo", echo_status(stats)
         text_t, audio_t = self.sampling.text_temperature, self.sampling.audio_temperature
         yield "temperature", f"text {text_t:.1f} · audio {audio_t:.1f}"
         recorder, started = session.recorder, session.recording_started
@@ -423,6 +437,15 @@ class TalkApp(App[int]):
             duration = session.clock.now() - started if started is not None else 0.0
             yield "recording", f"{clock_time(duration)} (c stops)"
             yield "folder", str(recorder.folder)
+
+
+def echo_status(stats: FrameStats) -> str:
+    """The echo canceller's line: on or off, and how much echo the latest frame lost."""
+    if not stats.echo_cancel:
+        return "not cancelled"
+    if stats.erle_db is None:
+        return "cancelled · ERLE – (assistant silent)"
+    return f"cancelled · ERLE {stats.erle_db:.0f} dB"
 
 
 def make_app(session: TalkControls, record_dir: Path = Path("recordings")) -> TalkApp:

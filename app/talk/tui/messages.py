@@ -64,6 +64,7 @@ class ErrorReported(Message):
     message: str
     hint: str
     fatal: bool
+    code: str = ""  # a condition (events.CONDITIONS) lasts until a `caught_up` state
 
 
 @dataclass
@@ -130,4 +131,4 @@ class MessageBridge:
                 self.muted = event.state == "muted"
             post(StateChanged(event.state, event.detail, event.time))
         elif isinstance(event, ErrorEvent):
-            post(ErrorReported(event.message, event.hint, event.fatal))
+            post(ErrorReported(event.message, event.hint, event.fatal, event.code))

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from app.bench import cli as bench
-from model.config import moshi_7b, tiny_lm
+from model.config import demo_lm, demo_mimi, moshi_7b, tiny_lm
 from model.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -59,9 +59,28 @@ def test_codec_only_without_the_reference(tmp_path: Path, capsys) -> None:
     assert "reference" not in row and row["ours"]["frame"]["median_ms"] > 0
 
 
+def test_8bit_formats_are_timed_and_recorded(tmp_path: Path, capsys) -> None:
+    out = tmp_path / "bench.json"
+    args = _args(
+        "--frames", "2", "--warmup", "2", "--no-reference", "--kv-cache", "int8",
+        "--int8-weights", "--json", str(out),
+    )  # fmt: skip
+    assert bench.run(args) == 0
+    data = json.loads(out.read_text())
+    assert data["kv_cache"] == "int8" and data["int8_weights"] is True
+    assert data["results"][0]["ours"]["lm"]["median_ms"] > 0
+
+
 def test_7b_needs_the_mimi_codec() -> None:
     with pytest.raises(ConfigError, match="--codec mimi"):
         bench.configs("7b", "tiny")
+
+
+def test_demo_lm_times_the_bundled_model_shapes() -> None:
+    codec, lm = bench.configs("demo", "demo")
+    assert codec == demo_mimi() and lm == demo_lm(text_card=1024)
+    with pytest.raises(ConfigError, match="--codec demo"):
+        bench.configs("demo", "mimi")
 
 
 @pytest.mark.parity
@@ -72,6 +91,7 @@ def test_reference_configs_translate_back_to_ours() -> None:
 
     assert kyutai_lm_kwargs(moshi_7b()) == _lm_kwargs  # the released config itself
     kyutai_lm_kwargs(tiny_lm(dep_q=8, n_q=16, card=2048))  # checks the round trip inside
+    kyutai_lm_kwargs(demo_lm(text_card=1024))  # shared depth weights: a schedule
 
 
 def test_importing_the_bench_does_not_import_the_reference() -> None:

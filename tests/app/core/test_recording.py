@@ -18,11 +18,13 @@ import pytest
 import soundfile
 import torch
 
+from app.core.audio import AudioFormat
 from app.core.events import FrameStats, StateEvent, TextEvent
 from app.core.models import LoadedModel, random_model
 from app.core.recording import (
     EVENTS_FILE,
     META_FILE,
+    MICROPHONE_WAV,
     SESSION_WAV,
     Recorder,
     RecordingError,
@@ -298,3 +300,24 @@ async def _enumerate(items):
     async for item in items:
         yield i, item
         i += 1
+
+
+def test_the_raw_microphone_is_kept_as_a_third_file_on_the_same_clock(tmp_path: Path) -> None:
+    recorder = Recorder(
+        tmp_path / "rec",
+        AudioFormat(24000, 1920),
+        "remote model",
+        SamplingParams(),
+        {},
+        keep_microphone=True,
+    )
+    frames = [np.full(1920, 0.1 * (i + 1), np.float32) for i in range(3)]
+    for raw in frames:
+        recorder.write_frame(np.zeros(1920, np.float32), raw * 0.01, raw)  # cleaned is quieter
+    recorder.close()
+    raw_audio, rate = soundfile.read(tmp_path / "rec" / MICROPHONE_WAV, dtype="float32")
+    recording = read_recording(tmp_path / "rec")
+    assert rate == 24000 and len(raw_audio) == len(recording.user) == 3 * 1920
+    assert np.allclose(raw_audio[1920:3840], 0.2, atol=1e-4)
+    assert np.allclose(recording.user[1920:3840], 0.002, atol=1e-4)
+    assert recording.meta["microphone"] == MICROPHONE_WAV

@@ -169,10 +169,10 @@ def test_events_of_a_late_recording_are_rebased(model, tmp_path) -> None:
     zero = np.zeros(F, np.float32)
     recorder.emit(TextEvent(7.9, 99, 1, " before"))  # a frame before the recording: left out
     recorder.emit(StateEvent(8.01, -1, "muted"))  # no frame: time rebased only
-    recorder.write_frame(zero, zero, 99)  # a late frame from before: left out
-    recorder.write_frame(zero + 0.5, zero, 100)
+    recorder.write_frame(zero, zero, frame=99)  # a late frame from before: left out
+    recorder.write_frame(zero + 0.5, zero, frame=100)
     recorder.emit(FrameStats(8.08, 100, 1, 1, 1, 3, 0.04, underruns=7, xruns=1))
-    recorder.write_frame(zero + 0.25, zero, 103)  # 101 and 102 never came: silence
+    recorder.write_frame(zero + 0.25, zero, frame=103)  # 101 and 102 never came: silence
     recorder.emit(TextEvent(8.3, 103, 2, " after"))
     recorder.pad_to(105)  # the end of the recording: 104 never came either
     recorder.close(recorder.summary())

@@ -271,7 +271,8 @@ def test_a_failed_recording_ends_only_that_recording(
                 await me.send(b, i, audio[i])
                 await me.wait_replies(a, i + 1)
                 await me.wait_replies(b, i + 1)
-            error = await me.wait_event(a["topic"] + "/out/event", type="error")
+            # code "": the recording's own error (a busy machine may add `node_behind` ones)
+            error = await me.wait_event(a["topic"] + "/out/event", type="error", code="")
             return error, len(me.replies(a)), len(me.replies(b))
 
     error, replies_a, replies_b = asyncio.run(main())

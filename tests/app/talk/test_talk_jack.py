@@ -60,6 +60,7 @@ def test_talk_records_every_frame_and_plays_the_reply(
         "system",
         "--record",
         str(record),
+        "--record-microphone",
     ]
     with JackPeer(jack_server, record_seconds=30.0) as peer:
         app = subprocess.Popen(
@@ -90,9 +91,17 @@ def test_talk_records_every_frame_and_plays_the_reply(
     assert summary["dropped_input"] == 0  # every captured frame was processed
     assert frames * 0.08 > len(speech) / 24000 + 1.0
 
-    # The user channel holds the utterance as the JACK peer spoke it.
-    user_lag, user_score = _lag(speech, audio[:, 1])
+    # The raw microphone holds the utterance as the JACK peer spoke it; the user channel is what
+    # the model heard after echo cancellation (on by default): the same speech, its level kept
+    # (AEC3's band filters move the phase, so the waveform no longer matches sample for sample).
+    microphone, _ = soundfile.read(record / "microphone.wav", dtype="float32")
+    assert len(microphone) == len(audio)
+    user_lag, user_score = _lag(speech, microphone)
     assert user_score > 0.95
+    spoken = slice(user_lag, user_lag + len(speech))
+    heard_db = 10 * np.log10(np.mean(audio[spoken, 1] ** 2) / np.mean(microphone[spoken] ** 2))
+    assert abs(heard_db) < 3.0, heard_db
+    assert meta["devices"]["echo"] == "WebRTC AEC3"
     # What the app played is the assistant channel of the recording, delayed by the output path.
     played = peer.recorded()[:, 0]
     assistant = audio[:, 0]

@@ -25,7 +25,17 @@ from textual.message import Message
 from textual.pilot import Pilot
 
 from app.core.engine import Engine
-from app.core.events import ErrorEvent, EventFanout, EventLog, FrameStats, StateEvent, TextEvent
+from app.core.events import (
+    CAUGHT_UP,
+    NODE_BEHIND,
+    SLOWER_THAN_REAL_TIME,
+    ErrorEvent,
+    EventFanout,
+    EventLog,
+    FrameStats,
+    StateEvent,
+    TextEvent,
+)
 from app.core.models import random_model
 from app.core.recording import read_recording
 from app.talk.session import TalkSession
@@ -369,6 +379,37 @@ def test_errors_and_notices_show_with_their_hint(capsys: pytest.CaptureFixture[s
     printed = capsys.readouterr().err  # after exit, on the restored terminal
     assert "antiphon: no microphone, so a demo utterance plays" in printed
     assert "antiphon: microphone lost: gone (reconnect it)" in printed
+
+
+def test_a_condition_alert_goes_when_the_condition_ends() -> None:
+    """Slower than real time (here, or on the node) is a condition: once the session says it
+    keeps up again the alert goes, and the notice it covered (the model's) is back."""
+    session = ScriptedSession()
+
+    async def test() -> None:
+        app = make_app(session)
+        app.notice("no bundled model yet: serving a small random model")
+        async with app.run_test(size=SIZE) as pilot:
+            await settle(pilot)
+            alert = app.query_one(AlertBar)
+            notice = "• no bundled model yet: serving a small random model"
+            for code in (SLOWER_THAN_REAL_TIME, NODE_BEHIND):
+                slow = ErrorEvent(3.0, 40, "slower than real time", hint="a GPU", code=code)
+                session.emit(slow)
+                await settle(pilot)
+                assert alert.text == "• slower than real time — a GPU"
+                session.emit(StateEvent(5.0, 60, CAUGHT_UP, "keeps up again (40 ms a step)"))
+                await settle(pilot)
+                assert alert.text == notice and alert.has_class("-visible")
+                assert "keeps up again (40 ms a step)" in screen_text(app)
+            # other problems are no condition: they stay until the next one, or escape
+            session.emit(ErrorEvent(6.0, 70, "speaker lost"))
+            session.emit(StateEvent(7.0, 80, CAUGHT_UP, "keeps up again"))
+            await settle(pilot)
+            assert alert.text == "• speaker lost"
+            await pilot.press("q")
+
+    run(test)
 
 
 @pytest.mark.parametrize(

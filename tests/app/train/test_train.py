@@ -13,7 +13,7 @@ import torch
 
 from app.core.engine import Engine
 from app.core.models import bundled_model
-from app.train import cli, loop
+from app.train import card, cli, loop
 from app.train.codec import SpeechSegments, forward_train, load_trained_codec, train_codec
 from app.train.dialogues import generate
 from app.train.export import export
@@ -131,6 +131,20 @@ def test_codec_run_resumes_exactly(work: Path, codec_run: Path) -> None:
     pcm = torch.randn(1, 1, 3 * trained.frame_size) * 0.1
     with torch.no_grad():
         assert torch.equal(trained.encode(pcm), reference.eval().encode(pcm))
+
+
+def test_decoder_only_training_keeps_every_code(work: Path, codec_run: Path) -> None:
+    out = work / "codec-decoder"
+    train_codec(_codec_args(work, out, "--decoder-only", str(codec_run)))
+    before, after = load_trained_codec(codec_run), load_trained_codec(out)
+    pcm = torch.from_numpy(np.random.default_rng(0).normal(0, 0.1, 24000).astype(np.float32))
+    with torch.no_grad():
+        assert torch.equal(before.encode(pcm.view(1, 1, -1)), after.encode(pcm.view(1, 1, -1)))
+    old, new = before.state_dict(), after.state_dict()
+    changed = {k.split(".")[0] for k in old if not torch.equal(old[k], new[k])}
+    assert changed == {"upsample", "decoder_transformer", "decoder", "quantizer"}
+    assert all(torch.equal(old[k], new[k]) for k in old if ".output_proj." not in k and
+               k.startswith("quantizer"))  # fmt: skip
 
 
 def test_lm_overfits_one_batch(work: Path, codec_run: Path, tmp_path: Path) -> None:
@@ -258,15 +272,30 @@ def test_demo_eval_reports_every_figure(
     assets = work / "assets"
     if not (assets / "config.json").is_file():
         export(codec_run, lm_run, work / "tokenizer" / "tokenizer.model", assets)
+    fdb = work / "fdb"
     report = evaluate(
-        bundled_model(torch.device("cpu"), folder=assets), work / "eval", 2, progress=False
+        bundled_model(torch.device("cpu"), folder=assets), work / "eval", 2, False, fdb
     )
     assert set(report["figures"]) == set(FIGURES)
+    assert any(fdb.glob("*/*/input.wav")), "no request became a Full-Duplex-Bench sample"
     assert report["counts"]["dialogues"] == 2 and report["counts"]["requests_answered"] > 0
     for name, value in report["figures"].items():
         assert value is None or 0.0 <= value <= 1.0, name
     assert report["figures"]["codec_stoi"] is not None
     assert report["figures"]["answer_correct"] is not None
+
+    # the model card is written from the run's records: a run folder laid out as
+    # scripts/train_demo.sh lays it out
+    run = work / "run"
+    (run / "data").mkdir(parents=True)
+    (run / "data" / "train").symlink_to(work / "data")
+    (run / "codec").symlink_to(codec_run)
+    (run / "lm").symlink_to(lm_run)
+    (run / "eval.json").write_text(json.dumps(report))
+    text = card.write_card(run, assets, {"eval": "antiphon train eval ..."})
+    assert "| codec | Mimi architecture" in text and "| 4 |" in text  # steps of both runs
+    assert "| answer_correct |" in text and "antiphon train eval ..." in text
+    assert f"{report['counts']['dialogues']} held-out dialogues" in text
 
 
 def test_a_time_budget_becomes_a_fixed_number_of_steps(tmp_path: Path) -> None:

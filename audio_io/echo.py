@@ -1,0 +1,203 @@
+"""Acoustic echo cancellation: the assistant must not hear itself through the user's loudspeakers.
+
+    echo = EchoCanceller(EchoConfig(sample_rate=24000, frame_size=1920))
+    echo.played(reply_frame, render_time)          # what went to the speaker, and when it sounds
+    heard = echo.cancel(mic_frame, capture_time)   # EchoFrame: cleaned pcm, ERLE estimate
+
+The canceller is WebRTC's audio processing module (AEC3: linear adaptive filter, delay
+estimator, residual echo suppressor), through the `livekit` wheel, which ships it prebuilt
+(docs/echo.md says why this one and not SpeexDSP or Debian's libwebrtc-audio-processing1).
+
+Alignment: `played` puts each reply frame on a timeline at the time the speaker will sound it
+(now + jitter buffer + device latency, on the clock of the microphone's capture times); `cancel`
+takes from it the reference that was sounding while the microphone frame was captured, early by
+`lead` plus the devices' reported latencies. Reported latencies can be too large (JACK's dummy
+driver reports two periods more than the loop has), and a render time estimated late would put
+the echo before its reference, which no canceller can remove; taken that early, the echo always
+comes after it, by the true device latencies plus the room. That rest is AEC3's delay
+estimator's job: it follows delays up to about 450 ms (measured) and re-locks when they jump.
+
+`played` and `cancel` may run on different threads (the event loop, the inference thread).
+"""
+
+from __future__ import annotations
+
+import importlib
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from .errors import AudioError
+
+INSTALL_HINT = "pip install livekit (or: bash scripts/setup.sh), or pass --no-echo-cancel"
+
+
+class EchoCancelError(AudioError):
+    """The echo canceller cannot run (its library is missing or refuses the audio)."""
+
+
+@dataclass(frozen=True)
+class EchoConfig:
+    sample_rate: int = 24000  # of the frames given to `played` and `cancel`
+    frame_size: int = 1920  # samples per `cancel` call (one model frame)
+    lead: float = 0.06  # seconds the reference is taken early, beyond the devices' latencies
+    history: float = 2.0  # seconds of played audio kept for alignment
+    # ERLE is estimated only where the aligned reference is louder than this (dBFS): with the
+    # far end silent, input over output measures the user, not the canceller.
+    far_end_floor_db: float = -50.0
+    # A played frame estimated to start within this many seconds of where the previous one
+    # ended continues it: render-time estimates wander by tens of milliseconds around an
+    # underrun (measured on JACK), and every shift of the reference costs AEC3 a re-adaptation.
+    snap: float = 0.05
+
+    @property
+    def block_size(self) -> int:
+        """WebRTC's processing takes exactly 10 ms at a time."""
+        return self.sample_rate // 100
+
+
+@dataclass(frozen=True)
+class EchoFrame:
+    pcm: np.ndarray  # [frame_size] float32: the microphone with the echo removed
+    erle_db: float | None  # microphone over output power in dB; None while the far end is silent
+    far_end_db: float  # level of the aligned reference, dBFS
+
+
+class FarEndTimeline:
+    """Played audio placed at the times it sounds, read back by time; silence where none.
+
+    Positions are samples on the caller's clock (seconds * rate). A frame that starts within
+    `snap` samples of where the previous one ended continues it exactly: the speaker plays frames
+    back to back, and render-time estimates jitter by a few milliseconds.
+    """
+
+    def __init__(self, sample_rate: int, seconds: float, snap: int) -> None:
+        self.sample_rate = sample_rate
+        self.snap = snap
+        self._ring = np.zeros(round(seconds * sample_rate), np.float32)
+        self._end: int | None = None  # position after the last written sample
+
+    def write(self, pcm: np.ndarray, start_time: float) -> None:
+        start = round(start_time * self.sample_rate)
+        if self._end is not None:
+            if abs(start - self._end) <= self.snap:
+                start = self._end
+            elif start > self._end:  # a gap (underrun, pause): it sounded as silence
+                self._put(self._end, np.zeros(min(start - self._end, len(self._ring)), np.float32))
+        self._put(start, pcm)
+        self._end = start + len(pcm)
+
+    def read(self, start_time: float, num_samples: int) -> np.ndarray:
+        out = np.zeros(num_samples, np.float32)
+        if self._end is None:
+            return out
+        start = round(start_time * self.sample_rate)
+        oldest = self._end - len(self._ring)
+        lo, hi = max(start, oldest), min(start + num_samples, self._end)
+        if lo < hi:
+            index = np.arange(lo, hi) % len(self._ring)
+            out[lo - start : hi - start] = self._ring[index]
+        return out
+
+    def _put(self, start: int, pcm: np.ndarray) -> None:
+        pcm = pcm[-len(self._ring) :]
+        index = np.arange(start, start + len(pcm)) % len(self._ring)
+        self._ring[index] = pcm
+
+
+class EchoCanceller:
+    def __init__(
+        self,
+        config: EchoConfig | None = None,
+        device_latency: Callable[[], float] | None = None,
+    ) -> None:
+        """`device_latency`: the output's plus the input's reported latency, in seconds, as
+        PortAudio has them once the streams run (asked for every frame)."""
+        self.config = config = config or EchoConfig()
+        self.device_latency = device_latency or (lambda: 0.0)
+        if config.frame_size % config.block_size:
+            raise ValueError(
+                f"frame_size {config.frame_size} is not a whole number of 10 ms blocks "
+                f"at {config.sample_rate} Hz"
+            )
+        self._rtc = _livekit_rtc()
+        self._lock = threading.Lock()
+        self._timeline = FarEndTimeline(
+            config.sample_rate, config.history, round(config.snap * config.sample_rate)
+        )
+        self._apm = self._new_apm()
+        # The first call starts LiveKit's native runtime (threads, allocations): here, before
+        # the microphone runs, not in the first frame, where it would cost queued frames.
+        self.cancel(np.zeros(config.frame_size, np.float32), 0.0)
+        self.reset()
+
+    def _new_apm(self) -> Any:
+        # High-pass: the DC and rumble of cheap microphones hurt the adaptive filter. Noise
+        # suppression and gain control stay off: the model was trained on the raw voice.
+        return self._rtc.AudioProcessingModule(echo_cancellation=True, high_pass_filter=True)
+
+    def reset(self) -> None:
+        """Forget the echo path and the played audio (a new conversation on the same devices)."""
+        with self._lock:
+            self._apm = self._new_apm()
+            config = self.config
+            self._timeline = FarEndTimeline(
+                config.sample_rate, config.history, round(config.snap * config.sample_rate)
+            )
+
+    def played(self, pcm: np.ndarray, render_time: float) -> None:
+        """`pcm` (float32, any length) will sound from `render_time` on (capture-time clock)."""
+        with self._lock:
+            self._timeline.write(np.asarray(pcm, np.float32), render_time)
+
+    def cancel(self, mic: np.ndarray, capture_time: float) -> EchoFrame:
+        """One microphone frame (float32 [frame_size]) whose first sample was captured at
+        `capture_time`, with the echo of what was playing meanwhile removed."""
+        config = self.config
+        if mic.shape != (config.frame_size,):
+            raise ValueError(f"cancel takes a [{config.frame_size}] frame, got {mic.shape}")
+        with self._lock:
+            lead = config.lead + self.device_latency()
+            reference = self._timeline.read(capture_time + lead, config.frame_size)
+            near = _to_pcm16(mic)
+            far = _to_pcm16(reference)
+            n, rate = config.block_size, config.sample_rate
+            out = np.empty_like(near)
+            try:
+                for i in range(0, config.frame_size, n):
+                    far_block = self._rtc.AudioFrame(far[i : i + n].tobytes(), rate, 1, n)
+                    self._apm.process_reverse_stream(far_block)
+                    self._apm.set_stream_delay_ms(0)  # aligned here; AEC3 finds the rest
+                    near_block = self._rtc.AudioFrame(near[i : i + n].tobytes(), rate, 1, n)
+                    self._apm.process_stream(near_block)
+                    out[i : i + n] = np.frombuffer(near_block.data, np.int16)
+            except RuntimeError as exc:
+                raise EchoCancelError(f"WebRTC's echo canceller refused the audio: {exc}") from exc
+        pcm = out.astype(np.float32) / 32768.0
+        far_db = _power_db(reference)
+        erle = None
+        if far_db > config.far_end_floor_db:
+            erle = _power_db(mic) - _power_db(pcm)
+        return EchoFrame(pcm, erle, far_db)
+
+
+def _livekit_rtc() -> Any:
+    try:
+        return importlib.import_module("livekit.rtc")
+    except ImportError as exc:  # missing wheel, or its native library cannot load
+        raise EchoCancelError(
+            f"echo cancellation needs WebRTC's audio processing from the livekit package "
+            f"({exc}): {INSTALL_HINT}"
+        ) from exc
+
+
+def _to_pcm16(x: np.ndarray) -> np.ndarray:
+    return np.clip(np.round(x * 32768.0), -32768, 32767).astype(np.int16)
+
+
+def _power_db(x: np.ndarray) -> float:
+    power = float(np.mean(np.square(x, dtype=np.float64))) if len(x) else 0.0
+    return 10 * float(np.log10(power + 1e-12))

@@ -1,0 +1,58 @@
+"""The echo canceller on its own: the played-audio timeline, and echo removed offline."""
+
+import time
+
+import numpy as np
+import pytest
+
+from audio_io.echo import EchoCanceller, EchoConfig, FarEndTimeline
+
+RATE, FRAME = 24000, 1920
+
+
+def test_timeline_reads_what_was_played_at_its_time_and_silence_elsewhere() -> None:
+    timeline = FarEndTimeline(RATE, seconds=1.0, snap=24)
+    first = np.arange(1, 241, dtype=np.float32)
+    timeline.write(first, start_time=0.5)
+    # 10 samples late: within the snap, it continues the first frame exactly
+    timeline.write(np.full(240, -1.0, np.float32), start_time=(0.5 * RATE + 250) / RATE)
+    out = timeline.read((0.5 * RATE - 10) / RATE, 500)
+    assert np.all(out[:10] == 0) and np.array_equal(out[10:250], first)
+    assert np.all(out[250:490] == -1.0) and np.all(out[490:] == 0)
+    # a gap beyond the snap sounded as silence
+    timeline.write(np.ones(240, np.float32), start_time=(0.5 * RATE + 1000) / RATE)
+    gap = timeline.read((0.5 * RATE + 480) / RATE, 760)
+    assert np.all(gap[:520] == 0) and np.all(gap[520:] == 1.0)
+
+
+def test_echo_of_a_delayed_reverberant_path_is_removed_and_the_cost_fits() -> None:
+    rng = np.random.default_rng(0)
+    seconds = 6
+    # a far end with a speech-like rhythm: noise bursts shaped by a 4 Hz envelope
+    t = np.arange(seconds * RATE) / RATE
+    far = (0.3 * rng.standard_normal(len(t)) * np.clip(np.sin(2 * np.pi * 4 * t), 0, 1)).astype(
+        np.float32
+    )
+    response = np.zeros(round(0.06 * RATE) + 1200)
+    response[round(0.06 * RATE) :] = rng.standard_normal(1200) * np.exp(-np.arange(1200) / 400)
+    response *= 0.3 / np.linalg.norm(response)
+    mic = np.convolve(far, response)[: len(far)].astype(np.float32)
+    echo = EchoCanceller(EchoConfig(RATE, FRAME, lead=0.0))
+    erle, cost = [], []
+    echo.played(far[:FRAME], 0.0)
+    for i in range(0, len(far) - FRAME, FRAME):
+        echo.played(far[i + FRAME : i + 2 * FRAME], (i + FRAME) / RATE)
+        start = time.process_time()
+        heard = echo.cancel(mic[i : i + FRAME], i / RATE)
+        cost.append(time.process_time() - start)
+        assert heard.pcm.shape == (FRAME,)
+        erle.append(heard.erle_db)
+    after_a_second = [e for e in erle[13:] if e is not None]
+    print(f"ERLE median {np.median(after_a_second):.1f} dB, cost {1000 * np.median(cost):.2f} ms")
+    assert np.median(after_a_second) >= 25.0
+
+
+def test_a_frame_of_the_wrong_size_is_refused() -> None:
+    echo = EchoCanceller()
+    with pytest.raises(ValueError, match="1920"):
+        echo.cancel(np.zeros(100, np.float32), 0.0)
