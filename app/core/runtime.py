@@ -207,6 +207,11 @@ class Conversation:
             "xruns": counters.get("xruns", 0),
         }
 
+    @property
+    def frame(self) -> int:
+        """The conversation's index of the frame being processed, or of the next one."""
+        return self._frame
+
     def attach_recorder(self, recorder: FrameRecorder) -> None:
         """Record from the next frame written on: the recording's frame 0, time 0 and counters
         start here (call it on the loop; the frame being processed is the first recorded)."""

@@ -179,7 +179,9 @@ class FrameClock:
         self._recent.clear()
         log.warning("%s", detail)
         for session in list(self.node.sessions.values()):
-            self.node.emit(session, StateEvent(session.elapsed, session.position, CAUGHT_UP, detail))
+            self.node.emit(
+                session, StateEvent(session.elapsed, session.position, CAUGHT_UP, detail)
+            )
 
     def behind_event(self, session: Session) -> ErrorEvent:
         period = self.node.engine.frame_duration

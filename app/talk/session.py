@@ -122,11 +122,15 @@ class TalkSession:
             return None
         self.events.sinks.remove(recorder)
         self.recording_started = None
+        conversation = self._conversation
         try:
-            if self._conversation is not None:
-                self._conversation.recorder = None
-                recorder.update_counters(self._conversation.counters())
-                recorder.close(recorder.summary())  # of the frames it holds, not the session's
+            if conversation is not None:
+                conversation.recorder = None
+                try:  # frames captured and dropped to keep up, up to now: silence (its time)
+                    recorder.pad_to(conversation.frame)
+                finally:  # a full disk must not leave it unclosed
+                    recorder.update_counters(conversation.counters())
+                    recorder.close(recorder.summary())  # of its frames, not the session's
             else:
                 recorder.close()
         except RecordingError as exc:  # a full disk: said, and the conversation goes on
