@@ -56,6 +56,8 @@ class FrameStats(Event):
     # echo return loss enhancement: microphone over cleaned power, dB; None while the far end
     # (the assistant) is silent. An estimate: the user's voice in the frame lowers it.
     erle_db: float | None = None
+    node_ms: float | None = None  # (talk --remote) the node's time for this frame
+    network_ms: float | None = None  # (talk --remote) the round trip less the node's time
 
 
 @dataclass(frozen=True)

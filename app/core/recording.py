@@ -11,7 +11,16 @@
 with Recorder(folder, engine.format, model, sampling, devices={"inference": "cuda:0"}) as recorder:
     recorder.write_frame(reply_pcm, mic_pcm)   # once per 80 ms frame, float32 [1920] each
     recorder.emit(TextEvent(...))              # an EventSink
-    recorder.close(timings.summary(frame_duration))   # app.core.timing
+    recorder.close(recorder.summary())         # app.core.timing, of the frames recorded
+
+A recording is self-contained whenever it starts. One started mid-conversation is told where
+(`start_at(Origin(time, frame, counters))`, before its first frame): its events are rebased to
+its own frame 0 and time 0 (events of earlier frames are left out), the running counters of its
+frame events (underruns, xruns, ...) count from that moment, and `summary()` covers its frames
+only. Its time is the conversation's: `write_frame(..., frame=index)` with the conversation's
+frame index writes the frames the model never processed (a remote node that skipped them, a
+microphone frame dropped to keep up) as silence in both channels, with a "silence" state event
+at the first of them; `pad_to(index)` does the same up to the end of the recording.
 
 `model` is the LoadedModel (described by its files, hashed) or, for a conversation whose model
 runs elsewhere (`antiphon talk --remote`), the name the node gives it.
@@ -24,6 +33,7 @@ frame (a slow disk must not stall the inference thread): a power cut can lose th
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import importlib.metadata
@@ -32,8 +42,10 @@ import logging
 import os
 import platform
 import threading
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -47,9 +59,10 @@ from model import SamplingParams
 from model.errors import AntiphonError
 
 from .audio import AudioFormat
-from .events import Event, StateEvent
+from .events import Event, FrameStats, StateEvent
 from .files import FDB_INPUT, FDB_OUTPUT, write_json_atomically
 from .models import LoadedModel
+from .timing import COUNTERS, Timings
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +82,20 @@ _SFC_SET_UPDATE_HEADER_AUTO = 0x1061  # sndfile.h; soundfile does not wrap this 
 
 class RecordingError(AntiphonError):
     """A recording folder cannot be written or read."""
+
+
+class Origin(NamedTuple):
+    """Where in its conversation a recording starts."""
+
+    time: float = 0.0  # the conversation's time (its events' "time") at the recording's time 0
+    frame: int = 0  # the conversation's frame index of the recording's frame 0
+    # the conversation's running counters then (COUNTERS)
+    counters: Mapping[str, int] = MappingProxyType({})
+
+
+SILENCE = "silence"  # the state of the event that marks frames written as silence
+STOPPED = "recording_stopped"  # the state of the event that says why the audio ends early
+WRITE_FAILED_HINT = "free disk space or record to another folder; what was written is kept"
 
 
 class Recording(NamedTuple):
@@ -96,7 +123,11 @@ class Recorder:
         self.folder = Path(folder)
         self.sample_rate = format.sample_rate
         self.frame_size = format.frame_size
-        self.frames = 0
+        self.frames = 0  # written, silence included
+        self.silent_frames = 0  # written as silence: the model never processed them
+        self.origin = Origin()
+        self.failure: str | None = None  # why the audio could not be written, if it could not
+        self.timings = Timings()  # of the frame events recorded, their counters rebased
         self._closed = False
         self._lock = threading.Lock()  # events may come from several threads
         self._sampling_changes: list[dict[str, Any]] = []
@@ -158,11 +189,26 @@ class Recorder:
     def frame_duration(self) -> float:
         return self.frame_size / self.sample_rate
 
+    def start_at(self, origin: Origin) -> None:
+        """Where in its conversation this recording starts (before its first frame)."""
+        with self._lock:
+            assert self.frames == 0, "a recording's origin is set before its first frame"
+            self.origin = origin
+
     def write_frame(
-        self, assistant: np.ndarray, user: np.ndarray, microphone: np.ndarray | None = None
+        self,
+        assistant: np.ndarray,
+        user: np.ndarray,
+        microphone: np.ndarray | None = None,
+        frame: int | None = None,
     ) -> None:
         """One frame of both channels (float32 [frame_size] each, 24 kHz); `user` is what the
-        model heard, `microphone` the raw input (kept only with keep_microphone)."""
+        model heard, `microphone` the raw input (kept only with keep_microphone).
+
+        `frame`: the conversation's index of this frame. Frames skipped since the last one
+        written are written as silence first; a frame from before the recording's start, or
+        one already written (a late reply), is left out.
+        """
         if assistant.shape != (self.frame_size,) or user.shape != (self.frame_size,):
             raise ValueError(
                 f"write_frame takes two [{self.frame_size}] frames, got "
@@ -170,24 +216,116 @@ class Recorder:
             )
         stereo = np.clip(np.stack([assistant, user], axis=1), -1.0, 1.0)  # PCM 16 would wrap
         with self._lock:
-            if self._closed:
-                raise RecordingError(f"the recording in {self.folder} is closed")
-            self._wav.write(stereo.astype(np.float32, copy=False))
-            if self._microphone is not None:  # the same frame count: the same clock
-                raw = user if microphone is None else microphone
-                self._microphone.write(np.clip(raw, -1.0, 1.0).astype(np.float32, copy=False))
+            self._check_open()
+            if frame is not None and frame < self.origin.frame + self.frames:
+                log.debug("frame %d is before this recording's next frame: left out", frame)
+                return
+            try:
+                if frame is not None:
+                    self._silence_until(frame - self.origin.frame)
+                self._wav.write(stereo.astype(np.float32, copy=False))
+                if self._microphone is not None:  # the same frame count: the same clock
+                    raw = user if microphone is None else microphone
+                    self._microphone.write(np.clip(raw, -1.0, 1.0).astype(np.float32, copy=False))
+            except (OSError, RuntimeError) as exc:  # a full disk; libsndfile's are RuntimeErrors
+                raise self._write_failed(exc) from exc
             self.frames += 1
 
-    def emit(self, event: Event) -> None:
-        line = event.to_json() + "\n"
+    def pad_to(self, frame: int) -> None:
+        """Silence up to the conversation's frame `frame` (exclusive): where the recording ends
+        when the frames before it were never processed (lost on the way, or still awaited)."""
         with self._lock:
-            if self._closed:  # a late event from another thread: the recording is over
-                log.debug("event after close dropped: %s", line.strip())
-                return
-            self._events.write(line)
+            self._check_open()
+            try:
+                self._silence_until(frame - self.origin.frame)
+            except (OSError, RuntimeError) as exc:
+                raise self._write_failed(exc) from exc
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise RecordingError(f"the recording in {self.folder} is closed")
+        if self.failure is not None:
+            raise RecordingError(f"the recording in {self.folder} stopped: {self.failure}")
+
+    def _write_failed(self, exc: BaseException) -> RecordingError:
+        """The audio cannot be written (a full disk): the recording stops where its last whole
+        frame ends, says so in its events and meta.json, and records nothing more."""
+        self.failure = f"cannot write to {self.folder / SESSION_WAV}: {exc} (is the disk full?)"
+        with contextlib.suppress(OSError, RuntimeError):  # a part of a frame may have gone out
+            self._wav.truncate(self.frames * self.frame_size)
+            if self._microphone is not None:
+                self._microphone.truncate(self.frames * self.frame_size)
+        event = StateEvent(self.frames * self.frame_duration, self.frames, STOPPED, self.failure)
+        with contextlib.suppress(OSError):
+            self._events.write(event.to_json() + "\n")
             self._events.flush()
-            if isinstance(event, StateEvent) and event.state == "sampling":
-                self._sampling_changed(event)
+        self.meta["stopped_early"] = self.failure
+        return RecordingError(self.failure)
+
+    def _silence_until(self, end: int) -> None:
+        """Write silence from the next frame up to the recording's frame `end` (exclusive)."""
+        count = end - self.frames
+        if count <= 0:
+            return
+        detail = (
+            f"{count} frame(s) were never processed (lost on the way, or dropped to keep up): "
+            "silence in both channels"
+        )
+        event = StateEvent(self.frames * self.frame_duration, self.frames, SILENCE, detail)
+        self._wav.write(np.zeros((count * self.frame_size, 2), dtype=np.float32))
+        if self._microphone is not None:
+            self._microphone.write(np.zeros(count * self.frame_size, dtype=np.float32))
+        self._events.write(event.to_json() + "\n")
+        self._events.flush()
+        self.frames += count
+        self.silent_frames += count
+
+    def emit(self, event: Event) -> None:
+        with self._lock:
+            if self._closed or self.failure:  # a late event, or the recording has stopped
+                log.debug("event after the recording's end dropped: %s", event.to_json())
+                return
+            rebased = self._rebased(event)
+            if rebased is None:
+                return
+            try:
+                self._events.write(rebased.to_json() + "\n")
+                self._events.flush()
+            except OSError as exc:  # a full disk: the conversation goes on, the audio may too
+                log.warning("event not recorded in %s: %s", self.folder / EVENTS_FILE, exc)
+                return
+            if isinstance(rebased, FrameStats):
+                self.timings.add_stats(rebased)
+            if isinstance(rebased, StateEvent) and rebased.state == "sampling":
+                self._sampling_changed(rebased)
+
+    def _rebased(self, event: Event) -> Event | None:
+        """The event on this recording's clock; None for one of a frame before its start."""
+        origin = self.origin
+        if origin == Origin():  # a recording from the conversation's start: as it came
+            return event
+        if event.frame >= 0 and event.frame < origin.frame:
+            return None
+        changes: dict[str, Any] = {"time": max(0.0, round(event.time - origin.time, 6))}
+        if event.frame >= 0:
+            changes["frame"] = event.frame - origin.frame
+        if isinstance(event, FrameStats):
+            for name in COUNTERS:
+                changes[name] = max(0, getattr(event, name) - origin.counters.get(name, 0))
+        return dataclasses.replace(event, **changes)
+
+    def update_counters(self, running: Mapping[str, int]) -> None:
+        """The conversation's running counters as they stand now (at its end, say), counted
+        from the recording's start."""
+        with self._lock:
+            for name in COUNTERS:
+                since = int(running.get(name, 0)) - self.origin.counters.get(name, 0)
+                self.timings.counters[name] = max(self.timings.counters[name], since)
+
+    def summary(self, **extra: Any) -> dict[str, Any]:
+        """The timing summary (app.core.timing) of the frames recorded, and `extra`."""
+        with self._lock:
+            return self.timings.summary(self.frame_duration, **extra)
 
     def _sampling_changed(self, event: StateEvent) -> None:
         """meta.json says how the recording ended, not only how it began (written at close)."""
@@ -207,18 +345,30 @@ class Recorder:
             if self._closed:
                 return
             self._closed = True
-            self._wav.flush()  # fsync, once
-            self._wav.close()
-            if self._microphone is not None:
-                self._microphone.close()
-            self._events.close()
             self.meta.update(
                 ended_at=_now(),
                 frames=self.frames,
+                silent_frames=self.silent_frames,
                 duration_s=self.frames * self.frame_duration,
                 summary=summary,
             )
-            write_json_atomically(self.folder / META_FILE, self.meta)
+            problems = []  # each step is tried: a full disk must not cost the others
+            steps = [self._wav.flush, self._wav.close, self._events.close, self._write_meta]
+            if self._microphone is not None:
+                steps.insert(2, self._microphone.close)
+            for step in steps:
+                try:
+                    step()  # the WAV's flush: fsync, once
+                except (OSError, RuntimeError) as exc:
+                    problems.append(str(exc))
+            if problems:
+                raise RecordingError(
+                    f"the recording in {self.folder} was not finished ({'; '.join(problems)}): "
+                    "its audio is readable as far as it was written"
+                )
+
+    def _write_meta(self) -> None:
+        write_json_atomically(self.folder / META_FILE, self.meta)
 
 
 def parse_events(lines: list[str]) -> tuple[list[dict[str, Any]], list[int]]:

@@ -10,6 +10,10 @@ Drop policies keep the clock: when a step is slower than real time, the oldest m
 are dropped (and counted) instead of piling up, so latency stays bounded in a long conversation;
 the speaker's jitter buffer plays silence on underrun and drops audio when its lag grows.
 The clock is injectable: tests run a conversation faster than real time with `VirtualClock`.
+
+Frames are numbered as they are captured: the index is the conversation's frame clock (events'
+`frame`), so a dropped microphone frame leaves a gap in it, and a recording fills the gap with
+silence (app/core/recording.py): the recording keeps the conversation's time.
 """
 
 from __future__ import annotations
@@ -42,6 +46,7 @@ from .events import (
     StateEvent,
     TextEvent,
 )
+from .recording import WRITE_FAILED_HINT, Origin, RecordingError
 from .timing import Timings
 
 log = logging.getLogger(__name__)
@@ -124,8 +129,14 @@ class DropOldestQueue(Generic[T]):
 
 
 class FrameRecorder(Protocol):
+    def start_at(self, origin: Origin) -> None: ...
+
     def write_frame(
-        self, assistant: np.ndarray, user: np.ndarray, microphone: np.ndarray | None = None
+        self,
+        assistant: np.ndarray,
+        user: np.ndarray,
+        microphone: np.ndarray | None = None,
+        frame: int | None = None,
     ) -> None: ...
 
 
@@ -163,12 +174,16 @@ class Conversation:
         self.muted = False
         self.timings = Timings()  # the frames played, and the queues' counters at the end
         self._recent_ms: deque[float] = deque(maxlen=5)  # compute of the latest steps
-        self._inputs: DropOldestQueue[CapturedFrame | None] = DropOldestQueue(input_queue_frames)
+        # (the frame's index on the conversation's clock, the frame)
+        self._inputs: DropOldestQueue[tuple[int, CapturedFrame] | None] = DropOldestQueue(
+            input_queue_frames
+        )
         self._outputs: DropOldestQueue[_Heard | None] = DropOldestQueue(output_queue_frames)
         self._reset_requested = False
         self._sampling_requested: SamplingParams | None = None
         self._start = 0.0
-        self._frame = 0
+        self._running = False
+        self._frame = 0  # the index of the frame being processed, or of the next one
         self._slow_reported_at = float("-inf")
         self._slow = False  # reported slower than real time, and not yet back under budget
 
@@ -182,9 +197,31 @@ class Conversation:
     def elapsed(self) -> float:
         return self.clock.now() - self._start
 
+    def counters(self) -> dict[str, int]:
+        """The running totals of COUNTERS (app.core.timing) as they stand now."""
+        counters = self.sink.counters()
+        return {
+            "dropped_input": self._inputs.dropped,
+            "underruns": counters.get("underruns", 0),
+            "overruns": counters.get("overruns", 0) + self._outputs.dropped,
+            "xruns": counters.get("xruns", 0),
+        }
+
+    @property
+    def frame(self) -> int:
+        """The conversation's index of the frame being processed, or of the next one."""
+        return self._frame
+
+    def attach_recorder(self, recorder: FrameRecorder) -> None:
+        """Record from the next frame written on: the recording's frame 0, time 0 and counters
+        start here (call it on the loop; the frame being processed is the first recorded)."""
+        if self._running:  # before the conversation runs, its start is the recording's
+            recorder.start_at(Origin(self.elapsed, self._frame, self.counters()))
+        self.recorder = recorder
+
     async def run(self) -> Timings:
         """Run until the source ends (or the task is cancelled); returns the figures."""
-        self._start = self.clock.now()
+        self._start, self._running = self.clock.now(), True
         self.events.emit(StateEvent(0.0, 0, "started"))
         torch_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="antiphon-torch")
         try:
@@ -201,19 +238,15 @@ class Conversation:
         finally:
             # A step still running finishes in its thread; wait so torch is idle at exit.
             torch_thread.shutdown(wait=True, cancel_futures=True)
-            counters = self.sink.counters()
-            self.timings.counters.update(
-                dropped_input=self._inputs.dropped,
-                underruns=counters.get("underruns", 0),
-                overruns=counters.get("overruns", 0) + self._outputs.dropped,
-                xruns=counters.get("xruns", 0),
-            )
+            self.timings.counters.update(self.counters())
             self.events.emit(StateEvent(self.elapsed, self._frame, "stopped"))
         return self.timings
 
     async def _capture(self) -> None:
+        index = 0
         async for frame in self.source.frames():
-            self._inputs.put(frame)
+            self._inputs.put((index, frame))
+            index += 1
         self._inputs.put(None)  # end of input (never dropped: the queue just lost its oldest)
 
     def _step(
@@ -234,7 +267,9 @@ class Conversation:
     async def _infer(self, torch_thread: ThreadPoolExecutor) -> None:
         loop = asyncio.get_running_loop()
         try:
-            while (frame := await self._inputs.get()) is not None:
+            while (item := await self._inputs.get()) is not None:
+                index, frame = item
+                self._frame = index
                 # Controls are taken here, on the loop, so none is lost or applied unreported.
                 reset, self._reset_requested = self._reset_requested, False
                 sampling, self._sampling_requested = self._sampling_requested, None
@@ -242,21 +277,35 @@ class Conversation:
                     torch_thread, self._step, frame, self.muted, reset, sampling
                 )
                 now = self.elapsed
+                # First, so that its events follow it; frames dropped before it: silence there.
+                if self.recorder is not None:
+                    self._record(result.pcm, pcm, frame.pcm, index, now)
                 if reset:
-                    self.events.emit(StateEvent(now, self._frame, "reset"))
+                    self.events.emit(StateEvent(now, index, "reset"))
                 if sampling is not None:  # detail: the parameters, as a node's event has them
                     detail = json.dumps(dataclasses.asdict(sampling), separators=(",", ":"))
-                    self.events.emit(StateEvent(now, self._frame, "sampling", detail))
+                    self.events.emit(StateEvent(now, index, "sampling", detail))
                 if result.text:
-                    self.events.emit(TextEvent(now, self._frame, result.text_token, result.text))
-                if self.recorder is not None:
-                    self.recorder.write_frame(result.pcm, pcm, frame.pcm)
+                    self.events.emit(TextEvent(now, index, result.text_token, result.text))
                 self._recent_ms.append(result.compute_ms)
                 self._report_if_slow(now)
-                self._outputs.put(_Heard(frame, result, echo))
-                self._frame += 1
+                self._outputs.put(_Heard(index, frame, result, echo))
+                self._frame = index + 1
         finally:
             self._outputs.put(None)
+
+    def _record(
+        self, reply: np.ndarray, heard: np.ndarray, raw: np.ndarray, index: int, now: float
+    ) -> None:
+        """A recording that cannot be written (a full disk) stops; the conversation goes on.
+        Its owner still closes it (TalkSession.stop_recording)."""
+        assert self.recorder is not None
+        try:
+            self.recorder.write_frame(reply, heard, raw, frame=index)
+        except RecordingError as exc:
+            self.recorder = None
+            message = f"recording stopped: {exc}"
+            self.events.emit(ErrorEvent(now, index, message, hint=WRITE_FAILED_HINT))
 
     def _report_if_slow(self, now: float) -> None:
         """Warn (at most every 5 s) when the recent frames' median is over budget: one slow
@@ -285,7 +334,7 @@ class Conversation:
     async def _playback(self) -> None:
         frame_ms = 1000 * self.engine.frame_duration
         while (item := await self._outputs.get()) is not None:
-            captured, result, echo = item.captured, item.result, item.echo
+            index, captured, result, echo = item.index, item.captured, item.result, item.echo
             if self.echo is not None:  # before `play`: what is buffered sounds first
                 self.echo.played(result.pcm, self.clock.now() + self.sink.buffered_seconds())
             self.sink.play(result.pcm)
@@ -293,7 +342,7 @@ class Conversation:
             counters = self.sink.counters()
             stats = FrameStats(
                 self.elapsed,
-                self.timings.frames,
+                index,
                 encode_ms=result.encode_ms,
                 lm_ms=result.lm_ms,
                 decode_ms=result.decode_ms,
@@ -317,6 +366,7 @@ class Conversation:
 class _Heard:
     """A frame through inference, on its way to the speaker."""
 
+    index: int  # on the conversation's clock
     captured: CapturedFrame  # as the microphone gave it
     result: StepResult
     echo: EchoFrame | None  # the canceller's figures for the frame, when it runs

@@ -97,6 +97,9 @@ class Timings:
     def add_stats(self, stats: FrameStats) -> None:
         """A frame as the runtime reports it; its counters are running totals."""
         self.add(stats.compute_ms, stats.encode_ms, stats.lm_ms, stats.decode_ms, stats.latency_ms)
+        for values, value in ((self.node_ms, stats.node_ms), (self.network_ms, stats.network_ms)):
+            if value is not None:
+                values.append(value)
         for name in COUNTERS:
             self.counters[name] = max(self.counters[name], int(getattr(stats, name)))
 
@@ -124,11 +127,14 @@ class Timings:
                 ("lm_ms", timings.lm_ms),
                 ("decode_ms", timings.decode_ms),
                 ("latency_ms", timings.latency_ms),
+                ("node_ms", timings.node_ms),
+                ("network_ms", timings.network_ms),
             ):
                 if (value := number(event, name)) is not None:
                     values.append(value)
             for name in COUNTERS:
-                timings.counters[name] = max(timings.counters[name], int(event.get(name) or 0))
+                if (value := number(event, name)) is not None:
+                    timings.counters[name] = max(timings.counters[name], int(value))
         return timings
 
     def summary(

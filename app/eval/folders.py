@@ -147,13 +147,9 @@ def load_recording(folder: Path) -> Conversation:
             f"{folder}: missing {', '.join(missing)}; a recording folder holds "
             f"{', '.join(RECORDING_FILES)}"
         )
+    warnings: list[str] = []
+    meta = _read_meta(folder / META_FILE, warnings)
     meta_path = folder / META_FILE
-    try:
-        meta = json.loads(meta_path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise EvaluationError(f"{meta_path} is not readable JSON ({exc})") from exc
-    if not isinstance(meta, dict):
-        raise EvaluationError(f"{meta_path} is not a JSON object")
     try:
         expected_rate = int(meta.get("sample_rate") or DEFAULT_SAMPLE_RATE)
         frame_size = int(meta.get("frame_size") or DEFAULT_FRAME_SIZE)
@@ -172,9 +168,17 @@ def load_recording(folder: Path) -> Conversation:
             f"recording is written at the codec's rate ({DEFAULT_SAMPLE_RATE} Hz)"
         )
     frame_duration = frame_size / sample_rate
-    warnings: list[str] = []
+    silent = meta.get("silent_frames")
+    if isinstance(silent, int) and silent > 0:
+        warnings.append(
+            f"{folder}: {silent} frame(s) ({silent * frame_duration:.1f} s) were never processed "
+            "(dropped to keep up, or lost on the way) and are silence in both channels; the "
+            "'silence' events in events.jsonl say where"
+        )
+    events = _read_events(folder / EVENTS_FILE, warnings)
+    events = _within_the_audio(folder, meta, events, -(-len(audio) // frame_size), warnings)
     pieces, frames, errors = [], [], []
-    for event in _read_events(folder / EVENTS_FILE, warnings):
+    for event in events:
         kind = event.get("type")
         if kind == "text" and isinstance(event.get("text"), str):
             # the frame index is the WAV's clock; "time" is the runtime's wall clock
@@ -197,6 +201,61 @@ def load_recording(folder: Path) -> Conversation:
         errors=errors,
         warnings=warnings,
     )
+
+
+def _read_meta(path: Path, warnings: list[str]) -> dict[str, Any]:
+    """meta.json; unreadable, it costs its own figures only: the defaults stand in (warned)."""
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        problem = f"is not readable JSON ({exc})"
+    else:
+        if isinstance(meta, dict):
+            if meta.get("stopped_early"):
+                warnings.append(
+                    f"{path.parent}: the recording stopped early: {meta['stopped_early']}"
+                )
+            if "started_at" in meta and "ended_at" not in meta:  # Recorder writes both
+                warnings.append(
+                    f"{path} has no end: the recording was not closed (its process was killed, "
+                    "or is still recording); evaluated as far as it goes"
+                )
+            return meta
+        problem = "is not a JSON object"
+    warnings.append(
+        f"{path} {problem}: evaluated as a recording at {DEFAULT_SAMPLE_RATE} Hz in frames of "
+        f"{DEFAULT_FRAME_SIZE} samples, the format antiphon writes"
+    )
+    return {}
+
+
+def _within_the_audio(
+    folder: Path,
+    meta: dict[str, Any],
+    events: list[dict[str, Any]],
+    frames: int,
+    warnings: list[str],
+) -> list[dict[str, Any]]:
+    """The events of frames session.wav holds; a recording whose audio ends before its events
+    or meta.json say (a copy in part, a full disk) is warned about, not drawn past its end."""
+    # A state event may sit at the end of the last frame ("stopped", "closed": frame = count).
+    ends = [e["frame"] + (e.get("type") != "state") for e in events if _frame_of(e) is not None]
+    said = max(ends, default=0)
+    if isinstance(meta.get("frames"), int):
+        said = max(said, meta["frames"])
+    if said <= frames:
+        return events
+    warnings.append(
+        f"{folder / SESSION_WAV} holds {frames} frames but the recording describes {said}: its "
+        "audio was cut short (copied in part, or a full disk?); evaluated as far as the audio "
+        "goes, the later events left out"
+    )
+    return [e for e in events if (_frame_of(e) or 0) + (e.get("type") != "state") <= frames]
+
+
+def _frame_of(event: dict[str, Any]) -> int | None:
+    frame = event.get("frame")
+    return frame if isinstance(frame, int) and frame >= 0 else None
 
 
 def _read_events(path: Path, warnings: list[str]) -> list[dict[str, Any]]:
@@ -280,9 +339,24 @@ def _read_annotations(folder: Path, category: str | None, conversation: Conversa
 
 def _read_wav(path: Path) -> tuple[np.ndarray, int]:
     try:
+        with path.open("rb") as file:
+            head = file.read(12)
+    except OSError as exc:
+        raise EvaluationError(f"cannot read {path} ({exc})") from exc
+    # Checked here: libsndfile would try other formats (MPEG, say) and blame something else.
+    if not head:
+        raise EvaluationError(f"{path} is empty (0 bytes): no audio was ever written to it")
+    if head[:4] not in (b"RIFF", b"RIFX", b"RF64") or head[8:12] != b"WAVE":
+        raise EvaluationError(
+            f"{path} is not a WAV file (it begins {head!r}): it is damaged, or another file "
+            "under its name; the recording's audio cannot be evaluated"
+        )
+    try:
         audio, rate = soundfile.read(path, dtype="float32", always_2d=True)
     except (soundfile.LibsndfileError, OSError, RuntimeError) as exc:
-        raise EvaluationError(f"cannot read {path} as audio ({exc})") from exc
+        raise EvaluationError(f"cannot read {path} as audio ({exc}): it is damaged") from exc
     if len(audio) == 0:
-        raise EvaluationError(f"{path} holds no audio (0 samples)")
+        raise EvaluationError(
+            f"{path} holds no audio (0 samples): the session ended before its first frame"
+        )
     return audio, int(rate)

@@ -116,7 +116,7 @@ class FrameClock:
             self.node.metrics.errors["step_failed"] += 1
             for session, _ in batch:
                 self.node.emit(
-                    session, ErrorEvent(session.elapsed, session.frames, str(exc), fatal=True)
+                    session, ErrorEvent(session.elapsed, session.position, str(exc), fatal=True)
                 )
                 await self.node.close_session(session, "the node failed to step it")
             return
@@ -131,7 +131,7 @@ class FrameClock:
                     session,
                     ErrorEvent(
                         session.elapsed,
-                        session.frames,
+                        session.position,
                         f"recording stopped: {unrecorded[session.slot]}",
                         hint="free disk space or check the --record folder; what was written "
                         "is kept",
@@ -143,8 +143,8 @@ class FrameClock:
         publishing = []
         for session, arrival in batch:
             result = results[session.slot]
-            index = session.frames
-            session.frames += 1
+            index = session.index_of(arrival.frame)
+            session.frames, session.position = session.frames + 1, index + 1
             session.timings.add(result.compute_ms, result.encode_ms, result.lm_ms, result.decode_ms)
             if session.closed:
                 continue
@@ -179,14 +179,16 @@ class FrameClock:
         self._recent.clear()
         log.warning("%s", detail)
         for session in list(self.node.sessions.values()):
-            self.node.emit(session, StateEvent(session.elapsed, session.frames, CAUGHT_UP, detail))
+            self.node.emit(
+                session, StateEvent(session.elapsed, session.position, CAUGHT_UP, detail)
+            )
 
     def behind_event(self, session: Session) -> ErrorEvent:
         period = self.node.engine.frame_duration
         median = float(np.median(self._recent)) if self._recent else 0.0
         return ErrorEvent(
             session.elapsed,
-            session.frames,
+            session.position,
             f"the node {self.node.name} is slower than real time ({1000 * median:.0f} ms a step, "
             f"frames last {1000 * period:.0f} ms): some of your audio is dropped there; you "
             "send in real time",
@@ -201,10 +203,14 @@ class FrameClock:
         disk) is reported by slot and does not fail the step for the others."""
         results = self.node.engine.step(frames)
         unrecorded: dict[int, str] = {}
-        for session, _ in batch:
-            if session.recorder is not None:
+        for session, arrival in batch:
+            if session.recorder is not None:  # frames never stepped before it: silence
                 try:
-                    session.recorder.write_frame(results[session.slot].pcm, frames[session.slot])
+                    session.recorder.write_frame(
+                        results[session.slot].pcm,
+                        frames[session.slot],
+                        frame=session.index_of(arrival.frame),
+                    )
                 except (AntiphonError, OSError, RuntimeError) as exc:
                     unrecorded[session.slot] = str(exc)
         return results, unrecorded

@@ -332,15 +332,15 @@ class Server:
             await self.close_session(session, "closed by the client")
         elif command.name == "mute":
             session.muted = command.muted
-            self.emit(session, StateEvent(session.elapsed, session.frames, _muted(command.muted)))
+            self.emit(session, StateEvent(session.elapsed, session.position, _muted(command.muted)))
         elif command.name == "reset":
             await self.in_torch(self.engine.reset, session.slot)
-            self.emit(session, StateEvent(session.elapsed, session.frames, "reset"))
+            self.emit(session, StateEvent(session.elapsed, session.position, "reset"))
         elif command.name == "sampling":
             session.sampling = params
             await self.in_torch(self.engine.set_sampling, session.slot, params)
             detail = encode_json(dataclasses.asdict(params)).decode()
-            self.emit(session, StateEvent(session.elapsed, session.frames, "sampling", detail))
+            self.emit(session, StateEvent(session.elapsed, session.position, "sampling", detail))
 
     # --- sessions ------------------------------------------------------------------------------
 
@@ -410,7 +410,7 @@ class Server:
         while len(self._closed) > FORGET_CLOSED:
             self._closed.popitem(last=False)
         self.metrics.sessions_closed += 1
-        closed = StateEvent(session.elapsed, session.frames, "closed", reason)
+        closed = StateEvent(session.elapsed, session.position, "closed", reason)
         if session.recorder is not None:
             session.recorder.emit(closed)
         log.info("session %s… closed: %s", session.id[:6], reason)
@@ -470,7 +470,7 @@ class Server:
         self.metrics.errors[exc.code] += 1
         session.errors[exc.code] += 1
         if session.may_report(exc.code, time.monotonic()):
-            event = ErrorEvent(session.elapsed, session.frames, str(exc))
+            event = ErrorEvent(session.elapsed, session.position, str(exc))
             self.emit(session, event, code=exc.code, count=session.errors[exc.code])
 
     def _no_such_session(self, owner: str, session_id: str) -> None:

@@ -53,7 +53,11 @@ class Session:
     last_sequence: int = -1
     muted: bool = False
     closed: bool = False
-    frames: int = 0  # frames stepped so far: the session's frame index
+    frames: int = 0  # frames stepped so far
+    # The conversation's clock, which events and recordings count on: the client's sequence
+    # numbers from its first one. A frame lost on the way or dropped here still takes its place.
+    first_sequence: int = -1
+    position: int = 0  # the index of the frame after the last one stepped
     dropped: int = 0  # input frames dropped because the queue was full
     missing: int = 0  # sequence numbers skipped by the client (lost on the way, or never sent)
     # per frame: compute, and node_ms (its arrival to the reply handed to MQTT)
@@ -80,6 +84,8 @@ class Session:
             )
         if self.last_sequence >= 0:
             self.missing += frame.sequence - self.last_sequence - 1
+        else:
+            self.first_sequence = frame.sequence
         self.last_sequence = frame.sequence
         self.last_heard = self.last_arrival = now
         self.arrivals.append(now)
@@ -90,6 +96,10 @@ class Session:
         self.queue.append(Arrival(frame, now))
         self.dropped += pushed
         return pushed
+
+    def index_of(self, frame: AudioFrame) -> int:
+        """The frame's place on the conversation's clock."""
+        return frame.sequence - self.first_sequence
 
     def sends_too_fast(self, period: float) -> bool:
         """Whether the client's latest frames came faster than one per period (a burst)."""

@@ -8,6 +8,11 @@
 sampling, muted, reset, set_sampling, start/stop_recording, events, notice, run), so the
 terminal printer and the TUI drive either. Each reply carries the node's time for its frame, so
 the round trip splits into the node's share and the network's (both ways, broker included).
+
+The conversation's frame clock is the sequence number: frame n is the n-th frame captured here,
+answered or not. A recording keeps that time: frames the node never answered (it skipped them,
+or they were lost on the way) are silence in it, and the node's events are put on the frame of
+the reply they came with.
 """
 
 from __future__ import annotations
@@ -30,7 +35,7 @@ from aiomqtt.exceptions import MqttConnectError
 
 from app.core.audio import AudioFormat, level_db
 from app.core.events import ErrorEvent, Event, EventFanout, FrameStats, StateEvent, TextEvent
-from app.core.recording import Recorder
+from app.core.recording import WRITE_FAILED_HINT, Origin, Recorder, RecordingError
 from app.core.runtime import (
     AudioSink,
     AudioSource,
@@ -38,7 +43,7 @@ from app.core.runtime import (
     CollectingSink,
     RealClock,
 )
-from app.core.timing import Timings
+from app.core.timing import COUNTERS, Timings
 from app.wire.client import Grant, RemoteError, request_session
 from app.wire.mqtt import (
     PASSWORD_ENV,
@@ -133,6 +138,8 @@ class RemoteTalkSession:
         self._sent: dict[int, _Sent] = {}
         self._sequence = 0
         self._lost = 0  # frames sent and never answered
+        self._answered = -1  # the sequence number of the latest reply
+        self._last_stats: FrameStats | None = None
         self._started = 0.0
         self._client: aiomqtt.Client | None = None  # the connection of the moment (None: away)
         self._last_sent = 0.0  # when a frame last went out: the node's session timeout counts
@@ -177,6 +184,11 @@ class RemoteTalkSession:
             self.devices,
             keep_microphone=self.keep_microphone,
         )
+        if self._sequence > 0:  # mid-conversation: its own frame 0, time 0 and counters
+            stats = self._last_stats
+            counters = {n: getattr(stats, n) for n in COUNTERS} if stats else {}
+            counters["dropped_input"] = self._lost
+            recorder.start_at(Origin(self._elapsed(), self._sequence, counters))
         self.recorder, self.recording_started = recorder, self.clock.now()
         self.events.sinks.append(recorder)
 
@@ -184,9 +196,18 @@ class RemoteTalkSession:
         recorder, self.recorder = self.recorder, None
         if recorder is None:
             return None
-        recorder.close(self.latency_report())
+        # The frames before the oldest still awaited were answered or are lost for good: the
+        # recording's time runs to there (to the last frame captured once the session is over).
         self.events.sinks.remove(recorder)
         self.recording_started = None
+        try:
+            try:
+                recorder.pad_to(min(self._sent, default=self._sequence))
+            finally:  # a full disk must not leave it unclosed
+                recorder.update_counters(self.timings.counters)
+                recorder.close(recorder.summary(node=self.grant.node if self.grant else None))
+        except RecordingError as exc:  # said, and the conversation goes on
+            self.notice(f"{exc} ({WRITE_FAILED_HINT})")
         return recorder.folder
 
     def latency_report(self) -> dict[str, Any]:
@@ -329,7 +350,7 @@ class RemoteTalkSession:
         self.events.emit(
             ErrorEvent(
                 self._elapsed(),
-                self.timings.frames,
+                self._frame_now(),
                 f"lost the broker at {where} ({problem}): reconnecting",
                 hint=f"the node {grant.node} keeps the session for {grant.session_timeout:g} s",
                 code=BROKER_LOST,
@@ -354,7 +375,7 @@ class RemoteTalkSession:
         self._sent.clear()
         away, lost = self.clock.now() - lost_at, self._lost - lost_before
         detail = f"the broker at {where} is back after {away:.1f} s: {lost} frames lost"
-        self.events.emit(StateEvent(self._elapsed(), self.timings.frames, "reconnected", detail))
+        self.events.emit(StateEvent(self._elapsed(), self._frame_now(), "reconnected", detail))
         self.notice(f"{detail}; the conversation goes on")
         return client
 
@@ -433,17 +454,25 @@ class RemoteTalkSession:
         if self.echo is not None:  # before `play`: what is buffered sounds first
             self.echo.played(frame.pcm, now + sink.buffered_seconds())
         sink.play(frame.pcm)
-        if self.recorder is not None:
-            self.recorder.write_frame(frame.pcm, sent.pcm, sent.microphone)
+        self._answered = frame.sequence
+        if self.recorder is not None:  # frames skipped before it: silence in the recording
+            try:
+                self.recorder.write_frame(
+                    frame.pcm, sent.pcm, sent.microphone, frame=frame.sequence
+                )
+            except RecordingError as exc:  # a full disk: the recording stops, not the talk
+                self.events.emit(
+                    ErrorEvent(self._elapsed(), frame.sequence, f"recording stopped: {exc}",
+                               hint=WRITE_FAILED_HINT)
+                )  # fmt: skip
+                self.stop_recording()
         node_ms = frame.node_us / 1000
         compute_ms = (frame.encode_us + frame.lm_us + frame.decode_us) / 1000
         latency = 1000 * (now - sent.capture_time + sink.buffered_seconds())
-        self.timings.network_ms.append(1000 * (now - sent.send_time) - node_ms)
-        self.timings.node_ms.append(node_ms)
         counters = sink.counters()
         stats = FrameStats(
             self._elapsed(),
-            self.timings.frames,
+            frame.sequence,
             encode_ms=frame.encode_us / 1000,
             lm_ms=frame.lm_us / 1000,
             decode_ms=frame.decode_us / 1000,
@@ -458,12 +487,15 @@ class RemoteTalkSession:
             output_level_db=level_db(frame.pcm),
             echo_cancel=self.echo is not None,
             erle_db=sent.erle_db,
+            node_ms=node_ms,
+            network_ms=1000 * (now - sent.send_time) - node_ms,
         )
+        self._last_stats = stats
         self.timings.add_stats(stats)
         self.events.emit(stats)
 
     def _on_event(self, message: dict[str, Any]) -> None:
-        event = _event_from(message)
+        event = self._on_our_clock(_event_from(message))
         if event is None:
             return
         self.events.emit(event)
@@ -477,6 +509,18 @@ class RemoteTalkSession:
                 f"the node no longer has this session ({event.message}): the conversation is "
                 "over; start antiphon talk again"
             )
+
+    def _on_our_clock(self, event: Event | None) -> Event | None:
+        """A node's event on this conversation's clock: the frame of the reply it came with
+        (the node counts the frames it stepped, which skips those it never got), and now."""
+        if event is None:
+            return None
+        frame = self._frame_now() if event.frame >= 0 else -1
+        return dataclasses.replace(event, time=self._elapsed(), frame=frame)
+
+    def _frame_now(self) -> int:
+        """The conversation's frame for an event of now: the latest answered (and so recorded)."""
+        return max(self._answered, 0)
 
     def _elapsed(self) -> float:
         return self.clock.now() - self._started

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from app.core.engine import Engine
 from app.core.events import ErrorEvent, EventFanout, StateEvent
-from app.core.recording import Recorder
+from app.core.recording import WRITE_FAILED_HINT, Recorder, RecordingError
 from app.core.runtime import Conversation, RealClock
 from app.core.timing import Timings
 from audio_io.echo import EchoCanceller
@@ -112,21 +112,29 @@ class TalkSession:
             keep_microphone=self.keep_microphone,
         )
         self.recorder, self.recording_started = recorder, self.clock.now()
+        if self._conversation is not None:  # from this frame on, its own frame 0 and counters
+            self._conversation.attach_recorder(recorder)
         self.events.sinks.append(recorder)
-        if self._conversation is not None:
-            self._conversation.recorder = recorder
 
     def stop_recording(self) -> Path | None:
         recorder, self.recorder = self.recorder, None
         if recorder is None:
             return None
-        if self._conversation is not None:
-            self._conversation.recorder = None
-            recorder.close(self._conversation.timings.summary(self.engine.frame_duration))
-        else:
-            recorder.close()
         self.events.sinks.remove(recorder)
         self.recording_started = None
+        conversation = self._conversation
+        try:
+            if conversation is not None:
+                conversation.recorder = None
+                try:  # frames captured and dropped to keep up, up to now: silence (its time)
+                    recorder.pad_to(conversation.frame)
+                finally:  # a full disk must not leave it unclosed
+                    recorder.update_counters(conversation.counters())
+                    recorder.close(recorder.summary())  # of its frames, not the session's
+            else:
+                recorder.close()
+        except RecordingError as exc:  # a full disk: said, and the conversation goes on
+            self.notice(f"{exc} ({WRITE_FAILED_HINT})")
         return recorder.folder
 
     async def run(self) -> Timings:

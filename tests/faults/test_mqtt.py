@@ -32,7 +32,6 @@ from .conftest import (
     FRAME,
     WAIT,
     assert_no_traceback,
-    assert_readable,
     retained,
     serve,
     settings,
@@ -40,6 +39,7 @@ from .conftest import (
     wait_for_status,
     wait_until,
 )
+from .recording_helpers import assert_whole
 
 
 def kill(broker: Mosquitto) -> None:
@@ -80,7 +80,7 @@ def test_a_broker_restart_under_a_node_and_two_remote_terminals(
             assert_no_traceback(errors)
             assert "lost the broker" in errors and "reconnecting" in errors
             assert "is back after" in errors and "the conversation goes on" in errors, errors
-            recording = assert_readable(tmp_path / terminal.name, events_within=False)
+            recording = assert_whole(tmp_path / terminal.name)
             states = [e["state"] for e in recording.events if e["type"] == "state"]
             assert "reconnected" in states
             assert recording.meta["summary"]["dropped_input"] > 0  # the outage's frames
@@ -99,7 +99,7 @@ def test_a_broker_restart_under_a_node_and_two_remote_terminals(
         assert node.stop() == 0
     assert_no_traceback(node.errors())
     for folder in folders:
-        recording = assert_readable(folder)
+        recording = assert_whole(folder)
         assert recording.meta["summary"]["frames"] > 40  # of 75: most of the 6 s conversation
         assert recording.events[-1]["detail"] == "closed by the client"
 
@@ -122,14 +122,14 @@ def test_a_broker_away_longer_than_the_session_timeout_ends_the_conversation(
         assert len(final) == 1, errors
         assert "lost the broker" in final[0] and "start antiphon talk again" in final[0]
         assert "recording is kept" in final[0]
-        assert_readable(tmp_path / "alice", events_within=False)
+        assert_whole(tmp_path / "alice")
         # the node, back with the broker, closes the session it no longer hears
         wait_until(lambda: retained(broker, "antiphon/n1/info")["free_slots"] == 4)
     finally:
         assert node.stop() == 0
     assert_no_traceback(node.errors())
     (folder,) = (tmp_path / "node").iterdir()
-    assert assert_readable(folder).events[-1]["detail"].startswith("timeout")
+    assert assert_whole(folder).events[-1]["detail"].startswith("timeout")
 
 
 def test_a_terminal_that_never_reaches_the_broker_says_so(tmp_path: Path) -> None:
@@ -227,4 +227,4 @@ def test_the_tui_rides_out_a_broker_restart_or_says_why_it_ended(
         assert app.return_code == 1, printed
         # the terminal gave up, or the node, back first, closed the session it no longer heard
         assert "the conversation is over" in printed
-    assert_readable(tmp_path / "rec", events_within=False)
+    assert_whole(tmp_path / "rec")

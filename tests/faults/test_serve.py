@@ -31,13 +31,13 @@ from .conftest import (
     WAIT,
     Process,
     assert_no_traceback,
-    assert_readable,
     retained,
     serve,
     settings,
     talk,
     wait_until,
 )
+from .recording_helpers import assert_whole
 
 PERIOD = FRAME / 24000
 
@@ -120,7 +120,7 @@ def test_a_node_slower_than_real_time_says_it_is_behind(broker: Mosquitto, tmp_p
     assert_no_traceback(logged)
     assert "node n1 is slower than real time" in logged and "fewer --slots" in logged
     assert "no sessions left" in logged
-    recording = assert_readable(tmp_path / "alice", events_within=False)
+    recording = assert_whole(tmp_path / "alice")
     codes = [e.get("code") for e in recording.events if e["type"] == "error"]
     assert "node_behind" in codes
 
@@ -235,7 +235,7 @@ def test_malformed_and_oversized_messages_from_many_clients_harm_no_session(
         assert errors.get(code, 0) >= 1, (code, errors)
     assert "internal" not in errors
     for folder in (tmp_path / "node").iterdir():
-        assert_readable(folder)
+        assert_whole(folder)
 
 
 def test_a_full_fleet_says_so_at_once(broker: Mosquitto, tmp_path: Path) -> None:

@@ -41,6 +41,17 @@ def test_events_give_the_same_summary_as_the_frames_they_came_from() -> None:
     assert set(COUNTERS) <= set(from_events)
 
 
+def test_a_counter_that_is_not_a_number_is_left_out() -> None:
+    events = [frame.to_dict() for frame in _stats()]
+    events[-1]["underruns"] = "lots"  # the docstring's promise holds for counters too
+    events[-2]["xruns"] = None
+    events[-3]["overruns"] = [1]
+    summary = Timings.from_events(events).summary(0.08)
+    assert summary["frames"] == 10
+    assert summary["underruns"] == 1  # frame 8's 8 // 5, the largest number left
+    assert summary["xruns"] == summary["overruns"] == 0
+
+
 def test_a_remote_session_adds_node_and_network_figures() -> None:
     timings = Timings.of(_stats())
     timings.node_ms += [20.0] * 10

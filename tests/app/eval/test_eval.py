@@ -406,20 +406,24 @@ def test_short_recordings_are_evaluated_and_an_odd_folder_does_not_stop_the_rest
             [(0.0, " yeah")],
         )
     write_recording(root / "odd", lay_out(2.0, []), lay_out(2.0, []), [])
-    with (root / "odd" / "events.jsonl").open("a") as events:
-        events.write('{"type": "frame", "frame": 30, "underruns": "many"}\n')
+    with (root / "odd" / "events.jsonl").open("a") as events:  # a counter that is no number
+        events.write('{"type": "frame", "frame": 24, "compute_ms": 9.0, "underruns": "many"}\n')
+    write_recording(root / "corrupt", lay_out(2.0, []), lay_out(2.0, []), [])
+    (root / "corrupt" / "session.wav").write_bytes(b"RIFF\x00\x00\x00\x00WAVEjunk" * 10)
 
     assert run_eval(root) == 1
     captured = capsys.readouterr()
     report = json.loads(captured.out)
     evaluated = {Path(r["path"]).name: r for r in report["recordings"]}
-    assert set(evaluated) == {"short", "one_frame", "good"}
+    assert set(evaluated) == {"short", "one_frame", "good", "odd"}
     assert evaluated["short"]["speech"]["duration_s"] == pytest.approx(1.0)
     assert evaluated["short"]["monologue"]["pieces"] == 1
     assert evaluated["one_frame"]["monologue"]["text_frames"] == 1
+    assert evaluated["odd"]["runtime"]["frames"] == 26  # the odd field is left out, not the line
+    assert evaluated["odd"]["runtime"]["underruns"] == 0
     (failed,) = report["failed"]
-    assert Path(failed["path"]).name == "odd" and "many" in failed["error"]
-    assert f"cannot evaluate {root / 'odd'}" in captured.err
+    assert Path(failed["path"]).name == "corrupt" and "session.wav" in failed["error"]
+    assert f"cannot evaluate {root / 'corrupt'}" in captured.err
     assert "Traceback" not in captured.err
 
 

@@ -249,6 +249,38 @@ def test_open_talk_reset_close(model, broker: Mosquitto, tmp_path: Path) -> None
     assert recorded.meta["session"] == {"id": grant["session"], "owner": "alice"}
 
 
+def test_a_recording_keeps_the_conversations_time(model, broker: Mosquitto, tmp_path: Path) -> None:
+    """Frames that never reach the node (lost on the way) are silence in its recording, on the
+    client's clock (its sequence numbers from its first one, whatever that is)."""
+    audio = _audio(4, 8)
+    sent = [0, 1, 2, 6, 7]  # 3, 4 and 5 never arrive
+
+    async def main() -> dict[str, Any]:
+        async with serving(model, broker, record=tmp_path / "rec") as server, peer(broker) as me:
+            grant = await me.open()
+            for count, i in enumerate(sent, start=1):
+                await me.send(grant, 500 + i, audio[i])
+                await me.wait_replies(grant, count)
+            session = server.sessions[("alice", grant["session"])]
+            assert (session.frames, session.position, session.missing) == (5, 8, 3)
+            await me.client.publish(grant["topic"] + "/ctl", b'{"cmd": "close"}', qos=1)
+            await me.wait_event(grant["topic"] + "/out/event", state="closed")
+            return grant
+
+    grant = asyncio.run(main())
+    recorded = read_recording(tmp_path / "rec" / grant["session"])
+    assert len(recorded.user) == 8 * FRAME and recorded.meta["silent_frames"] == 3
+    user = recorded.user.reshape(8, FRAME)
+    assert not user[3:6].any(), "the frames that never came are silence"
+    for i in sent:  # the others where they were sent (PCM 16 in the file)
+        np.testing.assert_allclose(user[i], audio[i], atol=1 / 32768)
+    assert recorded.meta["summary"]["frames"] == 5  # stepped
+    silence = [e for e in recorded.events if e.get("state") == "silence"]
+    assert [e["frame"] for e in silence] == [3]
+    assert all(e["frame"] <= 8 for e in recorded.events)
+    assert [e["frame"] for e in recorded.events if e["type"] == "state"][-1] == 8  # closed
+
+
 def test_a_failed_recording_ends_only_that_recording(
     model, broker: Mosquitto, tmp_path: Path
 ) -> None:

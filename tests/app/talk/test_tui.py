@@ -37,6 +37,7 @@ from app.core.events import (
     TextEvent,
 )
 from app.core.models import random_model
+from app.core.recording import read_recording
 from app.talk.session import TalkSession
 from app.talk.tui import TalkApp, TalkControls, make_app
 from app.talk.tui.help import HelpScreen
@@ -516,7 +517,13 @@ def test_real_session_on_jack(jack_server: JackServer, tmp_path: Path) -> None:
             await pilot.press("q")
         audio, rate = soundfile.read(folder / "session.wav")
         assert rate == 24000 and audio.shape[1] == 2 and len(audio) >= 3 * 1920
-        assert (folder / "meta.json").exists()
+        # started by `c` mid-session, the recording still counts from its own frame 0
+        recording = read_recording(folder)
+        frames = len(audio) // 1920
+        stats = [e for e in recording.events if e["type"] == "frame"]
+        assert stats and stats[0]["frame"] <= 1 and stats[-1]["frame"] < frames
+        assert all(e["frame"] < frames and e["time"] < frames * 0.08 + 0.5 for e in stats)
+        assert recording.meta["summary"]["frames"] == len(stats) <= recording.meta["frames"]
         assert soundfile.info(second / "session.wav").frames > 0  # closed by the session
         assert app.notes == [f"recorded {folder}", f"recorded {second}"]
         return app
