@@ -95,7 +95,8 @@ for stage in "$@"; do
         eval)
             OMP_NUM_THREADS=${EVAL_THREADS:-$threads} train eval --assets "$assets" \
                 --data "$run_dir/data/eval" --count "${EVAL_DIALOGUES:-300}" \
-                --device "$device" --json "$run_dir/eval.json" --fdb-out "$run_dir/fdb"
+                --device "$device" --json "$run_dir/eval.json" --fdb-out "$run_dir/fdb" \
+                --batch "${EVAL_BATCH:-8}"
             ;;
         fdb)
             "$py" -m app.cli eval "$run_dir/fdb" --out "$run_dir/fdb-eval" --no-timeline

@@ -39,6 +39,7 @@ import argparse
 import json
 import logging
 import re
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -47,7 +48,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from app.core.engine import Engine
+from app.core.engine import BatchEngine, Engine
 from app.core.models import ASSETS, LoadedModel, bundled_model
 from model.codec import Codec
 
@@ -116,6 +117,63 @@ def run_dialogue(engine: Engine, user: np.ndarray) -> Session:
         if result.text:
             texts.append((i, result.text))
     return Session(np.concatenate(out), texts, engine.frame_duration)
+
+
+@dataclass
+class _Running:
+    """A dialogue in a slot of the batch: its user channel, and what the model did so far."""
+
+    index: int
+    user: np.ndarray  # padded to whole frames
+    out: list[np.ndarray] = field(default_factory=list)
+    texts: list[tuple[int, str]] = field(default_factory=list)
+
+
+def run_dialogues(
+    model: LoadedModel, users: Iterable[np.ndarray], slots: int
+) -> Iterator[tuple[int, Session]]:
+    """Many dialogues at once: `slots` conversations in one batch, each as `run_dialogue` runs
+    it alone (a fresh slot, the model's sampling from its start); a slot that finishes takes the
+    next dialogue. Yields (the dialogue's index in `users`, its Session) as each one ends.
+
+    On a CPU the batch costs little more than one conversation a step (the weights are read
+    once for all), so an evaluation runs several times faster. The slots do not see each other
+    (tests/app/train/test_quality.py), but a batch's matrix products may round differently
+    from a single conversation's, and sampled tokens can then part ways."""
+    engine = BatchEngine(model, slots)
+    size = engine.frame_size
+    waiting = iter(enumerate(users))
+    running: dict[int, _Running] = {}
+
+    def start_next() -> bool:
+        item = next(waiting, None)
+        if item is None:
+            return False
+        index, user = item
+        padded = np.pad(user, (0, -len(user) % size)).astype(np.float32)
+        running[engine.open()] = _Running(index, padded)
+        return True
+
+    while len(running) < slots and start_next():
+        pass
+    while running:
+        frames = {}
+        for slot, dialogue in running.items():
+            at = len(dialogue.out) * size
+            frames[slot] = dialogue.user[at : at + size]
+        for slot, result in engine.step(frames).items():
+            dialogue = running[slot]
+            if result.text:
+                dialogue.texts.append((len(dialogue.out), result.text))
+            dialogue.out.append(result.pcm)
+            if len(dialogue.out) * size == len(dialogue.user):
+                del running[slot]
+                engine.close(slot)
+                yield (
+                    dialogue.index,
+                    Session(np.concatenate(dialogue.out), dialogue.texts, engine.frame_duration),
+                )
+                start_next()
 
 
 def normalise(text: str) -> str:
@@ -332,24 +390,34 @@ def evaluate(
     count: int | None,
     progress: bool = True,
     fdb_out: Path | None = None,
+    batch: int = 8,
 ) -> dict:
-    engine = Engine(model)
+    """The figures over the first `count` dialogues of `folder`, `batch` of them at a time."""
     files = read_manifest(folder)[:count]
     renderings = _Renderings()
-    results = []
-    for wav in tqdm(files, desc="eval", unit="dlg", disable=not progress):
-        stereo, description = read_dialogue(wav)
-        user = stereo[1]
-        session = run_dialogue(engine, user)
+    stereo: dict[int, np.ndarray] = {}  # of the dialogues in the batch
+    descriptions: dict[int, dict] = {}
+
+    def users() -> Iterator[np.ndarray]:
+        for index, wav in enumerate(files):
+            stereo[index], descriptions[index] = read_dialogue(wav)
+            yield stereo[index][1]
+
+    results: list[dict] = [{} for _ in files]
+    bar = tqdm(total=len(files), desc="eval", unit="dlg", disable=not progress)
+    for index, session in run_dialogues(model, users(), batch):
+        user, description, wav = stereo.pop(index)[1], descriptions.pop(index), files[index]
         result = score_dialogue(session, description, renderings)
         result["file"] = wav.name
         result["held_out_voice"] = bool(description.get("held_out_voice"))
         result["stoi_heard"] = codec_stoi(model.codec, user)
         result["stoi_clean"] = codec_stoi(model.codec, clean_speech(description))
-        results.append(result)
+        results[index] = result
         if fdb_out is not None:
             assistant = session.assistant[: len(user)]
             write_fdb_samples(fdb_out, wav.stem, user, assistant, description, SAMPLE_RATE)
+        bar.update()
+    bar.close()
     report = summarize(results)
     report["model"] = model.name
     report["dialogues"] = results
@@ -403,6 +471,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", type=Path, help="write the whole report here")
     parser.add_argument(
+        "--batch",
+        type=int,
+        default=8,
+        help="dialogues run at once, in one batch (default 8; 1: one after the other)",
+    )
+    parser.add_argument(
         "--fdb-out",
         type=Path,
         help="also cut every request into a Full-Duplex-Bench sample here (for `antiphon eval`)",
@@ -413,7 +487,7 @@ def run(args: argparse.Namespace) -> int:
     model = bundled_model(
         torch.device(args.device), args, folder=args.assets, name=str(args.assets)
     )
-    report = evaluate(model, args.data, args.count, fdb_out=args.fdb_out)
+    report = evaluate(model, args.data, args.count, fdb_out=args.fdb_out, batch=args.batch)
     print(format_figures(report))
     if args.json:
         args.json.write_text(json.dumps(report, indent=1))

@@ -7,6 +7,7 @@ import numpy as np
 
 from app.train.dialogues import ASSISTANT, generate, read_dialogue, read_manifest
 from app.train.quality import Session, _Renderings, score_dialogue, summarize
+from model import SamplingParams
 from tests.app.train.test_dialogues import require_espeak
 
 
@@ -36,3 +37,31 @@ def test_the_recorded_assistant_scores_perfectly(tmp_path: Path) -> None:
     silent = Session(np.zeros_like(assistant), [], 0.08)
     nothing = summarize([score_dialogue(silent, description, renderings)])["figures"]
     assert nothing["answers_within_1s"] == 0.0 and nothing["silent_while_user"] == 1.0
+
+
+def test_a_batch_of_dialogues_runs_each_as_it_would_run_alone() -> None:
+    """run_dialogues (the eval's batch) against run_dialogue (one at a time), on a random tiny
+    model with sampling on: dialogues of different lengths, more of them than slots, so that
+    slots are reused; each gives the same audio and text as it does alone."""
+    import torch
+
+    from app.core.engine import Engine
+    from app.core.models import random_model
+    from app.train.quality import run_dialogue, run_dialogues
+
+    torch.manual_seed(0)
+    model = random_model(torch.device("cpu"), SamplingParams(seed=5), seed=3)
+    rng = np.random.default_rng(0)
+    users = [
+        (0.1 * rng.standard_normal(frames * 1920 - cut)).astype(np.float32)
+        for frames, cut in ((7, 0), (3, 100), (11, 0), (5, 1919), (4, 0))
+    ]
+    alone = [run_dialogue(Engine(model), user) for user in users]
+    assert all(session.texts for session in alone)  # something to compare
+    batched = dict(run_dialogues(model, users, slots=2))
+    assert sorted(batched) == list(range(len(users)))
+    for index, session in batched.items():
+        expected = alone[index]
+        assert len(session.assistant) == len(expected.assistant)
+        np.testing.assert_allclose(session.assistant, expected.assistant, atol=1e-5)
+        assert session.texts == expected.texts
