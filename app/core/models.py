@@ -81,6 +81,16 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--dtype", choices=sorted(_DTYPES), help="LM dtype (default: bf16 on GPU, fp32 on CPU)"
     )
+    add_format_arguments(group)
+    group.add_argument("--text-temperature", type=float)
+    group.add_argument("--text-top-k", type=int)
+    group.add_argument("--audio-temperature", type=float)
+    group.add_argument("--audio-top-k", type=int)
+    group.add_argument("--seed", type=int, default=0)
+
+
+def add_format_arguments(group: argparse._ActionsContainer) -> None:
+    """--kv-cache and --int8-weights: the opt-in 8-bit formats (`with_formats` applies them)."""
     group.add_argument(
         "--kv-cache",
         choices=CACHE_FORMATS,
@@ -93,11 +103,6 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="weight-only int8 for the LM's linear layers (for GPUs: slower on a CPU)",
     )
-    group.add_argument("--text-temperature", type=float)
-    group.add_argument("--text-top-k", type=int)
-    group.add_argument("--audio-temperature", type=float)
-    group.add_argument("--audio-top-k", type=int)
-    group.add_argument("--seed", type=int, default=0)
 
 
 def _sampling(args: argparse.Namespace | None, defaults: SamplingParams) -> SamplingParams:
@@ -118,7 +123,11 @@ def _sampling(args: argparse.Namespace | None, defaults: SamplingParams) -> Samp
 
 def load_from_args(args: argparse.Namespace) -> LoadedModel:
     """The model the options name, in the weight and KV-cache formats they ask for."""
-    loaded = _load(args)
+    return with_formats(_load(args), args)
+
+
+def with_formats(loaded: LoadedModel, args: argparse.Namespace) -> LoadedModel:
+    """The model in the KV-cache and weight formats of --kv-cache and --int8-weights."""
     loaded.cache_format = check_cache_format(getattr(args, "kv_cache", "compute"))
     if getattr(args, "int8_weights", False):
         count = quantize_lm_(loaded.lm)

@@ -49,7 +49,7 @@ import torch
 from tqdm import tqdm
 
 from app.core.engine import BatchEngine, Engine
-from app.core.models import ASSETS, LoadedModel, bundled_model
+from app.core.models import ASSETS, LoadedModel, add_format_arguments, bundled_model, with_formats
 from model.codec import Codec
 
 from .content import ASSISTANT_VOICE
@@ -476,6 +476,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=8,
         help="dialogues run at once, in one batch (default 8; 1: one after the other)",
     )
+    add_format_arguments(parser)  # the 8-bit formats' figures beside the full-precision ones
     parser.add_argument(
         "--fdb-out",
         type=Path,
@@ -487,6 +488,7 @@ def run(args: argparse.Namespace) -> int:
     model = bundled_model(
         torch.device(args.device), args, folder=args.assets, name=str(args.assets)
     )
+    model = with_formats(model, args)
     report = evaluate(model, args.data, args.count, fdb_out=args.fdb_out, batch=args.batch)
     print(format_figures(report))
     if args.json:
