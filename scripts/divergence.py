@@ -15,6 +15,9 @@ random user codes. Every variant steps in lockstep with the full-precision model
 At batch 1 on a CPU each step reads every weight (~2 GB in fp32 at the default 1 + 1 layers),
 so 500 frames take ~10 minutes of one core.
 
+With --assets DIR (an exported bundle, e.g. app/assets) the trained demo model's LM is used
+instead, on the user codes of --user-wav (encoded by the bundle's codec; default: random codes).
+
 Prints one markdown table (docs/performance.md).
 """
 
@@ -27,7 +30,10 @@ import time
 
 import torch
 
+from audio_io.files import read_audio
 from model import LM, SamplingParams, moshi_7b
+from model.bundle import bundle_files
+from model.checkpoint import load_codec, load_lm
 from model.kvcache import CacheFormat
 from model.quantize import quantize_lm_
 
@@ -68,11 +74,25 @@ def main() -> None:
     parser.add_argument(
         "--free", action="store_true", help="also run every variant on its own tokens (2x time)"
     )
+    parser.add_argument("--assets", help="an exported bundle: its trained LM, not random weights")
+    parser.add_argument("--user-wav", help="(with --assets) the user's audio, through its codec")
     args = parser.parse_args()
 
     torch.manual_seed(args.seed)
-    config = reduced_7b(args.temporal_layers, args.depth_layers)
-    full = LM(config).eval()
+    users = None
+    if args.assets:
+        files = bundle_files(args.assets)
+        full = load_lm(files.lm_weights, files.lm_config, "cpu", torch.float32).eval()
+        config = full.config
+        if args.user_wav:
+            codec = load_codec(files.codec_weights, files.codec_config, "cpu")
+            pcm = torch.from_numpy(read_audio(args.user_wav, codec.sample_rate)).view(1, 1, -1)
+            with torch.no_grad():
+                users = codec.encode(pcm)[:, : config.user_codebooks]  # [1, K, frames]
+            args.frames = min(args.frames, users.shape[-1])
+    else:
+        config = reduced_7b(args.temporal_layers, args.depth_layers)
+        full = LM(config).eval()
     int8 = copy.deepcopy(full)
     quantize_lm_(int8)
     greedy = SamplingParams.greedy()
@@ -86,7 +106,10 @@ def main() -> None:
     g = torch.Generator().manual_seed(args.seed + 1)
     start = time.perf_counter()
     for frame in range(args.frames):
-        user = torch.randint(0, config.card, (1, config.user_codebooks, 1), generator=g)
+        if users is not None:
+            user = users[..., frame : frame + 1]
+        else:
+            user = torch.randint(0, config.card, (1, config.user_codebooks, 1), generator=g)
         want = full.step(user, reference)
         for _, lm, forced, free, stats in runs:
             got = lm.step(user, forced)
@@ -107,10 +130,14 @@ def main() -> None:
 
 
 def report(args: argparse.Namespace, runs: list, n: int, seconds: float) -> None:
-    print(
-        f"reduced Moshi 7B: {args.temporal_layers} temporal + {args.depth_layers} depth layers, "
-        f"random weights (seed {args.seed}), greedy, {n} frames ({seconds:.0f} s)\n"
-    )
+    if args.assets:
+        heard = f"the user codes of {args.user_wav}" if args.user_wav else "random user codes"
+        print(f"the LM of {args.assets}, greedy, {heard}, {n} frames ({seconds:.0f} s)\n")
+    else:
+        print(
+            f"reduced Moshi 7B: {args.temporal_layers} temporal + {args.depth_layers} depth "
+            f"layers, random weights (seed {args.seed}), greedy, {n} frames ({seconds:.0f} s)\n"
+        )
     print(
         "| variant | text logits max abs error (forced) | / logits std | text token agrees "
         "(forced) | assistant codes agree (forced) | text agrees (free) | first free difference |"

@@ -54,8 +54,10 @@ def assert_whole(folder: Path) -> Recording:
     recording = read_recording(folder)
     frames = -(-len(recording.user) // F)
     assert len(recording.user) == frames * F, "a recording holds whole frames"
-    # a state event may sit at the end of the last frame ("stopped", "closed": frame = count)
-    late = [e for e in recording.events if e["frame"] + (e["type"] != "state") > frames]
+    # Text and frame events belong to a frame, which must be there; the others say what
+    # happened at a point of the clock, which may be the end ("stopped", "closed", or an error
+    # before the first frame of a recording that got none: frame = count).
+    late = [e for e in recording.events if e["frame"] + (e["type"] in ("text", "frame")) > frames]
     assert not late, f"events of frames beyond the {frames} in {wav}: {late[:3]}"
     if "frames" in recording.meta:
         assert recording.meta["frames"] == frames
