@@ -117,8 +117,12 @@ def test_echo_is_cancelled_on_a_real_jack_loop_and_the_user_survives(
     script = FarEndScript(far_end_speech(tmp_path))
     room = asyncio.run(_converse(jack_server, ScriptedFarEnd(script), tmp_path))
 
+    # What the far end heard is the recording's user channel (which may end on a frame of
+    # silence: the conversation was cancelled with a frame captured and not yet stepped).
     cleaned = read_recording(tmp_path / "session").user
-    assert np.allclose(np.concatenate(script.heard)[: len(cleaned)], cleaned, atol=1 / 16384)
+    heard = np.concatenate(script.heard)[: len(cleaned)]
+    assert len(heard) >= len(cleaned) - FRAME
+    assert np.allclose(heard, cleaned[: len(heard)], atol=1 / 16384)
     figures = measure(tmp_path / "session", room)
     print(figures.report())
     check(figures)
