@@ -3,7 +3,7 @@
     script = FarEndScript(far_end_speech(folder))  # what the far end says, frame by frame
     ...open the app's side (PortAudio on JACK, the canceller, a recording with the raw mic)...
     with EchoRoom(server, FIRST_PATH) as room:
-        await play_the_room(room, folder)          # connects it, the user talks, the path jumps
+        await talk_in_the_room(room, folder, conversation.run())  # the user talks, the path jumps
     figures = measure(folder / "session", room)    # ERLE, convergence, double talk
     check(figures)
 
@@ -17,10 +17,13 @@ double talk (Silero VAD, `antiphon eval`'s detector, on the cleaned channel).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import subprocess
+from collections.abc import Coroutine
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import soundfile
@@ -103,6 +106,18 @@ async def play_the_room(room: EchoRoom, folder: Path) -> None:
     room.change_path_at(start + CHANGE_AFTER * RATE, SECOND_PATH)
     while room.position < start + RUN_FOR * RATE:
         await asyncio.sleep(0.05)
+
+
+async def talk_in_the_room(room: EchoRoom, folder: Path, talk: Coroutine[Any, Any, Any]) -> None:
+    """Run `talk` (the app's side of the conversation) while `play_the_room`; then cancel it, as
+    the user's Ctrl-C does."""
+    task = asyncio.create_task(talk)
+    try:
+        await play_the_room(room, folder)
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,6 @@ tests/app/talk/echo_loop.py measures it; test_echo_remote.py does the same for `
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import cast
@@ -35,7 +34,7 @@ from tests.app.talk.echo_loop import (
     check,
     far_end_speech,
     measure,
-    play_the_room,
+    talk_in_the_room,
 )
 from tests.app.talk.echo_room import EchoRoom
 from tests.jack_server import JackServer, make_jack_fixture
@@ -99,13 +98,9 @@ async def _converse(server: JackServer, far_end: ScriptedFarEnd, folder: Path) -
         conversation = Conversation(
             engine, source, sink, session.events, session.clock, recorder, echo=echo
         )
-        task = asyncio.create_task(conversation.run())
         try:
-            await play_the_room(room, folder)
+            await talk_in_the_room(room, folder, conversation.run())
         finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
             recorder.close()
         return room
 

@@ -14,7 +14,6 @@ is the node's own: its frame clock, queues, sessions and MQTT. The room
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from pathlib import Path
 
 import numpy as np
@@ -34,7 +33,7 @@ from tests.app.talk.echo_loop import (
     check,
     far_end_speech,
     measure,
-    play_the_room,
+    talk_in_the_room,
 )
 from tests.app.talk.echo_room import EchoRoom
 from tests.jack_server import JackServer, make_jack_fixture
@@ -86,13 +85,7 @@ async def _converse(
             notices=print,
         )
         with EchoRoom(jack, FIRST_PATH) as room:
-            task = asyncio.create_task(session.run())
-            try:
-                await play_the_room(room, folder)
-            finally:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+            await talk_in_the_room(room, folder, session.run())
     return room, session
 
 
