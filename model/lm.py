@@ -10,6 +10,7 @@ codebooks one at a time, conditioned on the text token just sampled.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 from torch import nn
@@ -255,19 +256,18 @@ class LM(nn.Module):
         Returns text logits [B, T, text_card] and audio logits [B, dep_q, T, card] aligned with
         `codes` (position t predicts codes[:, :, t]); positions a delay pushes past the end are NaN.
         """
-        text_logits, audio_logits, _ = self.forward_delayed(codes)
+        text_logits, audio_logits, _, _ = self.forward_delayed(codes)
         audio_logits = undelay(audio_logits, self.config.delays[1 : self.config.dep_q + 1])
         text_logits = undelay(text_logits[:, None], self.config.delays[:1])[:, 0]
         return text_logits, audio_logits
 
-    def forward_delayed(
-        self, codes: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def forward_delayed(self, codes: torch.Tensor) -> TeacherForced:
         """Teacher forcing in the model's own (delayed) time, as training wants it.
 
         codes [B, streams, T] aligned, -1 where there is no token. Returns text logits
-        [B, T, text_card], audio logits [B, dep_q, T, card] and the delayed targets [B, streams,
-        T] they predict (-1 where a delay left no target). Training on these is the same loss as
+        [B, T, text_card], audio logits [B, dep_q, T, card], the delayed targets [B, streams, T]
+        they predict (-1 where a delay left no target) and the temporal transformer's output
+        [B, T, dim] (what training-only heads read). Training on these is the same loss as
         on `forward`'s undelayed logits, without copying the logits back into aligned time (half
         of a CPU training step)."""
         config = self.config
@@ -293,7 +293,17 @@ class LM(nn.Module):
             [self.linears[k](depth_out[:, k]).view(B, T, -1) for k in range(config.dep_q)], dim=1
         )
         no_target = torch.full_like(initial, -1)
-        return text_logits, audio_logits, delay_streams(codes, config.delays, no_target)
+        targets = delay_streams(codes, config.delays, no_target)
+        return TeacherForced(text_logits, audio_logits, targets, temporal_out)
+
+
+class TeacherForced(NamedTuple):
+    """`LM.forward_delayed`'s outputs, all in the model's delayed time."""
+
+    text_logits: torch.Tensor  # [B, T, text_card]
+    audio_logits: torch.Tensor  # [B, dep_q, T, card]
+    targets: torch.Tensor  # [B, streams, T], -1 where there is no target
+    hidden: torch.Tensor  # [B, T, dim]: the temporal transformer's (normed) output
 
 
 def user_ahead(codes: torch.Tensor, dep_q: int, fill: torch.Tensor | int = -1) -> torch.Tensor:

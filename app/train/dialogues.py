@@ -384,3 +384,26 @@ def text_tokens(
         if not word:
             queue.popleft()
     return tokens
+
+
+def heard_tokens(
+    alignments: Sequence[Sequence],
+    encode: Callable[[str], list[int]],
+    num_frames: int,
+    frame_rate: float = 12.5,
+    delay_frames: int = 2,
+    pad_id: int = 3,
+    end_of_padding_id: int = 0,
+) -> list[int]:
+    """The user's words as one text token per frame, each queued `delay_frames` after the
+    word *ends*: what a listener can write down once it has heard the whole word.
+
+    The training-only hearing head (`antiphon train lm --hear-weight`) learns to predict these
+    from the LM's temporal transformer, so that the model is taught to recognise what was said
+    and not only when to speak."""
+    heard = [
+        [word, [end + delay_frames / frame_rate] * 2, USER]
+        for word, (_, end), speaker in alignments
+        if speaker == USER
+    ]
+    return text_tokens(heard, encode, num_frames, frame_rate, pad_id, end_of_padding_id, USER)

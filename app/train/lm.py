@@ -12,6 +12,12 @@ cross-entropy of the assistant's codebooks, the first (semantic) one weighted mo
 (`--first-codebook-weight`). Positions with no target (padding, the ends the delays push out)
 are ignored.
 
+Plus, for training only, hearing: a linear head on the temporal transformer's output predicts
+the *user's* words, each a few frames after it ends (`dialogues.heard_tokens`), weighted by
+`--hear-weight`. Without it, the first demo LM learned when to speak and the form of its
+answers but not what had been asked: recognising words from a codec's acoustic codes is a lot
+to learn from the answers alone. The head is not part of the exported model.
+
 A run folder ends with `lm.safetensors` and `config.json` (Kyutai's keyword form).
 """
 
@@ -27,6 +33,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from safetensors.torch import load_file
 from tqdm import tqdm
 
 from model.bundle import save_safetensors
@@ -39,7 +46,7 @@ from model.tokenizer import TextTokenizer
 
 from . import loop
 from .codec import load_trained_codec
-from .dialogues import read_dialogue, read_manifest, text_tokens
+from .dialogues import heard_tokens, read_dialogue, read_manifest, text_tokens
 from .tokenizer import TOKENIZER_FILE
 
 log = logging.getLogger(__name__)
@@ -60,25 +67,55 @@ PRESETS = {"demo": demo_lm, "tiny": tiny_demo_lm}
 # --- the loss -----------------------------------------------------------------------------------
 
 
+class Trainee(torch.nn.Module):
+    """What `train lm` optimises: the LM, and the training-only hearing head (None: off)."""
+
+    def __init__(self, lm: LM, hearing: bool):
+        super().__init__()
+        self.lm = lm
+        self.hearing = (
+            torch.nn.Linear(lm.config.temporal.dim, lm.config.text_card) if hearing else None
+        )
+
+
+def _text_loss(
+    logits: torch.Tensor, target: torch.Tensor, pad_id: int, pad_weight: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cross-entropy of logits [B, T, card] against a text stream target [B, T] (PAD frames
+    weighted by pad_weight, IGNORE skipped) and the accuracy on the other (spoken) frames."""
+    target = target.flatten()
+    ce = F.cross_entropy(
+        logits.flatten(0, 1).float(), target, ignore_index=IGNORE, reduction="none"
+    )
+    weight = torch.where(target == pad_id, pad_weight, 1.0) * (target != IGNORE)
+    loss = (ce * weight).sum() / weight.sum().clamp(min=1)
+    with torch.no_grad():
+        spoken = (target != IGNORE) & (target != pad_id)
+        hits = (logits.flatten(0, 1).argmax(-1) == target) & spoken
+        accuracy = hits.sum() / spoken.sum().clamp(min=1)
+    return loss, accuracy
+
+
 def lm_loss(
-    lm: LM,
+    model: LM | Trainee,
     codes: torch.Tensor,
     pad_weight: float = 0.5,
     first_codebook_weight: float = 10.0,
+    hear_weight: float = 1.0,
 ) -> tuple[torch.Tensor, dict[str, float]]:
-    """Moshi's training loss on codes [B, streams, T] (IGNORE where there is no token).
+    """Moshi's training loss on codes [B, streams, T] (IGNORE where there is no token), plus
+    the hearing loss when `model` is a Trainee with a hearing head and codes carry one more
+    row, the user's heard words (`heard_tokens`).
 
     Computed against the delayed targets (`LM.forward_delayed`): every (logit, target) pair is
     the one the aligned loss would use, without copying the logits back into aligned time."""
+    lm, hearing = (model.lm, model.hearing) if isinstance(model, Trainee) else (model, None)
     config = lm.config
-    text_logits, audio_logits, targets = lm.forward_delayed(codes)
-    text_target = targets[:, 0].flatten()
-    text_ce = F.cross_entropy(
-        text_logits.flatten(0, 1).float(), text_target, ignore_index=IGNORE, reduction="none"
+    streams = config.num_streams
+    text_logits, audio_logits, targets, hidden = lm.forward_delayed(codes[:, :streams])
+    text_loss, text_accuracy = _text_loss(
+        text_logits, targets[:, 0], config.text_padding_id, pad_weight
     )
-    weight = torch.where(text_target == config.text_padding_id, pad_weight, 1.0)
-    weight = weight * (text_target != IGNORE)
-    text_loss = (text_ce * weight).sum() / weight.sum().clamp(min=1)
 
     audio_target = targets[:, 1 : config.dep_q + 1]  # [B, dep_q, T]
     per_codebook = [
@@ -91,17 +128,21 @@ def lm_loss(
     ]
     weights = torch.tensor([first_codebook_weight] + [1.0] * (config.dep_q - 1))
     audio_loss = (torch.stack(per_codebook) * weights.to(text_loss)).sum() / weights.sum()
-    with torch.no_grad():
-        spoken = (text_target != IGNORE) & (text_target != config.text_padding_id)
-        hits = (text_logits.flatten(0, 1).argmax(-1) == text_target) & spoken
-        text_accuracy = hits.sum() / spoken.sum().clamp(min=1)
     metrics = {
         "text": text_loss.item(),
         "audio": audio_loss.item(),
         "sem": per_codebook[0].item(),
         "text_acc": text_accuracy.item(),
     }
-    return text_loss + audio_loss, metrics
+    loss = text_loss + audio_loss
+    if hearing is not None and codes.shape[1] > streams:
+        # hidden[:, t] has heard the user up to frame t (one ahead, semantic codes undelayed)
+        hear_loss, hear_accuracy = _text_loss(
+            hearing(hidden), codes[:, streams], config.text_padding_id, pad_weight
+        )
+        metrics |= {"heard": hear_loss.item(), "heard_acc": hear_accuracy.item()}
+        loss = loss + hear_weight * hear_loss
+    return loss, metrics
 
 
 # --- data ----------------------------------------------------------------------------------------
@@ -210,6 +251,25 @@ def load_or_encode(
     return streams
 
 
+def with_heard_words(
+    data: Path,
+    streams: list[np.ndarray],
+    tokenizer: TextTokenizer,
+    frame_rate: float,
+    delay_frames: int,
+) -> list[np.ndarray]:
+    """Each dialogue's streams with one more row: the user's words as the hearing head's
+    targets (`heard_tokens`). From the dialogues' alignments: seconds, no codec."""
+    out = []
+    for path, tokens in zip(read_manifest(data)[: len(streams)], streams, strict=True):
+        description = json.loads(path.with_suffix(".json").read_text())
+        heard = heard_tokens(
+            description["alignments"], tokenizer.encode, tokens.shape[1], frame_rate, delay_frames
+        )
+        out.append(np.concatenate([tokens, np.array(heard, dtype=tokens.dtype)[None]]))
+    return out
+
+
 def _sample_folder(data: Path, folder: Path, count: int) -> None:
     """A folder listing the first `count` dialogues of `data` (a manifest of links)."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -282,18 +342,24 @@ class WindowSampler:
 
 @torch.no_grad()
 def held_out_figures(
-    lm: LM, streams: list[np.ndarray], frames: int, pad_weight: float, first_weight: float
+    model: LM | Trainee,
+    streams: list[np.ndarray],
+    frames: int,
+    pad_weight: float,
+    first_weight: float,
 ) -> dict[str, float]:
-    """Teacher-forced loss and text accuracy on held-out dialogues (their first `frames`)."""
-    lm.eval()
+    """Teacher-forced loss and text accuracy on held-out dialogues (their first `frames`);
+    with a hearing head, also how well it writes down the user's words (heard_acc)."""
+    model.eval()
+    lm = model.lm if isinstance(model, Trainee) else model
     device = lm.text_linear.weight.device
     totals: dict[str, float] = {}
     for tokens in streams:
         codes = torch.from_numpy(tokens[None, :, :frames].astype(np.int64)).to(device)
-        _, metrics = lm_loss(lm, codes, pad_weight, first_weight)
+        _, metrics = lm_loss(model, codes, pad_weight, first_weight)
         for key, value in metrics.items():
             totals[key] = totals.get(key, 0.0) + value / len(streams)
-    lm.train()
+    model.train()
     return {key: round(value, 4) for key, value in totals.items()}
 
 
@@ -319,6 +385,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--pad-weight", type=float, default=0.5)
     parser.add_argument("--first-codebook-weight", type=float, default=10.0)
+    parser.add_argument(
+        "--hear-weight",
+        type=float,
+        default=1.0,
+        help="weight of the training-only hearing loss (predicting the user's words; 0: off)",
+    )
+    parser.add_argument(
+        "--hear-delay",
+        type=int,
+        default=2,
+        metavar="FRAMES",
+        help="the hearing head writes a user's word this many frames after it ends",
+    )
+    parser.add_argument(
+        "--init",
+        type=Path,
+        metavar="RUN",
+        help="start a new run from another LM run's lm.safetensors (same shapes), with a new "
+        "learning-rate schedule",
+    )
     parser.add_argument(
         "--eval-data", type=Path, help="held-out dialogues: loss and text accuracy to the log"
     )
@@ -348,18 +434,36 @@ def train_lm(args: argparse.Namespace) -> int:
     codebooks, card = int(codec_config["num_codebooks"]), int(codec_config["codebook_size"])
     config = PRESETS[args.config](tokenizer.vocab_size, card, codebooks)
     generator = loop.seed_everything(args.seed)
-    lm = LM(config).to(device).train()
-    optimizer = torch.optim.AdamW(lm.parameters(), lr=args.lr, betas=(0.9, 0.95), weight_decay=0.1)
+    lm = LM(config)
+    hearing = args.hear_weight > 0
+    model = Trainee(lm, hearing).to(device).train()
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=args.lr, betas=(0.9, 0.95), weight_decay=0.1
+    )
     start = 0
     if (out / loop.CHECKPOINT).is_file():
-        start, extra = loop.load_checkpoint(out / loop.CHECKPOINT, lm, optimizer, generator)
+        try:
+            start, extra = loop.load_checkpoint(out / loop.CHECKPOINT, model, optimizer, generator)
+        except (RuntimeError, ValueError, KeyError) as error:
+            raise ConfigError(
+                f"{out / loop.CHECKPOINT} does not fit this run (another shape, another "
+                f"--hear-weight, or an older antiphon): {str(error).splitlines()[0]}. Continue "
+                "it with the options it started with, or start a new --out with --init "
+                f"{out}"
+            ) from error
         loop.resume_steps(options, extra)
         log.info("lm: resuming %s at step %d", out, start)
+    elif args.init is not None:
+        init_lm(lm, args.init)
+        log.info("lm: starting from %s", args.init / WEIGHTS)
     progress = options.progress
     bf16 = not args.no_bf16
     streams = load_or_encode(
         args.data, args.codec, tokenizer, codebooks, device, out / TOKENS, progress, bf16
     )
+    frame_rate = float(codec_config["frame_rate"])
+    if hearing:
+        streams = with_heard_words(args.data, streams, tokenizer, frame_rate, args.hear_delay)
     used = codes_used(streams, codebooks)
     log.info("lm: %d dialogues; the assistant's codebooks use %s codes", len(streams), used)
     if not args.allow_dead_codes:
@@ -369,8 +473,12 @@ def train_lm(args: argparse.Namespace) -> int:
             args.eval_data, args.codec, tokenizer, codebooks, device, out / EVAL_TOKENS,
             progress, bf16,
         )[:HELD_OUT_DIALOGUES]  # fmt: skip
+        if hearing:
+            held_out = with_heard_words(
+                args.eval_data, held_out, tokenizer, frame_rate, args.hear_delay
+            )
         options.evaluate = lambda _step: held_out_figures(
-            lm, held_out, args.frames, args.pad_weight, args.first_codebook_weight
+            model, held_out, args.frames, args.pad_weight, args.first_codebook_weight
         )
     sampler = WindowSampler(streams, args.frames, args.batch_size * args.frames)
     autocast = loop.autocast(device, enabled=not args.no_bf16)
@@ -380,22 +488,38 @@ def train_lm(args: argparse.Namespace) -> int:
             group["lr"] = loop.learning_rate(i, args.lr, args.warmup, options.schedule_steps)
         codes = sampler.batch(generator).to(device)
         with autocast:
-            loss, metrics = lm_loss(lm, codes, args.pad_weight, args.first_codebook_weight)
+            loss, metrics = lm_loss(
+                model, codes, args.pad_weight, args.first_codebook_weight, args.hear_weight
+            )
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(lm.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         return {"loss": loss.item(), **metrics, "T": float(codes.shape[2])}
 
     def checkpoint(done: int) -> None:
         extra = {"steps": options.steps}
-        loop.save_checkpoint(out / loop.CHECKPOINT, lm, optimizer, done, generator, extra)
+        loop.save_checkpoint(out / loop.CHECKPOINT, model, optimizer, done, generator, extra)
         save_lm(lm, out)
 
     done = loop.train_loop(step, checkpoint, start, options, out, "lm")
     if options.steps is not None and start >= options.steps:
         save_lm(lm, out)
     return done
+
+
+def init_lm(lm: LM, run: Path) -> None:
+    """Load another LM run's weights into `lm`, refusing another shape with one clear line."""
+    path = run / WEIGHTS
+    if not path.is_file():
+        raise ConfigError(f"--init {run}: no {WEIGHTS} there (an LM run folder has one)")
+    try:
+        lm.load_state_dict(load_file(str(path)))
+    except RuntimeError as error:
+        raise ConfigError(
+            f"--init {run}: its LM has another shape than this run's (--config, tokenizer, "
+            f"codec): {str(error).splitlines()[1].strip()}"
+        ) from error
 
 
 def save_lm(lm: LM, folder: Path, dtype: torch.dtype = torch.float32) -> None:

@@ -145,7 +145,7 @@ def test_training_logits_equal_streamed_logits_past_the_context(lm: LM) -> None:
     frames = context + 9
     codes, steps = _greedy_conversation(lm, frames)
     with torch.no_grad():
-        text_logits, audio_logits, targets = lm.forward_delayed(codes)
+        text_logits, audio_logits, targets, _ = lm.forward_delayed(codes)
     for t in range(frames):
         torch.testing.assert_close(text_logits[0, t], steps[t].text_logits[0], atol=2e-5, rtol=0)
         if t >= lm.config.max_delay:  # before that, streaming sampled what training ignores
@@ -162,7 +162,7 @@ def test_every_depth_weight_set_learns_through_the_training_forward(lm: LM) -> N
     codes, _ = _greedy_conversation(lm, 6)
     model = LM(lm.config)
     model.load_state_dict(lm.state_dict())
-    _, audio_logits, _ = model.forward_delayed(codes)
+    audio_logits = model.forward_delayed(codes).audio_logits
     audio_logits.logsumexp(-1).sum().backward()
     for layer in model.depformer.layers:
         for projection in layer.self_attn.in_projs:  # type: ignore[union-attr]
