@@ -8,7 +8,14 @@ import numpy as np
 import pytest
 
 from app.train import content
-from app.train.dialogues import ASSISTANT, USER, generate, read_dialogue, text_tokens
+from app.train.dialogues import (
+    ASSISTANT,
+    USER,
+    generate,
+    heard_tokens,
+    read_dialogue,
+    text_tokens,
+)
 from app.train.quality import normalise
 from app.train.speech import SAMPLE_RATE, SpeechError, Voice, speak, synthesizer
 
@@ -169,6 +176,20 @@ def test_text_tokens_place_words_at_their_frames_with_end_of_padding() -> None:
     # Yes starts in frame 20.
     P, E = 3, 0
     assert tokens == [10, P, P, E, 11, E, 12, 13, 14] + [P] * 10 + [E, 15, P, P, P]
+
+
+def test_heard_words_come_after_the_user_has_said_them() -> None:
+    """The hearing head's targets: the user's words only, each queued `delay_frames` after the
+    frame in which it ends (a listener writes a word down once it has heard all of it)."""
+    vocabulary = {"Add": [20], "four": [21, 22], "That": [30]}
+    words = [
+        ["Add", [0.1, 0.35], USER],  # ends in frame 4 (0.35 s): written from frame 6
+        ["four", [0.4, 0.95], USER],  # ends in frame 11: written from frame 13, on into 14
+        ["That", [0.5, 0.7], ASSISTANT],  # the assistant's words are not heard ones
+    ]
+    tokens = heard_tokens(words, lambda w: vocabulary[w], 18, frame_rate=12.5, delay_frames=2)
+    P, E = 3, 0
+    assert tokens == [P] * 5 + [E, 20] + [P] * 5 + [E, 21, 22] + [P] * 3
 
 
 def test_words_queue_when_they_come_faster_than_frames() -> None:

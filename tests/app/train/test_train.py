@@ -20,12 +20,14 @@ from app.train.export import export
 from app.train.features import MultiResolutionMelLoss
 from app.train.lm import (
     TOKENS,
+    Trainee,
     WindowSampler,
     check_live_codes,
     codes_used,
     lm_loss,
     load_or_encode,
     train_lm,
+    with_heard_words,
 )
 from app.train.quality import FIGURES, evaluate
 from app.train.tokenizer import dialogue_sentences, train_tokenizer
@@ -173,6 +175,62 @@ def test_lm_overfits_one_batch(work: Path, codec_run: Path, tmp_path: Path) -> N
     assert losses[-1] < 0.7 * losses[0]
 
 
+def test_the_hearing_head_learns_to_write_down_the_users_words(
+    work: Path, codec_run: Path, tmp_path: Path
+) -> None:
+    tokenizer = TextTokenizer(work / "tokenizer" / "tokenizer.model")
+    streams = load_or_encode(
+        work / "data", codec_run, tokenizer, 4, torch.device("cpu"), tmp_path / TOKENS, False
+    )
+    heard = with_heard_words(work / "data", streams, tokenizer, 12.5, delay_frames=2)
+    assert all(h.shape == (s.shape[0] + 1, s.shape[1]) for h, s in zip(heard, streams, strict=True))
+    assert all(
+        np.array_equal(h[:-1], s) for h, s in zip(heard, streams, strict=True)
+    )  # the rest as it was
+    spoken = heard[0][-1][(heard[0][-1] != TEXT_PAD_ID) & (heard[0][-1] != TEXT_END_OF_PADDING_ID)]
+    assert len(spoken) >= 3  # the user asked something
+    torch.manual_seed(0)
+    from app.train.lm import PRESETS
+
+    model = Trainee(LM(PRESETS["tiny"](tokenizer.vocab_size, 64, 4)), hearing=True).train()
+    batch = WindowSampler(heard, 48, 96).batch(torch.Generator().manual_seed(0))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    figures = []
+    for _ in range(25):
+        loss, metrics = lm_loss(model, batch, hear_weight=1.0)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        figures.append(metrics)
+    assert figures[-1]["heard"] < 0.5 * figures[0]["heard"]
+    # without the head the same batch trains the LM alone: no hearing figures, a smaller loss
+    _, plain = lm_loss(model.lm, batch)
+    assert "heard" not in plain
+
+
+def test_a_run_starts_from_another_runs_weights(work: Path, lm_run: Path) -> None:
+    started = work / "lm_init"
+    train_lm(_lm_args(work, started, "--init", str(lm_run), "--steps", "0"))
+    trained, copied = (load_lm_state(run) for run in (lm_run, started))
+    assert trained.keys() == copied.keys()
+    assert all(torch.equal(trained[k], copied[k]) for k in trained)
+
+
+def test_a_run_that_does_not_fit_gets_one_clear_line(work: Path, lm_run: Path) -> None:
+    from model.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="another --hear-weight"):  # resumed without the head
+        train_lm(_lm_args(work, lm_run, "--hear-weight", "0", "--steps", "5"))
+    with pytest.raises(ConfigError, match="no lm.safetensors"):
+        train_lm(_lm_args(work, work / "lm_init_bad", "--init", str(work / "data")))
+
+
+def load_lm_state(run: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(str(run / "lm.safetensors"))
+
+
 def test_lm_run_resumes_exactly(work: Path, lm_run: Path) -> None:
     resumed = work / "lm_resumed"
     assert train_lm(_lm_args(work, resumed, "--time-limit", "0")) == 1
@@ -181,7 +239,7 @@ def test_lm_run_resumes_exactly(work: Path, lm_run: Path) -> None:
 
 
 def test_runs_log_memory_speed_and_held_out_figures(codec_run: Path, lm_run: Path) -> None:
-    for run, figure in ((codec_run, "stoi"), (lm_run, "text_acc")):
+    for run, figure in ((codec_run, "stoi"), (lm_run, "text_acc"), (lm_run, "heard_acc")):
         rows = [json.loads(line) for line in (run / loop.LOG).read_text().splitlines()]
         steps = [row for row in rows if "loss" in row]
         assert all(row["peak_rss_gb"] > 0 and row["step_s"] > 0 for row in steps)
@@ -238,7 +296,10 @@ def test_trained_models_load_with_the_model_loaders_and_run_a_frame(
     config = lm_config_from_kyutai(json.loads((lm_run / "config.json").read_text()))
     lm = load_lm(lm_run / "lm.safetensors", config)
     state = torch.load(lm_run / loop.CHECKPOINT, weights_only=True)["model"]
-    assert all(torch.equal(lm.state_dict()[k], v) for k, v in state.items())
+    trained = {k.removeprefix("lm."): v for k, v in state.items() if k.startswith("lm.")}
+    assert trained.keys() == lm.state_dict().keys()  # the training-only hearing head stays out
+    assert any(k.startswith("hearing.") for k in state)
+    assert all(torch.equal(lm.state_dict()[k], v) for k, v in trained.items())
 
     sizes = export(codec_run, lm_run, work / "tokenizer" / "tokenizer.model", work / "assets")
     assert set(sizes) == {
