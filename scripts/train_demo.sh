@@ -8,6 +8,8 @@
 #   tokenizer  SentencePiece on the training text                      RUN_DIR/tokenizer
 #   codec      the codec, CODEC_STEPS steps                            RUN_DIR/codec
 #   lm         the LM on the codec's tokens, LM_STEPS steps            RUN_DIR/lm
+#   hear       HEAR_STEPS more steps from RUN_DIR/lm with the training-only hearing head (the
+#              user's words as targets), a new learning-rate schedule   RUN_DIR/lm-hear
 #   decoder    (optional) the codec's decoder side only, DECODER_STEPS more steps: every code
 #              stays the same, so the LM is unchanged; export then takes it  RUN_DIR/codec-decoder
 #   export     the shipped files (LM bf16, codec fp16, tokenizer, configs)   ASSETS
@@ -37,7 +39,8 @@ threads=${THREADS:-$(nproc)}
 train_count=${TRAIN_COUNT:-6000}
 eval_count=${EVAL_COUNT:-300}
 codec_steps=${CODEC_STEPS:-5000}
-lm_steps=${LM_STEPS:-3000}
+lm_steps=${LM_STEPS:-2000}
+hear_steps=${HEAR_STEPS:-1500}
 config=${CONFIG:-demo}  # tiny: the test shapes, for a dry run of every stage in minutes
 frames=${FRAMES:-400}   # the LM's longest training window (frames)
 
@@ -75,7 +78,16 @@ for stage in "$@"; do
                 --out "$run_dir/lm" --device "$device" --seed "$seed" --config "$config" \
                 --steps "$lm_steps" --batch-size 20 --frames "$frames" --threads "$threads" \
                 --checkpoint-every 100 --log-every 25 --eval-every 250 --no-progress \
-                "${lm_extra[@]}"
+                --hear-weight 0 "${lm_extra[@]}"
+            ;;
+        hear)
+            train lm --data "$run_dir/data/train" --eval-data "$run_dir/data/eval" \
+                --codec "$run_dir/codec" --tokenizer "$run_dir/tokenizer" \
+                --init "$run_dir/lm" --out "$run_dir/lm-hear" --device "$device" \
+                --seed $((seed + 1)) --config "$config" --steps "$hear_steps" --batch-size 20 \
+                --frames "$frames" --lr 6e-4 --warmup 100 --hear-weight 1 --hear-delay 2 \
+                --threads "$threads" --checkpoint-every 100 --log-every 25 --eval-every 250 \
+                --no-progress "${lm_extra[@]}"
             ;;
         decoder)
             train codec --data "$run_dir/data/train" --eval-data "$run_dir/data/eval" \
@@ -88,8 +100,10 @@ for stage in "$@"; do
         export)
             codec_run="$run_dir/codec"
             [ -f "$run_dir/codec-decoder/codec.safetensors" ] && codec_run="$run_dir/codec-decoder"
-            echo "export: codec from $codec_run"
-            train export --codec "$codec_run" --lm "$run_dir/lm" \
+            lm_run="$run_dir/lm"
+            [ -f "$run_dir/lm-hear/lm.safetensors" ] && lm_run="$run_dir/lm-hear"
+            echo "export: codec from $codec_run, LM from $lm_run"
+            train export --codec "$codec_run" --lm "$lm_run" \
                 --tokenizer "$run_dir/tokenizer" --out "$assets"
             ;;
         eval)

@@ -154,6 +154,7 @@ def write_card(run: Path, assets: Path, commands: dict[str, str]) -> str:
     train_hours = sum(json.loads(line)["duration"] for line in manifest) / 3600
     codec = run_summary(_log(run / "codec" / "log.jsonl"))
     lm = run_summary(_log(run / "lm" / "log.jsonl"))
+    hear = run_summary(_log(run / "lm-hear" / "log.jsonl"))
     decoder = run_summary(_log(run / "codec-decoder" / "log.jsonl"))
     report = _read_json(run / "eval.json")
     fdb = _read_json(run / "fdb-eval" / "report.json")
@@ -184,15 +185,26 @@ def write_card(run: Path, assets: Path, commands: dict[str, str]) -> str:
         f"| LM | Moshi architecture, 11 M parameters | {lm['steps']} | {lm['hours']:.2f} h "
         f"({_shown(lm['step_s'], 2)} s/step, peak {_shown(lm['peak_rss_gb'], 2)} GB) | "
         "`antiphon train lm` |",
+        *(
+            [
+                f"| LM, hearing | from the LM above, with the training-only head that writes "
+                f"down the user's words | {hear['steps']} | {hear['hours']:.2f} h "
+                f"({_shown(hear['step_s'], 2)} s/step) | `antiphon train lm --init` |"
+            ]
+            if hear["steps"]
+            else []
+        ),
         "",
         "Shipped files: "
         + ", ".join(f"{name} ({size / 1e6:.1f} MB)" for name, size in sizes.items())
         + f"; {sum(sizes.values()) / 1e6:.1f} MB in all.",
         "",
     ]
-    if lm["last_eval"]:
-        out += [f"LM held-out figures (teacher-forced) at step {lm['last_eval']['step']}: "
-                f"`{json.dumps(lm['last_eval']['eval'])}`", ""]  # fmt: skip
+    for name, summary in (("LM", lm), ("LM, hearing", hear)):
+        if summary["last_eval"]:
+            out += [f"{name} held-out figures (teacher-forced) at step "
+                    f"{summary['last_eval']['step']}: "
+                    f"`{json.dumps(summary['last_eval']['eval'])}`", ""]  # fmt: skip
     for name, summary in (("Codec", codec), ("Codec decoder", decoder)):
         if summary["last_eval"]:
             out += [f"{name} held-out figures (user channel as heard: STOI, codes used per "

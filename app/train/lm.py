@@ -28,6 +28,7 @@ import hashlib
 import json
 import logging
 import math
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -458,6 +459,10 @@ def train_lm(args: argparse.Namespace) -> int:
         log.info("lm: starting from %s", args.init / WEIGHTS)
     progress = options.progress
     bf16 = not args.no_bf16
+    if args.init is not None:  # the same dialogues, codec and tokenizer: reuse its encoding
+        for cache in (TOKENS, EVAL_TOKENS):
+            if not (out / cache).is_file() and (args.init / cache).is_file():
+                shutil.copyfile(args.init / cache, out / cache)  # checked by its fingerprint
     streams = load_or_encode(
         args.data, args.codec, tokenizer, codebooks, device, out / TOKENS, progress, bf16
     )

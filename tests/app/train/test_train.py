@@ -352,9 +352,11 @@ def test_demo_eval_reports_every_figure(
     (run / "data" / "train").symlink_to(work / "data")
     (run / "codec").symlink_to(codec_run)
     (run / "lm").symlink_to(lm_run)
+    (run / "lm-hear").symlink_to(lm_run)  # as if it were the hearing phase
     (run / "eval.json").write_text(json.dumps(report))
     text = card.write_card(run, assets, {"eval": "antiphon train eval ..."})
     assert "| codec | Mimi architecture" in text and "| 4 |" in text  # steps of both runs
+    assert "| LM, hearing |" in text and "LM, hearing held-out figures" in text
     assert "| answer_correct |" in text and "antiphon train eval ..." in text
     assert f"{report['counts']['dialogues']} held-out dialogues" in text
 
