@@ -17,6 +17,11 @@ cannot tell: its whitening gives the user's voiced harmonics as much weight as t
 two voices with steady pitches correlate at lags that are not the echo's. Only estimates that
 pass, `repeats` in a row (any that fails breaks the run), settle the first lag or move it.
 
+What it cannot tell: a shift of where the reference was placed (the speaker's render-time
+estimate jumping at an xrun and coming back) from a move of the room. It follows both, and
+after following the first on the remote JACK loop ERLE stayed under 10 dB for the rest of the
+run (docs/echo.md: why `follow_delay` is off).
+
     tracker = DelayTracker(sample_rate=24000)
     moved = tracker.observe(reference_frame, mic_frame)  # seconds the echo's lag moved, or 0.0
 """
@@ -30,7 +35,7 @@ import numpy as np
 
 @dataclass(frozen=True)
 class DelayConfig:
-    decimation: int = 6  # 24 kHz to 4 kHz: speech's low band carries the correlation
+    decimation: int = 6  # 24 kHz to 4 kHz: speech's low band carries the correlation (2 kHz: worse)
     # Seconds of microphone correlated each time: longer is steadier but slower to see a move, and
     # every 80 ms more lets AEC3 start re-locking on its own, which it then undoes slowly
     # (measured: 0.6 s windows re-converged in 0.5-2.8 s after a 70 ms jump, 0.4 s in 0-1 s).
@@ -40,7 +45,8 @@ class DelayConfig:
     min_power: float = 1e-6  # mean square of the reference (-60 dBFS) below which none is made
     # The double-talk guard: the share of the microphone's energy the reference at the estimated
     # lag explains, below which the estimate does not count (0.5: the echo is at least as loud
-    # as the rest). Measured: 0.8-0.95 on echo alone, under 0.3 with a user as loud as the echo.
+    # as the rest). Measured on espeak-ng voices: 0.59-0.83 (5th-95th percentile) on echo
+    # alone, median 0.16 with a user 10 dB louder than the echo (docs/echo.md).
     echo_share: float = 0.5
     onset: float = 0.03  # seconds before the strongest peak searched for the first arrival
     onset_level: float = 0.6  # of the strongest peak, for an earlier one to be the first arrival
@@ -54,7 +60,7 @@ class DelayConfig:
 class LagEstimate:
     lag: float  # seconds the echo comes after the reference
     sharpness: float  # GCC-PHAT peak over its mean magnitude
-    share: float  # share of the microphone's energy the reference at that lag explains
+    share: float  # of the microphone's energy the reference at that lag explains (nan: unasked)
 
     def passes(self, config: DelayConfig) -> bool:
         return self.sharpness > config.confidence and self.share >= config.echo_share
@@ -87,11 +93,11 @@ class DelayTracker:
             return 0.0  # the far end was (nearly) silent: no echo to find, nothing to break
         self.last = estimate = self._estimate()
         config = self.config
+        if self.lag is not None and abs(estimate.lag - self.lag) < config.moved:
+            self._run.clear()  # where it settled: nothing to guard (the share was not computed)
+            return 0.0
         if not estimate.passes(config):
             self._run.clear()  # not the echo's lag, or not only: the run starts again
-            return 0.0
-        if self.lag is not None and abs(estimate.lag - self.lag) < config.moved:
-            self._run.clear()
             return 0.0
         if self._run and abs(estimate.lag - self._run[-1]) > config.agree:
             self._run.clear()
@@ -129,11 +135,14 @@ class DelayTracker:
         close = np.flatnonzero(shifts[earliest:peak] >= self.config.onset_level * shifts[peak])
         if len(close):
             peak = earliest + int(close[0])
-        start = self._lag_len - peak
-        share = _explained_share(
-            self._ref[start : start + self._mic_len], self._mic, self.config.segment
-        )
-        return LagEstimate(peak / self.rate, sharpness, share)
+        lag = peak / self.rate
+        share = float("nan")  # not computed where the lag is the settled one: not needed
+        if self.lag is None or abs(lag - self.lag) >= self.config.moved:
+            start = self._lag_len - peak
+            share = _explained_share(
+                self._ref[start : start + self._mic_len], self._mic, self.config.segment
+            )
+        return LagEstimate(lag, sharpness, share)
 
     def _decimate(self, x: np.ndarray) -> np.ndarray:
         d = self.config.decimation
