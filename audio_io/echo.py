@@ -16,10 +16,10 @@ driver reports two periods more than the loop has), and a render time estimated 
 the echo before its reference, which no canceller can remove; taken that early, the echo always
 comes after it, by the true device latencies plus the room. That rest is AEC3's delay
 estimator's job: it follows delays up to about 450 ms (measured) and re-locks when they jump,
-but slowly (1.3 to 1.8 s for a 70 ms jump, offline). With `follow_delay` (off by default, not
-yet reliable on the JACK loop) a jump in the echo's lag behind the reference
-(`echo_delay.DelayTracker`) is taken back out by shifting the reference, so AEC3 keeps seeing
-the delay it has locked on.
+but slowly (1.3 to 1.8 s for a 70 ms jump, offline). With `follow_delay` (off by default: on
+the JACK loop it has not held, docs/echo.md) a jump in the echo's lag behind the reference
+(`echo_delay.DelayTracker`, which the user's voice does not move) is taken back out by shifting
+the reference, so AEC3 keeps seeing the delay it has locked on.
 
 `played` and `cancel` may run on different threads (the event loop, the inference thread).
 """
@@ -27,6 +27,7 @@ the delay it has locked on.
 from __future__ import annotations
 
 import importlib
+import logging
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -36,6 +37,8 @@ import numpy as np
 
 from .echo_delay import DelayTracker
 from .errors import AudioError
+
+logger = logging.getLogger(__name__)
 
 INSTALL_HINT = "pip install livekit (or: bash scripts/setup.sh), or pass --no-echo-cancel"
 
@@ -59,8 +62,9 @@ class EchoConfig:
     snap: float = 0.05
     # Follow a jump in the echo's delay by shifting the reference (audio_io/echo_delay.py), so
     # that AEC3, which re-locks slowly after a delay jump, keeps seeing the same delay. Off:
-    # offline it re-locks in 0.2-0.5 s instead of 1.3-1.8 s, but on the JACK loop it has not
-    # yet held on every run (docs/echo.md, "Not yet met").
+    # offline, with double talk around a 70 ms jump, it re-converges in 0.48-0.96 s (before its
+    # guard: 1.0-3.5 s), but on the remote JACK loop it took shifts of the reference's placement
+    # for moves of the room, and lost the echo for seconds (docs/echo.md, "Not yet met").
     follow_delay: bool = False
 
     @property
@@ -141,6 +145,9 @@ class EchoCanceller:
         self._apm = self._new_apm()
         self._tracker = DelayTracker(config.sample_rate)
         self._shift = 0.0  # seconds the reference is taken later, following the echo's delay
+        self.frames = 0  # frames cancelled since the last reset
+        # (frame, seconds) of each move of the echo's delay followed (follow_delay)
+        self.delay_moves: list[tuple[int, float]] = []
         # The first call starts LiveKit's native runtime (threads, allocations): here, before
         # the microphone runs, not in the first frame, where it would cost queued frames.
         self.cancel(np.zeros(config.frame_size, np.float32), 0.0)
@@ -157,6 +164,8 @@ class EchoCanceller:
             self._apm = self._new_apm()
             self._tracker = DelayTracker(self.config.sample_rate)
             self._shift = 0.0
+            self.frames = 0
+            self.delay_moves = []
             config = self.config
             self._timeline = FarEndTimeline(
                 config.sample_rate, config.history, round(config.snap * config.sample_rate)
@@ -191,7 +200,12 @@ class EchoCanceller:
             except RuntimeError as exc:
                 raise EchoCancelError(f"WebRTC's echo canceller refused the audio: {exc}") from exc
             if config.follow_delay:
-                self._shift += self._tracker.observe(reference, mic)
+                moved = self._tracker.observe(reference, mic)
+                if moved:
+                    self._shift += moved
+                    self.delay_moves.append((self.frames, moved))
+                    logger.info("the echo's delay moved by %+.0f ms: followed", 1000 * moved)
+            self.frames += 1
         pcm = out.astype(np.float32) / 32768.0
         far_db = _power_db(reference)
         erle = None

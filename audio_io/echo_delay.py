@@ -5,7 +5,22 @@ a 70 ms jump kept ERLE under 25 dB for 1.3-1.8 s, while a new room response or a
 echo at the same delay cost nothing (docs/echo.md). So the canceller keeps the delay AEC3 sees
 constant: this tracker finds the echo's lag behind the reference (GCC-PHAT between the
 microphone and the reference AEC3 was given, both low-passed and decimated, over the last
-second), and a lag that moved and stays moved is taken back out by shifting the reference.
+0.4 s), and a lag that moved and stays moved is taken back out by shifting the reference.
+
+The double-talk guard: a lag estimate counts only where the echo explains the microphone. The
+reference, shifted by the estimated lag, must predict at least half the microphone's energy
+over the window (`echo_share`: magnitude-squared coherence per frequency, weighted by the
+microphone's spectrum, i.e. the share of its energy a linear filter from the reference can
+account for). That holds when the echo is at least as loud as everything else the microphone
+holds; the user's voice, noise, or a lag that is not the echo's bring it below. GCC-PHAT alone
+cannot tell: its whitening gives the user's voiced harmonics as much weight as the echo's, and
+two voices with steady pitches correlate at lags that are not the echo's. Only estimates that
+pass, `repeats` in a row (any that fails breaks the run), settle the first lag or move it.
+
+What it cannot tell: a shift of where the reference was placed (the speaker's render-time
+estimate jumping at an xrun and coming back) from a move of the room. It follows both, and
+after following the first on the remote JACK loop ERLE stayed under 10 dB for the rest of the
+run (docs/echo.md: why `follow_delay` is off).
 
     tracker = DelayTracker(sample_rate=24000)
     moved = tracker.observe(reference_frame, mic_frame)  # seconds the echo's lag moved, or 0.0
@@ -20,16 +35,35 @@ import numpy as np
 
 @dataclass(frozen=True)
 class DelayConfig:
-    decimation: int = 6  # 24 kHz to 4 kHz: speech's low band carries the correlation
-    window: float = 0.6  # seconds of microphone correlated each time (longer: slower to see a move)
+    decimation: int = 6  # 24 kHz to 4 kHz: speech's low band carries the correlation (2 kHz: worse)
+    # Seconds of microphone correlated each time: longer is steadier but slower to see a move, and
+    # every 80 ms more lets AEC3 start re-locking on its own, which it then undoes slowly
+    # (measured: 0.6 s windows re-converged in 0.5-2.8 s after a 70 ms jump, 0.4 s in 0-1 s).
+    window: float = 0.4
     max_lag: float = 0.45  # seconds: AEC3's own delay estimator reaches about this far
     confidence: float = 8.0  # peak over mean |correlation| for an estimate to count
     min_power: float = 1e-6  # mean square of the reference (-60 dBFS) below which none is made
-    moved: float = (
-        0.02  # seconds: a lag this far from the settled one is a move (AEC3 follows less)
-    )
+    # The double-talk guard: the share of the microphone's energy the reference at the estimated
+    # lag explains, below which the estimate does not count (0.5: the echo is at least as loud
+    # as the rest). Measured on espeak-ng voices: 0.59-0.83 (5th-95th percentile) on echo
+    # alone, median 0.16 with a user 10 dB louder than the echo (docs/echo.md).
+    echo_share: float = 0.5
+    onset: float = 0.03  # seconds before the strongest peak searched for the first arrival
+    onset_level: float = 0.6  # of the strongest peak, for an earlier one to be the first arrival
+    segment: int = 256  # decimated samples per coherence segment (64 ms), half-overlapping
+    moved: float = 0.02  # seconds: a lag this far from the settled one is a move
     agree: float = 0.005  # seconds: estimates this close are the same lag
-    repeats: int = 2  # estimates in a row that must agree before a move is taken
+    repeats: int = 2  # estimates in a row that must pass and agree to settle or move the lag
+
+
+@dataclass(frozen=True)
+class LagEstimate:
+    lag: float  # seconds the echo comes after the reference
+    sharpness: float  # GCC-PHAT peak over its mean magnitude
+    share: float  # of the microphone's energy the reference at that lag explains (nan: unasked)
+
+    def passes(self, config: DelayConfig) -> bool:
+        return self.sharpness > config.confidence and self.share >= config.echo_share
 
 
 class DelayTracker:
@@ -43,8 +77,9 @@ class DelayTracker:
         self._lag_len = round(config.max_lag * self.rate)
         self._mic = np.zeros(0, np.float32)
         self._ref = np.zeros(0, np.float32)
-        self.lag: float | None = None  # seconds: the settled lag (None until the first estimate)
-        self._candidates: list[float] = []
+        self.lag: float | None = None  # seconds: the settled lag (None until it first settles)
+        self.last: LagEstimate | None = None  # the latest estimate, passed or not
+        self._run: list[float] = []  # passing estimates in a row that agree
 
     def observe(self, reference: np.ndarray, mic: np.ndarray) -> float:
         """Seconds by which the settled lag moved (positive: the echo now comes later), or 0.0.
@@ -54,31 +89,33 @@ class DelayTracker:
         self._mic = np.concatenate([self._mic, self._decimate(mic)])[-self._mic_len :]
         if len(self._ref) < self._mic_len + self._lag_len:
             return 0.0
-        lag = self._estimate()
-        if lag is None:
+        if np.mean(np.square(self._ref)) < self.config.min_power:
+            return 0.0  # the far end was (nearly) silent: no echo to find, nothing to break
+        self.last = estimate = self._estimate()
+        config = self.config
+        if self.lag is not None and abs(estimate.lag - self.lag) < config.moved:
+            self._run.clear()  # where it settled: nothing to guard (the share was not computed)
             return 0.0
+        if not estimate.passes(config):
+            self._run.clear()  # not the echo's lag, or not only: the run starts again
+            return 0.0
+        if self._run and abs(estimate.lag - self._run[-1]) > config.agree:
+            self._run.clear()
+        self._run.append(estimate.lag)
+        if len(self._run) < config.repeats:
+            return 0.0
+        lag = float(np.median(self._run))
+        self._run.clear()
         if self.lag is None:
             self.lag = lag
             return 0.0
-        config = self.config
-        if abs(lag - self.lag) < config.moved:
-            self._candidates.clear()
-            return 0.0
-        if self._candidates and abs(lag - self._candidates[-1]) > config.agree:
-            self._candidates.clear()
-        self._candidates.append(lag)
-        if len(self._candidates) < config.repeats:
-            return 0.0
-        moved = float(np.median(self._candidates)) - self.lag
-        self._candidates.clear()
         self._ref = self._ref[:0]
         self._mic = self._mic[:0]
-        return moved
+        return lag - self.lag
 
-    def _estimate(self) -> float | None:
-        """The lag of the echo behind the reference over the window, if the peak stands out."""
-        if np.mean(np.square(self._ref)) < self.config.min_power:
-            return None  # the far end was (nearly) silent: no echo to find
+    def _estimate(self) -> LagEstimate:
+        """The lag of the echo behind the reference over the window, how sharp its peak is, and
+        how much of the microphone the reference at that lag explains."""
         n = 1 << (len(self._ref) + self._mic_len).bit_length()
         ref = np.fft.rfft(self._ref, n)
         mic = np.fft.rfft(self._mic, n)
@@ -89,11 +126,43 @@ class DelayTracker:
         # so lags 0..max_lag are k = lag_len..0.
         shifts = xc[: self._lag_len + 1][::-1]  # index = lag in samples
         peak = int(np.argmax(shifts))
-        if not shifts[peak] > self.config.confidence * float(np.mean(np.abs(shifts))):
-            return None
-        return peak / self.rate
+        sharpness = float(shifts[peak]) / (float(np.mean(np.abs(shifts))) + 1e-12)
+        # The first arrival, not the strongest: whitened, a room's early reflections can peak
+        # above the direct path, and which one does changes from window to window (measured:
+        # 120-146 ms for one room whose direct path is at 120 ms). The direct path is the
+        # earliest lag within `onset` before the peak that reaches `onset_level` of it.
+        earliest = max(0, peak - round(self.config.onset * self.rate))
+        close = np.flatnonzero(shifts[earliest:peak] >= self.config.onset_level * shifts[peak])
+        if len(close):
+            peak = earliest + int(close[0])
+        lag = peak / self.rate
+        share = float("nan")  # not computed where the lag is the settled one: not needed
+        if self.lag is None or abs(lag - self.lag) >= self.config.moved:
+            start = self._lag_len - peak
+            share = _explained_share(
+                self._ref[start : start + self._mic_len], self._mic, self.config.segment
+            )
+        return LagEstimate(lag, sharpness, share)
 
     def _decimate(self, x: np.ndarray) -> np.ndarray:
         d = self.config.decimation
         x = np.asarray(x, np.float32)[: len(x) // d * d]
         return x.reshape(-1, d).mean(axis=1)
+
+
+def _explained_share(reference: np.ndarray, mic: np.ndarray, segment: int) -> float:
+    """The share of `mic`'s energy that a linear filter from `reference` (aligned, same length)
+    accounts for: sum over frequency of |S_rm|^2 / S_rr, over sum of S_mm, with Welch's averages
+    over half-overlapping Hann segments. 1: the microphone is the reference filtered; about
+    1/segments for unrelated signals."""
+    hop = segment // 2
+    starts = np.arange(0, len(mic) - segment + 1, hop)
+    index = starts[:, None] + np.arange(segment)
+    taper = np.hanning(segment).astype(np.float32)
+    r = np.fft.rfft(reference[index] * taper, axis=1)
+    m = np.fft.rfft(mic[index] * taper, axis=1)
+    s_rm = np.sum(np.conj(r) * m, axis=0)
+    s_rr = np.sum(np.abs(r) ** 2, axis=0)
+    s_mm = np.sum(np.abs(m) ** 2, axis=0)
+    explained = np.sum(np.abs(s_rm) ** 2 / (s_rr + 1e-12))
+    return float(explained / (np.sum(s_mm) + 1e-12))

@@ -25,6 +25,7 @@ from app.core.events import EventFanout
 from app.core.recording import Recorder, read_recording
 from app.core.runtime import Conversation, RealClock
 from app.talk.devices import open_devices, open_echo_canceller
+from audio_io.echo import EchoCanceller
 from model import SamplingParams
 from tests.app.talk.echo_loop import (
     FIRST_PATH,
@@ -76,8 +77,11 @@ class Devices:
         print(f"notice: {text}")
 
 
-async def _converse(server: JackServer, far_end: ScriptedFarEnd, folder: Path) -> EchoRoom:
-    """Run the loop: far end speaking, the room echoing it with the user on top; returns it."""
+async def _converse(
+    server: JackServer, far_end: ScriptedFarEnd, folder: Path
+) -> tuple[EchoRoom, EchoCanceller]:
+    """Run the loop: far end speaking, the room echoing it with the user on top; returns it
+    and the canceller."""
     session = Devices()
     with (
         EchoRoom(server, FIRST_PATH) as room,
@@ -102,7 +106,7 @@ async def _converse(server: JackServer, far_end: ScriptedFarEnd, folder: Path) -
             await talk_in_the_room(room, folder, conversation.run())
         finally:
             recorder.close()
-        return room
+        return room, echo
 
 
 @pytest.mark.slow
@@ -110,7 +114,7 @@ def test_echo_is_cancelled_on_a_real_jack_loop_and_the_user_survives(
     jack_server: JackServer, tmp_path: Path
 ) -> None:
     script = FarEndScript(far_end_speech(tmp_path))
-    room = asyncio.run(_converse(jack_server, ScriptedFarEnd(script), tmp_path))
+    room, echo = asyncio.run(_converse(jack_server, ScriptedFarEnd(script), tmp_path))
 
     # What the far end heard is the recording's user channel (which may end on a frame of
     # silence: the conversation was cancelled with a frame captured and not yet stepped).
@@ -119,5 +123,5 @@ def test_echo_is_cancelled_on_a_real_jack_loop_and_the_user_survives(
     assert len(heard) >= len(cleaned) - FRAME
     assert np.allclose(heard, cleaned[: len(heard)], atol=1 / 16384)
     figures = measure(tmp_path / "session", room)
-    print(figures.report())
+    print(f"{figures.report()}\ndelay moves (frame, s) {echo.delay_moves}")
     check(figures)

@@ -103,6 +103,8 @@ def test_talk_remote_cancels_echo_on_a_real_jack_loop_and_the_user_survives(
         heard = np.concatenate(script.heard)[: len(recording.user)]
         assert np.allclose(heard, recording.user[: len(heard)], atol=1 / 16384)
     figures = measure(tmp_path / "session", room)
+    moves = session.echo.delay_moves if session.echo else None
     print(f"silent frames {recording.meta['silent_frames']}; {figures.report()}")
+    print(f"delay moves (frame, s) {moves}")
     check(figures, estimate_held=False)
     assert session.devices["echo"] == "WebRTC AEC3"  # on by default
