@@ -25,10 +25,21 @@ The summary:
 
 `node_ms`, `network_ms` and `wall_s` appear only where a command measures them, and a command
 may add a few keys of its own (`summary(**extra)`: serve's missing frames and errors).
+
+Memory is bounded, whatever a conversation's length: each figure is a `Series` that counts, sums
+and keeps the largest of every value, but holds at most KEPT values themselves (all of them up
+to KEPT frames, about 5.5 minutes; after that an even sample, every 2nd, 4th, ... frame). A node
+that serves for days holds no more per session than after minutes (issue 13: 16 sessions of
+`antiphon serve` grew by ~1.4 MB a minute, five Python floats a frame). `frames`, `mean`, `max`
+and the count of frames slower than real time (a whole number of milliseconds, 80) are exact at
+any length; medians and percentiles are exact up to KEPT frames and read from the even sample
+beyond.
 """
 
 from __future__ import annotations
 
+import math
+from array import array
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -38,9 +49,11 @@ import numpy as np
 from .events import FrameStats
 
 COUNTERS = ("dropped_input", "underruns", "overruns", "xruns")
+KEPT = 4096  # values a Series holds at most (a power of two: 32 kB of doubles)
+WHOLE_MS = 1000  # a Series counts its values per whole millisecond up to this (4 kB)
 
 
-def distribution(values: Sequence[float]) -> dict[str, float] | None:
+def distribution(values: Sequence[float] | np.ndarray) -> dict[str, float] | None:
     """mean, median, p90, p99 and max; None for no values."""
     if not len(values):
         return None
@@ -54,21 +67,87 @@ def distribution(values: Sequence[float]) -> dict[str, float] | None:
     }
 
 
-def _median(values: Sequence[float]) -> float | None:
-    return float(np.median(values)) if len(values) else None
+def _median(values: Series) -> float | None:
+    return float(np.median(values.kept())) if values else None
+
+
+class Series:
+    """One per-frame figure of a conversation (compute_ms, say), in memory bounded by `kept`.
+
+    Up to `kept` values, all of them; at `kept`, every other one goes and from then on only
+    every 2nd value is kept (at `kept` again: every 4th, and so on): always the values at the
+    multiples of `stride`, an even sample of the whole conversation. `count`, `total` and
+    `maximum` cover every value, and so do counts per whole millisecond, which keep the count
+    above a whole-millisecond threshold (the frame period, 80 ms) exact at any length.
+    """
+
+    def __init__(self, values: Iterable[float] = (), kept: int = KEPT) -> None:
+        assert kept >= 2 and kept & (kept - 1) == 0, "kept: a power of two"
+        self.count = 0  # values seen
+        self.total = 0.0
+        self.maximum = -math.inf
+        self.stride = 1  # every stride-th value is kept
+        self._kept = array("d")
+        self._limit = kept
+        # [0]: values <= 0; [i]: in (i - 1, i] ms; [WHOLE_MS + 1]: above WHOLE_MS
+        self._per_ms = array("I", bytes(4 * (WHOLE_MS + 2)))
+        self.extend(values)
+
+    def append(self, value: float) -> None:
+        if self.count % self.stride == 0:
+            self._kept.append(value)
+            if len(self._kept) == self._limit:
+                self._kept = self._kept[::2]
+                self.stride *= 2
+        self.count += 1
+        self.total += value
+        self.maximum = max(self.maximum, value)
+        if value > WHOLE_MS:
+            self._per_ms[WHOLE_MS + 1] += 1
+        elif value > 0:
+            self._per_ms[math.ceil(value)] += 1
+        else:  # not above 0 (or not a number)
+            self._per_ms[0] += 1
+
+    def extend(self, values: Iterable[float]) -> None:
+        for value in values:
+            self.append(value)
+
+    def __len__(self) -> int:
+        return self.count
+
+    def kept(self) -> np.ndarray:
+        """The values held: all of them, or an even sample once there were more than `kept`."""
+        return np.array(self._kept, dtype=float)  # a copy: appending goes on meanwhile
+
+    def count_above(self, threshold: float) -> int:
+        """How many values exceed `threshold`: exact up to `kept` values or for a whole number of
+        milliseconds up to WHOLE_MS, estimated from the even sample otherwise."""
+        if self.stride > 1 and float(threshold).is_integer() and 0 <= threshold <= WHOLE_MS:
+            return sum(self._per_ms[int(threshold) + 1 :])
+        above = int((self.kept() > threshold).sum())
+        return above if self.stride == 1 else round(above * self.count / len(self._kept))
+
+    def distribution(self) -> dict[str, float] | None:
+        """`distribution` of all the values; beyond `kept`, mean and max still of all of them
+        and the rest of the even sample."""
+        figures = distribution(self.kept())
+        if figures is not None and self.stride > 1:
+            figures.update(mean=self.total / self.count, max=self.maximum)
+        return figures
 
 
 @dataclass
 class Timings:
     """A conversation's per-frame figures as they come, and their summary."""
 
-    compute_ms: list[float] = field(default_factory=list)
-    encode_ms: list[float] = field(default_factory=list)
-    lm_ms: list[float] = field(default_factory=list)
-    decode_ms: list[float] = field(default_factory=list)
-    latency_ms: list[float] = field(default_factory=list)
-    node_ms: list[float] = field(default_factory=list)
-    network_ms: list[float] = field(default_factory=list)
+    compute_ms: Series = field(default_factory=Series)
+    encode_ms: Series = field(default_factory=Series)
+    lm_ms: Series = field(default_factory=Series)
+    decode_ms: Series = field(default_factory=Series)
+    latency_ms: Series = field(default_factory=Series)
+    node_ms: Series = field(default_factory=Series)
+    network_ms: Series = field(default_factory=Series)
     counters: dict[str, int] = field(default_factory=lambda: dict.fromkeys(COUNTERS, 0))
 
     @property
@@ -143,26 +222,25 @@ class Timings:
         """The figures above; {"frames": 0} for a conversation that stepped no frame."""
         if not self.compute_ms:
             return {"frames": 0}
-        compute = np.asarray(self.compute_ms, dtype=float)
         frame_ms = 1000 * frame_duration
         summary: dict[str, Any] = {
             "frames": self.frames,
             "frame_ms": frame_ms,
-            "compute_ms": distribution(self.compute_ms),
-            "real_time_factor": float(np.median(compute)) / frame_ms,
-            "frames_slower_than_real_time": int((compute > frame_ms).sum()),
+            "compute_ms": self.compute_ms.distribution(),
+            "real_time_factor": float(np.median(self.compute_ms.kept())) / frame_ms,
+            "frames_slower_than_real_time": self.compute_ms.count_above(frame_ms),
             "median_encode_ms": _median(self.encode_ms),
             "median_lm_ms": _median(self.lm_ms),
             "median_decode_ms": _median(self.decode_ms),
             **{name: int(self.counters.get(name, 0)) for name in COUNTERS},
-            "latency_ms": distribution(self.latency_ms),
+            "latency_ms": self.latency_ms.distribution(),
         }
         if self.node_ms:
-            summary["node_ms"] = distribution(self.node_ms)
+            summary["node_ms"] = self.node_ms.distribution()
         if self.network_ms:
-            network = float(np.median(self.network_ms))
+            network = float(np.median(self.network_ms.kept()))
             latency = _median(self.latency_ms)
-            summary["network_ms"] = distribution(self.network_ms)
+            summary["network_ms"] = self.network_ms.distribution()
             summary["network_share"] = network / latency if latency else None
         if wall_s is not None:
             summary["wall_s"] = wall_s
