@@ -67,10 +67,6 @@ def distribution(values: Sequence[float] | np.ndarray) -> dict[str, float] | Non
     }
 
 
-def _median(values: Series) -> float | None:
-    return float(np.median(values.kept())) if values else None
-
-
 class Series:
     """One per-frame figure of a conversation (compute_ms, say), in memory bounded by `kept`.
 
@@ -127,6 +123,10 @@ class Series:
             return sum(self._per_ms[int(threshold) + 1 :])
         above = int((self.kept() > threshold).sum())
         return above if self.stride == 1 else round(above * self.count / len(self._kept))
+
+    def median(self) -> float | None:
+        """The median of the values held (None for none)."""
+        return float(np.median(self.kept())) if self.count else None
 
     def distribution(self) -> dict[str, float] | None:
         """`distribution` of all the values; beyond `kept`, mean and max still of all of them
@@ -223,25 +223,27 @@ class Timings:
         if not self.compute_ms:
             return {"frames": 0}
         frame_ms = 1000 * frame_duration
+        compute = self.compute_ms.distribution()
+        assert compute is not None  # frames were stepped
         summary: dict[str, Any] = {
             "frames": self.frames,
             "frame_ms": frame_ms,
-            "compute_ms": self.compute_ms.distribution(),
-            "real_time_factor": float(np.median(self.compute_ms.kept())) / frame_ms,
+            "compute_ms": compute,
+            "real_time_factor": compute["median"] / frame_ms,
             "frames_slower_than_real_time": self.compute_ms.count_above(frame_ms),
-            "median_encode_ms": _median(self.encode_ms),
-            "median_lm_ms": _median(self.lm_ms),
-            "median_decode_ms": _median(self.decode_ms),
+            "median_encode_ms": self.encode_ms.median(),
+            "median_lm_ms": self.lm_ms.median(),
+            "median_decode_ms": self.decode_ms.median(),
             **{name: int(self.counters.get(name, 0)) for name in COUNTERS},
             "latency_ms": self.latency_ms.distribution(),
         }
         if self.node_ms:
             summary["node_ms"] = self.node_ms.distribution()
-        if self.network_ms:
-            network = float(np.median(self.network_ms.kept()))
-            latency = _median(self.latency_ms)
-            summary["network_ms"] = self.network_ms.distribution()
-            summary["network_share"] = network / latency if latency else None
+        network = self.network_ms.distribution()
+        if network is not None:
+            latency = self.latency_ms.median()
+            summary["network_ms"] = network
+            summary["network_share"] = network["median"] / latency if latency else None
         if wall_s is not None:
             summary["wall_s"] = wall_s
             summary["wall_real_time_factor"] = wall_s / (self.frames * frame_duration)

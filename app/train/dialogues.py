@@ -392,11 +392,10 @@ def heard_tokens(
     num_frames: int,
     frame_rate: float = 12.5,
     delay_frames: int = 2,
-    pad_id: int = 3,
-    end_of_padding_id: int = 0,
 ) -> list[int]:
     """The user's words as one text token per frame, each queued `delay_frames` after the
-    word *ends*: what a listener can write down once it has heard the whole word.
+    word *ends*: what a listener can write down once it has heard the whole word (laid out
+    as `text_tokens` lays out the assistant's).
 
     The training-only hearing head (`antiphon train lm --hear-weight`) learns to predict these
     from the LM's temporal transformer, so that the model is taught to recognise what was said
@@ -406,4 +405,4 @@ def heard_tokens(
         for word, (_, end), speaker in alignments
         if speaker == USER
     ]
-    return text_tokens(heard, encode, num_frames, frame_rate, pad_id, end_of_padding_id, USER)
+    return text_tokens(heard, encode, num_frames, frame_rate, speaker=USER)

@@ -98,19 +98,19 @@ def _text_loss(
 
 
 def lm_loss(
-    model: LM | Trainee,
+    lm: LM,
     codes: torch.Tensor,
     pad_weight: float = 0.5,
     first_codebook_weight: float = 10.0,
+    hearing: torch.nn.Module | None = None,
     hear_weight: float = 1.0,
 ) -> tuple[torch.Tensor, dict[str, float]]:
-    """Moshi's training loss on codes [B, streams, T] (IGNORE where there is no token), plus
-    the hearing loss when `model` is a Trainee with a hearing head and codes carry one more
-    row, the user's heard words (`heard_tokens`).
+    """Moshi's training loss on codes [B, streams, T] (IGNORE where there is no token), plus,
+    with a `hearing` head, the hearing loss against one more row of codes: the user's heard
+    words (`with_heard_words`).
 
     Computed against the delayed targets (`LM.forward_delayed`): every (logit, target) pair is
     the one the aligned loss would use, without copying the logits back into aligned time."""
-    lm, hearing = (model.lm, model.hearing) if isinstance(model, Trainee) else (model, None)
     config = lm.config
     streams = config.num_streams
     text_logits, audio_logits, targets, hidden = lm.forward_delayed(codes[:, :streams])
@@ -136,7 +136,7 @@ def lm_loss(
         "text_acc": text_accuracy.item(),
     }
     loss = text_loss + audio_loss
-    if hearing is not None and codes.shape[1] > streams:
+    if hearing is not None:
         # hidden[:, t] has heard the user up to frame t (one ahead, semantic codes undelayed)
         hear_loss, hear_accuracy = _text_loss(
             hearing(hidden), codes[:, streams], config.text_padding_id, pad_weight
@@ -343,7 +343,7 @@ class WindowSampler:
 
 @torch.no_grad()
 def held_out_figures(
-    model: LM | Trainee,
+    model: Trainee,
     streams: list[np.ndarray],
     frames: int,
     pad_weight: float,
@@ -352,12 +352,11 @@ def held_out_figures(
     """Teacher-forced loss and text accuracy on held-out dialogues (their first `frames`);
     with a hearing head, also how well it writes down the user's words (heard_acc)."""
     model.eval()
-    lm = model.lm if isinstance(model, Trainee) else model
-    device = lm.text_linear.weight.device
+    device = model.lm.text_linear.weight.device
     totals: dict[str, float] = {}
     for tokens in streams:
         codes = torch.from_numpy(tokens[None, :, :frames].astype(np.int64)).to(device)
-        _, metrics = lm_loss(model, codes, pad_weight, first_weight)
+        _, metrics = lm_loss(model.lm, codes, pad_weight, first_weight, model.hearing)
         for key, value in metrics.items():
             totals[key] = totals.get(key, 0.0) + value / len(streams)
     model.train()
@@ -448,21 +447,19 @@ def train_lm(args: argparse.Namespace) -> int:
         except (RuntimeError, ValueError, KeyError) as error:
             raise ConfigError(
                 f"{out / loop.CHECKPOINT} does not fit this run (another shape, another "
-                f"--hear-weight, or an older antiphon): {str(error).splitlines()[0]}. Continue "
-                "it with the options it started with, or start a new --out with --init "
-                f"{out}"
+                f"--hear-weight, or an older antiphon): {_detail(error)}. Continue it with the "
+                f"options it started with, or start a new --out with --init {out}"
             ) from error
         loop.resume_steps(options, extra)
         log.info("lm: resuming %s at step %d", out, start)
     elif args.init is not None:
         init_lm(lm, args.init)
         log.info("lm: starting from %s", args.init / WEIGHTS)
+        for cache in (TOKENS, EVAL_TOKENS):  # its encoding, if of the same dialogues, codec and
+            if not (out / cache).is_file() and (args.init / cache).is_file():  # tokenizer:
+                shutil.copyfile(args.init / cache, out / cache)  # load_or_encode checks that
     progress = options.progress
     bf16 = not args.no_bf16
-    if args.init is not None:  # the same dialogues, codec and tokenizer: reuse its encoding
-        for cache in (TOKENS, EVAL_TOKENS):
-            if not (out / cache).is_file() and (args.init / cache).is_file():
-                shutil.copyfile(args.init / cache, out / cache)  # checked by its fingerprint
     streams = load_or_encode(
         args.data, args.codec, tokenizer, codebooks, device, out / TOKENS, progress, bf16
     )
@@ -494,8 +491,9 @@ def train_lm(args: argparse.Namespace) -> int:
         codes = sampler.batch(generator).to(device)
         with autocast:
             loss, metrics = lm_loss(
-                model, codes, args.pad_weight, args.first_codebook_weight, args.hear_weight
-            )
+                lm, codes, args.pad_weight, args.first_codebook_weight, model.hearing,
+                args.hear_weight,
+            )  # fmt: skip
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -523,8 +521,16 @@ def init_lm(lm: LM, run: Path) -> None:
     except RuntimeError as error:
         raise ConfigError(
             f"--init {run}: its LM has another shape than this run's (--config, tokenizer, "
-            f"codec): {str(error).splitlines()[1].strip()}"
+            f"codec): {_detail(error)}"
         ) from error
+
+
+def _detail(error: Exception) -> str:
+    """The line of a load_state_dict error that names the keys (its first line names only the
+    module), or the error's first line."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    line = lines[1] if len(lines) > 1 else (lines[0] if lines else type(error).__name__)
+    return line.rstrip(".")
 
 
 def save_lm(lm: LM, folder: Path, dtype: torch.dtype = torch.float32) -> None:
