@@ -16,7 +16,7 @@ vectors of the current batch. A trained codec therefore saves and loads like Kyu
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any, NamedTuple, cast
 
 import torch
 import torch.nn.functional as F
@@ -212,6 +212,13 @@ class ResidualVQ(nn.Module):
         return out, torch.stack(codes, dim=1), commitment
 
 
+class TrainingQuantized(NamedTuple):
+    quantized: torch.Tensor  # [B, D, T], the decoder's input
+    codes: torch.Tensor  # [B, K, T]
+    commitment: torch.Tensor  # scalar loss
+    semantic: torch.Tensor  # [B, D, T], the first (semantic) codebooks' share of `quantized`
+
+
 class SplitResidualVQ(nn.Module):
     """`rvq_first` (semantic) + `rvq_rest` (acoustic), codes concatenated in that order."""
 
@@ -257,20 +264,21 @@ class SplitResidualVQ(nn.Module):
 
     def forward_train(
         self, x: torch.Tensor, num_codebooks: int, training: CodebookTraining | None
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Training: latent [B, D, T] -> (quantized [B, D, T], codes [B, K, T], commitment loss).
+    ) -> TrainingQuantized:
+        """Training: latent [B, D, T] -> quantized latent, codes and commitment loss.
 
         As `encode` then `decode`, with a straight-through gradient (see ResidualVQ)."""
         self._check_count(num_codebooks)
         S = self.semantic_codebooks
-        quantized, codes, loss = self.rvq_first.forward_train(x, S, training)
+        semantic, codes, loss = self.rvq_first.forward_train(x, S, training)
+        quantized = semantic
         if num_codebooks > S:
             rest, rest_codes, rest_loss = self.rvq_rest.forward_train(
                 x, num_codebooks - S, training
             )
             quantized, loss = quantized + rest, loss + rest_loss
             codes = torch.cat([codes, rest_codes], dim=1)
-        return quantized, codes, loss
+        return TrainingQuantized(quantized, codes, loss, semantic)
 
     def decode(self, codes: torch.Tensor) -> torch.Tensor:
         """Codes [B, K, T] -> latent [B, D, T]."""

@@ -59,12 +59,14 @@ def test_forward_train_matches_inference_and_passes_gradients_straight_through()
     cfg = tiny_mimi()
     quantizer = SplitResidualVQ(cfg)
     x = torch.randn(4, cfg.seanet.dimension, 40, requires_grad=True)
-    quantized, codes, commitment = quantizer.forward_train(x, 4, CodebookTraining())
+    _, codes, commitment, _ = quantizer.forward_train(x, 4, CodebookTraining())
     assert codes.shape == (4, 4, 40) and commitment.item() > 0
-    # Without learning, the training path gives the inference path's codes and latent.
-    quantized, codes, _ = quantizer.forward_train(x, 4, None)
+    # Without learning, the training path gives the inference path's codes and latent, and
+    # the semantic share is what the first codebook alone decodes to.
+    quantized, codes, _, semantic = quantizer.forward_train(x, 4, None)
     assert torch.equal(codes, quantizer.encode(x.detach(), 4))
     torch.testing.assert_close(quantized, quantizer.decode(codes))
+    torch.testing.assert_close(semantic, quantizer.decode(codes[:, :1]))
     # Straight through: d(sum quantized)/dx is that of the projections alone.
     quantized.sum().backward()
     projections = [quantizer.rvq_first, quantizer.rvq_rest]
@@ -86,7 +88,7 @@ def test_training_reduces_quantization_error_and_keeps_the_file_layout() -> None
     keys = set(quantizer.state_dict())
 
     def error() -> float:  # the commitment loss: how far each codebook's input is from it
-        return float(quantizer.forward_train(data, 4, None)[2])
+        return float(quantizer.forward_train(data, 4, None).commitment)
 
     training = CodebookTraining(decay=0.9)
     with torch.no_grad():

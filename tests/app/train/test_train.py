@@ -14,7 +14,13 @@ import torch
 from app.core.engine import Engine
 from app.core.models import bundled_model
 from app.train import card, cli, loop
-from app.train.codec import SpeechSegments, forward_train, load_trained_codec, train_codec
+from app.train.codec import (
+    SpeechSegments,
+    forward_train,
+    load_trained_codec,
+    phoneme_loss,
+    train_codec,
+)
 from app.train.dialogues import generate
 from app.train.export import export
 from app.train.features import MultiResolutionMelLoss
@@ -29,6 +35,7 @@ from app.train.lm import (
     train_lm,
     with_heard_words,
 )
+from app.train.phonemes import PhonemeTable
 from app.train.quality import FIGURES, evaluate
 from app.train.tokenizer import dialogue_sentences, train_tokenizer
 from model.bundle import bundle_files
@@ -105,12 +112,12 @@ def test_codec_overfits_one_batch(work: Path) -> None:
     config = tiny_mimi()
     codec = Codec(config).train()
     segments = SpeechSegments(work / "data", 1.0, config.sample_rate)
-    batch = segments.batch(2, 4 * config.frame_size, torch.Generator().manual_seed(0))
+    batch = segments.batch(2, 4 * config.frame_size, torch.Generator().manual_seed(0)).pcm
     mel_loss = MultiResolutionMelLoss(config.sample_rate)
     optimizer = torch.optim.AdamW(codec.parameters(), lr=3e-3)
     losses = []
     for _ in range(20):
-        estimate, commitment, _ = forward_train(codec, batch, CodebookTraining(), 0.5)
+        estimate, commitment, _, _ = forward_train(codec, batch, CodebookTraining(), 0.5)
         loss = mel_loss(estimate, batch) + commitment
         optimizer.zero_grad()
         loss.backward()
@@ -129,7 +136,7 @@ def test_codec_run_resumes_exactly(work: Path, codec_run: Path) -> None:
     trained = load_trained_codec(codec_run)
     state = torch.load(codec_run / loop.CHECKPOINT, weights_only=True)["model"]
     reference = Codec(trained.config)
-    reference.load_state_dict(state)
+    reference.load_state_dict({k.removeprefix("codec."): v for k, v in state.items()})
     pcm = torch.randn(1, 1, 3 * trained.frame_size) * 0.1
     with torch.no_grad():
         assert torch.equal(trained.encode(pcm), reference.eval().encode(pcm))
@@ -147,6 +154,46 @@ def test_decoder_only_training_keeps_every_code(work: Path, codec_run: Path) -> 
     assert changed == {"upsample", "decoder_transformer", "decoder", "quantizer"}
     assert all(torch.equal(old[k], new[k]) for k in old if ".output_proj." not in k and
                k.startswith("quantizer"))  # fmt: skip
+
+
+def test_the_first_codebook_learns_phonemes_and_the_head_stays_behind(
+    work: Path, codec_run: Path
+) -> None:
+    out = work / "codec-phonemes"
+    args = _codec_args(work, out, "--init", str(codec_run), "--phoneme-weight", "1")
+    args.steps, args.lr, args.warmup, args.eval_every = 30, 3e-3, 1, 30
+    train_codec(args)
+    lines = [json.loads(line) for line in (out / loop.LOG).read_text().splitlines()]
+    losses = [line["phonemes"] for line in lines if "phonemes" in line]
+    assert len(losses) == 30 and np.mean(losses[-5:]) < 0.8 * np.mean(losses[:5])
+    figures = [line["eval"] for line in lines if "eval" in line][-1]
+    assert 0 <= figures["phoneme_acc"] <= 1 and "phoneme_acc_new_voice" in figures
+    table = json.loads((out / "phonemes.json").read_text())
+    assert {"k", "w", "z"} <= set(table["inventory"]) and table["words"]["count"][0] == "k"
+    # The shipped codec is a plain codec (the head is training-only), started from the other.
+    state = torch.load(out / loop.CHECKPOINT, weights_only=True)["model"]
+    assert any(k.startswith("phonemes.") for k in state)
+    assert set(load_trained_codec(out).state_dict()) == set(
+        load_trained_codec(codec_run).state_dict()
+    )
+
+
+def test_phoneme_labels_follow_the_words_and_the_loss_takes_their_mix() -> None:
+    require_espeak()
+    table = PhonemeTable.build(["Count", "four."], progress=False)
+    assert table.words == {"count": ["k", "aU", "n", "t"], "four": ["f", "o@"]}
+    alignments = [["Count", [0.16, 0.48], "SPEAKER_USER"], ["Four.", [0.0, 0.16], "SPEAKER_MAIN"]]
+    labels = table.frame_labels(alignments, "SPEAKER_USER", 8, 12.5)  # 4 instants of 20 ms
+    k, au, n, t = (table.inventory.index(p) + 1 for p in ["k", "aU", "n", "t"])
+    assert (
+        labels.reshape(-1).tolist()[:28]
+        == [0] * 8 + [k] * 4 + [au] * 4 + [n] * 4 + [t] * 4 + [0] * 4
+    )
+    logits = torch.full((1, 8, table.classes), -9.0)
+    logits[0, 2, k] = logits[0, 3, n] = 9.0  # frames 2 and 3: "k" (right), "n" (wrong: "aU")
+    fit = phoneme_loss(logits, torch.from_numpy(labels[None]).long())
+    assert (int(fit.right), int(fit.speech)) == (1, 4)  # 4 speech frames ("k aU n t"), 1 right
+    assert phoneme_loss(logits, torch.full((1, 8, 4), -1)).loss == 0  # nothing known: no loss
 
 
 def test_lm_overfits_one_batch(work: Path, codec_run: Path, tmp_path: Path) -> None:
