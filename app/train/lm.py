@@ -29,6 +29,7 @@ import json
 import logging
 import math
 import shutil
+import time
 from pathlib import Path
 
 import numpy as np
@@ -37,6 +38,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 from tqdm import tqdm
 
+from app.core.files import write_atomically
 from model.bundle import save_safetensors
 from model.codec import Codec
 from model.config import LMConfig, demo_lm, tiny_lm
@@ -156,6 +158,43 @@ def _fingerprint(*paths: Path) -> str:
     return digest.hexdigest()
 
 
+class _Encoded:
+    """Dialogues encoded so far (index in the manifest -> streams), saved every few minutes, so
+    that an encoding that is stopped goes on where it stopped (with the same fingerprint)."""
+
+    SAVE_EVERY_S = 180.0
+
+    def __init__(self, path: Path | None, fingerprint: str) -> None:
+        self.path, self.fingerprint = path, fingerprint
+        self.done: dict[int, np.ndarray] = {}
+        self.saved = time.monotonic()
+        if path is not None and path.is_file():
+            stored = np.load(path)
+            if str(stored["fingerprint"]) == fingerprint:
+                parts = np.split(stored["tokens"], np.cumsum(stored["lengths"])[:-1], axis=1)
+                self.done = dict(zip(stored["indices"].tolist(), parts, strict=True))
+                log.info("encoding: %d dialogues already done (%s)", len(self.done), path)
+
+    def add(self, index: int, streams: np.ndarray) -> None:
+        self.done[index] = streams
+        if self.path is not None and time.monotonic() - self.saved > self.SAVE_EVERY_S:
+            self.save()
+
+    def save(self) -> None:
+        assert self.path is not None
+        indices = sorted(self.done)
+        tokens = np.concatenate([self.done[i] for i in indices], axis=1)
+        lengths = np.array([self.done[i].shape[1] for i in indices])
+        write_atomically(
+            self.path,
+            lambda tmp: np.savez(
+                tmp, tokens=tokens, lengths=lengths, indices=np.array(indices),
+                fingerprint=np.array(self.fingerprint),
+            ),
+        )  # fmt: skip
+        self.saved = time.monotonic()
+
+
 @torch.no_grad()
 def encode_dialogues(
     folder: str | Path,
@@ -166,23 +205,30 @@ def encode_dialogues(
     batch: int = 8,
     progress: bool = True,
     bf16: bool = False,
+    encoded: _Encoded | None = None,
 ) -> list[np.ndarray]:
     """Each dialogue as int16 [1 + 2 * num_codebooks, frames]: text, assistant, user; the
     user's streams one frame ahead (column t holds the user's frame t + 1, -1 at the end), so
     that teacher forcing conditions on what `LM.step` hears (`model.lm.user_ahead`).
 
     With `bf16`, the codec's convolutions run under bf16 autocast (2.4x faster on this CPU;
-    the quantizer stays fp32): `train lm` measures and logs how many codes differ from fp32."""
+    the quantizer stays fp32): `train lm` measures and logs how many codes differ from fp32.
+    Dialogues are encoded longest first (a batch pads to its longest: similar lengths waste
+    less); `encoded` keeps what is done, to go on after a stop."""
     codec = codec.to(device).eval()
     autocast = loop.autocast(device, enabled=bf16)
     frame_rate, frame_size = codec.config.frame_rate, codec.frame_size
     files = read_manifest(folder)
-    out: list[np.ndarray] = []
-    every = max(batch, len(files) // 20 // batch * batch)  # without a bar: a log line per 5%
-    for first in tqdm(range(0, len(files), batch), desc="encoding", disable=not progress):
-        if not progress and first % every == 0:
-            log.info("encoding %s: %d/%d dialogues", folder, first, len(files))
-        loaded = [read_dialogue(path) for path in files[first : first + batch]]
+    encoded = encoded or _Encoded(None, "")
+    order = sorted(
+        set(range(len(files))) - set(encoded.done), key=lambda i: -files[i].stat().st_size
+    )
+    batches = [order[first : first + batch] for first in range(0, len(order), batch)]
+    every = max(1, len(batches) // 20)  # without a bar: a log line per 5%
+    for b, chosen in enumerate(tqdm(batches, desc="encoding", disable=not progress)):
+        if not progress and b % every == 0:
+            log.info("encoding %s: %d/%d dialogues", folder, len(encoded.done), len(files))
+        loaded = [read_dialogue(files[i]) for i in chosen]
         frames = [math.ceil(pcm.shape[1] / frame_size) for pcm, _ in loaded]
         stereo = np.zeros((len(loaded), 2, max(frames) * frame_size), dtype=np.float32)
         for i, (pcm, _) in enumerate(loaded):
@@ -191,15 +237,16 @@ def encode_dialogues(
         # [2B, K, frames]; the codec is causal, so the zero padding changes no earlier frame
         with autocast:
             latent = codec.latent(pcm_batch)
-        encoded = codec.quantizer.encode(latent, num_codebooks)
-        codes = encoded.reshape(len(loaded), 2 * num_codebooks, -1).cpu().numpy()
-        for i, ((_, description), n) in enumerate(zip(loaded, frames, strict=True)):
+        found = codec.quantizer.encode(latent, num_codebooks)
+        codes = found.reshape(len(loaded), 2 * num_codebooks, -1).cpu().numpy()
+        for i, (index, (_, description), n) in enumerate(zip(chosen, loaded, frames, strict=True)):
             text = text_tokens(description["alignments"], tokenizer.encode, n, frame_rate)
             assistant, user = codes[i, :num_codebooks, :n], codes[i, num_codebooks:, :n]
             # the user one frame ahead, as `LM.step` hears it (model.lm.user_ahead)
             user = np.concatenate([user[:, 1:], np.full_like(user[:, :1], IGNORE)], axis=1)
-            out.append(np.concatenate([np.array(text)[None], assistant, user]).astype(np.int16))
-    return out
+            streams = np.concatenate([np.array(text)[None], assistant, user]).astype(np.int16)
+            encoded.add(index, streams)
+    return [encoded.done[i] for i in range(len(files))]
 
 
 def load_or_encode(
@@ -224,9 +271,12 @@ def load_or_encode(
             return np.split(stored["tokens"], np.cumsum(lengths)[:-1], axis=1)
         log.info("%s is stale: encoding again", cache)
     codec = load_trained_codec(codec_dir, device)
+    partial_path = Path(cache).with_suffix(".partial.npz")
+    partial = _Encoded(partial_path, fingerprint)
     streams = encode_dialogues(
-        data, codec, tokenizer, num_codebooks, device, progress=progress, bf16=bf16
-    )
+        data, codec, tokenizer, num_codebooks, device, progress=progress, bf16=bf16,
+        encoded=partial,
+    )  # fmt: skip
     if bf16:  # what the bf16 convolutions changed: the codes of a few dialogues in fp32 too
         sample = Path(cache).with_suffix(".fp32-sample")
         _sample_folder(data, sample, count=4)
@@ -249,6 +299,7 @@ def load_or_encode(
         lengths=np.array([s.shape[1] for s in streams]),
         fingerprint=np.array(fingerprint),
     )
+    partial_path.unlink(missing_ok=True)
     return streams
 
 

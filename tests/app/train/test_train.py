@@ -21,15 +21,17 @@ from app.train.codec import (
     phoneme_loss,
     train_codec,
 )
-from app.train.dialogues import generate
+from app.train.dialogues import generate, read_manifest, text_tokens
 from app.train.export import export
 from app.train.features import MultiResolutionMelLoss
 from app.train.lm import (
     TOKENS,
     Trainee,
     WindowSampler,
+    _Encoded,
     check_live_codes,
     codes_used,
+    encode_dialogues,
     lm_loss,
     load_or_encode,
     train_lm,
@@ -194,6 +196,30 @@ def test_phoneme_labels_follow_the_words_and_the_loss_takes_their_mix() -> None:
     fit = phoneme_loss(logits, torch.from_numpy(labels[None]).long())
     assert (int(fit.right), int(fit.speech)) == (1, 4)  # 4 speech frames ("k aU n t"), 1 right
     assert phoneme_loss(logits, torch.full((1, 8, 4), -1)).loss == 0  # nothing known: no loss
+
+
+def test_an_encoding_that_stops_goes_on_where_it_stopped(work: Path, codec_run: Path) -> None:
+    tokenizer = TextTokenizer(work / "tokenizer" / "tokenizer.model")
+    codec = load_trained_codec(codec_run)
+
+    def encode(encoded: _Encoded | None) -> list[np.ndarray]:
+        return encode_dialogues(
+            work / "data", codec, tokenizer, 4, torch.device("cpu"), batch=2, progress=False,
+            encoded=encoded,
+        )  # fmt: skip
+
+    fresh = encode(None)
+    for path, streams in zip(read_manifest(work / "data"), fresh, strict=True):  # manifest order
+        alignments = json.loads(path.with_suffix(".json").read_text())["alignments"]
+        assert streams[0].tolist() == text_tokens(alignments, tokenizer.encode, streams.shape[1])
+    stopped = _Encoded(work / "partial.npz", "run A")
+    stopped.done = {1: np.full_like(fresh[1], 7)}  # marked: a dialogue encoded before the stop
+    stopped.save()
+    resumed = encode(_Encoded(work / "partial.npz", "run A"))
+    assert (resumed[1] == 7).all()  # not encoded again
+    assert all(np.array_equal(a, b) for a, b in zip(resumed[::2], fresh[::2], strict=True))
+    other = encode(_Encoded(work / "partial.npz", "run B"))  # another codec or data: no reuse
+    assert all(np.array_equal(a, b) for a, b in zip(other, fresh, strict=True))
 
 
 def test_lm_overfits_one_batch(work: Path, codec_run: Path, tmp_path: Path) -> None:
