@@ -7,7 +7,11 @@
 #   data       TRAIN_COUNT training + EVAL_COUNT held-out dialogues    RUN_DIR/data/{train,eval}
 #   tokenizer  SentencePiece on the training text                      RUN_DIR/tokenizer
 #   codec      the codec, CODEC_STEPS steps                            RUN_DIR/codec
-#   lm         the LM on the codec's tokens, LM_STEPS steps            RUN_DIR/lm
+#   phonemes   PHONEME_STEPS more codec steps from RUN_DIR/codec, teaching its first codebook the
+#              phonemes being said (espeak-ng labels over the aligned words): codes that say
+#              what is said, whoever says it, so the LM can learn to hear   RUN_DIR/codec-phonemes
+#   lm         the LM on the codec's tokens (codec-phonemes where that stage ran), LM_STEPS
+#              steps                                                   RUN_DIR/lm
 #   hear       HEAR_STEPS more steps from RUN_DIR/lm with the training-only hearing head (the
 #              user's words as targets), a new learning-rate schedule   RUN_DIR/lm-hear
 #   decoder    (optional) the codec's decoder side only, DECODER_STEPS more steps: every code
@@ -41,11 +45,15 @@ eval_count=${EVAL_COUNT:-300}
 codec_steps=${CODEC_STEPS:-5000}
 lm_steps=${LM_STEPS:-2000}
 hear_steps=${HEAR_STEPS:-1500}
+phoneme_steps=${PHONEME_STEPS:-1200}
 config=${CONFIG:-demo}  # tiny: the test shapes, for a dry run of every stage in minutes
 frames=${FRAMES:-400}   # the LM's longest training window (frames)
 
 train() { "$py" -m app.train "$@"; }
 lm_extra=()
+# the codec the LM learns from: the phoneme-taught one where that stage ran
+lm_codec="$run_dir/codec"
+codec_for_lm() { [ -f "$run_dir/codec-phonemes/codec.safetensors" ] && lm_codec="$run_dir/codec-phonemes"; true; }
 # a few steps of the tiny codec leave codebooks nearly dead; the real run must not
 [ "$config" = tiny ] && lm_extra=(--allow-dead-codes)
 
@@ -72,17 +80,27 @@ for stage in "$@"; do
                 --threads "$threads" --checkpoint-every 200 --log-every 50 --eval-every 250 \
                 --no-progress
             ;;
+        phonemes)
+            train codec --data "$run_dir/data/train" --eval-data "$run_dir/data/eval" \
+                --init "$run_dir/codec" --phoneme-weight 1 --out "$run_dir/codec-phonemes" \
+                --device "$device" --seed $((seed + 2)) --steps "$phoneme_steps" --lr 5e-4 \
+                --warmup 100 --batch-size 32 --segment 1.2 --max-hours 16 \
+                --threads "$threads" --checkpoint-every 100 --log-every 25 --eval-every 200 \
+                --no-progress
+            ;;
         lm)
+            codec_for_lm
             train lm --data "$run_dir/data/train" --eval-data "$run_dir/data/eval" \
-                --codec "$run_dir/codec" --tokenizer "$run_dir/tokenizer" \
+                --codec "$lm_codec" --tokenizer "$run_dir/tokenizer" \
                 --out "$run_dir/lm" --device "$device" --seed "$seed" --config "$config" \
                 --steps "$lm_steps" --batch-size 20 --frames "$frames" --threads "$threads" \
                 --checkpoint-every 100 --log-every 25 --eval-every 250 --no-progress \
                 --hear-weight 0 "${lm_extra[@]}"
             ;;
         hear)
+            codec_for_lm
             train lm --data "$run_dir/data/train" --eval-data "$run_dir/data/eval" \
-                --codec "$run_dir/codec" --tokenizer "$run_dir/tokenizer" \
+                --codec "$lm_codec" --tokenizer "$run_dir/tokenizer" \
                 --init "$run_dir/lm" --out "$run_dir/lm-hear" --device "$device" \
                 --seed $((seed + 1)) --config "$config" --steps "$hear_steps" --batch-size 20 \
                 --frames "$frames" --lr 6e-4 --warmup 100 --hear-weight 1 --hear-delay 2 \
@@ -90,15 +108,17 @@ for stage in "$@"; do
                 --no-progress "${lm_extra[@]}"
             ;;
         decoder)
+            codec_for_lm
             train codec --data "$run_dir/data/train" --eval-data "$run_dir/data/eval" \
-                --decoder-only "$run_dir/codec" --out "$run_dir/codec-decoder" \
+                --decoder-only "$lm_codec" --out "$run_dir/codec-decoder" \
                 --device "$device" --seed "$seed" --steps "${DECODER_STEPS:-1500}" \
                 --batch-size 32 --segment 1.2 --max-hours 6 --warmup 100 --lr 5e-4 \
                 --threads "$threads" --checkpoint-every 200 --log-every 50 --eval-every 250 \
                 --no-progress
             ;;
         export)
-            codec_run="$run_dir/codec"
+            codec_for_lm
+            codec_run="$lm_codec"
             [ -f "$run_dir/codec-decoder/codec.safetensors" ] && codec_run="$run_dir/codec-decoder"
             lm_run="$run_dir/lm"
             [ -f "$run_dir/lm-hear/lm.safetensors" ] && lm_run="$run_dir/lm-hear"
