@@ -128,17 +128,25 @@ def _linears_to_bf16_(module: nn.Module) -> int:
     return count
 
 
-def store_codec_bf16_(codec: Codec) -> int:
+def store_codec_bf16_(codec: Codec, encoder_convs: bool = False) -> int:
     """Store in bf16, in place: every linear layer of the two transformers, and the weight of
-    every ungrouped convolution (transposed too) with at least `BF16_MIN_CONV_WEIGHTS` weights
-    (biases stay fp32). They become buffers; a convolution computes in its weight's dtype
-    (model/conv.py). Inference only. Returns how many weight tensors changed."""
+    every ungrouped convolution (transposed too) of the decoder with at least
+    `BF16_MIN_CONV_WEIGHTS` weights (biases stay fp32). They become buffers; a convolution
+    computes in its weight's dtype (model/conv.py). Inference only.
+
+    The encoder's convolutions stay fp32 unless `encoder_convs`: on the trained demo codec they
+    flipped up to a third of the finest codebook's codes in bf16, the transformers a few percent
+    (docs/performance.md); they are about 5% of a frame's time. Returns how many weights changed.
+    """
     if codec.dtype != torch.float32:
         raise ValueError(f"bf16 weight storage is for a float32 codec, this one is {codec.dtype}")
     codec.requires_grad_(False)
     count = _linears_to_bf16_(codec.encoder_transformer)
     count += _linears_to_bf16_(codec.decoder_transformer)
-    for module in codec.modules():
+    parts = [codec.decoder, codec.upsample]
+    if encoder_convs:
+        parts += [codec.encoder, codec.downsample]
+    for module in (m for part in parts for m in part.modules()):
         # Only the causal convs compute in their weight's dtype (the quantizer's projections
         # are plain convs, and small).
         if isinstance(module, CausalConv1d | CausalConvTranspose1d):

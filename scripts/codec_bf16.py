@@ -14,10 +14,12 @@ Printed:
   against the input speech.
 
 --assets DIR: a trained codec (an exported bundle, e.g. app/assets). Without it: the released
-Mimi's shape with random weights and codebooks drawn from its own residuals on this speech, so
-that codes vary (random weights say little about a trained codec's margins: a stress test of the
-released shape's layers, not a quality figure). --min-conv-weights 0 puts every convolution in
-bf16 too, not only the large ones (a worst case for a small codec, whose convs all stay fp32).
+Mimi's shape with random weights, where only the numbers' error means something (the latent's
+relative error, the decoder's SNR on the same codes): codes of random weights sit on near ties.
+Also printed: the relative error of the latent the quantizer sees, bf16 against fp32.
+--min-conv-weights N: the decoder's convs with at least N weights in bf16 (default: 2^20, none
+of the demo codec's; 65536 takes the same layers as 2^20 takes of the released Mimi);
+--encoder-convs: the encoder's too.
 """
 
 from __future__ import annotations
@@ -57,27 +59,6 @@ def speech(sample_rate: int) -> torch.Tensor:
     return torch.from_numpy(np.concatenate(pieces)).view(1, 1, -1)
 
 
-def fit_codebooks(codec: Codec, pcm: torch.Tensor, seed: int) -> None:
-    """Centroids drawn from the residuals each codebook sees on `pcm`, so codes vary."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        latent = codec.latent(pcm)
-        for rvq in (codec.quantizer.rvq_first, codec.quantizer.rvq_rest):
-            residual = rvq.input_proj(latent).transpose(1, 2).flatten(0, 1)  # [frames, C]
-            for k in range(len(rvq.codebooks)):
-                codebook = rvq.codebook(k)
-                size = codebook.embedding.shape[0]
-                pick = torch.randint(0, residual.shape[0], (size,), generator=g)
-                jitter = (
-                    0.1 * residual.std(dim=0) * torch.randn(codebook.embedding.shape, generator=g)
-                )
-                codebook.embedding_sum.copy_(
-                    (residual[pick] + jitter) * codebook.cluster_usage[:, None]
-                )
-                codebook.refresh()
-                residual = residual - codebook.decode(codebook.encode(residual))
-
-
 def stream(codec: Codec, pcm: torch.Tensor, codes: torch.Tensor | None = None):
     """Encode `pcm` frame by frame, decode `codes` (default: its own) frame by frame."""
     enc, dec = codec.init_encoder_state(1), codec.init_decoder_state(1)
@@ -96,6 +77,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--assets", help="an exported bundle: its trained codec")
     parser.add_argument("--min-conv-weights", type=int, help="convs this large or larger in bf16")
+    parser.add_argument(
+        "--encoder-convs", action="store_true", help="the encoder's large convs in bf16 too"
+    )
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     if args.min_conv_weights is not None:
@@ -108,14 +92,13 @@ def main() -> None:
     else:
         full = Codec(mimi()).eval()
         for module in full.modules():
-            if isinstance(module, Codebook):
-                module.cluster_usage.uniform_(0.5, 2.0)
+            if isinstance(module, Codebook):  # untrained codebooks are zeros: give them spread
+                module.embedding_sum.normal_()
+                module.refresh()
     pcm = speech(full.sample_rate)
     pcm = torch.nn.functional.pad(pcm, (0, -pcm.shape[2] % full.frame_size))
-    if not args.assets:
-        fit_codebooks(full, pcm, args.seed)
     half = copy.deepcopy(full)
-    converted = quantize.store_codec_bf16_(half)
+    converted = quantize.store_codec_bf16_(half, args.encoder_convs)
 
     # For scale: how many codes flip in fp32 when the input changes by a noise 60 dB below it.
     g = torch.Generator().manual_seed(args.seed + 1)
@@ -125,10 +108,13 @@ def main() -> None:
         half_codes, half_audio = stream(half, pcm)
         _, half_decoded = stream(half, pcm, codes)
         noisy_codes, _ = stream(full, noisy)
+        latent, half_latent = full.latent(pcm), half.latent(pcm)
     clean = pcm[0, 0].numpy()
     rate = full.sample_rate
     frames = codes.shape[2]
     print(f"{frames} frames ({frames * full.frame_size / rate:.1f} s), {converted} weights in bf16")
+    latent_error = (half_latent - latent).norm() / latent.norm()
+    print(f"latent relative error (bf16 vs fp32, whole signal): {latent_error:.2e}")
     same = (codes == half_codes)[0].float().mean(dim=1)  # [K]
     distinct = [int(codes[0, k].unique().numel()) for k in range(codes.shape[1])]
     print("codebook              " + "".join(f"{k:>7}" for k in range(codes.shape[1])))

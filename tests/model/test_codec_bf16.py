@@ -31,7 +31,7 @@ def fp32_codec() -> Codec:
 
 @pytest.fixture
 def every_conv_in_bf16(monkeypatch) -> None:
-    """The tiny codec's convs are all small: put them in bf16 too, to test every conv path."""
+    """The tiny codec's convs are all small: put them in bf16 too, to test their paths."""
     monkeypatch.setattr(quantize, "BF16_MIN_CONV_WEIGHTS", 0)
 
 
@@ -76,9 +76,24 @@ def test_large_weights_go_bf16_and_the_rest_stays_fp32(fp32_codec) -> None:
         store_codec_bf16_(copy.deepcopy(fp32_codec).to(torch.bfloat16))
 
 
-def test_every_conv_path_in_bf16_keeps_its_state_in_fp32(fp32_codec, every_conv_in_bf16) -> None:
+def _conv_dtypes(module: nn.Module) -> set[torch.dtype]:
+    convs = [m for m in module.modules() if isinstance(m, nn.Conv1d | nn.ConvTranspose1d)]
+    return {c.weight.dtype for c in convs if c.groups == 1}
+
+
+def test_the_encoder_convs_stay_fp32_unless_asked(fp32_codec, every_conv_in_bf16) -> None:
     codec = copy.deepcopy(fp32_codec)
     store_codec_bf16_(codec)
+    assert _conv_dtypes(codec.decoder) == {torch.bfloat16}
+    assert _conv_dtypes(codec.encoder) == _conv_dtypes(codec.downsample) == {torch.float32}
+    codec = copy.deepcopy(fp32_codec)
+    store_codec_bf16_(codec, encoder_convs=True)
+    assert _conv_dtypes(codec.encoder) == _conv_dtypes(codec.downsample) == {torch.bfloat16}
+
+
+def test_every_conv_path_in_bf16_keeps_its_state_in_fp32(fp32_codec, every_conv_in_bf16) -> None:
+    codec = copy.deepcopy(fp32_codec)
+    store_codec_bf16_(codec, encoder_convs=True)
     convs = [m for m in codec.modules() if isinstance(m, nn.Conv1d | nn.ConvTranspose1d)]
     assert {c.weight.dtype for c in convs if c.groups == 1 and c.kernel_size[0] > 1} == {
         torch.bfloat16
@@ -99,8 +114,8 @@ def test_bf16_codes_agree_with_fp32(fp32_codec) -> None:
     assert min(distinct_codes(want_codes)) >= 12  # of 48 vectors: codes really vary
     agree = (codes == want_codes).float().mean(dim=(0, 2))  # per codebook
     # Measured: 100% in every codebook (the tiny codec's small layer scales keep its
-    # transformer's share small); 93-100% on the trained demo codec over espeak speech
-    # (docs/performance.md).
+    # transformer's share small); 93-100% per codebook on the trained demo codec over espeak
+    # speech (docs/performance.md).
     assert agree.min() >= 0.95, agree
     error = (audio - want_audio).norm() / want_audio.norm()
     assert 0 < error < 1e-5, error  # measured 4e-7
@@ -108,7 +123,7 @@ def test_bf16_codes_agree_with_fp32(fp32_codec) -> None:
 
 def test_bf16_streaming_equals_the_whole_signal(fp32_codec, every_conv_in_bf16) -> None:
     codec = copy.deepcopy(fp32_codec)
-    store_codec_bf16_(codec)
+    store_codec_bf16_(codec, encoder_convs=True)  # every conv path
     pcm = speechlike(2, 3 * codec.config.transformer.context, codec.frame_size, seed=3)
     with torch.no_grad():
         codes, audio = _stream(codec, pcm)
