@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from model.packed import packed_linear
 from model.streaming import keep_inactive, reset_slots_
 
 PadMode = Literal["constant", "replicate"]
@@ -201,6 +202,9 @@ class CausalConvTranspose1d(nn.Module):
         self.convtr = nn.ConvTranspose1d(
             in_channels, out_channels, kernel_size, stride=stride, groups=groups, bias=bias
         )
+        # The bf16 weight as [C_out * K, C_in] in oneDNN's layout, when stored so on a CPU
+        # (`model.quantize.store_codec_bf16_`; model/packed.py).
+        self.packed: torch.Tensor | None = None
 
     def init_state(self, batch_size: int, dtype: torch.dtype | None = None) -> ConvTransposeState:
         """`dtype`: the activations' (default: the weights'; bf16-stored weights take fp32)."""
@@ -223,7 +227,10 @@ class CausalConvTranspose1d(nn.Module):
         C_out, K = conv.out_channels, conv.kernel_size[0]
         weight, _, xw = _in_weight_dtype(conv, x)  # the bias is added below, in x's dtype
         weight = weight.view(C_in, C_out * K)
-        if T < 8 or weight.dtype == torch.bfloat16:
+        if self.packed is not None and x.device.type == "cpu":
+            columns = packed_linear(xw.transpose(1, 2).contiguous(), self.packed)
+            contributions = columns.transpose(1, 2)  # [B, C_out*K, T]
+        elif T < 8 or weight.dtype == torch.bfloat16:
             # x^T W, batch folded into the rows: the weight is read in place. W^T x (below) on
             # Mimi's first decoder layer, 2 frames, took 12x as long (interleaved, one thread);
             # in bf16 it is a slow batched matmul at every length (2x fp32 at 16 frames).

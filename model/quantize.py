@@ -28,11 +28,11 @@ from torch import nn
 
 from .codec import Codec
 from .conv import CausalConv1d, CausalConvTranspose1d
+from .packed import pack, packed_linear
 
 # Convolutions with fewer weights stay fp32: they fit in the cache, and most of them run on long
 # inputs (PyTorch's convolution), where bf16 does not pay.
 BF16_MIN_CONV_WEIGHTS = 1 << 20
-PACKED_ROWS = 2  # rows of a streaming codec step at batch 1: oneDNN's packing takes a hint
 
 CodecWeights = Literal["float32", "bfloat16"]
 CODEC_WEIGHTS = ("auto", "float32", "bfloat16")  # auto: bf16 on a CPU that multiplies it natively
@@ -97,21 +97,13 @@ class Bf16Linear(nn.Module):
         self.weight: torch.Tensor
         # A buffer, as the int8 weights: the parameters keep telling the compute dtype.
         self.register_buffer("weight", linear.weight.detach().to(torch.bfloat16))
-        # On a CPU, the same weight in oneDNN's blocked layout, made once (as inductor's CPU
-        # backend does): F.linear re-blocks the weight on every call, which at the codec's few
-        # rows costs as much as the product (0.55x the time with it packed, one thread).
-        # Opaque to torch (no storage: not saved, not copied); the buffer above is the weight.
-        self.packed: torch.Tensor | None = None
-        if self.weight.device.type == "cpu" and torch.backends.mkldnn.is_available():
-            self.packed = torch.ops.mkldnn._reorder_linear_weight(self.weight, PACKED_ROWS)
+        self.packed = pack(self.weight)  # on a CPU: oneDNN's layout, made once (model/packed.py)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         xb = x.to(self.weight.dtype)
         if self.packed is not None and x.device.type == "cpu":
-            y = torch.ops.mkldnn._linear_pointwise(xb, self.packed, None, "none", [], "")
-        else:
-            y = F.linear(xb, self.weight)
-        return y.to(x.dtype)
+            return packed_linear(xb, self.packed).to(x.dtype)
+        return F.linear(xb, self.weight).to(x.dtype)
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, bf16 weights"
@@ -155,6 +147,8 @@ def store_codec_bf16_(codec: Codec, encoder_convs: bool = False) -> int:
                 weight = conv.weight.detach().to(torch.bfloat16)
                 del conv.weight
                 conv.register_buffer("weight", weight)
+                if isinstance(module, CausalConvTranspose1d):  # x^T W as a linear: W^T packed
+                    module.packed = pack(weight.view(conv.in_channels, -1).t())
                 count += 1
     return count
 
