@@ -97,7 +97,8 @@ class Bf16Linear(nn.Module):
         self.weight: torch.Tensor
         # A buffer, as the int8 weights: the parameters keep telling the compute dtype.
         self.register_buffer("weight", linear.weight.detach().to(torch.bfloat16))
-        self.packed = pack(self.weight)  # on a CPU: oneDNN's layout, made once (model/packed.py)
+        # On a CPU, also in oneDNN's layout, made once (model/packed.py).
+        self.packed: torch.Tensor | None = pack(self.weight)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         xb = x.to(self.weight.dtype)
