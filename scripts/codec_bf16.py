@@ -3,12 +3,12 @@
     OMP_NUM_THREADS=1 PYTHONPATH=. .venv/bin/python scripts/codec_bf16.py --assets app/assets
     OMP_NUM_THREADS=1 PYTHONPATH=. .venv/bin/python scripts/codec_bf16.py   # released Mimi shape
 
-The speech: espeak-ng speaking a few sentences in a few voices (about 30 s). Both codecs stream
+The speech: espeak-ng speaking four sentences in three voices (about 20 s). Both codecs stream
 it frame by frame (`encode_step`, then `decode_step` of their own codes), as the runtime does.
 Printed:
 
 - codes: per codebook, the fraction of frames whose code is the same in bf16 as in fp32; for
-  scale, the same for the fp32 codec on the input plus white noise 60 dB below it;
+  scale, the same for the fp32 codec on the input plus white noise 60 dB below its RMS;
 - audio: the bf16 codec's output against the fp32 codec's, SNR (dB) and STOI, end to end (its own
   codes) and the decoder alone (the fp32 codes); and, for scale, the fp32 codec's own output
   against the input speech.
