@@ -35,7 +35,8 @@ from .packed import pack, packed_linear
 BF16_MIN_CONV_WEIGHTS = 1 << 20
 
 CodecWeights = Literal["float32", "bfloat16"]
-CODEC_WEIGHTS = ("auto", "float32", "bfloat16")  # auto: bf16 on a CPU that multiplies it natively
+CODEC_WEIGHTS = ("auto", "float32", "bfloat16")  # auto: see `codec_weights`
+BF16_AUTO_MIN_PARAMETERS = 10_000_000  # between the demo codec (2.6 M) and the released (79 M)
 
 
 class Int8Linear(nn.Module):
@@ -163,11 +164,15 @@ def native_bf16_cpu(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
-def codec_weights(choice: str, device: torch.device) -> CodecWeights:
-    """The codec's weight format for --codec-weights `choice` on `device`: "auto" is bf16 on a
-    CPU with native bf16 (measured there: docs/performance.md), fp32 elsewhere."""
+def codec_weights(choice: str, device: torch.device, codec: Codec) -> CodecWeights:
+    """The codec's weight format for --codec-weights `choice` on `device`. "auto" is bf16 on a
+    CPU with native bf16 for a codec of at least `BF16_AUTO_MIN_PARAMETERS` (the released Mimi:
+    0.6-0.8x the time of fp32), fp32 elsewhere: a small codec's weights stay in cache and the
+    casts cost more than they save (the demo codec, 2.6 M: 1.06x; the tiny one: 1.2x)."""
     if choice not in CODEC_WEIGHTS:
         raise ValueError(f"codec weights must be one of {', '.join(CODEC_WEIGHTS)}, got {choice!r}")
     if choice == "auto":
-        return "bfloat16" if device.type == "cpu" and native_bf16_cpu() else "float32"
+        large = sum(p.numel() for p in codec.parameters()) >= BF16_AUTO_MIN_PARAMETERS
+        native = device.type == "cpu" and native_bf16_cpu()
+        return "bfloat16" if large and native else "float32"
     return cast(CodecWeights, choice)

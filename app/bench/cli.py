@@ -43,7 +43,8 @@ from model.config import (
 from model.errors import ConfigError
 from model.kvcache import CACHE_FORMATS, CacheFormat
 from model.lm import LM
-from model.quantize import CODEC_WEIGHTS, codec_weights, quantize_lm_, store_codec_bf16_
+from model.quantize import CODEC_WEIGHTS, quantize_lm_, store_codec_bf16_
+from model.quantize import codec_weights as codec_weights_for
 from model.quantizer import Codebook
 from model.sampling import SamplingParams
 
@@ -103,7 +104,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         choices=CODEC_WEIGHTS,
         default="auto",
         help="our codec's large matrices in bfloat16 or float32 (the reference keeps float32); "
-        "auto (default): as the product loads it, bfloat16 on a CPU with native bf16",
+        "auto (default): as the product loads it (bfloat16 for the released Mimi on a CPU "
+        "with native bf16)",
     )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", type=Path, metavar="PATH", help="also write the results here")
@@ -153,7 +155,7 @@ class Ours:
         reference: Reference | None = None,
         cache_format: CacheFormat = "compute",
         int8_weights: bool = False,
-        codec_bf16: bool = False,
+        codec_weights: str = "float32",
     ) -> None:
         self.sampling = sampling
         self.cache_format = cache_format
@@ -167,7 +169,8 @@ class Ours:
                     module.cluster_usage.uniform_(0.5, 2.0)
                     module.refresh()
         self.codec = codec.to(device, dtype)
-        if codec_bf16:
+        self.codec_bf16 = codec_weights_for(codec_weights, device, self.codec) == "bfloat16"
+        if self.codec_bf16:
             store_codec_bf16_(self.codec)
         self.lm: LM | None = None
         if lm_config is not None:
@@ -291,7 +294,6 @@ def run(args: argparse.Namespace) -> int:
             "--codec-weights bfloat16 stores a float32 codec's matrices in bf16; with --dtype "
             f"{args.dtype} the whole codec is already in {args.dtype}"
         )
-    codec_bf16 = dtype == torch.float32 and codec_weights(args.codec_weights, device) == "bfloat16"
     interleaved = args.order == "interleaved" or (args.order == "auto" and device.type == "cpu")
 
     torch.manual_seed(args.seed)
@@ -308,10 +310,10 @@ def run(args: argparse.Namespace) -> int:
             reference,
             cache_format=args.kv_cache,
             int8_weights=args.int8_weights,
-            codec_bf16=codec_bf16,
+            codec_weights=args.codec_weights if dtype == torch.float32 else "float32",
         )
         header = _header(args, device, ours, codec_config, lm_config) | {
-            "codec_weights": "bfloat16" if codec_bf16 else args.dtype,
+            "codec_weights": "bfloat16" if ours.codec_bf16 else args.dtype,
             "warmup": warmup,
             "order": "interleaved frame by frame" if interleaved else "one after the other",
         }

@@ -108,8 +108,9 @@ def add_format_arguments(group: argparse._ActionsContainer) -> None:
         "--codec-weights",
         choices=CODEC_WEIGHTS,
         default="auto",
-        help="the codec's large matrices in bfloat16 or float32; auto (default): bfloat16 on a "
-        "CPU with native bf16 (AVX512-BF16, AMX), float32 elsewhere (docs/performance.md)",
+        help="the codec's large matrices in bfloat16 or float32; auto (default): bfloat16 for a "
+        "large codec (the released Mimi) on a CPU with native bf16 (AVX512-BF16, AMX), float32 "
+        "elsewhere (docs/performance.md)",
     )
 
 
@@ -140,7 +141,8 @@ def with_formats(loaded: LoadedModel, args: argparse.Namespace) -> LoadedModel:
     if getattr(args, "int8_weights", False):
         count = quantize_lm_(loaded.lm)
         log.info("int8 weights in %d linear layers of the LM", count)
-    if codec_weights(getattr(args, "codec_weights", "auto"), loaded.device) == "bfloat16":
+    choice = getattr(args, "codec_weights", "auto")
+    if codec_weights(choice, loaded.device, loaded.codec) == "bfloat16":
         count = store_codec_bf16_(loaded.codec)
         log.info("bf16 weights in %d layers of the codec", count)
     return loaded

@@ -12,7 +12,7 @@ from torch import nn
 
 import model.quantize as quantize
 from model.codec import Codec
-from model.config import tiny_mimi
+from model.config import mimi, tiny_mimi
 from model.conv import ConvTransposeState
 from model.quantize import Bf16Linear, codec_weights, native_bf16_cpu, store_codec_bf16_
 from tests.model.test_codec import distinct_codes, fit_codebooks, speechlike
@@ -138,10 +138,13 @@ def test_auto_is_bf16_on_a_cpu_with_native_bf16(tmp_path: Path) -> None:
     without.write_text("flags\t\t: fpu sse2 avx512f avx512_vnni\n")
     assert native_bf16_cpu(with_bf16) and not native_bf16_cpu(without)
     assert not native_bf16_cpu(tmp_path / "absent")
-    assert codec_weights("auto", torch.device("cuda")) == "float32"
-    assert codec_weights("auto", torch.device("cpu")) == (
-        "bfloat16" if native_bf16_cpu() else "float32"
-    )
-    assert codec_weights("float32", torch.device("cpu")) == "float32"
+    with torch.device("meta"):  # shapes only: no weights to fill
+        released, tiny = Codec(mimi()), Codec(tiny_mimi())
+    cpu = torch.device("cpu")
+    assert codec_weights("auto", cpu, released) == ("bfloat16" if native_bf16_cpu() else "float32")
+    assert codec_weights("auto", torch.device("cuda"), released) == "float32"  # unmeasured
+    assert codec_weights("auto", cpu, tiny) == "float32"  # the casts cost more than they save
+    assert codec_weights("float32", cpu, released) == "float32"
+    assert codec_weights("bfloat16", cpu, tiny) == "bfloat16"
     with pytest.raises(ValueError, match="codec weights"):
-        codec_weights("int4", torch.device("cpu"))
+        codec_weights("int4", cpu, tiny)
