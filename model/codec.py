@@ -90,6 +90,12 @@ class Codec(nn.Module):
         return self.config.sample_rate
 
     @property
+    def dtype(self) -> torch.dtype:
+        """The dtype of the activations and the streaming state: the parameters'. Weights stored
+        in bf16 (`model.quantize.store_codec_bf16_`) are buffers, not parameters."""
+        return next(self.parameters()).dtype
+
+    @property
     def _steps_per_frame(self) -> int:
         """Transformer steps (at the SEANet rate) in one codec frame."""
         return self.config.frame_size // self.config.seanet.hop_length
@@ -133,16 +139,16 @@ class Codec(nn.Module):
 
     def init_encoder_state(self, batch_size: int) -> EncoderState:
         return EncoderState(
-            seanet=self.encoder.init_state(batch_size),
+            seanet=self.encoder.init_state(batch_size, self.dtype),
             transformer=self.encoder_transformer.init_state(batch_size, self._steps_per_frame),
-            downsample=self.downsample.init_state(batch_size),
+            downsample=self.downsample.init_state(batch_size, self.dtype),
         )
 
     def init_decoder_state(self, batch_size: int) -> DecoderState:
         return DecoderState(
-            upsample=self.upsample.init_state(batch_size),
+            upsample=self.upsample.init_state(batch_size, self.dtype),
             transformer=self.decoder_transformer.init_state(batch_size, self._steps_per_frame),
-            seanet=self.decoder.init_state(batch_size),
+            seanet=self.decoder.init_state(batch_size, self.dtype),
         )
 
     @torch.no_grad()

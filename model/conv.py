@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from model.packed import packed_linear
 from model.streaming import keep_inactive, reset_slots_
 
 PadMode = Literal["constant", "replicate"]
@@ -29,9 +30,25 @@ PadMode = Literal["constant", "replicate"]
 MATMUL_MAX_FRAMES = 16
 
 
+def _in_weight_dtype(conv: nn.Conv1d | nn.ConvTranspose1d, x: torch.Tensor):
+    """The weight, the bias and x in the weight's dtype: weights stored in bf16
+    (`model.quantize.store_codec_bf16_`) compute on bf16 copies of fp32 activations, and the
+    result goes back to fp32. With the weights in the activations' dtype these are no-ops."""
+    weight, bias = conv.weight, conv.bias
+    return weight, None if bias is None else bias.to(weight.dtype), x.to(weight.dtype)
+
+
+def _conv(conv: nn.Conv1d, x: torch.Tensor) -> torch.Tensor:
+    """conv(x), computed in the weight's dtype, returned in x's."""
+    weight, bias, xw = _in_weight_dtype(conv, x)
+    y = F.conv1d(xw, weight, bias, conv.stride, conv.padding, conv.dilation, conv.groups)
+    return y.to(x.dtype)
+
+
 def _windowed_conv(conv: nn.Conv1d, x: torch.Tensor) -> torch.Tensor:
     """conv(x) for x [B, C_in, L] (padding already applied) as one matmul: every output frame's
-    window of C_in x K samples against the weight seen as [C_out, C_in * K], a view (no copy)."""
+    window of C_in x K samples against the weight seen as [C_out, C_in * K], a view (no copy).
+    Computed in the weight's dtype, returned in x's."""
     B, C_in, _ = x.shape
     K, dilation, stride = conv.kernel_size[0], conv.dilation[0], conv.stride[0]
     windows = x.unfold(-1, (K - 1) * dilation + 1, stride)  # [B, C_in, T_out, K_eff]
@@ -39,8 +56,9 @@ def _windowed_conv(conv: nn.Conv1d, x: torch.Tensor) -> torch.Tensor:
         windows = windows[..., ::dilation]  # [B, C_in, T_out, K]
     T_out = windows.shape[2]
     columns = windows.permute(0, 2, 1, 3).reshape(B, T_out, C_in * K)
-    y = F.linear(columns, conv.weight.view(conv.out_channels, C_in * K), conv.bias)
-    return y.transpose(1, 2)  # [B, C_out, T_out]
+    weight, bias, columns = _in_weight_dtype(conv, columns)
+    y = F.linear(columns, weight.view(conv.out_channels, C_in * K), bias)
+    return y.to(x.dtype).transpose(1, 2)  # [B, C_out, T_out]
 
 
 @dataclass
@@ -117,9 +135,11 @@ class CausalConv1d(nn.Module):
             bias=bias,
         )
 
-    def init_state(self, batch_size: int) -> ConvState:
+    def init_state(self, batch_size: int, dtype: torch.dtype | None = None) -> ConvState:
+        """`dtype`: the activations' (default: the weights'; bf16-stored weights take fp32)."""
         weight = self.conv.weight
-        history = weight.new_zeros(batch_size, self.conv.in_channels, self.padding)
+        shape = (batch_size, self.conv.in_channels, self.padding)
+        history = weight.new_zeros(shape, dtype=dtype or weight.dtype)
         first = torch.ones(batch_size, dtype=torch.bool, device=weight.device)
         return ConvState(history=history, first=first)
 
@@ -129,7 +149,7 @@ class CausalConv1d(nn.Module):
         if self.padding:
             mode = "replicate" if self.pad_mode == "replicate" else "constant"
             x = F.pad(x, (self.padding, 0), mode=mode)
-        return self.conv(x)
+        return _conv(self.conv, x)
 
     def step(
         self, x: torch.Tensor, state: ConvState, active: torch.Tensor | None = None
@@ -142,14 +162,14 @@ class CausalConv1d(nn.Module):
         _check_batch(x, state.history.shape[0], "CausalConv1d.step")
         P = self.padding
         if P == 0:
-            return self.conv(x)  # 1x1 convolutions: no window to gather
+            return _conv(self.conv, x)  # 1x1 convolutions: no window to gather
         short = self.conv.groups == 1 and x.shape[-1] // self.stride <= MATMUL_MAX_FRAMES
         history = state.history  # [B, C_in, P]
         if self.pad_mode == "replicate":
             # Before any input, the "past" is the first sample repeated (F.pad's replicate).
             history = torch.where(state.first.view(-1, 1, 1), x[..., :1], history)
         x = torch.cat([history, x], dim=-1)  # [B, C_in, P + T]
-        y = _windowed_conv(self.conv, x) if short else self.conv(x)
+        y = _windowed_conv(self.conv, x) if short else _conv(self.conv, x)
         state.history.copy_(keep_inactive(active, x[..., -P:], state.history))
         if self.pad_mode == "replicate":
             seen = torch.zeros_like(state.first)
@@ -182,10 +202,15 @@ class CausalConvTranspose1d(nn.Module):
         self.convtr = nn.ConvTranspose1d(
             in_channels, out_channels, kernel_size, stride=stride, groups=groups, bias=bias
         )
+        # The bf16 weight as [C_out * K, C_in] in oneDNN's layout, when stored so on a CPU
+        # (`model.quantize.store_codec_bf16_`; model/packed.py).
+        self.packed: torch.Tensor | None = None
 
-    def init_state(self, batch_size: int) -> ConvTransposeState:
+    def init_state(self, batch_size: int, dtype: torch.dtype | None = None) -> ConvTransposeState:
+        """`dtype`: the activations' (default: the weights'; bf16-stored weights take fp32)."""
         weight = self.convtr.weight
-        partial = weight.new_zeros(batch_size, self.convtr.out_channels, self.trim)
+        shape = (batch_size, self.convtr.out_channels, self.trim)
+        partial = weight.new_zeros(shape, dtype=dtype or weight.dtype)
         return ConvTransposeState(partial=partial)
 
     def _transposed(self, x: torch.Tensor) -> torch.Tensor:
@@ -200,13 +225,19 @@ class CausalConvTranspose1d(nn.Module):
             return conv(x)
         B, C_in, T = x.shape
         C_out, K = conv.out_channels, conv.kernel_size[0]
-        weight = conv.weight.view(C_in, C_out * K)
-        if T < 8:
+        weight, _, xw = _in_weight_dtype(conv, x)  # the bias is added below, in x's dtype
+        weight = weight.view(C_in, C_out * K)
+        if self.packed is not None and x.device.type == "cpu":
+            columns = packed_linear(xw.transpose(1, 2).contiguous(), self.packed)
+            contributions = columns.transpose(1, 2)  # [B, C_out*K, T]
+        elif T < 8 or weight.dtype == torch.bfloat16:
             # x^T W, batch folded into the rows: the weight is read in place. W^T x (below) on
-            # Mimi's first decoder layer, 2 frames, took 12x as long (interleaved, one thread).
-            contributions = (x.transpose(1, 2) @ weight).transpose(1, 2)  # [B, C_out*K, T]
-        else:  # from 16 frames on, W^T x is the faster form (1.2x at 16, even at 480)
-            contributions = torch.matmul(weight.t(), x)  # [B, C_out*K, T]
+            # Mimi's first decoder layer, 2 frames, took 12x as long (interleaved, one thread);
+            # in bf16 it is a slow batched matmul at every length (2x fp32 at 16 frames).
+            contributions = (xw.transpose(1, 2) @ weight).transpose(1, 2)  # [B, C_out*K, T]
+        else:  # fp32 from 16 frames on: W^T x is the faster form (1.2x at 16, even at 480)
+            contributions = torch.matmul(weight.t(), xw)  # [B, C_out*K, T]
+        contributions = contributions.to(x.dtype)
         y = F.fold(
             contributions,
             output_size=(1, (T - 1) * self.stride + K),

@@ -1,19 +1,42 @@
-"""Weight-only int8 quantization of the LM's linear layers, through torch's own kernel.
+"""Weights in smaller formats, for inference: int8 for the LM's linear layers (for GPUs), bf16
+for the codec's large matrices (for CPUs).
 
-Each `nn.Linear` (bias-free, as every linear of the LM) becomes an `Int8Linear`: int8 weights
-with one scale per output channel (absolute maximum / 127), multiplied by PyTorch's
-`aten._weight_int8pack_mm`, the weight-only int8 matmul it ships for CPU, CUDA and MPS (the one
-gpt-fast uses): activations stay in the compute dtype, no kernel of ours, no extra dependency.
+Int8 (`quantize_lm_`). Each `nn.Linear` (bias-free, as every linear of the LM) becomes an
+`Int8Linear`: int8 weights with one scale per output channel (absolute maximum / 127),
+multiplied by PyTorch's `aten._weight_int8pack_mm`, the weight-only int8 matmul it ships for CPU,
+CUDA and MPS (the one gpt-fast uses): activations stay in the compute dtype, no kernel of ours,
+no extra dependency. The weights take a quarter of their fp32 size (half of bf16), which is what
+bounds a batch-1 frame on a GPU (reading 7B weights per frame). The divergence it costs is
+measured in docs/performance.md (`scripts/divergence.py`). Opt-in, after loading.
 
-The weights take a quarter of their fp32 size (half of bf16), which is what bounds a batch-1
-frame on a GPU (reading 7B weights per frame). The divergence it costs is measured in
-docs/performance.md (`scripts/divergence.py`). Opt-in, after loading: `quantize_lm_(lm)`.
+Bf16 (`store_codec_bf16_`). A streaming codec frame on a CPU is matrix-vector products over about
+300 MB of fp32 weights (the released Mimi), bound by memory bandwidth. Stored in bf16, the large
+matrices are half the bytes and are multiplied by oneDNN's bf16 kernels (AVX512-BF16 where the
+CPU has it); activations, norms, attention, streaming state and codebooks stay fp32, so only the
+products' inputs and outputs round (relative error about 2^-9 each). Speed and quality in
+docs/performance.md.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Literal, cast
+
 import torch
+import torch.nn.functional as F
 from torch import nn
+
+from .codec import Codec
+from .conv import CausalConv1d, CausalConvTranspose1d
+from .packed import pack, packed_linear
+
+# Convolutions with fewer weights stay fp32: they fit in the cache, and most of them run on long
+# inputs (PyTorch's convolution), where bf16 does not pay.
+BF16_MIN_CONV_WEIGHTS = 1 << 20
+
+CodecWeights = Literal["float32", "bfloat16"]
+CODEC_WEIGHTS = ("auto", "float32", "bfloat16")  # auto: see `codec_weights`
+BF16_AUTO_MIN_PARAMETERS = 10_000_000  # between the demo codec (2.6 M) and the released (79 M)
 
 
 class Int8Linear(nn.Module):
@@ -60,3 +83,96 @@ def quantize_lm_(lm: nn.Module) -> int:
     embeddings and norms stay as they are. Inference only: the LM cannot be trained after."""
     lm.requires_grad_(False)
     return quantize_linears_(lm)
+
+
+class Bf16Linear(nn.Module):
+    """y = x W^T with W stored in bf16 [out, in] (no bias): x is multiplied in bf16 and y comes
+    back in x's dtype."""
+
+    def __init__(self, linear: nn.Linear) -> None:
+        super().__init__()
+        if linear.bias is not None:
+            raise ValueError("Bf16Linear stores bias-free linears only")
+        self.in_features: int = linear.in_features
+        self.out_features: int = linear.out_features
+        self.weight: torch.Tensor
+        # A buffer, as the int8 weights: the parameters keep telling the compute dtype.
+        self.register_buffer("weight", linear.weight.detach().to(torch.bfloat16))
+        # On a CPU, also in oneDNN's layout, made once (model/packed.py).
+        self.packed: torch.Tensor | None = pack(self.weight)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        xb = x.to(self.weight.dtype)
+        if self.packed is not None and x.device.type == "cpu":
+            return packed_linear(xb, self.packed).to(x.dtype)
+        return F.linear(xb, self.weight).to(x.dtype)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, bf16 weights"
+
+
+def _linears_to_bf16_(module: nn.Module) -> int:
+    count = 0
+    for name, child in list(module.named_children()):
+        if isinstance(child, nn.Linear):
+            setattr(module, name, Bf16Linear(child))
+            count += 1
+        else:
+            count += _linears_to_bf16_(child)
+    return count
+
+
+def store_codec_bf16_(codec: Codec, encoder_convs: bool = False) -> int:
+    """Store in bf16, in place: every linear layer of the two transformers, and the weight of
+    every ungrouped convolution (transposed too) of the decoder with at least
+    `BF16_MIN_CONV_WEIGHTS` weights (biases stay fp32). They become buffers; a convolution
+    computes in its weight's dtype (model/conv.py). Inference only.
+
+    The encoder's convolutions stay fp32 unless `encoder_convs`: on the trained demo codec they
+    flipped up to a third of the finest codebook's codes in bf16, the transformers a few percent
+    (docs/performance.md); they are about 5% of a frame's time. Returns how many weights changed.
+    """
+    if codec.dtype != torch.float32:
+        raise ValueError(f"bf16 weight storage is for a float32 codec, this one is {codec.dtype}")
+    codec.requires_grad_(False)
+    count = _linears_to_bf16_(codec.encoder_transformer)
+    count += _linears_to_bf16_(codec.decoder_transformer)
+    parts = [codec.decoder, codec.upsample]
+    if encoder_convs:
+        parts += [codec.encoder, codec.downsample]
+    for module in (m for part in parts for m in part.modules()):
+        # Only the causal convs compute in their weight's dtype (the quantizer's projections
+        # are plain convs, and small).
+        if isinstance(module, CausalConv1d | CausalConvTranspose1d):
+            conv = module.conv if isinstance(module, CausalConv1d) else module.convtr
+            if conv.groups == 1 and conv.weight.numel() >= BF16_MIN_CONV_WEIGHTS:
+                weight = conv.weight.detach().to(torch.bfloat16)
+                del conv.weight
+                conv.register_buffer("weight", weight)
+                if isinstance(module, CausalConvTranspose1d):  # x^T W as a linear: W^T packed
+                    module.packed = pack(weight.view(conv.in_channels, -1).t())
+                count += 1
+    return count
+
+
+def native_bf16_cpu(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
+    """Whether this CPU multiplies bf16 in hardware (AVX512-BF16 or AMX), from Linux's flags."""
+    try:
+        flags = cpuinfo.read_text().split()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def codec_weights(choice: str, device: torch.device, codec: Codec) -> CodecWeights:
+    """The codec's weight format for --codec-weights `choice` on `device`. "auto" is bf16 on a
+    CPU with native bf16 for a codec of at least `BF16_AUTO_MIN_PARAMETERS` (the released Mimi:
+    0.6-0.8x the time of fp32), fp32 elsewhere: a small codec's weights stay in cache and the
+    casts cost more than they save (the demo codec, 2.6 M: 1.06x; the tiny one: 1.2x)."""
+    if choice not in CODEC_WEIGHTS:
+        raise ValueError(f"codec weights must be one of {', '.join(CODEC_WEIGHTS)}, got {choice!r}")
+    if choice == "auto":
+        large = sum(p.numel() for p in codec.parameters()) >= BF16_AUTO_MIN_PARAMETERS
+        native = device.type == "cpu" and native_bf16_cpu()
+        return "bfloat16" if large and native else "float32"
+    return cast(CodecWeights, choice)

@@ -122,8 +122,10 @@ class SeanetEncoder(nn.Module):
         layers += [nn.ELU(alpha=1.0), CausalConv1d(width, cfg.dimension, cfg.last_kernel_size)]
         self.model = nn.ModuleList(layers)
 
-    def init_state(self, batch_size: int) -> SeanetState:
-        return SeanetState(convs=[conv.init_state(batch_size) for conv in _convs(self.model)])
+    def init_state(self, batch_size: int, dtype: torch.dtype | None = None) -> SeanetState:
+        """`dtype`: the activations' (default: each conv's weights')."""
+        convs = [conv.init_state(batch_size, dtype) for conv in _convs(self.model)]
+        return SeanetState(convs=convs)
 
     def _check(self, x: torch.Tensor) -> None:
         hop = self.cfg.hop_length
@@ -165,8 +167,10 @@ class SeanetDecoder(nn.Module):
         layers += [nn.ELU(alpha=1.0), CausalConv1d(width, cfg.channels, cfg.last_kernel_size)]
         self.model = nn.ModuleList(layers)
 
-    def init_state(self, batch_size: int) -> SeanetState:
-        return SeanetState(convs=[conv.init_state(batch_size) for conv in _convs(self.model)])
+    def init_state(self, batch_size: int, dtype: torch.dtype | None = None) -> SeanetState:
+        """`dtype`: the activations' (default: each conv's weights')."""
+        convs = [conv.init_state(batch_size, dtype) for conv in _convs(self.model)]
+        return SeanetState(convs=convs)
 
     def _check(self, z: torch.Tensor) -> None:
         if z.dim() != 3 or z.shape[1] != self.cfg.dimension or z.shape[-1] == 0:

@@ -43,7 +43,8 @@ from model.config import (
 from model.errors import ConfigError
 from model.kvcache import CACHE_FORMATS, CacheFormat
 from model.lm import LM
-from model.quantize import quantize_lm_
+from model.quantize import CODEC_WEIGHTS, quantize_lm_, store_codec_bf16_
+from model.quantize import codec_weights as codec_weights_for
 from model.quantizer import Codebook
 from model.sampling import SamplingParams
 
@@ -98,6 +99,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--int8-weights", action="store_true", help="weight-only int8 for our LM's linear layers"
     )
+    parser.add_argument(
+        "--codec-weights",
+        choices=CODEC_WEIGHTS,
+        default="auto",
+        help="our codec's large matrices in bfloat16 or float32 (the reference keeps float32); "
+        "auto (default): as the product loads it (bfloat16 for the released Mimi on a CPU "
+        "with native bf16)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", type=Path, metavar="PATH", help="also write the results here")
     parser.add_argument(
@@ -146,6 +155,7 @@ class Ours:
         reference: Reference | None = None,
         cache_format: CacheFormat = "compute",
         int8_weights: bool = False,
+        codec_weights: str = "float32",
     ) -> None:
         self.sampling = sampling
         self.cache_format = cache_format
@@ -159,6 +169,9 @@ class Ours:
                     module.cluster_usage.uniform_(0.5, 2.0)
                     module.refresh()
         self.codec = codec.to(device, dtype)
+        self.codec_bf16 = codec_weights_for(codec_weights, device, self.codec) == "bfloat16"
+        if self.codec_bf16:
+            store_codec_bf16_(self.codec)
         self.lm: LM | None = None
         if lm_config is not None:
             # On a GPU, allocated there directly: a random 7B on the CPU takes minutes.
@@ -276,6 +289,11 @@ def run(args: argparse.Namespace) -> int:
         warmup = lm_config.max_delay + 1
         log.warning("--warmup raised to %d: frames before the LM's delays are not timed", warmup)
     sampling = SamplingParams(seed=args.seed)
+    if dtype != torch.float32 and args.codec_weights == "bfloat16":
+        raise ConfigError(
+            "--codec-weights bfloat16 stores a float32 codec's matrices in bf16; with --dtype "
+            f"{args.dtype} the whole codec is already in {args.dtype}"
+        )
     interleaved = args.order == "interleaved" or (args.order == "auto" and device.type == "cpu")
 
     torch.manual_seed(args.seed)
@@ -292,8 +310,10 @@ def run(args: argparse.Namespace) -> int:
             reference,
             cache_format=args.kv_cache,
             int8_weights=args.int8_weights,
+            codec_weights=args.codec_weights if dtype == torch.float32 else "float32",
         )
         header = _header(args, device, ours, codec_config, lm_config) | {
+            "codec_weights": "bfloat16" if ours.codec_bf16 else args.dtype,
             "warmup": warmup,
             "order": "interleaved frame by frame" if interleaved else "one after the other",
         }
@@ -356,7 +376,11 @@ def _build_reference(
 
 
 def _parameters(module: nn.Module | None) -> int:
-    return 0 if module is None else sum(p.numel() for p in module.parameters())
+    """Parameters, counting the weights that a smaller format keeps as buffers (int8, bf16)."""
+    if module is None:
+        return 0
+    stored = sum(b.numel() for name, b in module.named_buffers() if name.endswith(".weight"))
+    return sum(p.numel() for p in module.parameters()) + stored
 
 
 def _header(
@@ -378,7 +402,8 @@ def _header(
         "codec": args.codec,
         "lm": args.lm,
         "kv_cache": args.kv_cache,
-        "int8_weights": args.int8_weights,  # their int8 weights are buffers, not parameters
+        "int8_weights": args.int8_weights,
+        "codec_weights_option": args.codec_weights,
         "codec_parameters": _parameters(ours.codec),
         "lm_parameters": _parameters(ours.lm),
         "codec_config": asdict(codec_config),
@@ -398,7 +423,8 @@ def _format_header(header: dict[str, Any]) -> str:
         [
             f"device   {header['device']}",
             f"torch    {header['torch']}, {header['threads']} threads, {header['dtype']}",
-            f"codec    {header['codec']} ({header['codec_parameters']:,} params)",
+            f"codec    {header['codec']} ({header['codec_parameters']:,} params), ours with "
+            f"{header['codec_weights']} weights (--codec-weights {header['codec_weights_option']})",
             f"lm       {lm}",
             f"compare  ours and {header['reference'] or 'nothing (--no-reference)'}, "
             f"{header['order']}",

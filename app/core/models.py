@@ -30,7 +30,7 @@ from model import (
 from model.bundle import CONFIG_FILE, bundle_files
 from model.errors import ConfigError
 from model.kvcache import CACHE_FORMATS, CacheFormat, check_cache_format
-from model.quantize import quantize_lm_
+from model.quantize import CODEC_WEIGHTS, codec_weights, quantize_lm_, store_codec_bf16_
 from model.quantizer import Codebook
 
 from .audio import AudioFormat
@@ -90,7 +90,8 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def add_format_arguments(group: argparse._ActionsContainer) -> None:
-    """--kv-cache and --int8-weights: the opt-in 8-bit formats (`with_formats` applies them)."""
+    """--kv-cache, --int8-weights and --codec-weights: the weight and cache formats
+    (`with_formats` applies them)."""
     group.add_argument(
         "--kv-cache",
         choices=CACHE_FORMATS,
@@ -102,6 +103,14 @@ def add_format_arguments(group: argparse._ActionsContainer) -> None:
         "--int8-weights",
         action="store_true",
         help="weight-only int8 for the LM's linear layers (for GPUs: slower on a CPU)",
+    )
+    group.add_argument(
+        "--codec-weights",
+        choices=CODEC_WEIGHTS,
+        default="auto",
+        help="the codec's large matrices in bfloat16 or float32; auto (default): bfloat16 for a "
+        "large codec (the released Mimi) on a CPU with native bf16 (AVX512-BF16, AMX), float32 "
+        "elsewhere (docs/performance.md)",
     )
 
 
@@ -127,11 +136,15 @@ def load_from_args(args: argparse.Namespace) -> LoadedModel:
 
 
 def with_formats(loaded: LoadedModel, args: argparse.Namespace) -> LoadedModel:
-    """The model in the KV-cache and weight formats of --kv-cache and --int8-weights."""
+    """The model in the formats of --kv-cache, --int8-weights and --codec-weights."""
     loaded.cache_format = check_cache_format(getattr(args, "kv_cache", "compute"))
     if getattr(args, "int8_weights", False):
         count = quantize_lm_(loaded.lm)
         log.info("int8 weights in %d linear layers of the LM", count)
+    choice = getattr(args, "codec_weights", "auto")
+    if codec_weights(choice, loaded.device, loaded.codec) == "bfloat16":
+        count = store_codec_bf16_(loaded.codec)
+        log.info("bf16 weights in %d layers of the codec", count)
     return loaded
 
 

@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 
 from app.bench import cli as bench
-from model.config import demo_lm, demo_mimi, moshi_7b, tiny_lm
+from model.codec import Codec
+from model.config import demo_lm, demo_mimi, moshi_7b, tiny_lm, tiny_mimi
 from model.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -69,6 +70,22 @@ def test_8bit_formats_are_timed_and_recorded(tmp_path: Path, capsys) -> None:
     data = json.loads(out.read_text())
     assert data["kv_cache"] == "int8" and data["int8_weights"] is True
     assert data["results"][0]["ours"]["lm"]["median_ms"] > 0
+
+
+def test_codec_weights_are_timed_and_recorded(tmp_path: Path, capsys) -> None:
+    out = tmp_path / "bench.json"
+    args = _args(
+        "--lm", "none", "--frames", "2", "--warmup", "0", "--no-reference",
+        "--codec-weights", "bfloat16", "--json", str(out),
+    )  # fmt: skip
+    assert bench.run(args) == 0
+    assert "ours with bfloat16 weights (--codec-weights bfloat16)" in capsys.readouterr().out
+    data = json.loads(out.read_text())
+    assert data["codec_weights"] == "bfloat16" and data["codec_weights_option"] == "bfloat16"
+    # The same count as in fp32: bf16 weights are buffers, counted too.
+    assert data["codec_parameters"] == sum(p.numel() for p in Codec(tiny_mimi()).parameters())
+    with pytest.raises(ConfigError, match="already in bfloat16"):
+        bench.run(_args("--dtype", "bfloat16", "--codec-weights", "bfloat16", "--no-reference"))
 
 
 def test_7b_needs_the_mimi_codec() -> None:

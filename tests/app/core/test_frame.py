@@ -127,3 +127,24 @@ def test_8bit_options_reach_the_engine() -> None:
     assert np.isfinite(result[slot].pcm).all() and result[slot].text_token >= 0
     with pytest.raises(SystemExit):
         parser.parse_args(["--kv-cache", "int4"])
+
+
+@pytest.mark.parametrize("weights", ["float32", "bfloat16"])
+def test_codec_weights_option_reaches_the_codec(weights: str) -> None:
+    import argparse
+
+    from app.core.models import add_model_arguments, load_from_args
+    from model.quantize import Bf16Linear
+
+    parser = argparse.ArgumentParser()
+    add_model_arguments(parser)
+    loaded = load_from_args(parser.parse_args(["--device", "cpu", "--codec-weights", weights]))
+    in_bf16 = isinstance(loaded.codec.encoder_transformer.layers[0].linear1, Bf16Linear)
+    assert in_bf16 == (weights == "bfloat16")
+    engine = BatchEngine(loaded, slots=1)
+    slot = engine.open()
+    rng = np.random.default_rng(1)
+    for _ in range(3):
+        frame = (0.2 * rng.standard_normal(engine.frame_size)).astype(np.float32)
+        result = engine.step({slot: frame})
+    assert np.isfinite(result[slot].pcm).all()
