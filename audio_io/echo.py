@@ -93,10 +93,19 @@ class FarEndTimeline:
         self.snap = snap
         self._ring = np.zeros(round(seconds * sample_rate), np.float32)
         self._end: int | None = None  # position after the last written sample
+        self.writes = 0
+        # (write, samples) of each frame placed more than `snap` from where the previous one
+        # ended: the reference moved there (an underrun's gap, an overrun's skip, or the
+        # render-time estimate jumping)
+        self.jumps: list[tuple[int, int]] = []
 
     def write(self, pcm: np.ndarray, start_time: float) -> None:
         start = round(start_time * self.sample_rate)
+        self.writes += 1
         if self._end is not None:
+            logger.debug("played frame placed %+d samples from the previous end", start - self._end)
+            if abs(start - self._end) > self.snap:
+                self.jumps.append((self.writes - 1, start - self._end))
             if abs(start - self._end) <= self.snap:
                 start = self._end
             elif start > self._end:  # a gap (underrun, pause): it sounded as silence
@@ -148,6 +157,10 @@ class EchoCanceller:
         self.frames = 0  # frames cancelled since the last reset
         # (frame, seconds) of each move of the echo's delay followed (follow_delay)
         self.delay_moves: list[tuple[int, float]] = []
+        # (frame, samples) of each microphone frame whose capture time is more than `snap` off
+        # one frame after the previous one's: a dropped frame, or the capture clock jumping
+        self.capture_jumps: list[tuple[int, int]] = []
+        self._last_capture: float | None = None
         # The first call starts LiveKit's native runtime (threads, allocations): here, before
         # the microphone runs, not in the first frame, where it would cost queued frames.
         self.cancel(np.zeros(config.frame_size, np.float32), 0.0)
@@ -166,6 +179,8 @@ class EchoCanceller:
             self._shift = 0.0
             self.frames = 0
             self.delay_moves = []
+            self.capture_jumps = []
+            self._last_capture = None
             config = self.config
             self._timeline = FarEndTimeline(
                 config.sample_rate, config.history, round(config.snap * config.sample_rate)
@@ -176,6 +191,13 @@ class EchoCanceller:
         with self._lock:
             self._timeline.write(np.asarray(pcm, np.float32), render_time)
 
+    @property
+    def placement_jumps(self) -> list[tuple[int, int]]:
+        """(played frame, samples) of each reply frame placed more than `snap` from where the
+        previous one ended (FarEndTimeline.jumps)."""
+        with self._lock:
+            return list(self._timeline.jumps)
+
     def cancel(self, mic: np.ndarray, capture_time: float) -> EchoFrame:
         """One microphone frame (float32 [frame_size]) whose first sample was captured at
         `capture_time`, with the echo of what was playing meanwhile removed."""
@@ -183,6 +205,15 @@ class EchoCanceller:
         if mic.shape != (config.frame_size,):
             raise ValueError(f"cancel takes a [{config.frame_size}] frame, got {mic.shape}")
         with self._lock:
+            if self._last_capture is not None:  # a capture time off the frame grid: it moved
+                step = round((capture_time - self._last_capture) * config.sample_rate)
+                logger.debug(
+                    "microphone frame %+d samples from the previous one's end",
+                    step - config.frame_size,
+                )
+                if abs(step - config.frame_size) > self._timeline.snap:
+                    self.capture_jumps.append((self.frames, step - config.frame_size))
+            self._last_capture = capture_time
             lead = config.lead + self.device_latency()
             reference = self._timeline.read(capture_time + lead - self._shift, config.frame_size)
             near = _to_pcm16(mic)
