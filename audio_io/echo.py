@@ -16,10 +16,11 @@ driver reports two periods more than the loop has), and a render time estimated 
 the echo before its reference, which no canceller can remove; taken that early, the echo always
 comes after it, by the true device latencies plus the room. That rest is AEC3's delay
 estimator's job: it follows delays up to about 450 ms (measured) and re-locks when they jump,
-but slowly (1.3 to 1.8 s for a 70 ms jump, offline). With `follow_delay` (off by default: on
-the JACK loop it has not held, docs/echo.md) a jump in the echo's lag behind the reference
-(`echo_delay.DelayTracker`, which the user's voice does not move) is taken back out by shifting
-the reference, so AEC3 keeps seeing the delay it has locked on.
+but slowly (1.3 to 1.8 s for a 70 ms jump, offline). With `follow_delay` (on by default) a jump
+in the echo's lag behind the reference (`echo_delay.DelayTracker`, which the user's voice does
+not move) is taken back out by shifting the reference, so AEC3 keeps seeing the delay it has
+locked on. That needs a reference placed where it sounds, without jumps of its own: the devices'
+clocks (audio_io.streams.SampleClock) keep it so through underruns and xruns.
 
 `played` and `cancel` may run on different threads (the event loop, the inference thread).
 """
@@ -57,15 +58,15 @@ class EchoConfig:
     # far end silent, input over output measures the user, not the canceller.
     far_end_floor_db: float = -50.0
     # A played frame estimated to start within this many seconds of where the previous one
-    # ended continues it: render-time estimates wander by tens of milliseconds around an
-    # underrun (measured on JACK), and every shift of the reference costs AEC3 a re-adaptation.
+    # ended continues it: render-time estimates wander by a few milliseconds (up to 11 ms under
+    # load, measured on JACK), and every shift of the reference costs AEC3 a re-adaptation.
     snap: float = 0.05
     # Follow a jump in the echo's delay by shifting the reference (audio_io/echo_delay.py), so
-    # that AEC3, which re-locks slowly after a delay jump, keeps seeing the same delay. Off:
-    # offline, with double talk around a 70 ms jump, it re-converges in 0.48-0.96 s (before its
-    # guard: 1.0-3.5 s), but on the remote JACK loop it took shifts of the reference's placement
-    # for moves of the room, and lost the echo for seconds (docs/echo.md, "Not yet met").
-    follow_delay: bool = False
+    # that AEC3, which re-locks slowly after a delay jump, keeps seeing the same delay. On the
+    # JACK loops, with the devices' clocks continuous: re-converged 0.32-1.04 s after a 70 ms
+    # jump (without: not within 3 s in 5 of 6 runs), no move on the first path in 15 runs
+    # (docs/echo.md, "Keeping the reference in place").
+    follow_delay: bool = True
 
     @property
     def block_size(self) -> int:
@@ -93,10 +94,19 @@ class FarEndTimeline:
         self.snap = snap
         self._ring = np.zeros(round(seconds * sample_rate), np.float32)
         self._end: int | None = None  # position after the last written sample
+        self.writes = 0
+        # (write, samples) of each frame placed more than `snap` from where the previous one
+        # ended: the reference moved there (an underrun's gap, an overrun's skip, or the
+        # render-time estimate jumping)
+        self.jumps: list[tuple[int, int]] = []
 
     def write(self, pcm: np.ndarray, start_time: float) -> None:
         start = round(start_time * self.sample_rate)
+        self.writes += 1
         if self._end is not None:
+            logger.debug("played frame placed %+d samples from the previous end", start - self._end)
+            if abs(start - self._end) > self.snap:
+                self.jumps.append((self.writes - 1, start - self._end))
             if abs(start - self._end) <= self.snap:
                 start = self._end
             elif start > self._end:  # a gap (underrun, pause): it sounded as silence
@@ -148,6 +158,10 @@ class EchoCanceller:
         self.frames = 0  # frames cancelled since the last reset
         # (frame, seconds) of each move of the echo's delay followed (follow_delay)
         self.delay_moves: list[tuple[int, float]] = []
+        # (frame, samples) of each microphone frame whose capture time is more than `snap` off
+        # one frame after the previous one's: a dropped frame, or the capture clock jumping
+        self.capture_jumps: list[tuple[int, int]] = []
+        self._last_capture: float | None = None
         # The first call starts LiveKit's native runtime (threads, allocations): here, before
         # the microphone runs, not in the first frame, where it would cost queued frames.
         self.cancel(np.zeros(config.frame_size, np.float32), 0.0)
@@ -166,6 +180,8 @@ class EchoCanceller:
             self._shift = 0.0
             self.frames = 0
             self.delay_moves = []
+            self.capture_jumps = []
+            self._last_capture = None
             config = self.config
             self._timeline = FarEndTimeline(
                 config.sample_rate, config.history, round(config.snap * config.sample_rate)
@@ -176,6 +192,13 @@ class EchoCanceller:
         with self._lock:
             self._timeline.write(np.asarray(pcm, np.float32), render_time)
 
+    @property
+    def placement_jumps(self) -> list[tuple[int, int]]:
+        """(played frame, samples) of each reply frame placed more than `snap` from where the
+        previous one ended (FarEndTimeline.jumps)."""
+        with self._lock:
+            return list(self._timeline.jumps)
+
     def cancel(self, mic: np.ndarray, capture_time: float) -> EchoFrame:
         """One microphone frame (float32 [frame_size]) whose first sample was captured at
         `capture_time`, with the echo of what was playing meanwhile removed."""
@@ -183,6 +206,15 @@ class EchoCanceller:
         if mic.shape != (config.frame_size,):
             raise ValueError(f"cancel takes a [{config.frame_size}] frame, got {mic.shape}")
         with self._lock:
+            if self._last_capture is not None:  # a capture time off the frame grid: it moved
+                step = round((capture_time - self._last_capture) * config.sample_rate)
+                logger.debug(
+                    "microphone frame %+d samples from the previous one's end",
+                    step - config.frame_size,
+                )
+                if abs(step - config.frame_size) > self._timeline.snap:
+                    self.capture_jumps.append((self.frames, step - config.frame_size))
+            self._last_capture = capture_time
             lead = config.lead + self.device_latency()
             reference = self._timeline.read(capture_time + lead - self._shift, config.frame_size)
             near = _to_pcm16(mic)

@@ -17,10 +17,11 @@ cannot tell: its whitening gives the user's voiced harmonics as much weight as t
 two voices with steady pitches correlate at lags that are not the echo's. Only estimates that
 pass, `repeats` in a row (any that fails breaks the run), settle the first lag or move it.
 
-What it cannot tell: a shift of where the reference was placed (the speaker's render-time
-estimate jumping at an xrun and coming back) from a move of the room. It follows both, and
-after following the first on the remote JACK loop ERLE stayed under 10 dB for the rest of the
-run (docs/echo.md: why `follow_delay` is off).
+What it cannot tell: a shift of where the reference was placed (a render-time estimate jumping
+and coming back) from a move of the room. It follows both, and after following the first on the
+remote JACK loop ERLE stayed under 10 dB for the rest of the run. The devices' clocks now keep
+the placement continuous through underruns and xruns (audio_io/streams.py, docs/echo.md), so
+that what moves is the room.
 
     tracker = DelayTracker(sample_rate=24000)
     moved = tracker.observe(reference_frame, mic_frame)  # seconds the echo's lag moved, or 0.0

@@ -132,10 +132,16 @@ class SampleClock:
     milliseconds late), so each callback's own times jitter by that much while the earliest
     origin seen stays put, which the echo canceller's alignment needs. The kept origin creeps
     later by `drift` seconds a second, so that a device clock slower than the system's is
-    followed; any observation earlier than it takes over at once. `reset` after samples were lost
-    or inserted (an xrun, an underrun): the origin has moved. The first `skip` callbacks of a
-    stream (or after a reset) are not used: PortAudio's times for them were seen off by hundreds
-    of milliseconds on JACK.
+    followed; any observation earlier than it takes over at once. The first `skip` callbacks of a
+    stream are not used: PortAudio's times for them were seen off by hundreds of milliseconds on
+    JACK.
+
+    `rebase` after an xrun: the device may have skipped samples, and the origin moved later by
+    as much. The kept origin still answers (no jump to a cruder estimate) until `skip` callbacks
+    since have been observed; then the earliest of them takes over, later or earlier: one step,
+    by what the xrun skipped (none if it skipped nothing). On JACK the microphone and the speaker
+    are one client and see the same xruns, so both steps are the same and the echo reference
+    keeps its place against the microphone.
     """
 
     def __init__(self, rate: int, drift: float = 2e-4, skip: int = 4) -> None:
@@ -145,6 +151,7 @@ class SampleClock:
         self._seen = 0
         self._origin: tuple[float, float] | None = None  # (origin, when it was observed)
         self._latest = 0.0  # time of the latest observation
+        self._fresh: list[float] | None = None  # origins observed since a rebase
 
     def observe(self, index: int, time_of_index: float) -> None:
         self._seen += 1
@@ -152,12 +159,16 @@ class SampleClock:
             return
         self._latest = time_of_index
         origin = time_of_index - index / self.rate
-        if self._origin is None or origin < self._crept():
+        if self._fresh is not None:
+            self._fresh.append(origin)
+            if len(self._fresh) < self.skip:
+                return
+            self._origin, self._fresh = (min(self._fresh), time_of_index), None
+        elif self._origin is None or origin < self._crept():
             self._origin = (origin, time_of_index)
 
-    def reset(self) -> None:
-        self._seen = 0
-        self._origin = None
+    def rebase(self) -> None:
+        self._fresh = []
 
     def time_of(self, index: int) -> float | None:
         return None if self._origin is None else self._crept() + index / self.rate
@@ -275,7 +286,7 @@ class Microphone:
             now = time.monotonic()
             if status.input_overflow or status.input_underflow:
                 self.xruns += 1
-                self._clock.reset()
+                self._clock.rebase()
             delay = time_info.currentTime - time_info.inputBufferAdcTime
             if not 0.0 < delay < 1.0:
                 delay = frames / self.device_rate
@@ -323,8 +334,8 @@ class Speaker:
         self._resampler = StreamResampler(sample_rate, self.device_rate)
         self._write_lock = threading.Lock()  # the resampler is stateful: one writer at a time
         self._life = _Lifecycle(self.device, "output", on_error)
-        # when each sample of the written audio reaches the DAC, from the callbacks that played
-        # written audio throughout (empty before the first, and again after an underrun)
+        # when each sample handed to the device (written audio and silence alike, so that an
+        # underrun's silence moves nothing) reaches the DAC
         self._clock = SampleClock(self.device_rate)
         self.xruns = 0  # callbacks flagged with output underflow or overflow
         self.callback_errors = 0
@@ -349,8 +360,9 @@ class Speaker:
         """Seconds from now until audio written now will sound: from the DAC time PortAudio
         gave the callbacks (`SampleClock`), so it does not jump by a device period from one call
         to the next as the buffer level does; buffer level plus `latency` where there is none."""
-        stats = self.jitter.stats()
-        sounds_at = self._clock.time_of(stats.played_samples + stats.buffered_samples)
+        stats = self.jitter.stats()  # one snapshot: handed and buffered move together
+        handed = stats.played_samples + stats.silence_samples
+        sounds_at = self._clock.time_of(handed + stats.buffered_samples)
         if sounds_at is None:
             return stats.buffered_samples / self.device_rate + (self.latency or 0.0)
         return max(0.0, sounds_at - time.monotonic())
@@ -404,12 +416,12 @@ class Speaker:
         try:
             if status.output_underflow or status.output_overflow:
                 self.xruns += 1
-            before = self.jitter.played_samples
+                self._clock.rebase()
+            # samples handed to the device so far (only this thread moves them)
+            before = self.jitter.played_samples + self.jitter.silence_samples
             outdata[:] = self.jitter.read(frames)[:, None]
             ahead = time_info.outputBufferDacTime - time_info.currentTime
-            if self.jitter.played_samples - before < frames:  # silence in it: the mapping moved
-                self._clock.reset()
-            elif 0.0 <= ahead < 1.0:
+            if 0.0 <= ahead < 1.0:
                 self._clock.observe(before, time.monotonic() + ahead)
         except Exception as exc:  # never raise into PortAudio: play silence, count, go on
             outdata.fill(0.0)

@@ -86,6 +86,9 @@ class VirtualClock:
 class CapturedFrame:
     pcm: np.ndarray  # [frame_size] float32, 24 kHz mono
     time: float  # when it was captured, on the conversation's clock
+    # frames the source captured just before this one and dropped to keep up (its own bounded
+    # queue): they keep their places on the conversation's clock, as silence in a recording
+    dropped_before: int = 0
 
 
 class AudioSource(Protocol):
@@ -179,6 +182,7 @@ class Conversation:
             input_queue_frames
         )
         self._outputs: DropOldestQueue[_Heard | None] = DropOldestQueue(output_queue_frames)
+        self._source_dropped = 0  # frames the source dropped (CapturedFrame.dropped_before)
         self._reset_requested = False
         self._sampling_requested: SamplingParams | None = None
         self._start = 0.0
@@ -201,7 +205,7 @@ class Conversation:
         """The running totals of COUNTERS (app.core.timing) as they stand now."""
         counters = self.sink.counters()
         return {
-            "dropped_input": self._inputs.dropped,
+            "dropped_input": self._dropped_input,
             "underruns": counters.get("underruns", 0),
             "overruns": counters.get("overruns", 0) + self._outputs.dropped,
             "xruns": counters.get("xruns", 0),
@@ -242,9 +246,16 @@ class Conversation:
             self.events.emit(StateEvent(self.elapsed, self._frame, "stopped"))
         return self.timings
 
+    @property
+    def _dropped_input(self) -> int:
+        """Microphone frames dropped to keep up: by the source, or by the input queue."""
+        return self._source_dropped + self._inputs.dropped
+
     async def _capture(self) -> None:
         index = 0
         async for frame in self.source.frames():
+            index += frame.dropped_before
+            self._source_dropped += frame.dropped_before
             self._inputs.put((index, frame))
             index += 1
         self._inputs.put(None)  # end of input (never dropped: the queue just lost its oldest)
@@ -348,7 +359,7 @@ class Conversation:
                 decode_ms=result.decode_ms,
                 compute_ms=result.compute_ms,
                 real_time_factor=result.compute_ms / frame_ms,
-                dropped_input=self._inputs.dropped,
+                dropped_input=self._dropped_input,
                 underruns=counters.get("underruns", 0),
                 overruns=counters.get("overruns", 0) + self._outputs.dropped,
                 xruns=counters.get("xruns", 0),

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Protocol
@@ -72,6 +73,11 @@ def generated_user_signal(seconds: float, sample_rate: int) -> np.ndarray:
 class MicrophoneSource:
     """Frames from a PortAudio input, handed to the loop from its callback thread.
 
+    A bounded queue takes them (the oldest dropped when the loop falls `queue_frames` behind:
+    a stalled machine, a slow send); each frame says how many were dropped just before it
+    (`CapturedFrame.dropped_before`), so that they keep their places on the conversation's
+    clock and are counted.
+
     The source ends (and with it the conversation, whose recording is then closed) if the
     device disappears; the reason goes to `events` as an error.
     """
@@ -108,8 +114,10 @@ class MicrophoneSource:
         self._loop = asyncio.get_running_loop()
         self.microphone = Microphone(self._device, on_frame=self._on_frame, on_error=self._on_error)
         with self.microphone:
-            while (frame := await self._queue.get()) is not None:
-                yield frame
+            reported = 0  # of the queue's drops: every one dropped a frame just before
+            while (frame := await self._queue.get()) is not None:  # the oldest still queued
+                dropped, reported = self._queue.dropped - reported, self._queue.dropped
+                yield dataclasses.replace(frame, dropped_before=dropped) if dropped else frame
 
 
 class SpeakerSink:

@@ -137,7 +137,8 @@ class RemoteTalkSession:
         self._commands: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
         self._sent: dict[int, _Sent] = {}
         self._sequence = 0
-        self._lost = 0  # frames sent and never answered
+        self._lost = 0  # frames never answered: never sent (the broker away, dropped by the
+        # microphone to keep up) or skipped by the node
         self._answered = -1  # the sequence number of the latest reply
         self._last_stats: FrameStats | None = None
         self._started = 0.0
@@ -401,6 +402,10 @@ class RemoteTalkSession:
                     await asyncio.sleep(grant.frame_duration / 4)
 
     async def _send_frame(self, grant: Grant, frame: CapturedFrame) -> None:
+        # Frames the microphone dropped while a send was slow: lost (and counted), their
+        # sequence numbers skipped, so that the node and the recording keep the time.
+        self._sequence += frame.dropped_before
+        self._lost += frame.dropped_before
         sequence, self._sequence = self._sequence, self._sequence + 1
         pcm, erle = frame.pcm, None
         if self.echo is not None:  # about a millisecond: on the loop, as the send itself

@@ -16,13 +16,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import cast
 
-import numpy as np
 import pytest
 
 from app.core.audio import AudioFormat
-from app.core.engine import Engine, StepResult
+from app.core.engine import Engine
 from app.core.events import EventFanout
-from app.core.recording import Recorder, read_recording
+from app.core.recording import Recorder
 from app.core.runtime import Conversation, RealClock
 from app.talk.devices import open_devices, open_echo_canceller
 from audio_io.echo import EchoCanceller
@@ -32,7 +31,9 @@ from tests.app.talk.echo_loop import (
     FRAME,
     RATE,
     FarEndScript,
+    ScriptedFarEnd,
     check,
+    check_heard_is_recorded,
     far_end_speech,
     measure,
     talk_in_the_room,
@@ -41,25 +42,6 @@ from tests.app.talk.echo_room import EchoRoom
 from tests.jack_server import JackServer, make_jack_fixture
 
 jack_server = make_jack_fixture()
-
-
-class ScriptedFarEnd:
-    """Stands in for the model's engine: says its script, frame by frame, keeps what it heard."""
-
-    frame_size = FRAME
-    sample_rate = RATE
-    frame_duration = FRAME / RATE
-    sampling = SamplingParams()
-
-    def __init__(self, script: FarEndScript) -> None:
-        self.script = script
-
-    def step(self, pcm: np.ndarray) -> StepResult:
-        return StepResult(self.script.step(pcm), -1, "", 0.0, 0.0, 0.0)
-
-    def reset(self) -> None: ...
-
-    def set_sampling(self, params: SamplingParams) -> None: ...
 
 
 @dataclass
@@ -102,6 +84,7 @@ async def _converse(
         conversation = Conversation(
             engine, source, sink, session.events, session.clock, recorder, echo=echo
         )
+        far_end.conversation = conversation
         try:
             await talk_in_the_room(room, folder, conversation.run())
         finally:
@@ -114,14 +97,14 @@ def test_echo_is_cancelled_on_a_real_jack_loop_and_the_user_survives(
     jack_server: JackServer, tmp_path: Path
 ) -> None:
     script = FarEndScript(far_end_speech(tmp_path))
-    room, echo = asyncio.run(_converse(jack_server, ScriptedFarEnd(script), tmp_path))
+    far_end = ScriptedFarEnd(script)
+    room, echo = asyncio.run(_converse(jack_server, far_end, tmp_path))
 
-    # What the far end heard is the recording's user channel (which may end on a frame of
-    # silence: the conversation was cancelled with a frame captured and not yet stepped).
-    cleaned = read_recording(tmp_path / "session").user
-    heard = np.concatenate(script.heard)[: len(cleaned)]
-    assert len(heard) >= len(cleaned) - FRAME
-    assert np.allclose(heard, cleaned[: len(heard)], atol=1 / 16384)
+    # What the far end heard is the recording's user channel, frame for frame; frames the
+    # runtime dropped to keep up (the busy machine stalls it: 4 of 8 runs once) are silence.
+    check_heard_is_recorded(tmp_path / "session", far_end.heard_at, script.heard)
     figures = measure(tmp_path / "session", room)
     print(f"{figures.report()}\ndelay moves (frame, s) {echo.delay_moves}")
+    print(f"placement jumps (played frame, samples) {echo.placement_jumps}")
+    print(f"capture jumps (frame, samples) {echo.capture_jumps}")
     check(figures)

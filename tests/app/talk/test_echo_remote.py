@@ -106,5 +106,8 @@ def test_talk_remote_cancels_echo_on_a_real_jack_loop_and_the_user_survives(
     moves = session.echo.delay_moves if session.echo else None
     print(f"silent frames {recording.meta['silent_frames']}; {figures.report()}")
     print(f"delay moves (frame, s) {moves}")
+    if session.echo is not None:
+        print(f"placement jumps (played frame, samples) {session.echo.placement_jumps}")
+        print(f"capture jumps (frame, samples) {session.echo.capture_jumps}")
     check(figures, estimate_held=False)
     assert session.devices["echo"] == "WebRTC AEC3"  # on by default

@@ -138,3 +138,50 @@ def test_a_remote_recording_keeps_the_conversations_time(
     lost = log.of(FrameStats)[-1].dropped_input
     assert part.meta["summary"]["dropped_input"] < lost  # the burst's losses came before it
     assert not [e for e in log.of(StateEvent) if e.state == SILENCE]  # the recordings' own
+
+
+class DroppingSource:
+    """A microphone paced in real time whose queue dropped `dropped` frames just before frame
+    `at` (MicrophoneSource when the send stalled): that frame says so."""
+
+    def __init__(self, audio: np.ndarray, clock: Clock, at: int, dropped: int) -> None:
+        self.audio, self.clock, self.at, self.dropped = audio, clock, at, dropped
+
+    async def frames(self) -> AsyncIterator[CapturedFrame]:
+        start = self.clock.now()
+        for i, pcm in enumerate(self.audio):
+            await self.clock.sleep_until(start + (i + 1) * PERIOD)
+            yield CapturedFrame(pcm, self.clock.now(), self.dropped if i == self.at else 0)
+
+
+def test_frames_the_microphone_dropped_keep_their_place_in_a_remote_recording(
+    model, broker: Mosquitto, tmp_path: Path
+) -> None:
+    rng = np.random.default_rng(6)
+    audio = np.clip(0.2 * rng.standard_normal((12, F)), -1, 1).astype(np.float32)
+    log = EventLog()
+
+    async def main() -> None:
+        async with serving(model, broker):
+            session = RemoteTalkSession(
+                BrokerSettings(broker.host, broker.port),
+                node="n1",
+                record=tmp_path / "rec",
+                source=DroppingSource(audio, RealClock(), at=6, dropped=2),
+                sink=CollectingSink(),
+                notices=lambda text: None,
+            )
+            session.events.sinks.append(log)
+            await session.run()
+
+    asyncio.run(main())
+    assert log.of(FrameStats)[-1].dropped_input >= 2
+    recording = read_recording(tmp_path / "rec")
+    for i in range(len(recording.user) // F):  # the captured frame i sits at 6 + 2 + (i - 6)
+        heard = recording.user[i * F : (i + 1) * F]
+        if i in (6, 7):
+            assert not heard.any()
+        elif heard.any():
+            expected = _quantised(audio[i if i < 6 else i - 2])
+            np.testing.assert_allclose(heard, expected, atol=1 / 32768)
+    assert recording.meta["silent_frames"] >= 2 and len(recording.user) // F >= 12
