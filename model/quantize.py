@@ -19,6 +19,7 @@ docs/performance.md.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Literal, cast
 
@@ -66,16 +67,21 @@ class Int8Linear(nn.Module):
         return f"in_features={self.in_features}, out_features={self.out_features}, int8 weights"
 
 
-def quantize_linears_(module: nn.Module) -> int:
-    """Replace every `nn.Linear` under `module` by an `Int8Linear`, in place; how many."""
+def _replace_linears_(module: nn.Module, make: Callable[[nn.Linear], nn.Module]) -> int:
+    """Replace every `nn.Linear` under `module` by `make(linear)`, in place; how many."""
     count = 0
     for name, child in list(module.named_children()):
         if isinstance(child, nn.Linear):
-            setattr(module, name, Int8Linear(child))
+            setattr(module, name, make(child))
             count += 1
         else:
-            count += quantize_linears_(child)
+            count += _replace_linears_(child, make)
     return count
+
+
+def quantize_linears_(module: nn.Module) -> int:
+    """Replace every `nn.Linear` under `module` by an `Int8Linear`, in place; how many."""
+    return _replace_linears_(module, Int8Linear)
 
 
 def quantize_lm_(lm: nn.Module) -> int:
@@ -112,14 +118,7 @@ class Bf16Linear(nn.Module):
 
 
 def _linears_to_bf16_(module: nn.Module) -> int:
-    count = 0
-    for name, child in list(module.named_children()):
-        if isinstance(child, nn.Linear):
-            setattr(module, name, Bf16Linear(child))
-            count += 1
-        else:
-            count += _linears_to_bf16_(child)
-    return count
+    return _replace_linears_(module, Bf16Linear)
 
 
 def store_codec_bf16_(codec: Codec, encoder_convs: bool = False) -> int:
