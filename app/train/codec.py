@@ -435,5 +435,7 @@ def save_codec(codec: Codec, folder: Path, dtype: torch.dtype = torch.float32) -
 def load_trained_codec(folder: str | Path, device: torch.device | str = "cpu") -> Codec:
     """A codec run's (or the assets') weights and config."""
     folder = Path(folder)
+    if not (folder / CONFIG).is_file() or not (folder / WEIGHTS).is_file():
+        raise ConfigError(f"{folder}: no {WEIGHTS} and {CONFIG} (a codec run folder has both)")
     config = mimi_config_from_dict(json.loads((folder / CONFIG).read_text()))
     return load_codec(folder / WEIGHTS, config, device)
