@@ -6,10 +6,12 @@
 #
 #   data       TRAIN_COUNT training + EVAL_COUNT held-out dialogues    RUN_DIR/data/{train,eval}
 #   tokenizer  SentencePiece on the training text                      RUN_DIR/tokenizer
-#   codec      the codec, CODEC_STEPS steps                            RUN_DIR/codec
-#   phonemes   PHONEME_STEPS more codec steps from RUN_DIR/codec, teaching its first codebook the
-#              phonemes being said (espeak-ng labels over the aligned words): codes that say
-#              what is said, whoever says it, so the LM can learn to hear   RUN_DIR/codec-phonemes
+#   codec      the codec, CODEC_STEPS steps (or CODEC_MINUTES of training), its first codebook
+#              taught the phonemes being said from the first quantized step (espeak-ng labels
+#              over the aligned words, CODEC_PHONEME_WEIGHT, default 1): codes that say what is
+#              said, whoever says it, so the LM can learn to hear       RUN_DIR/codec
+#   phonemes   (for a codec trained with CODEC_PHONEME_WEIGHT=0) PHONEME_STEPS more codec steps
+#              from RUN_DIR/codec that teach its first codebook the phonemes  RUN_DIR/codec-phonemes
 #   lm         the LM on the codec's tokens (codec-phonemes where that stage ran), LM_STEPS
 #              steps                                                   RUN_DIR/lm
 #   hear       HEAR_STEPS more steps from RUN_DIR/lm with the training-only hearing head (the
@@ -43,6 +45,8 @@ threads=${THREADS:-$(nproc)}
 train_count=${TRAIN_COUNT:-6000}
 eval_count=${EVAL_COUNT:-300}
 codec_steps=${CODEC_STEPS:-5000}
+codec_budget=(--steps "$codec_steps")
+[ -n "${CODEC_MINUTES:-}" ] && codec_budget=(--minutes "$CODEC_MINUTES")
 lm_steps=${LM_STEPS:-2000}
 hear_steps=${HEAR_STEPS:-1500}
 phoneme_steps=${PHONEME_STEPS:-1200}
@@ -76,7 +80,8 @@ for stage in "$@"; do
         codec)
             train codec --data "$run_dir/data/train" --eval-data "$run_dir/data/eval" \
                 --out "$run_dir/codec" --device "$device" --seed "$seed" --config "$config" \
-                --steps "$codec_steps" --batch-size 32 --segment 1.2 --max-hours 6 \
+                "${codec_budget[@]}" --batch-size 32 --segment 1.2 --max-hours 12 \
+                --phoneme-weight "${CODEC_PHONEME_WEIGHT:-1}" \
                 --threads "$threads" --checkpoint-every 200 --log-every 50 --eval-every 250 \
                 --no-progress
             ;;

@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -290,7 +291,7 @@ def train_codec(args: argparse.Namespace) -> int:
     quantize_probability = 1.0 if args.decoder_only else args.quantize_probability
     autocast = loop.autocast(device, enabled=not args.no_bf16)
     if args.eval_data is not None:
-        held_out = HeldOut(args.eval_data, config.sample_rate, table)
+        held_out = HeldOut(args.eval_data, config.sample_rate, config.frame_rate, table)
         options.evaluate = lambda _step: held_out.figures(trainee)
 
     def step(i: int) -> dict[str, float]:
@@ -363,6 +364,7 @@ class HeldOut:
         self,
         folder: Path,
         sample_rate: int,
+        frame_rate: float,
         phonemes: PhonemeTable | None = None,
         count: int = 8,
         seconds: float = 8.0,
@@ -378,8 +380,9 @@ class HeldOut:
             self.channels.append(pcm[1, :n])
             self.new_voice.append(bool(meta.get("held_out_voice")))
             if phonemes is not None:
-                frames = -(-n // round(sample_rate / 12.5))
-                self.labels.append(phonemes.frame_labels(meta["alignments"], USER, frames, 12.5))
+                frames = math.ceil(n * frame_rate / sample_rate)
+                labels = phonemes.frame_labels(meta["alignments"], USER, frames, frame_rate)
+                self.labels.append(labels)
         self.count = count
         self.sample_rate = sample_rate
 

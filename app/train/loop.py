@@ -27,6 +27,7 @@ from tqdm import tqdm
 
 from app.core.files import write_atomically
 from model.errors import ConfigError
+from model.quantize import native_bf16_cpu
 
 log = logging.getLogger(__name__)
 
@@ -132,16 +133,8 @@ def autocast(device: torch.device, enabled: bool = True) -> torch.autocast:
     """bf16 autocast on CUDA, and on a CPU with bf16 instructions (avx512_bf16 or AMX):
     about 1.5x the fp32 speed for the LM here, losses within 1e-4 over the first steps."""
     if device.type == "cpu":
-        enabled = enabled and cpu_has_bf16()
+        enabled = enabled and native_bf16_cpu()
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled)
-
-
-def cpu_has_bf16() -> bool:
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return " avx512_bf16" in flags or " amx_bf16" in flags
 
 
 PROBE_STEPS = 100  # steps timed (after 10 warm-up steps) to turn --minutes into --steps
