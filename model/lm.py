@@ -261,7 +261,9 @@ class LM(nn.Module):
         text_logits = undelay(text_logits[:, None], self.config.delays[:1])[:, 0]
         return text_logits, audio_logits
 
-    def forward_delayed(self, codes: torch.Tensor) -> TeacherForced:
+    def forward_delayed(
+        self, codes: torch.Tensor, depth_frames: torch.Tensor | None = None
+    ) -> TeacherForced:
         """Teacher forcing in the model's own (delayed) time, as training wants it.
 
         codes [B, streams, T] aligned, -1 where there is no token. Returns text logits
@@ -269,7 +271,13 @@ class LM(nn.Module):
         they predict (-1 where a delay left no target) and the temporal transformer's output
         [B, T, dim] (what training-only heads read). Training on these is the same loss as
         on `forward`'s undelayed logits, without copying the logits back into aligned time (half
-        of a CPU training step)."""
+        of a CPU training step).
+
+        `depth_frames` (flat indices into the B * T frames) runs the depth transformer on those
+        frames only, and the audio logits are then [1, dep_q, N, card], frame n of them the
+        frame depth_frames[n] (`frames_of` picks the matching targets). The depth transformer
+        is two thirds of a CPU training step of the demo LM, and a random share of the frames
+        gives an unbiased estimate of the audio loss."""
         config = self.config
         B, S, T = codes.shape
         if config.num_streams != S:
@@ -284,13 +292,19 @@ class LM(nn.Module):
         text_logits = self.text_linear(temporal_out)  # [B, T, text_card]
 
         targets = sequence[:, :, 1:]  # token k of the depth input is stream k's target at t
+        hidden = temporal_out
+        if depth_frames is not None:
+            hidden = temporal_out.reshape(B * T, 1, -1)[depth_frames].transpose(0, 1)  # [1, N, D]
+            targets = frames_of(targets, depth_frames)
+        rows, frames = hidden.shape[:2]
         depth_in = torch.stack(
-            [self._depth_input(k, temporal_out, targets[:, k]) for k in range(config.dep_q)],
+            [self._depth_input(k, hidden, targets[:, k]) for k in range(config.dep_q)],
             dim=2,
-        )  # [B, T, dep_q, depth_dim]
-        depth_out = self.depformer(depth_in.view(B * T, config.dep_q, -1))
+        )  # [rows, frames, dep_q, depth_dim]
+        depth_out = self.depformer(depth_in.view(rows * frames, config.dep_q, -1))
         audio_logits = torch.stack(
-            [self.linears[k](depth_out[:, k]).view(B, T, -1) for k in range(config.dep_q)], dim=1
+            [self.linears[k](depth_out[:, k]).view(rows, frames, -1) for k in range(config.dep_q)],
+            dim=1,
         )
         no_target = torch.full_like(initial, -1)
         targets = delay_streams(codes, config.delays, no_target)
@@ -304,6 +318,12 @@ class TeacherForced(NamedTuple):
     audio_logits: torch.Tensor  # [B, dep_q, T, card]
     targets: torch.Tensor  # [B, streams, T], -1 where there is no target
     hidden: torch.Tensor  # [B, T, dim]: the temporal transformer's (normed) output
+
+
+def frames_of(streams: torch.Tensor, frames: torch.Tensor) -> torch.Tensor:
+    """streams [B, S, T] at the flat frame indices `frames` (into B * T), as [1, S, N]."""
+    B, S, T = streams.shape
+    return streams.transpose(1, 2).reshape(B * T, S)[frames].T.unsqueeze(0)
 
 
 def user_ahead(codes: torch.Tensor, dep_q: int, fill: torch.Tensor | int = -1) -> torch.Tensor:

@@ -44,7 +44,7 @@ from model.codec import Codec
 from model.config import LMConfig, demo_lm, tiny_lm
 from model.errors import ConfigError
 from model.kyutai_config import lm_config_to_kyutai
-from model.lm import LM
+from model.lm import LM, frames_of
 from model.tokenizer import TextTokenizer
 
 from . import loop
@@ -106,21 +106,27 @@ def lm_loss(
     first_codebook_weight: float = 10.0,
     hearing: torch.nn.Module | None = None,
     hear_weight: float = 1.0,
+    depth_frames: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """Moshi's training loss on codes [B, streams, T] (IGNORE where there is no token), plus,
     with a `hearing` head, the hearing loss against one more row of codes: the user's heard
-    words (`with_heard_words`).
+    words (`with_heard_words`). With `depth_frames` (flat indices into the B * T frames), the
+    audio loss is taken on those frames only (`LM.forward_delayed`).
 
     Computed against the delayed targets (`LM.forward_delayed`): every (logit, target) pair is
     the one the aligned loss would use, without copying the logits back into aligned time."""
     config = lm.config
     streams = config.num_streams
-    text_logits, audio_logits, targets, hidden = lm.forward_delayed(codes[:, :streams])
+    text_logits, audio_logits, targets, hidden = lm.forward_delayed(
+        codes[:, :streams], depth_frames
+    )
     text_loss, text_accuracy = _text_loss(
         text_logits, targets[:, 0], config.text_padding_id, pad_weight
     )
 
     audio_target = targets[:, 1 : config.dep_q + 1]  # [B, dep_q, T]
+    if depth_frames is not None:
+        audio_target = frames_of(audio_target, depth_frames)  # [1, dep_q, N]
     per_codebook = [
         F.cross_entropy(
             audio_logits[:, k].flatten(0, 1).float(),
@@ -450,6 +456,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="the hearing head writes a user's word this many frames after it ends",
     )
     parser.add_argument(
+        "--depth-share",
+        type=float,
+        default=1.0,
+        metavar="SHARE",
+        help="run the depth transformer (the audio loss) on this random share of each batch's "
+        "frames: on a CPU it is two thirds of a step of the demo LM, and the text and hearing "
+        "losses keep every frame (1: all frames)",
+    )
+    parser.add_argument(
         "--init",
         type=Path,
         metavar="RUN",
@@ -476,6 +491,8 @@ def train_lm(args: argparse.Namespace) -> int:
     """Train (or continue) an LM run; returns the steps done."""
     device = loop.device_from(args.device)
     options = loop.loop_options(args)
+    if not 0.0 < args.depth_share <= 1.0:
+        raise ConfigError(f"--depth-share {args.depth_share}: a share of the frames, in (0, 1]")
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
     tokenizer = TextTokenizer(
@@ -540,10 +557,15 @@ def train_lm(args: argparse.Namespace) -> int:
         for group in optimizer.param_groups:
             group["lr"] = loop.learning_rate(i, args.lr, args.warmup, options.schedule_steps)
         codes = sampler.batch(generator).to(device)
+        depth_frames = None
+        if args.depth_share < 1.0:
+            frames = codes.shape[0] * codes.shape[2]
+            chosen = torch.randperm(frames, generator=generator)
+            depth_frames = chosen[: math.ceil(args.depth_share * frames)].sort().values.to(device)
         with autocast:
             loss, metrics = lm_loss(
                 lm, codes, args.pad_weight, args.first_codebook_weight, model.hearing,
-                args.hear_weight,
+                args.hear_weight, depth_frames,
             )  # fmt: skip
         optimizer.zero_grad(set_to_none=True)
         loss.backward()

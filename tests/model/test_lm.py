@@ -204,3 +204,40 @@ def test_the_delayed_loss_equals_the_aligned_loss(lm: LM) -> None:
             assert mine is None or not mine.any()
             continue
         torch.testing.assert_close(mine, theirs, atol=1e-6, rtol=1e-5)
+
+
+def test_depth_on_sampled_frames_is_the_full_depth_at_those_frames(lm: LM) -> None:
+    """`depth_frames` runs the depth transformer on some frames only; its logits there are the
+    full pass's, and the sampled audio loss is the full loss restricted to those frames."""
+    import torch.nn.functional as F
+
+    from app.train.lm import lm_loss
+
+    first, _ = _greedy_conversation(lm, 12)
+    second, _ = _greedy_conversation(lm, 12)
+    second[:, 1:] = second[:, 1:].roll(3, dims=2)  # a second, different row of the batch
+    codes = torch.cat([first, second])
+    B, _, T = codes.shape
+    frames = torch.tensor([1, 4, 5, 11, 12, 17, 23])  # flat indices into B * T: both rows
+    with torch.no_grad():
+        full = lm.forward_delayed(codes)
+        sampled = lm.forward_delayed(codes, frames)
+        torch.testing.assert_close(sampled.text_logits, full.text_logits, atol=0, rtol=0)
+        assert sampled.audio_logits.shape == (1, lm.config.dep_q, len(frames), lm.config.card)
+        for n, flat in enumerate(frames.tolist()):
+            b, t = divmod(flat, T)
+            torch.testing.assert_close(
+                sampled.audio_logits[0, :, n], full.audio_logits[b, :, t], atol=2e-5, rtol=0
+            )
+
+        loss, metrics = lm_loss(lm, codes, first_codebook_weight=1.0, depth_frames=frames)
+        dep_q = lm.config.dep_q
+        picked = full.targets[:, 1 : 1 + dep_q].transpose(1, 2).reshape(B * T, dep_q)[frames]
+        logits = full.audio_logits.permute(0, 2, 1, 3).reshape(B * T, dep_q, -1)[frames]
+        expected = torch.stack(
+            [F.cross_entropy(logits[:, k], picked[:, k], ignore_index=-1) for k in range(dep_q)]
+        ).mean()
+        assert abs(metrics["audio"] - expected.item()) < 1e-5
+        full_loss, full_metrics = lm_loss(lm, codes, first_codebook_weight=1.0)
+        assert metrics["text"] == full_metrics["text"]
+        assert abs(full_metrics["audio"] - metrics["audio"]) > 1e-4  # a subset, not the whole

@@ -311,6 +311,19 @@ def test_lm_run_resumes_exactly(work: Path, lm_run: Path) -> None:
     assert _losses(resumed) == _losses(lm_run)
 
 
+def test_a_run_on_sampled_depth_frames_resumes_exactly(work: Path, codec_run: Path) -> None:
+    from model.errors import ConfigError
+
+    share = ("--depth-share", "0.3")
+    whole, resumed = work / "lm_share", work / "lm_share_resumed"
+    assert train_lm(_lm_args(work, whole, *share)) == 4
+    assert train_lm(_lm_args(work, resumed, *share, "--time-limit", "0")) == 1
+    assert train_lm(_lm_args(work, resumed, *share)) == 4
+    assert _losses(resumed) == _losses(whole)  # the frames drawn come from the saved generator
+    with pytest.raises(ConfigError, match="--depth-share 0.0"):
+        train_lm(_lm_args(work, work / "lm_share_bad", "--depth-share", "0"))
+
+
 def test_runs_log_memory_speed_and_held_out_figures(codec_run: Path, lm_run: Path) -> None:
     for run, figure in ((codec_run, "stoi"), (lm_run, "text_acc"), (lm_run, "heard_acc")):
         rows = [json.loads(line) for line in (run / loop.LOG).read_text().splitlines()]
