@@ -12,6 +12,8 @@
 #              said, whoever says it, so the LM can learn to hear       RUN_DIR/codec
 #   phonemes   (for a codec trained with CODEC_PHONEME_WEIGHT=0) PHONEME_STEPS more codec steps
 #              from RUN_DIR/codec that teach its first codebook the phonemes  RUN_DIR/codec-phonemes
+#   keep       the finished codec (fp16) and tokenizer into trained/, to commit: later stages
+#              fall back on them where RUN_DIR has none                 trained/{codec,tokenizer}
 #   lm         the LM on the codec's tokens (codec-phonemes where that stage ran), LM_STEPS
 #              steps                                                   RUN_DIR/lm
 #   hear       HEAR_STEPS more steps from RUN_DIR/lm with the training-only hearing head (the
@@ -56,8 +58,19 @@ frames=${FRAMES:-400}   # the LM's longest training window (frames)
 train() { "$py" -m app.train "$@"; }
 lm_extra=()
 # the codec the LM learns from: the phoneme-taught one where that stage ran
+# trained/ holds the finished codec and tokenizer, committed (`keep`): a later stage on a machine
+# without RUN_DIR's codec or tokenizer (a new machine, a new session) builds on them
+kept=trained
 lm_codec="$run_dir/codec"
-codec_for_lm() { [ -f "$run_dir/codec-phonemes/codec.safetensors" ] && lm_codec="$run_dir/codec-phonemes"; true; }
+codec_for_lm() {
+    if [ -f "$run_dir/codec-phonemes/codec.safetensors" ]; then lm_codec="$run_dir/codec-phonemes"
+    elif [ -f "$run_dir/codec/codec.safetensors" ]; then lm_codec="$run_dir/codec"
+    elif [ -f "$kept/codec/codec.safetensors" ]; then lm_codec="$kept/codec"
+    fi
+    echo "codec: $lm_codec"
+}
+tokenizer="$run_dir/tokenizer"
+[ -f "$tokenizer/tokenizer.model" ] || [ ! -f "$kept/tokenizer/tokenizer.model" ] || tokenizer="$kept/tokenizer"
 # a few steps of the tiny codec leave codebooks nearly dead; the real run must not
 [ "$config" = tiny ] && lm_extra=(--allow-dead-codes)
 
@@ -96,7 +109,7 @@ for stage in "$@"; do
         lm)
             codec_for_lm
             train lm --data "$run_dir/data/train" --eval-data "$run_dir/data/eval" \
-                --codec "$lm_codec" --tokenizer "$run_dir/tokenizer" \
+                --codec "$lm_codec" --tokenizer "$tokenizer" \
                 --out "$run_dir/lm" --device "$device" --seed "$seed" --config "$config" \
                 --steps "$lm_steps" --batch-size 20 --frames "$frames" --threads "$threads" \
                 --checkpoint-every 100 --log-every 25 --eval-every 250 --no-progress \
@@ -105,7 +118,7 @@ for stage in "$@"; do
         hear)
             codec_for_lm
             train lm --data "$run_dir/data/train" --eval-data "$run_dir/data/eval" \
-                --codec "$lm_codec" --tokenizer "$run_dir/tokenizer" \
+                --codec "$lm_codec" --tokenizer "$tokenizer" \
                 --init "$run_dir/lm" --out "$run_dir/lm-hear" --device "$device" \
                 --seed $((seed + 1)) --config "$config" --steps "$hear_steps" --batch-size 20 \
                 --frames "$frames" --lr 6e-4 --warmup 100 --hear-weight 1 --hear-delay 2 \
@@ -121,6 +134,21 @@ for stage in "$@"; do
                 --threads "$threads" --checkpoint-every 200 --log-every 50 --eval-every 250 \
                 --no-progress
             ;;
+        keep)
+            codec_for_lm
+            [ "$lm_codec" != "$kept/codec" ] || { echo "keep: $kept/codec is already kept"; continue; }
+            mkdir -p "$kept/codec" "$kept/tokenizer"
+            # fp16, as `export` ships it: the LM then learns from the codes of the shipped codec
+            "$py" -c 'import sys, torch; from safetensors.torch import load_file
+from model.bundle import save_safetensors
+save_safetensors(load_file(sys.argv[1]), sys.argv[2], torch.float16)' \
+                "$lm_codec/codec.safetensors" "$kept/codec/codec.safetensors"
+            for file in codec.json phonemes.json log.jsonl; do
+                [ ! -f "$lm_codec/$file" ] || cp "$lm_codec/$file" "$kept/codec/"
+            done
+            cp "$tokenizer"/tokenizer.model "$tokenizer"/tokenizer.vocab "$kept/tokenizer/"
+            du -sh "$kept"/*
+            ;;
         export)
             codec_for_lm
             codec_run="$lm_codec"
@@ -129,7 +157,7 @@ for stage in "$@"; do
             [ -f "$run_dir/lm-hear/lm.safetensors" ] && lm_run="$run_dir/lm-hear"
             echo "export: codec from $codec_run, LM from $lm_run"
             train export --codec "$codec_run" --lm "$lm_run" \
-                --tokenizer "$run_dir/tokenizer" --out "$assets"
+                --tokenizer "$tokenizer" --out "$assets"
             ;;
         eval)
             OMP_NUM_THREADS=${EVAL_THREADS:-$threads} train eval --assets "$assets" \
