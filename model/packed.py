@@ -75,4 +75,5 @@ class PackedLinear:
         if self._fp16:
             y = torch.ops.quantized.linear_dynamic_fp16(x.float().contiguous(), self._packed)
             return y.to(x.dtype)
+        assert isinstance(self._packed, torch.Tensor)  # oneDNN's packed bf16 weight
         return packed_linear(x.to(torch.bfloat16), self._packed).to(x.dtype)

@@ -203,7 +203,8 @@ def store_codec_fp16_(codec: Codec) -> int:
             if conv.groups == 1 and conv.weight.numel() >= BF16_MIN_CONV_WEIGHTS:
                 conv.weight.copy_(conv.weight.half().float())
                 if isinstance(module, CausalConv1d):  # the windows' matmul: W as [C_out, C_in K]
-                    module.packed = PackedLinear.fp16(conv.weight.view(conv.out_channels, -1), conv.bias)
+                    weight = conv.weight.view(conv.out_channels, -1)
+                    module.packed = PackedLinear.fp16(weight, conv.bias)
                 else:  # x^T W as a linear: W^T, [C_out K, C_in]; the bias is added after
                     module.packed = PackedLinear.fp16(conv.weight.view(conv.in_channels, -1).t())
                 count += 1
