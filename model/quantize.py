@@ -20,8 +20,8 @@ Fp16 (`store_codec_fp16_`), for x86 CPUs without native bf16 (AVX2 laptops, AMD 
 large matrices rounded to fp16 (11 significant bits, against bf16's 8) and multiplied by
 fbgemm's fp16 kernel (model/packed.py), which widens them to fp32 in registers: activations,
 bias and sums stay fp32, so only the weights round (relative error about 2^-12 each). Half of
-fp32's bytes and a kernel made for few rows: the released Mimi's frame takes about 0.55x fp32's
-time. Speed and quality in docs/performance.md.
+fp32's bytes and a kernel made for few rows: the released Mimi's frame takes about 0.57x fp32's
+time (AMD Zen 3, 2 threads). Speed and quality in docs/performance.md.
 """
 
 from __future__ import annotations
@@ -234,7 +234,7 @@ def codec_weights(choice: str, device: torch.device, codec: Codec) -> CodecWeigh
     """The codec's weight format for --codec-weights `choice` on `device`. "auto", for a codec
     of at least `BF16_AUTO_MIN_PARAMETERS` on a CPU: bf16 where the CPU has native bf16 (the
     released Mimi: 0.6-0.8x the time of fp32), else fp16 where torch has fbgemm's fp16 kernel
-    (x86: about 0.55x); fp32 elsewhere (GPUs: unmeasured), and for a small codec, whose weights
+    (x86: about 0.57x); fp32 elsewhere (GPUs: unmeasured), and for a small codec, whose weights
     stay in cache and whose casts cost more than they save (the demo codec, 2.6 M: 1.06x in
     bf16; the tiny one: 1.2x)."""
     if choice not in CODEC_WEIGHTS:
