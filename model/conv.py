@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from model.packed import packed_linear
+from model.packed import PackedLinear
 from model.streaming import keep_inactive, reset_slots_
 
 PadMode = Literal["constant", "replicate"]
@@ -45,10 +45,13 @@ def _conv(conv: nn.Conv1d, x: torch.Tensor) -> torch.Tensor:
     return y.to(x.dtype)
 
 
-def _windowed_conv(conv: nn.Conv1d, x: torch.Tensor) -> torch.Tensor:
+def _windowed_conv(
+    conv: nn.Conv1d, x: torch.Tensor, packed: PackedLinear | None = None
+) -> torch.Tensor:
     """conv(x) for x [B, C_in, L] (padding already applied) as one matmul: every output frame's
-    window of C_in x K samples against the weight seen as [C_out, C_in * K], a view (no copy).
-    Computed in the weight's dtype, returned in x's."""
+    window of C_in x K samples against the weight seen as [C_out, C_in * K], a view (no copy),
+    or against `packed`, that weight and bias packed once (fp16, model/packed.py). Computed in
+    the weight's dtype, returned in x's."""
     B, C_in, _ = x.shape
     K, dilation, stride = conv.kernel_size[0], conv.dilation[0], conv.stride[0]
     windows = x.unfold(-1, (K - 1) * dilation + 1, stride)  # [B, C_in, T_out, K_eff]
@@ -56,6 +59,8 @@ def _windowed_conv(conv: nn.Conv1d, x: torch.Tensor) -> torch.Tensor:
         windows = windows[..., ::dilation]  # [B, C_in, T_out, K]
     T_out = windows.shape[2]
     columns = windows.permute(0, 2, 1, 3).reshape(B, T_out, C_in * K)
+    if packed is not None and x.device.type == "cpu":
+        return packed(columns).transpose(1, 2)  # [B, C_out, T_out]
     weight, bias, columns = _in_weight_dtype(conv, columns)
     y = F.linear(columns, weight.view(conv.out_channels, C_in * K), bias)
     return y.to(x.dtype).transpose(1, 2)  # [B, C_out, T_out]
@@ -134,6 +139,9 @@ class CausalConv1d(nn.Module):
             groups=groups,
             bias=bias,
         )
+        # The weight (and bias) as [C_out, C_in * K] packed for a CPU kernel, when stored so
+        # (`model.quantize.store_codec_fp16_`): the short streaming steps use it.
+        self.packed: PackedLinear | None = None
 
     def init_state(self, batch_size: int, dtype: torch.dtype | None = None) -> ConvState:
         """`dtype`: the activations' (default: the weights'; bf16-stored weights take fp32)."""
@@ -169,7 +177,7 @@ class CausalConv1d(nn.Module):
             # Before any input, the "past" is the first sample repeated (F.pad's replicate).
             history = torch.where(state.first.view(-1, 1, 1), x[..., :1], history)
         x = torch.cat([history, x], dim=-1)  # [B, C_in, P + T]
-        y = _windowed_conv(self.conv, x) if short else _conv(self.conv, x)
+        y = _windowed_conv(self.conv, x, self.packed) if short else _conv(self.conv, x)
         state.history.copy_(keep_inactive(active, x[..., -P:], state.history))
         if self.pad_mode == "replicate":
             seen = torch.zeros_like(state.first)
@@ -202,9 +210,9 @@ class CausalConvTranspose1d(nn.Module):
         self.convtr = nn.ConvTranspose1d(
             in_channels, out_channels, kernel_size, stride=stride, groups=groups, bias=bias
         )
-        # The bf16 weight as [C_out * K, C_in] in oneDNN's layout, when stored so on a CPU
-        # (`model.quantize.store_codec_bf16_`; model/packed.py).
-        self.packed: torch.Tensor | None = None
+        # The weight as [C_out * K, C_in] packed for a CPU kernel (bf16 or fp16), when stored
+        # so (`model.quantize.store_codec_bf16_`, `store_codec_fp16_`; model/packed.py).
+        self.packed: PackedLinear | None = None
 
     def init_state(self, batch_size: int, dtype: torch.dtype | None = None) -> ConvTransposeState:
         """`dtype`: the activations' (default: the weights'; bf16-stored weights take fp32)."""
@@ -228,8 +236,7 @@ class CausalConvTranspose1d(nn.Module):
         weight, _, xw = _in_weight_dtype(conv, x)  # the bias is added below, in x's dtype
         weight = weight.view(C_in, C_out * K)
         if self.packed is not None and x.device.type == "cpu":
-            columns = packed_linear(xw.transpose(1, 2).contiguous(), self.packed)
-            contributions = columns.transpose(1, 2)  # [B, C_out*K, T]
+            contributions = self.packed(x.transpose(1, 2)).transpose(1, 2)  # [B, C_out*K, T]
         elif T < 8 or weight.dtype == torch.bfloat16:
             # x^T W, batch folded into the rows: the weight is read in place. W^T x (below) on
             # Mimi's first decoder layer, 2 frames, took 12x as long (interleaved, one thread);

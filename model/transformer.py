@@ -125,12 +125,13 @@ Rope = tuple[torch.Tensor, torch.Tensor] | None  # (cos, sin) from `rope_tables`
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate interleaved (real, imaginary) pairs of x [B, H, T, D] by the tables' angles."""
-    B, H, T, D = x.shape
-    pairs = x.view(B, H, T, D // 2, 2).float()
+    """Rotate interleaved (real, imaginary) pairs of x [..., B, H, T, D] by the tables' angles
+    (q and k stacked in front go through at once)."""
+    D = x.shape[-1]
+    pairs = x.view(*x.shape[:-1], D // 2, 2).float()
     real, imag = pairs[..., 0], pairs[..., 1]
     rotated = torch.stack([real * cos - imag * sin, real * sin + imag * cos], dim=-1)
-    return rotated.view(B, H, T, D).to(x.dtype)
+    return rotated.view(x.shape).to(x.dtype)
 
 
 @dataclass
@@ -179,10 +180,12 @@ class Attention(nn.Module):
         B, T, _ = x.shape
         H, D = self.config.num_heads, self.config.head_dim
         qkv = per_set(self.in_projs, x, weight_set).view(B, T, 3, H, D).permute(2, 0, 3, 1, 4)
-        q, k, v = qkv.unbind(0)  # each [B, H, T, D]
-        if rope is not None:
-            q, k = apply_rope(q, *rope), apply_rope(k, *rope)
-        return q, k, v
+        if rope is None:
+            q, k, v = qkv.unbind(0)  # each [B, H, T, D]
+            return q, k, v
+        # q and k rotated together: half the operators of two calls, the same numbers.
+        q, k = apply_rope(qkv[:2], *rope).unbind(0)
+        return q, k, qkv[2]
 
     def forward(
         self, x: torch.Tensor, weight_set: WeightSets = 0, rope: Rope = None

@@ -1,7 +1,9 @@
-"""What bf16 codec weights (`model.quantize.store_codec_bf16_`) cost against fp32, on speech.
+"""What bf16 or fp16 codec weights (`model.quantize.store_codec_bf16_`, `store_codec_fp16_`)
+cost against fp32, on speech.
 
     OMP_NUM_THREADS=1 PYTHONPATH=. .venv/bin/python scripts/codec_bf16.py --assets app/assets
     OMP_NUM_THREADS=1 PYTHONPATH=. .venv/bin/python scripts/codec_bf16.py   # released Mimi shape
+    OMP_NUM_THREADS=1 PYTHONPATH=. .venv/bin/python scripts/codec_bf16.py --weights float16
 
 The speech: espeak-ng speaking four sentences in three voices (about 20 s). Both codecs stream
 it frame by frame (`encode_step`, then `decode_step` of their own codes), as the runtime does.
@@ -16,6 +18,9 @@ Printed:
 --assets DIR: a trained codec (an exported bundle, e.g. app/assets). Without it: the released
 Mimi's shape with random weights, where only the numbers' error means something (the latent's
 relative error, the decoder's SNR on the same codes): codes of random weights sit on near ties.
+With --fit-codebooks the random codec's codebooks take residual vectors of the speech itself as
+centroids (as tests/model/test_codec.py's `fit_codebooks`), so that its codes vary.
+--weights: the format against fp32 (default bfloat16; "bf16" below stands for it).
 Also printed: the relative error of the latent the quantizer sees, bf16 against fp32.
 --min-conv-weights N: the decoder's convs with at least N weights in bf16 (default: 2^20, none
 of the demo codec's; 65536 takes the same layers as 2^20 takes of the released Mimi);
@@ -48,15 +53,32 @@ SENTENCES = [
 VOICES = [Voice("en-us"), Voice("en-us", variant="f3", pitch=70), Voice("en-us", variant="m3")]
 
 
-def speech(sample_rate: int) -> torch.Tensor:
+def speech(sample_rate: int, sentences: int = len(SENTENCES)) -> torch.Tensor:
     """The test speech [1, 1, samples] at 24 kHz, each utterance followed by 0.3 s of silence."""
     assert sample_rate == 24_000, "espeak's speech is resampled to 24 kHz"
     engine = synthesizer()
     pieces = []
-    for i, sentence in enumerate(SENTENCES):
+    for i, sentence in enumerate(SENTENCES[:sentences]):
         pcm = engine.synthesize(sentence, VOICES[i % len(VOICES)]).pcm
         pieces += [pcm, np.zeros(sample_rate * 3 // 10, dtype=np.float32)]
     return torch.from_numpy(np.concatenate(pieces)).view(1, 1, -1)
+
+
+@torch.no_grad()
+def fit_codebooks(codec: Codec, pcm: torch.Tensor, generator: torch.Generator) -> None:
+    """Centroids drawn from the residuals each codebook sees on `pcm`, in order, jittered."""
+    latent = codec.latent(pcm)  # [1, D, T]
+    for rvq in (codec.quantizer.rvq_first, codec.quantizer.rvq_rest):
+        residual = rvq.input_proj(latent).transpose(1, 2).flatten(0, 1)  # [T, C]
+        for k in range(len(rvq.codebooks)):
+            codebook = rvq.codebook(k)
+            size = codebook.embedding.shape[0]
+            pick = torch.randint(0, residual.shape[0], (size,), generator=generator)
+            jitter = torch.randn(codebook.embedding.shape, generator=generator)
+            centroids = residual[pick] + 0.1 * residual.std(dim=0) * jitter
+            codebook.embedding_sum.copy_(centroids * codebook.cluster_usage[:, None])
+            codebook.refresh()
+            residual = residual - codebook.decode(codebook.encode(residual))
 
 
 def stream(codec: Codec, pcm: torch.Tensor, codes: torch.Tensor | None = None):
@@ -80,6 +102,11 @@ def main() -> None:
     parser.add_argument(
         "--encoder-convs", action="store_true", help="the encoder's large convs in bf16 too"
     )
+    parser.add_argument("--weights", choices=("bfloat16", "float16"), default="bfloat16")
+    parser.add_argument(
+        "--fit-codebooks", action="store_true", help="random codec: centroids from the speech"
+    )
+    parser.add_argument("--sentences", type=int, default=len(SENTENCES), help="speak only these")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     if args.min_conv_weights is not None:
@@ -95,10 +122,15 @@ def main() -> None:
             if isinstance(module, Codebook):  # untrained codebooks are zeros: give them spread
                 module.embedding_sum.normal_()
                 module.refresh()
-    pcm = speech(full.sample_rate)
+    pcm = speech(full.sample_rate, args.sentences)
     pcm = torch.nn.functional.pad(pcm, (0, -pcm.shape[2] % full.frame_size))
+    if args.fit_codebooks and not args.assets:
+        fit_codebooks(full, pcm, torch.Generator().manual_seed(args.seed))
     half = copy.deepcopy(full)
-    converted = quantize.store_codec_bf16_(half, args.encoder_convs)
+    if args.weights == "float16":
+        converted = quantize.store_codec_fp16_(half)
+    else:
+        converted = quantize.store_codec_bf16_(half, args.encoder_convs)
 
     # For scale: how many codes flip in fp32 when the input changes by a noise 60 dB below it.
     g = torch.Generator().manual_seed(args.seed + 1)
@@ -113,6 +145,7 @@ def main() -> None:
     rate = full.sample_rate
     frames = codes.shape[2]
     print(f"{frames} frames ({frames * full.frame_size / rate:.1f} s), {converted} weights in bf16")
+    print(f"(bf16: {args.weights})")
     latent_error = (half_latent - latent).norm() / latent.norm()
     print(f"latent relative error (bf16 vs fp32, whole signal): {latent_error:.2e}")
     same = (codes == half_codes)[0].float().mean(dim=1)  # [K]

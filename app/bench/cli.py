@@ -43,7 +43,7 @@ from model.config import (
 from model.errors import ConfigError
 from model.kvcache import CACHE_FORMATS, CacheFormat
 from model.lm import LM
-from model.quantize import CODEC_WEIGHTS, quantize_lm_, store_codec_bf16_
+from model.quantize import CODEC_WEIGHTS, quantize_lm_, store_codec_weights_
 from model.quantize import codec_weights as codec_weights_for
 from model.quantizer import Codebook
 from model.sampling import SamplingParams
@@ -103,9 +103,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--codec-weights",
         choices=CODEC_WEIGHTS,
         default="auto",
-        help="our codec's large matrices in bfloat16 or float32 (the reference keeps float32); "
-        "auto (default): as the product loads it (bfloat16 for the released Mimi on a CPU "
-        "with native bf16)",
+        help="our codec's large matrices in bfloat16, float16 or float32 (the reference keeps "
+        "float32); auto (default): as the product loads it (for the released Mimi on a CPU: "
+        "bfloat16 with native bf16, else float16 on x86)",
     )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", type=Path, metavar="PATH", help="also write the results here")
@@ -169,9 +169,8 @@ class Ours:
                     module.cluster_usage.uniform_(0.5, 2.0)
                     module.refresh()
         self.codec = codec.to(device, dtype)
-        self.codec_bf16 = codec_weights_for(codec_weights, device, self.codec) == "bfloat16"
-        if self.codec_bf16:
-            store_codec_bf16_(self.codec)
+        self.codec_weights = codec_weights_for(codec_weights, device, self.codec)
+        store_codec_weights_(self.codec, self.codec_weights)
         self.lm: LM | None = None
         if lm_config is not None:
             # On a GPU, allocated there directly: a random 7B on the CPU takes minutes.
@@ -289,10 +288,10 @@ def run(args: argparse.Namespace) -> int:
         warmup = lm_config.max_delay + 1
         log.warning("--warmup raised to %d: frames before the LM's delays are not timed", warmup)
     sampling = SamplingParams(seed=args.seed)
-    if dtype != torch.float32 and args.codec_weights == "bfloat16":
+    if dtype != torch.float32 and args.codec_weights in ("bfloat16", "float16"):
         raise ConfigError(
-            "--codec-weights bfloat16 stores a float32 codec's matrices in bf16; with --dtype "
-            f"{args.dtype} the whole codec is already in {args.dtype}"
+            f"--codec-weights {args.codec_weights} stores a float32 codec's matrices in a "
+            f"smaller format; with --dtype {args.dtype} the whole codec is already in {args.dtype}"
         )
     interleaved = args.order == "interleaved" or (args.order == "auto" and device.type == "cpu")
 
@@ -313,7 +312,7 @@ def run(args: argparse.Namespace) -> int:
             codec_weights=args.codec_weights if dtype == torch.float32 else "float32",
         )
         header = _header(args, device, ours, codec_config, lm_config) | {
-            "codec_weights": "bfloat16" if ours.codec_bf16 else args.dtype,
+            "codec_weights": args.dtype if dtype != torch.float32 else ours.codec_weights,
             "warmup": warmup,
             "order": "interleaved frame by frame" if interleaved else "one after the other",
         }
@@ -376,7 +375,8 @@ def _build_reference(
 
 
 def _parameters(module: nn.Module | None) -> int:
-    """Parameters, counting the weights that a smaller format keeps as buffers (int8, bf16)."""
+    """Parameters, counting the weights that a smaller format keeps as buffers (int8, bf16,
+    fp16)."""
     if module is None:
         return 0
     stored = sum(b.numel() for name, b in module.named_buffers() if name.endswith(".weight"))

@@ -30,7 +30,7 @@ from model import (
 from model.bundle import CONFIG_FILE, bundle_files
 from model.errors import ConfigError
 from model.kvcache import CACHE_FORMATS, CacheFormat, check_cache_format
-from model.quantize import CODEC_WEIGHTS, codec_weights, quantize_lm_, store_codec_bf16_
+from model.quantize import CODEC_WEIGHTS, codec_weights, quantize_lm_, store_codec_weights_
 from model.quantizer import Codebook
 
 from .audio import AudioFormat
@@ -108,9 +108,9 @@ def add_format_arguments(group: argparse._ActionsContainer) -> None:
         "--codec-weights",
         choices=CODEC_WEIGHTS,
         default="auto",
-        help="the codec's large matrices in bfloat16 or float32; auto (default): bfloat16 for a "
-        "large codec (the released Mimi) on a CPU with native bf16 (AVX512-BF16, AMX), float32 "
-        "elsewhere (docs/performance.md)",
+        help="the codec's large matrices in bfloat16, float16 or float32; auto (default), for a "
+        "large codec (the released Mimi) on a CPU: bfloat16 with native bf16 (AVX512-BF16, AMX), "
+        "else float16 (x86, fbgemm); float32 elsewhere (docs/performance.md)",
     )
 
 
@@ -142,9 +142,10 @@ def with_formats(loaded: LoadedModel, args: argparse.Namespace) -> LoadedModel:
         count = quantize_lm_(loaded.lm)
         log.info("int8 weights in %d linear layers of the LM", count)
     choice = getattr(args, "codec_weights", "auto")
-    if codec_weights(choice, loaded.device, loaded.codec) == "bfloat16":
-        count = store_codec_bf16_(loaded.codec)
-        log.info("bf16 weights in %d layers of the codec", count)
+    weights = codec_weights(choice, loaded.device, loaded.codec)
+    if weights != "float32":
+        count = store_codec_weights_(loaded.codec, weights)
+        log.info("%s weights in %d layers of the codec", weights, count)
     return loaded
 
 

@@ -14,6 +14,7 @@ import model.quantize as quantize
 from model.codec import Codec
 from model.config import mimi, tiny_mimi
 from model.conv import ConvTransposeState
+from model.packed import has_fp16_kernel
 from model.quantize import Bf16Linear, codec_weights, native_bf16_cpu, store_codec_bf16_
 from tests.model.test_codec import distinct_codes, fit_codebooks, speechlike
 
@@ -127,9 +128,13 @@ def test_bf16_streaming_equals_the_whole_signal(fp32_codec, every_conv_in_bf16) 
     pcm = speechlike(2, 3 * codec.config.transformer.context, codec.frame_size, seed=3)
     with torch.no_grad():
         codes, audio = _stream(codec, pcm)
-        # Measured equal: oneDNN's bf16 convolution (whole) and matmul (stream) round alike.
-        assert torch.equal(codes, codec.encode(pcm))
-        torch.testing.assert_close(audio, codec.decode(codes), atol=1e-5, rtol=0)
+        # Measured equal where oneDNN multiplies bf16 natively: its bf16 convolution (whole) and
+        # packed matmul (stream) round alike. On a CPU without (AVX2: no packing, `F.linear`)
+        # they round differently and near ties flip: 3 codes of 240 measured.
+        agree = (codes == codec.encode(pcm)).float().mean()
+        assert agree == 1 if native_bf16_cpu() else agree >= 0.95, agree
+        atol = 1e-5 if native_bf16_cpu() else 2e-3  # AVX2: 1e-3 measured, on 15 samples
+        torch.testing.assert_close(audio, codec.decode(codes), atol=atol, rtol=0)
 
 
 def test_auto_is_bf16_on_a_cpu_with_native_bf16(tmp_path: Path) -> None:
@@ -141,7 +146,8 @@ def test_auto_is_bf16_on_a_cpu_with_native_bf16(tmp_path: Path) -> None:
     with torch.device("meta"):  # shapes only: no weights to fill
         released, tiny = Codec(mimi()), Codec(tiny_mimi())
     cpu = torch.device("cpu")
-    assert codec_weights("auto", cpu, released) == ("bfloat16" if native_bf16_cpu() else "float32")
+    want = "bfloat16" if native_bf16_cpu() else "float16" if has_fp16_kernel() else "float32"
+    assert codec_weights("auto", cpu, released) == want
     assert codec_weights("auto", torch.device("cuda"), released) == "float32"  # unmeasured
     assert codec_weights("auto", cpu, tiny) == "float32"  # the casts cost more than they save
     assert codec_weights("float32", cpu, released) == "float32"

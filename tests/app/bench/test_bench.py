@@ -72,20 +72,21 @@ def test_8bit_formats_are_timed_and_recorded(tmp_path: Path, capsys) -> None:
     assert data["results"][0]["ours"]["lm"]["median_ms"] > 0
 
 
-def test_codec_weights_are_timed_and_recorded(tmp_path: Path, capsys) -> None:
+@pytest.mark.parametrize("weights", ["bfloat16", "float16"])
+def test_codec_weights_are_timed_and_recorded(tmp_path: Path, capsys, weights: str) -> None:
     out = tmp_path / "bench.json"
     args = _args(
         "--lm", "none", "--frames", "2", "--warmup", "0", "--no-reference",
-        "--codec-weights", "bfloat16", "--json", str(out),
+        "--codec-weights", weights, "--json", str(out),
     )  # fmt: skip
     assert bench.run(args) == 0
-    assert "ours with bfloat16 weights (--codec-weights bfloat16)" in capsys.readouterr().out
+    assert f"ours with {weights} weights (--codec-weights {weights})" in capsys.readouterr().out
     data = json.loads(out.read_text())
-    assert data["codec_weights"] == "bfloat16" and data["codec_weights_option"] == "bfloat16"
-    # The same count as in fp32: bf16 weights are buffers, counted too.
+    assert data["codec_weights"] == weights and data["codec_weights_option"] == weights
+    # The same count as in fp32: weights stored in 16 bits are buffers, counted too.
     assert data["codec_parameters"] == sum(p.numel() for p in Codec(tiny_mimi()).parameters())
     with pytest.raises(ConfigError, match="already in bfloat16"):
-        bench.run(_args("--dtype", "bfloat16", "--codec-weights", "bfloat16", "--no-reference"))
+        bench.run(_args("--dtype", "bfloat16", "--codec-weights", weights, "--no-reference"))
 
 
 def test_7b_needs_the_mimi_codec() -> None:

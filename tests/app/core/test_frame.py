@@ -129,18 +129,19 @@ def test_8bit_options_reach_the_engine() -> None:
         parser.parse_args(["--kv-cache", "int4"])
 
 
-@pytest.mark.parametrize("weights", ["float32", "bfloat16"])
+@pytest.mark.parametrize("weights", ["float32", "bfloat16", "float16"])
 def test_codec_weights_option_reaches_the_codec(weights: str) -> None:
     import argparse
 
     from app.core.models import add_model_arguments, load_from_args
-    from model.quantize import Bf16Linear
+    from model.quantize import Bf16Linear, Fp16Linear
 
     parser = argparse.ArgumentParser()
     add_model_arguments(parser)
     loaded = load_from_args(parser.parse_args(["--device", "cpu", "--codec-weights", weights]))
-    in_bf16 = isinstance(loaded.codec.encoder_transformer.layers[0].linear1, Bf16Linear)
-    assert in_bf16 == (weights == "bfloat16")
+    linear1 = loaded.codec.encoder_transformer.layers[0].linear1
+    assert isinstance(linear1, Bf16Linear) == (weights == "bfloat16")
+    assert isinstance(linear1, Fp16Linear) == (weights == "float16")
     engine = BatchEngine(loaded, slots=1)
     slot = engine.open()
     rng = np.random.default_rng(1)
