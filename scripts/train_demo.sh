@@ -141,7 +141,7 @@ for stage in "$@"; do
             codec_for_lm
             [ "$lm_codec" != "$kept/codec" ] || { echo "keep: $kept/codec is already kept"; continue; }
             mkdir -p "$kept/codec" "$kept/tokenizer"
-            # fp16, as `export` ships it: the LM then learns from the codes of the shipped codec
+            # fp16, as `export` ships it (an LM stage that starts from it learns the shipped codes)
             "$py" -c 'import sys, torch; from safetensors.torch import load_file
 from model.bundle import save_safetensors
 save_safetensors(load_file(sys.argv[1]), sys.argv[2], torch.float16)' \
