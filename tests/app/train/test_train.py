@@ -461,3 +461,19 @@ def test_a_time_budget_becomes_a_fixed_number_of_steps(tmp_path: Path) -> None:
     resumed = loop.LoopOptions(steps=None, checkpoint_every=1, time_limit_s=None, minutes=5.0)
     loop.resume_steps(resumed, {"steps": options.steps})
     assert resumed.steps == options.steps  # a resumed run keeps its schedule
+
+
+def test_the_committed_codec_and_tokenizer_load_and_encode() -> None:
+    """trained/ (what later training stages build on) holds a codec that loads and encodes
+    with live codes, and the tokenizer it was trained beside."""
+    from app.train.codec import load_trained_codec
+    from model.tokenizer import TextTokenizer
+
+    kept = Path(__file__).parents[3] / "trained"
+    codec = load_trained_codec(kept / "codec")
+    pcm = torch.randn(1, 1, 25 * codec.frame_size, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        codes = codec.encode(0.1 * pcm)
+    assert codes.shape == (1, codec.num_codebooks, 25)
+    assert all(len(torch.unique(codes[0, k])) > 3 for k in range(codec.num_codebooks))
+    assert TextTokenizer(kept / "tokenizer" / "tokenizer.model").vocab_size == 661
