@@ -1,9 +1,9 @@
 """`antiphon train lm`: the Moshi-architecture LM on the codec's tokens and the aligned text.
 
-Data: every training dialogue becomes streams [1 + 2K, frames] at 12.5 Hz: the inner
-monologue (`app.train.dialogues.text_tokens`), the assistant's K codes, the user's K codes (both
-channels encoded by the trained codec). They are encoded once and cached in the run folder
-(`tokens.npz`, keyed by the codec's and tokenizer's bytes). Training windows are `--frames` long
+Data (`app.train.lm_data`): every training dialogue becomes streams [1 + 2K, frames] at 12.5 Hz:
+the inner monologue, the assistant's K codes, the user's K codes (both channels encoded by the
+trained codec). They are encoded once and cached in the run folder (`tokens.npz`, keyed by the
+codec's and tokenizer's bytes). Training windows are `--frames` long
 (at most the LM's context), from the start of a dialogue half of the time, as a conversation
 starts at inference.
 
@@ -24,23 +24,18 @@ A run folder ends with `lm.safetensors` and `config.json` (Kyutai's keyword form
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import logging
 import math
 import shutil
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
-from tqdm import tqdm
 
-from app.core.files import write_atomically
 from model.bundle import save_safetensors
-from model.codec import Codec
 from model.config import LMConfig, demo_lm, tiny_lm
 from model.errors import ConfigError
 from model.kyutai_config import lm_config_to_kyutai
@@ -48,8 +43,14 @@ from model.lm import LM, frames_of
 from model.tokenizer import TextTokenizer
 
 from . import loop
-from .codec import load_trained_codec
-from .dialogues import heard_tokens, read_dialogue, read_manifest, text_tokens
+from .lm_data import (
+    IGNORE,
+    WindowSampler,
+    check_live_codes,
+    codes_used,
+    load_or_encode,
+    with_heard_words,
+)
 from .tokenizer import TOKENIZER_FILE
 
 log = logging.getLogger(__name__)
@@ -57,7 +58,6 @@ log = logging.getLogger(__name__)
 WEIGHTS, CONFIG, TOKENS = "lm.safetensors", "config.json", "tokens.npz"
 EVAL_TOKENS = "tokens-eval.npz"
 HELD_OUT_DIALOGUES = 48  # teacher-forced figures on this many held-out dialogues
-IGNORE = -1  # target id of positions without a target (also "no input" for the embeddings)
 
 
 def tiny_demo_lm(text_card: int, card: int, codebooks: int) -> LMConfig:
@@ -152,250 +152,6 @@ def lm_loss(
         metrics |= {"heard": hear_loss.item(), "heard_acc": hear_accuracy.item()}
         loss = loss + hear_weight * hear_loss
     return loss, metrics
-
-
-# --- data ----------------------------------------------------------------------------------------
-
-
-def _fingerprint(*paths: Path) -> str:
-    digest = hashlib.sha256()
-    for path in paths:
-        digest.update(path.read_bytes())
-    return digest.hexdigest()
-
-
-class _Encoded:
-    """Dialogues encoded so far (index in the manifest -> streams), saved every few minutes, so
-    that an encoding that is stopped goes on where it stopped (with the same fingerprint)."""
-
-    SAVE_EVERY_S = 180.0
-
-    def __init__(self, path: Path | None, fingerprint: str) -> None:
-        self.path, self.fingerprint = path, fingerprint
-        self.done: dict[int, np.ndarray] = {}
-        self.saved = time.monotonic()
-        if path is not None and path.is_file():
-            stored = np.load(path)
-            if str(stored["fingerprint"]) == fingerprint:
-                parts = np.split(stored["tokens"], np.cumsum(stored["lengths"])[:-1], axis=1)
-                self.done = dict(zip(stored["indices"].tolist(), parts, strict=True))
-                log.info("encoding: %d dialogues already done (%s)", len(self.done), path)
-
-    def add(self, index: int, streams: np.ndarray) -> None:
-        self.done[index] = streams
-        if self.path is not None and time.monotonic() - self.saved > self.SAVE_EVERY_S:
-            self.save()
-
-    def save(self) -> None:
-        assert self.path is not None
-        indices = sorted(self.done)
-        tokens = np.concatenate([self.done[i] for i in indices], axis=1)
-        lengths = np.array([self.done[i].shape[1] for i in indices])
-        write_atomically(
-            self.path,
-            lambda tmp: np.savez(
-                tmp, tokens=tokens, lengths=lengths, indices=np.array(indices),
-                fingerprint=np.array(self.fingerprint),
-            ),
-        )  # fmt: skip
-        self.saved = time.monotonic()
-
-
-@torch.no_grad()
-def encode_dialogues(
-    folder: str | Path,
-    codec: Codec,
-    tokenizer: TextTokenizer,
-    num_codebooks: int,
-    device: torch.device,
-    batch: int = 8,
-    progress: bool = True,
-    bf16: bool = False,
-    encoded: _Encoded | None = None,
-) -> list[np.ndarray]:
-    """Each dialogue as int16 [1 + 2 * num_codebooks, frames]: text, assistant, user; the
-    user's streams one frame ahead (column t holds the user's frame t + 1, -1 at the end), so
-    that teacher forcing conditions on what `LM.step` hears (`model.lm.user_ahead`).
-
-    With `bf16`, the codec's convolutions run under bf16 autocast (2.4x faster on this CPU;
-    the quantizer stays fp32): `train lm` measures and logs how many codes differ from fp32.
-    Dialogues are encoded longest first (a batch pads to its longest: similar lengths waste
-    less); `encoded` keeps what is done, to go on after a stop."""
-    codec = codec.to(device).eval()
-    autocast = loop.autocast(device, enabled=bf16)
-    frame_rate, frame_size = codec.config.frame_rate, codec.frame_size
-    files = read_manifest(folder)
-    encoded = encoded or _Encoded(None, "")
-    order = sorted(
-        set(range(len(files))) - set(encoded.done), key=lambda i: -files[i].stat().st_size
-    )
-    batches = [order[first : first + batch] for first in range(0, len(order), batch)]
-    every = max(1, len(batches) // 20)  # without a bar: a log line per 5%
-    for b, chosen in enumerate(tqdm(batches, desc="encoding", disable=not progress)):
-        if not progress and b % every == 0:
-            log.info("encoding %s: %d/%d dialogues", folder, len(encoded.done), len(files))
-        loaded = [read_dialogue(files[i]) for i in chosen]
-        frames = [math.ceil(pcm.shape[1] / frame_size) for pcm, _ in loaded]
-        stereo = np.zeros((len(loaded), 2, max(frames) * frame_size), dtype=np.float32)
-        for i, (pcm, _) in enumerate(loaded):
-            stereo[i, :, : pcm.shape[1]] = pcm
-        pcm_batch = torch.from_numpy(stereo).to(device).view(-1, 1, stereo.shape[-1])
-        # [2B, K, frames]; the codec is causal, so the zero padding changes no earlier frame
-        with autocast:
-            latent = codec.latent(pcm_batch)
-        found = codec.quantizer.encode(latent, num_codebooks)
-        codes = found.reshape(len(loaded), 2 * num_codebooks, -1).cpu().numpy()
-        for i, (index, (_, description), n) in enumerate(zip(chosen, loaded, frames, strict=True)):
-            text = text_tokens(description["alignments"], tokenizer.encode, n, frame_rate)
-            assistant, user = codes[i, :num_codebooks, :n], codes[i, num_codebooks:, :n]
-            # the user one frame ahead, as `LM.step` hears it (model.lm.user_ahead)
-            user = np.concatenate([user[:, 1:], np.full_like(user[:, :1], IGNORE)], axis=1)
-            streams = np.concatenate([np.array(text)[None], assistant, user]).astype(np.int16)
-            encoded.add(index, streams)
-    return [encoded.done[i] for i in range(len(files))]
-
-
-def load_or_encode(
-    data: Path,
-    codec_dir: Path,
-    tokenizer: TextTokenizer,
-    num_codebooks: int,
-    device: torch.device,
-    cache: Path,
-    progress: bool = True,
-    bf16: bool = False,
-) -> list[np.ndarray]:
-    """The token streams of a dialogue folder, cached in `cache`; encoded now if missing or
-    stale (another codec, tokenizer, set of dialogues or precision)."""
-    fingerprint = _fingerprint(
-        codec_dir / "codec.safetensors", tokenizer.path, Path(data) / "manifest.jsonl"
-    ) + ("-bf16" if bf16 else "")
-    if cache.is_file():
-        stored = np.load(cache)
-        if str(stored["fingerprint"]) == fingerprint:
-            lengths = stored["lengths"]
-            return np.split(stored["tokens"], np.cumsum(lengths)[:-1], axis=1)
-        log.info("%s is stale: encoding again", cache)
-    codec = load_trained_codec(codec_dir, device)
-    partial_path = Path(cache).with_suffix(".partial.npz")
-    partial = _Encoded(partial_path, fingerprint)
-    streams = encode_dialogues(
-        data, codec, tokenizer, num_codebooks, device, progress=progress, bf16=bf16,
-        encoded=partial,
-    )  # fmt: skip
-    if bf16:  # what the bf16 convolutions changed: the codes of a few dialogues in fp32 too
-        sample = Path(cache).with_suffix(".fp32-sample")
-        _sample_folder(data, sample, count=4)
-        exact = encode_dialogues(sample, codec, tokenizer, num_codebooks, device, progress=False)
-        same = [
-            float(
-                np.mean(
-                    np.concatenate(
-                        [a[k] == b[k] for a, b in zip(streams[: len(exact)], exact, strict=True)]
-                    )
-                )
-            )
-            for k in range(1, 1 + 2 * num_codebooks)
-        ]
-        log.info("bf16 encoding: share of codes equal to fp32, per stream: %s",
-                 [round(x, 3) for x in same])  # fmt: skip
-    np.savez(
-        cache,
-        tokens=np.concatenate(streams, axis=1),
-        lengths=np.array([s.shape[1] for s in streams]),
-        fingerprint=np.array(fingerprint),
-    )
-    partial_path.unlink(missing_ok=True)
-    return streams
-
-
-def with_heard_words(
-    data: Path,
-    streams: list[np.ndarray],
-    tokenizer: TextTokenizer,
-    frame_rate: float,
-    delay_frames: int,
-) -> list[np.ndarray]:
-    """Each dialogue's streams with one more row: the user's words as the hearing head's
-    targets (`heard_tokens`). From the dialogues' alignments: seconds, no codec."""
-    out = []
-    for path, tokens in zip(read_manifest(data)[: len(streams)], streams, strict=True):
-        description = json.loads(path.with_suffix(".json").read_text())
-        heard = heard_tokens(
-            description["alignments"], tokenizer.encode, tokens.shape[1], frame_rate, delay_frames
-        )
-        out.append(np.concatenate([tokens, np.array(heard, dtype=tokens.dtype)[None]]))
-    return out
-
-
-def _sample_folder(data: Path, folder: Path, count: int) -> None:
-    """A folder listing the first `count` dialogues of `data` (a manifest of links)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    rows = (Path(data) / "manifest.jsonl").read_text().splitlines()[:count]
-    for row in rows:
-        name = Path(json.loads(row)["path"])
-        for suffix in (".wav", ".json"):
-            link = folder / name.with_suffix(suffix)
-            if not link.exists():
-                link.symlink_to((Path(data) / name.with_suffix(suffix)).resolve())
-    (folder / "manifest.jsonl").write_text("\n".join(rows) + "\n")
-
-
-def codes_used(streams: list[np.ndarray], num_codebooks: int) -> list[int]:
-    """How many distinct codes each of the assistant's codebooks uses over all dialogues."""
-    return [
-        len(np.unique(np.concatenate([s[1 + k] for s in streams]))) for k in range(num_codebooks)
-    ]
-
-
-def check_live_codes(used: list[int], codebook_size: int, minimum: float = 0.05) -> None:
-    """Refuse a codec whose codes are nearly dead: an LM learns nothing about audio from it
-    (on a codec in its warm-up, with one live code, the semantic loss fell to 4e-7 in 75
-    steps)."""
-    dead = [k for k, n in enumerate(used) if n < minimum * codebook_size]
-    if dead:
-        raise ConfigError(
-            f"the codec's codebooks {dead} use only {[used[k] for k in dead]} of "
-            f"{codebook_size} codes on these dialogues: train the codec longer (its log.jsonl "
-            "shows codes_used), or pass --allow-dead-codes"
-        )
-
-
-class WindowSampler:
-    """Training windows batched by length, so that short dialogues are not padded to long ones.
-
-    A window is a whole dialogue, or a crop of `frames` of a longer one (from its start half of
-    the time, as a conversation starts at inference). Windows fall into buckets of `bucket`
-    frames by length; a step takes one bucket (chosen with the odds of a random dialogue) and
-    fills `tokens` frames with windows from it. With 250-frame windows and no buckets, 34% of
-    every batch was padding."""
-
-    def __init__(self, streams: list[np.ndarray], frames: int, tokens: int, bucket: int = 25):
-        self.streams, self.frames, self.tokens = streams, frames, tokens
-        lengths = np.array([min(s.shape[1], frames) for s in streams])
-        self.edges = np.minimum(frames, -(-lengths // bucket) * bucket)  # bucket's longest
-        self.members = {int(e): np.flatnonzero(self.edges == e) for e in np.unique(self.edges)}
-
-    def batch(self, generator: torch.Generator) -> torch.Tensor:
-        """[n, streams, T] int64, IGNORE past a dialogue's end; n * T <= tokens."""
-        first = int(torch.randint(0, len(self.streams), (1,), generator=generator))
-        T = int(self.edges[first])
-        members = self.members[T]
-        n = max(1, self.tokens // T)
-        picks = [first] + [
-            int(members[int(torch.randint(0, len(members), (1,), generator=generator))])
-            for _ in range(n - 1)
-        ]
-        out = np.full((n, self.streams[0].shape[0], T), IGNORE, dtype=np.int64)
-        for i, index in enumerate(picks):
-            tokens = self.streams[index]
-            length = tokens.shape[1]
-            start = 0
-            if length > T and torch.rand(1, generator=generator).item() < 0.5:
-                start = int(torch.randint(0, length - T + 1, (1,), generator=generator))
-            window = tokens[:, start : start + T]
-            out[i, :, : window.shape[1]] = window
-        return torch.from_numpy(out)
 
 
 @torch.no_grad()

@@ -173,7 +173,8 @@ def test_the_delayed_loss_equals_the_aligned_loss(lm: LM) -> None:
     """Training on delayed targets is the same loss as on undelayed logits, gradients too."""
     import torch.nn.functional as F
 
-    from app.train.lm import IGNORE, lm_loss
+    from app.train.lm import lm_loss
+    from app.train.lm_data import IGNORE
 
     codes, _ = _greedy_conversation(lm, 10)
     codes[:, :, 8:] = IGNORE  # a padded window

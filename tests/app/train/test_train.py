@@ -24,17 +24,14 @@ from app.train.codec import (
 from app.train.dialogues import generate, read_manifest, text_tokens
 from app.train.export import export
 from app.train.features import MultiResolutionMelLoss
-from app.train.lm import (
-    TOKENS,
-    Trainee,
+from app.train.lm import TOKENS, Trainee, lm_loss, train_lm
+from app.train.lm_data import (
     WindowSampler,
     _Encoded,
     check_live_codes,
     codes_used,
     encode_dialogues,
-    lm_loss,
     load_or_encode,
-    train_lm,
     with_heard_words,
 )
 from app.train.phonemes import PhonemeTable
