@@ -16,18 +16,7 @@ from model.config import mimi, tiny_mimi
 from model.conv import ConvTransposeState
 from model.packed import has_fp16_kernel
 from model.quantize import Bf16Linear, codec_weights, native_bf16_cpu, store_codec_bf16_
-from tests.model.test_codec import distinct_codes, fit_codebooks, speechlike
-
-
-@pytest.fixture(scope="module")
-def fp32_codec() -> Codec:
-    torch.manual_seed(0)
-    codec = Codec(tiny_mimi()).eval()
-    for name, buffer in codec.named_buffers():
-        if name.endswith("cluster_usage"):
-            buffer.uniform_(0.5, 2.0)
-    fit_codebooks(codec)  # codes that vary, so a flipped code would show
-    return codec
+from tests.model.test_codec import distinct_codes, speechlike
 
 
 @pytest.fixture

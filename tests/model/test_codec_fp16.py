@@ -17,35 +17,16 @@ from model.config import mimi, tiny_mimi
 from model.conv import CausalConv1d, CausalConvTranspose1d
 from model.packed import PackedLinear, has_fp16_kernel
 from model.quantize import Fp16Linear, codec_weights, store_codec_fp16_, store_codec_weights_
-from tests.model.test_codec import distinct_codes, fit_codebooks, speechlike
+from tests.model.test_codec import distinct_codes, speechlike
+from tests.model.test_codec_bf16 import _stream
 
 needs_fbgemm = pytest.mark.skipif(not has_fp16_kernel(), reason="no fbgemm in this torch build")
-
-
-@pytest.fixture(scope="module")
-def fp32_codec() -> Codec:
-    torch.manual_seed(0)
-    codec = Codec(tiny_mimi()).eval()
-    for name, buffer in codec.named_buffers():
-        if name.endswith("cluster_usage"):
-            buffer.uniform_(0.5, 2.0)
-    fit_codebooks(codec)  # codes that vary, so a flipped code would show
-    return codec
 
 
 @pytest.fixture
 def every_conv_in_fp16(monkeypatch) -> None:
     """The tiny codec's convs are all small: put them in fp16 too, to test their paths."""
     monkeypatch.setattr(quantize, "BF16_MIN_CONV_WEIGHTS", 0)
-
-
-def _stream(codec: Codec, pcm: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    enc, dec = codec.init_encoder_state(pcm.shape[0]), codec.init_decoder_state(pcm.shape[0])
-    codes, audio = [], []
-    for frame in pcm.split(codec.frame_size, dim=2):
-        codes.append(codec.encode_step(frame, enc))
-        audio.append(codec.decode_step(codes[-1], dec))
-    return torch.cat(codes, dim=2), torch.cat(audio, dim=2)
 
 
 @needs_fbgemm
