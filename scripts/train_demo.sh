@@ -12,12 +12,14 @@
 #              said, whoever says it, so the LM can learn to hear       RUN_DIR/codec
 #   phonemes   (for a codec trained with CODEC_PHONEME_WEIGHT=0) PHONEME_STEPS more codec steps
 #              from RUN_DIR/codec that teach its first codebook the phonemes  RUN_DIR/codec-phonemes
-#   keep       the finished codec (fp16) and tokenizer into trained/, to commit: later stages
-#              fall back on them where RUN_DIR has none                 trained/{codec,tokenizer}
-#   lm         the LM on the codec's tokens (codec-phonemes where that stage ran), LM_STEPS
-#              steps, with the training-only hearing head (HEAR_WEIGHT, default 1) and the
-#              depth transformer on DEPTH_SHARE of the frames (default 0.25: 2.5x faster steps
-#              on a CPU)                                               RUN_DIR/lm
+#   keep       what is finished, to commit: the codec (fp16, as it ships; codec-phonemes where
+#              that stage ran), the tokenizer, and the LM as far as it got (bf16 weights, config,
+#              log): later stages build on them where RUN_DIR has none   trained/{codec,tokenizer,lm}
+#   lm         the LM on the tokens of trained/codec, the codec that ships (run `keep` after a
+#              new codec), LM_STEPS steps, with the training-only hearing head (HEAR_WEIGHT,
+#              default 1) and the depth transformer on DEPTH_SHARE of the frames (default 0.25:
+#              2.5x faster steps on a CPU); with no checkpoint in RUN_DIR/lm but a kept LM, it
+#              starts from trained/lm                                  RUN_DIR/lm
 #   hear       HEAR_STEPS more steps from RUN_DIR/lm with the training-only hearing head (the
 #              user's words as targets), a new learning-rate schedule   RUN_DIR/lm-hear
 #   decoder    (optional) the codec's decoder side only, DECODER_STEPS more steps: every code
@@ -58,17 +60,21 @@ config=${CONFIG:-demo}  # tiny: the test shapes, for a dry run of every stage in
 frames=${FRAMES:-400}   # the LM's longest training window (frames)
 
 train() { "$py" -m app.train "$@"; }
+convert() {  # a safetensors file in another dtype: convert IN OUT float16|bfloat16
+    "$py" -c 'import sys, torch; from safetensors.torch import load_file
+from model.bundle import save_safetensors
+save_safetensors(load_file(sys.argv[1]), sys.argv[2], getattr(torch, sys.argv[3]))' "$@"
+}
 lm_extra=()
-# the codec the LM learns from: the phoneme-taught one where that stage ran
-# trained/ holds the finished codec and tokenizer, committed (`keep`): a later stage on a machine
-# without RUN_DIR's codec or tokenizer (a new machine, a new session) builds on them
+# trained/ holds what is finished, committed (`keep`): the codec that ships (the LM learns its
+# codes, fp16 weights and all: fp32 weights give 5% other codes), the tokenizer, the LM so far;
+# a stage on a machine without RUN_DIR (a new machine, a new session) builds on them
 kept=trained
-lm_codec="$run_dir/codec"
+run_codec="$run_dir/codec"  # the finished codec run: the phoneme-taught one where that stage ran
+[ -f "$run_dir/codec-phonemes/codec.safetensors" ] && run_codec="$run_dir/codec-phonemes"
 codec_for_lm() {
-    if [ -f "$run_dir/codec-phonemes/codec.safetensors" ]; then lm_codec="$run_dir/codec-phonemes"
-    elif [ -f "$run_dir/codec/codec.safetensors" ]; then lm_codec="$run_dir/codec"
-    elif [ -f "$kept/codec/codec.safetensors" ]; then lm_codec="$kept/codec"
-    fi
+    lm_codec="$run_codec"
+    [ ! -f "$kept/codec/codec.safetensors" ] || lm_codec="$kept/codec"
     echo "codec: $lm_codec"
 }
 tokenizer="$run_dir/tokenizer"
@@ -110,8 +116,11 @@ for stage in "$@"; do
             ;;
         lm)
             codec_for_lm
+            lm_init=()  # a new machine: go on from the kept LM (a new schedule, a new optimizer)
+            [ -f "$run_dir/lm/checkpoint.pt" ] || [ ! -f "$kept/lm/lm.safetensors" ] \
+                || lm_init=(--init "$kept/lm")
             train lm --data "$run_dir/data/train" --eval-data "$run_dir/data/eval" \
-                --codec "$lm_codec" --tokenizer "$tokenizer" \
+                --codec "$lm_codec" --tokenizer "$tokenizer" "${lm_init[@]}" \
                 --out "$run_dir/lm" --device "$device" --seed "$seed" --config "$config" \
                 --steps "$lm_steps" --batch-size 20 --frames "$frames" --threads "$threads" \
                 --checkpoint-every 100 --log-every 25 --eval-every 250 --no-progress \
@@ -138,18 +147,25 @@ for stage in "$@"; do
                 --no-progress
             ;;
         keep)
-            codec_for_lm
-            [ "$lm_codec" != "$kept/codec" ] || { echo "keep: $kept/codec is already kept"; continue; }
-            mkdir -p "$kept/codec" "$kept/tokenizer"
-            # fp16, as `export` ships it (an LM stage that starts from it learns the shipped codes)
-            "$py" -c 'import sys, torch; from safetensors.torch import load_file
-from model.bundle import save_safetensors
-save_safetensors(load_file(sys.argv[1]), sys.argv[2], torch.float16)' \
-                "$lm_codec/codec.safetensors" "$kept/codec/codec.safetensors"
-            for file in codec.json phonemes.json log.jsonl; do
-                [ ! -f "$lm_codec/$file" ] || cp "$lm_codec/$file" "$kept/codec/"
-            done
-            cp "$tokenizer"/tokenizer.model "$tokenizer"/tokenizer.vocab "$kept/tokenizer/"
+            if [ -f "$run_codec/codec.safetensors" ]; then
+                mkdir -p "$kept/codec"
+                # fp16, as `export` ships it
+                convert "$run_codec/codec.safetensors" "$kept/codec/codec.safetensors" float16
+                for file in codec.json phonemes.json log.jsonl; do
+                    [ ! -f "$run_codec/$file" ] || cp "$run_codec/$file" "$kept/codec/"
+                done
+            fi
+            if [ "$tokenizer" != "$kept/tokenizer" ]; then
+                mkdir -p "$kept/tokenizer"
+                cp "$tokenizer"/tokenizer.model "$tokenizer"/tokenizer.vocab "$kept/tokenizer/"
+            fi
+            if [ -f "$run_dir/lm/lm.safetensors" ]; then
+                mkdir -p "$kept/lm"
+                convert "$run_dir/lm/lm.safetensors" "$kept/lm/lm.safetensors" bfloat16
+                for file in config.json log.jsonl; do
+                    [ ! -f "$run_dir/lm/$file" ] || cp "$run_dir/lm/$file" "$kept/lm/"
+                done
+            fi
             du -sh "$kept"/*
             ;;
         export)
@@ -157,6 +173,7 @@ save_safetensors(load_file(sys.argv[1]), sys.argv[2], torch.float16)' \
             codec_run="$lm_codec"
             [ -f "$run_dir/codec-decoder/codec.safetensors" ] && codec_run="$run_dir/codec-decoder"
             lm_run="$run_dir/lm"
+            [ -f "$lm_run/lm.safetensors" ] || lm_run="$kept/lm"
             [ -f "$run_dir/lm-hear/lm.safetensors" ] && lm_run="$run_dir/lm-hear"
             echo "export: codec from $codec_run, LM from $lm_run"
             train export --codec "$codec_run" --lm "$lm_run" \
