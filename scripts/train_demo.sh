@@ -37,6 +37,7 @@
 # as a run that never stopped. Everything is seeded (SEED, default 0). Progress, the time left
 # and peak memory go to RUN_DIR/*.log and each run's log.jsonl.
 #
+# KEPT (default trained/): where `keep` puts what is finished and later stages look for it.
 # Threads: THREADS (default: all cores) for the training; anything run beside it should use one
 # thread (OMP_NUM_THREADS=1), or both slow down many times over. DEVICE=cuda uses a GPU.
 set -euo pipefail
@@ -69,7 +70,7 @@ lm_extra=()
 # trained/ holds what is finished, committed (`keep`): the codec that ships (the LM learns its
 # codes, fp16 weights and all: fp32 weights give 5% other codes), the tokenizer, the LM so far;
 # a stage on a machine without RUN_DIR (a new machine, a new session) builds on them
-kept=trained
+kept=${KEPT:-trained}
 run_codec="$run_dir/codec"  # the finished codec run: the phoneme-taught one where that stage ran
 [ -f "$run_dir/codec-phonemes/codec.safetensors" ] && run_codec="$run_dir/codec-phonemes"
 codec_for_lm() {
