@@ -15,10 +15,15 @@ and sums stay fp32. It runs on any x86 CPU with AVX2, where bf16 has no hardware
 codec's transformer linears take about 0.35x fp32's time (docs/performance.md).
 
 A packed weight is opaque to torch (no storage): it is not saved, copied or moved, so a module
-keeps its plain weight beside it and uses the packed one only on a CPU.
+keeps its plain weight beside it and uses the packed one only on a CPU. torch.compile cannot
+trace one either: a compiled graph calls it through the `antiphon::packed_linear` custom op,
+which names it by a number (`PackedLinear.key`).
 """
 
 from __future__ import annotations
+
+import itertools
+import weakref
 
 import torch
 
@@ -52,15 +57,18 @@ def has_fp16_kernel() -> bool:
 class PackedLinear:
     """y = x W^T (+ b) for x [..., in] with W [out, in] packed once: in x's dtype out."""
 
-    def __init__(self, packed: torch.Tensor | torch.ScriptObject, fp16: bool) -> None:
+    def __init__(self, packed: torch.Tensor | torch.ScriptObject, fp16: bool, out: int) -> None:
         self._packed = packed
         self._fp16 = fp16
+        self.out_features = out
+        self.key = next(_keys)  # what a compiled graph knows it by
+        _by_key[self.key] = self
 
     @classmethod
     def bf16(cls, weight: torch.Tensor) -> PackedLinear | None:
         """W in bf16 for oneDNN (no bias); None where torch has no oneDNN or W is not on a CPU."""
         packed = pack(weight.to(torch.bfloat16))
-        return None if packed is None else cls(packed, fp16=False)
+        return None if packed is None else cls(packed, fp16=False, out=weight.shape[0])
 
     @classmethod
     def fp16(cls, weight: torch.Tensor, bias: torch.Tensor | None = None) -> PackedLinear | None:
@@ -69,11 +77,31 @@ class PackedLinear:
             return None
         bias = None if bias is None else bias.detach().float().contiguous()
         packed = torch.ops.quantized.linear_prepack_fp16(weight.detach().float().contiguous(), bias)
-        return cls(packed, fp16=True)
+        return cls(packed, fp16=True, out=weight.shape[0])
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.compiler.is_compiling():
+            return torch.ops.antiphon.packed_linear(x, self.key, self.out_features)
+        return self.multiply(x)
+
+    def multiply(self, x: torch.Tensor) -> torch.Tensor:
         if self._fp16:
             y = torch.ops.quantized.linear_dynamic_fp16(x.float().contiguous(), self._packed)
             return y.to(x.dtype)
         assert isinstance(self._packed, torch.Tensor)  # oneDNN's packed bf16 weight
         return packed_linear(x.to(torch.bfloat16), self._packed).to(x.dtype)
+
+
+_keys = itertools.count()
+_by_key: weakref.WeakValueDictionary[int, PackedLinear] = weakref.WeakValueDictionary()
+
+
+@torch.library.custom_op("antiphon::packed_linear", mutates_args=())
+def _packed_linear(x: torch.Tensor, key: int, out_features: int) -> torch.Tensor:
+    """`PackedLinear.multiply` for a compiled graph, which cannot hold the packed weight."""
+    return _by_key[key].multiply(x)
+
+
+@_packed_linear.register_fake
+def _(x: torch.Tensor, key: int, out_features: int) -> torch.Tensor:
+    return x.new_empty(*x.shape[:-1], out_features)

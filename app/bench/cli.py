@@ -29,7 +29,8 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from model.codec import Codec
+from app.core.engine import compiled
+from model.codec import Codec, DecoderState, EncoderState
 from model.config import (
     LMConfig,
     MimiConfig,
@@ -42,7 +43,7 @@ from model.config import (
 )
 from model.errors import ConfigError
 from model.kvcache import CACHE_FORMATS, CacheFormat
-from model.lm import LM
+from model.lm import LM, LMState
 from model.quantize import CODEC_WEIGHTS, quantize_lm_, store_codec_weights_
 from model.quantize import codec_weights as codec_weights_for
 from model.quantizer import Codebook
@@ -107,6 +108,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "float32); auto (default): as the product loads it (for the released Mimi on a CPU: "
         "bfloat16 with native bf16, else float16 on x86)",
     )
+    parser.add_argument(
+        "--compile",
+        action="store_true",
+        help="our three steps compiled by torch.compile (inductor), each one graph; the "
+        "warm-up frames compile them (minutes the first time)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", type=Path, metavar="PATH", help="also write the results here")
     parser.add_argument(
@@ -156,8 +163,12 @@ class Ours:
         cache_format: CacheFormat = "compute",
         int8_weights: bool = False,
         codec_weights: str = "float32",
+        compile_steps: bool = False,
     ) -> None:
         self.sampling = sampling
+        self.steps = (_encode, _lm, _decode)
+        if compile_steps:
+            self.steps = (compiled(_encode), compiled(_lm), compiled(_decode))
         self.cache_format = cache_format
         codec = Codec(codec_config).eval()
         if reference is not None:
@@ -189,18 +200,31 @@ class Ours:
     def stream(self, batch_size: int) -> Iterator[Stream]:
         codec, lm = self.codec, self.lm
         enc, dec = codec.init_encoder_state(batch_size), codec.init_decoder_state(batch_size)
-        lm_step = None
+        encode, lm_step, decode = self.steps
+        step = None
         if lm is not None:
             state = lm.init_state(batch_size, self.sampling, self.cache_format)
 
-            def lm_step(codes: torch.Tensor) -> torch.Tensor | None:
-                return lm.step(codes, state).audio  # NOT_READY (-1) until delays pass
+            def step(codes: torch.Tensor) -> torch.Tensor | None:
+                return lm_step(lm, codes, state)
 
         yield Stream(
-            encode=lambda pcm: codec.encode_step(pcm, enc),
-            lm=lm_step,
-            decode=lambda codes: codec.decode_step(codes, dec),
+            encode=lambda pcm: encode(codec, pcm, enc),
+            lm=step,
+            decode=lambda codes: decode(codec, codes, dec),
         )
+
+
+def _encode(codec: Codec, pcm: torch.Tensor, state: EncoderState) -> torch.Tensor:
+    return codec.encode_step(pcm, state)
+
+
+def _lm(lm: LM, codes: torch.Tensor, state: LMState) -> torch.Tensor:
+    return lm.step(codes, state).audio  # NOT_READY (-1) until delays pass
+
+
+def _decode(codec: Codec, codes: torch.Tensor, state: DecoderState) -> torch.Tensor:
+    return codec.decode_step(codes, state)
 
 
 # --- timing -----------------------------------------------------------------------------------
@@ -310,6 +334,7 @@ def run(args: argparse.Namespace) -> int:
             cache_format=args.kv_cache,
             int8_weights=args.int8_weights,
             codec_weights=args.codec_weights if dtype == torch.float32 else "float32",
+            compile_steps=args.compile,
         )
         header = _header(args, device, ours, codec_config, lm_config) | {
             "codec_weights": args.dtype if dtype != torch.float32 else ours.codec_weights,
@@ -404,6 +429,7 @@ def _header(
         "kv_cache": args.kv_cache,
         "int8_weights": args.int8_weights,
         "codec_weights_option": args.codec_weights,
+        "compiled": args.compile,
         "codec_parameters": _parameters(ours.codec),
         "lm_parameters": _parameters(ours.lm),
         "codec_config": asdict(codec_config),
@@ -426,6 +452,7 @@ def _format_header(header: dict[str, Any]) -> str:
             f"codec    {header['codec']} ({header['codec_parameters']:,} params), ours with "
             f"{header['codec_weights']} weights (--codec-weights {header['codec_weights_option']})",
             f"lm       {lm}",
+            f"ours     {'compiled (--compile)' if header.get('compiled') else 'eager'}",
             f"compare  ours and {header['reference'] or 'nothing (--no-reference)'}, "
             f"{header['order']}",
         ]

@@ -13,9 +13,12 @@ runtime and the server call it from their one inference thread.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -111,6 +114,23 @@ def frame_path(
         mark(3)
 
 
+COMPILE_NOTICE = (
+    "compiling the frame (--compile): minutes the first time on this machine, seconds after"
+)
+
+
+def compiled(function: Callable[..., Any]) -> Callable[..., Any]:
+    """`function` for torch.compile (inductor), one graph, static shapes. It compiles on its
+    first call: minutes on a 2-core CPU the first time, seconds once inductor's cache holds it
+    (kept in ~/.cache/antiphon/torchinductor unless TORCHINDUCTOR_CACHE_DIR says otherwise:
+    torch's default, /tmp, is emptied at every boot). ANTIPHON_COMPILE_BACKEND names another
+    torch.compile backend (the tests use aot_eager: the same graph, traced in seconds, no C++)."""
+    cache = Path.home() / ".cache" / "antiphon" / "torchinductor"
+    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(cache))
+    backend = os.environ.get("ANTIPHON_COMPILE_BACKEND", "inductor")
+    return torch.compile(function, fullgraph=True, dynamic=False, backend=backend)
+
+
 class BatchEngine:
     """Conversations in the slots of one batch, stepped together.
 
@@ -121,6 +141,10 @@ class BatchEngine:
     when the engine is built, and replayed every frame; its time is then reported whole, as
     `lm_ms` (encode_ms and decode_ms are 0). NOT MEASURED: no GPU was available when it was
     written; docs/performance.md says what to measure before making it the default.
+
+    With `model.compiled` (`--compile`) the frame runs as one graph compiled by torch.compile
+    (inductor: fused C++ kernels on a CPU), its time reported whole as with a CUDA graph. The
+    first frame compiles it (`compiled`).
     """
 
     def __init__(
@@ -151,6 +175,7 @@ class BatchEngine:
         self._out = torch.zeros(slots, width, device=device)
         self._marks = _Marks(device)
         self._graph = self._capture() if cuda_graph else None
+        self._compiled = compiled(frame_path) if model.compiled and not cuda_graph else None
 
     def _capture(self) -> torch.cuda.CUDAGraph:
         """Record the frame once. Warm-up runs (on a side stream, as CUDA graphs require) see
@@ -252,6 +277,8 @@ class BatchEngine:
         self._staged.copy_(self._host_in, non_blocking=True)
         if self._graph is not None:
             self._graph.replay()
+        elif self._compiled is not None:
+            self._compiled(self.model.codec, self.model.lm, self._states, self._staged, self._out)
         else:
             frame_path(
                 self.model.codec, self.model.lm, self._states, self._staged, self._out, marks.mark
@@ -262,7 +289,7 @@ class BatchEngine:
         out = self._host_out.numpy()
         tokens = out[:, -1].copy().view(np.int32)
 
-        if self._graph is not None:
+        if self._graph is not None or self._compiled is not None:
             times = (0.0, marks.elapsed_ms(0, 4), 0.0)
         else:  # the copy in is charged to encoding, the copy out to decoding
             times = (marks.elapsed_ms(0, 1), marks.elapsed_ms(1, 2), marks.elapsed_ms(2, 4))

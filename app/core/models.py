@@ -62,6 +62,7 @@ class LoadedModel:
     files: ModelFiles | None = None  # where the weights came from (None: random stand-in)
     notice: str | None = None  # one line a user should read when it starts: what it can do
     cache_format: CacheFormat = "compute"  # the LM's KV cache (model/kvcache.py)
+    compiled: bool = False  # the frame compiled by torch.compile (app.core.engine.compiled)
 
     @property
     def format(self) -> AudioFormat:
@@ -82,6 +83,12 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
         "--dtype", choices=sorted(_DTYPES), help="LM dtype (default: bf16 on GPU, fp32 on CPU)"
     )
     add_format_arguments(group)
+    group.add_argument(
+        "--compile",
+        action="store_true",
+        help="compile the frame with torch.compile: about 2x faster on a CPU (the demo model, "
+        "2 cores); the first time takes minutes, later runs seconds (docs/performance.md)",
+    )
     group.add_argument("--text-temperature", type=float)
     group.add_argument("--text-top-k", type=int)
     group.add_argument("--audio-temperature", type=float)
@@ -136,8 +143,10 @@ def load_from_args(args: argparse.Namespace) -> LoadedModel:
 
 
 def with_formats(loaded: LoadedModel, args: argparse.Namespace) -> LoadedModel:
-    """The model in the formats of --kv-cache, --int8-weights and --codec-weights."""
+    """The model in the formats of --kv-cache, --int8-weights and --codec-weights, compiled
+    with --compile."""
     loaded.cache_format = check_cache_format(getattr(args, "kv_cache", "compute"))
+    loaded.compiled = getattr(args, "compile", False)
     if getattr(args, "int8_weights", False):
         count = quantize_lm_(loaded.lm)
         log.info("int8 weights in %d linear layers of the LM", count)

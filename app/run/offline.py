@@ -28,7 +28,7 @@ import numpy as np
 import soundfile
 from tqdm import tqdm
 
-from app.core.engine import Engine
+from app.core.engine import COMPILE_NOTICE, Engine
 from app.core.events import EventFanout, EventLog, EventSink, FrameStats, StateEvent, TextEvent
 from app.core.files import (
     FDB_INPUT,
@@ -137,6 +137,8 @@ def run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     engine = Engine(model)
+    if model.compiled:
+        print(f"antiphon: {COMPILE_NOTICE}", file=sys.stderr, flush=True)
     if args.fdb is not None:
         return _run_fdb(engine, args)
     user = read_audio(args.input, sample_rate=engine.sample_rate)

@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 from app.core.commands import run_until_signalled
-from app.core.engine import Engine
+from app.core.engine import COMPILE_NOTICE, Engine
 from app.core.events import CAUGHT_UP, ErrorEvent, Event, StateEvent, TextEvent
 from app.core.models import add_model_arguments, load_from_args
 
@@ -86,6 +86,8 @@ def run(args: argparse.Namespace) -> int:
     if model.notice and not use_tui:
         print(f"antiphon: {model.notice}", file=sys.stderr)
     engine = Engine(model)
+    if model.compiled:
+        print(f"antiphon: {COMPILE_NOTICE}", file=sys.stderr, flush=True)
     engine.warm_up()
     if not use_tui:
         session = TalkSession(

@@ -108,6 +108,27 @@ def test_fp16_streaming_equals_the_whole_signal(fp32_codec, every_conv_in_fp16) 
         torch.testing.assert_close(audio, codec.decode(codes), atol=1e-5, rtol=0)
 
 
+@needs_fbgemm
+def test_fp16_streaming_compiles_as_one_graph(fp32_codec, every_conv_in_fp16) -> None:
+    """torch.compile cannot hold fbgemm's packed weights: a compiled frame calls them through
+    the `antiphon::packed_linear` custom op, by key, and computes what eager does."""
+    codec = copy.deepcopy(fp32_codec)
+    store_codec_fp16_(codec)
+    torch._dynamo.reset()
+    encode = torch.compile(codec.encode_step, fullgraph=True, dynamic=False, backend="aot_eager")
+    decode = torch.compile(codec.decode_step, fullgraph=True, dynamic=False, backend="aot_eager")
+    pcm = speechlike(2, 4, codec.frame_size, seed=5)
+    states = [(codec.init_encoder_state(2), codec.init_decoder_state(2)) for _ in range(2)]
+    with torch.no_grad():
+        for frame in pcm.split(codec.frame_size, dim=2):
+            want = codec.encode_step(frame, states[0][0])
+            got = encode(frame, states[1][0])
+            assert torch.equal(got, want)
+            torch.testing.assert_close(
+                decode(got, states[1][1]), codec.decode_step(want, states[0][1]), rtol=0, atol=0
+            )
+
+
 def test_auto_is_fp16_on_an_x86_cpu_without_native_bf16(monkeypatch) -> None:
     with torch.device("meta"):  # shapes only: no weights to fill
         released, tiny = Codec(mimi()), Codec(tiny_mimi())

@@ -72,6 +72,19 @@ def test_8bit_formats_are_timed_and_recorded(tmp_path: Path, capsys) -> None:
     assert data["results"][0]["ours"]["lm"]["median_ms"] > 0
 
 
+def test_compiled_steps_are_timed_and_recorded(tmp_path: Path, capsys, monkeypatch) -> None:
+    monkeypatch.setenv("ANTIPHON_COMPILE_BACKEND", "aot_eager")  # the graphs, without C++
+    out = tmp_path / "bench.json"
+    args = _args(
+        "--frames", "2", "--warmup", "1", "--no-reference", "--compile", "--json", str(out)
+    )
+    assert bench.run(args) == 0
+    assert "ours     compiled (--compile)" in capsys.readouterr().out
+    data = json.loads(out.read_text())
+    assert data["compiled"] is True
+    assert all(data["results"][0]["ours"][part]["median_ms"] > 0 for part in bench.PARTS)
+
+
 @pytest.mark.parametrize("weights", ["bfloat16", "float16"])
 def test_codec_weights_are_timed_and_recorded(tmp_path: Path, capsys, weights: str) -> None:
     out = tmp_path / "bench.json"
