@@ -14,10 +14,12 @@ significant bits against bf16's 8) and widened to fp32 in registers (F16C); acti
 and sums stay fp32. It runs on any x86 CPU with AVX2, where bf16 has no hardware: there the
 codec's transformer linears take about 0.35x fp32's time (docs/performance.md).
 
-A packed weight is opaque to torch (no storage): it is not saved, copied or moved, so a module
-keeps its plain weight beside it and uses the packed one only on a CPU. torch.compile cannot
-trace one either: a compiled graph calls it through the `antiphon::packed_linear` custom op,
-which names it by a number (`PackedLinear.key`).
+A packed weight is opaque to torch (no storage): it is not saved in a state dict or moved to
+another device, so a module keeps its plain weight beside it and uses the packed one only on a
+CPU. torch.compile cannot trace one either: a compiled graph calls it through the
+`antiphon::packed_linear` custom op, which names it by a number, passed as a tensor so that one
+graph serves every codec of the same shapes (a number in the graph would recompile it for each).
+A copy (deepcopy, pickle) gets a number of its own.
 """
 
 from __future__ import annotations
@@ -61,8 +63,19 @@ class PackedLinear:
         self._packed = packed
         self._fp16 = fp16
         self.out_features = out
-        self.key = next(_keys)  # what a compiled graph knows it by
-        _by_key[self.key] = self
+        self._register()
+
+    def _register(self) -> None:
+        key = next(_keys)
+        self.key = torch.tensor(key)  # what a compiled graph knows it by: an input, not a constant
+        _by_key[key] = self
+
+    def __getstate__(self) -> dict[str, object]:
+        return {name: value for name, value in self.__dict__.items() if name != "key"}
+
+    def __setstate__(self, state: dict[str, object]) -> None:
+        self.__dict__.update(state)
+        self._register()  # a copy is another object: its own key
 
     @classmethod
     def bf16(cls, weight: torch.Tensor) -> PackedLinear | None:
@@ -97,11 +110,11 @@ _by_key: weakref.WeakValueDictionary[int, PackedLinear] = weakref.WeakValueDicti
 
 
 @torch.library.custom_op("antiphon::packed_linear", mutates_args=())
-def _packed_linear(x: torch.Tensor, key: int, out_features: int) -> torch.Tensor:
+def _packed_linear(x: torch.Tensor, key: torch.Tensor, out_features: int) -> torch.Tensor:
     """`PackedLinear.multiply` for a compiled graph, which cannot hold the packed weight."""
-    return _by_key[key].multiply(x)
+    return _by_key[int(key)].multiply(x)
 
 
 @_packed_linear.register_fake
-def _(x: torch.Tensor, key: int, out_features: int) -> torch.Tensor:
+def _(x: torch.Tensor, key: torch.Tensor, out_features: int) -> torch.Tensor:
     return x.new_empty(*x.shape[:-1], out_features)

@@ -37,7 +37,8 @@
 # as a run that never stopped. Everything is seeded (SEED, default 0). Progress, the time left
 # and peak memory go to RUN_DIR/*.log and each run's log.jsonl.
 #
-# KEPT (default trained/): where `keep` puts what is finished and later stages look for it.
+# KEPT (default trained/; RUN_DIR/kept for CONFIG=tiny): where `keep` puts what is finished and
+# later stages look for it.
 # Threads: THREADS (default: all cores) for the training; anything run beside it should use one
 # thread (OMP_NUM_THREADS=1), or both slow down many times over. DEVICE=cuda uses a GPU.
 set -euo pipefail
@@ -71,11 +72,17 @@ lm_extra=()
 # codes, fp16 weights and all: fp32 weights give 5% other codes), the tokenizer, the LM so far;
 # a stage on a machine without RUN_DIR (a new machine, a new session) builds on them
 kept=${KEPT:-trained}
+# a dry run (CONFIG=tiny) keeps its own files: trained/ holds the demo shapes
+[ "$config" = demo ] || kept=${KEPT:-$run_dir/kept}
 run_codec="$run_dir/codec"  # the finished codec run: the phoneme-taught one where that stage ran
 [ -f "$run_dir/codec-phonemes/codec.safetensors" ] && run_codec="$run_dir/codec-phonemes"
 codec_for_lm() {
     lm_codec="$run_codec"
     [ ! -f "$kept/codec/codec.safetensors" ] || lm_codec="$kept/codec"
+    if [ "$lm_codec" != "$run_codec" ] && [ "$run_codec/codec.safetensors" -nt "$lm_codec/codec.safetensors" ]; then
+        echo "train_demo: $run_codec is newer than $lm_codec: run the keep stage first" >&2
+        exit 2
+    fi
     echo "codec: $lm_codec"
 }
 tokenizer="$run_dir/tokenizer"

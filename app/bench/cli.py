@@ -308,6 +308,9 @@ def run(args: argparse.Namespace) -> int:
     dtype = _DTYPES[args.dtype]
     codec_config, lm_config = configs(args.lm, args.codec)
     warmup = args.warmup
+    if args.compile and warmup < 1:
+        warmup = 1
+        log.warning("--warmup raised to 1: the first frame compiles (--compile) and is not timed")
     if lm_config is not None and warmup <= lm_config.max_delay:
         warmup = lm_config.max_delay + 1
         log.warning("--warmup raised to %d: frames before the LM's delays are not timed", warmup)

@@ -137,8 +137,9 @@ def run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     engine = Engine(model)
-    if model.compiled:
+    if model.compiled:  # compiled before the first frame, so its minutes are not in the timings
         print(f"antiphon: {COMPILE_NOTICE}", file=sys.stderr, flush=True)
+        engine.warm_up()
     if args.fdb is not None:
         return _run_fdb(engine, args)
     user = read_audio(args.input, sample_rate=engine.sample_rate)

@@ -36,7 +36,7 @@ from aiomqtt.exceptions import MqttConnectError
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from app.core.engine import BatchEngine
+from app.core.engine import COMPILE_NOTICE, BatchEngine
 from app.core.events import ErrorEvent, Event, StateEvent
 from app.core.models import LoadedModel
 from app.core.recording import Recorder, RecordingError, model_meta, versions
@@ -124,7 +124,10 @@ class Server:
         return self.options.slots - len(self.sessions)
 
     def _warm_up(self, frames: int = 3) -> None:
-        """A few silent batched steps in every slot: the first steps are slow (allocations)."""
+        """A few silent batched steps in every slot: the first steps are slow (allocations;
+        with --compile, the compile)."""
+        if self.engine.model.compiled:
+            log.info(COMPILE_NOTICE)
         slots = [self.engine.open() for _ in range(self.options.slots)]
         silence = np.zeros(self.engine.frame_size, dtype=np.float32)
         for _ in range(frames):

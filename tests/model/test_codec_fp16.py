@@ -129,6 +129,32 @@ def test_fp16_streaming_compiles_as_one_graph(fp32_codec, every_conv_in_fp16) ->
             )
 
 
+@needs_fbgemm
+def test_one_compiled_graph_serves_every_packed_weight_and_their_copies() -> None:
+    """The packed weight's key is a graph input: twelve modules, one graph (a constant key
+    would recompile for each and fail at dynamo's limit of 8); a deepcopy or an unpickled copy
+    has a key of its own and still computes after the original is gone."""
+    import gc
+    import pickle
+
+    torch._dynamo.reset()
+    step = torch.compile(
+        lambda m, x: m(x) * 2, fullgraph=True, dynamic=False, backend="aot_eager"
+    )  # fmt: skip
+    x = torch.randn(2, 32)
+    modules = [Fp16Linear(nn.Linear(32, 64, bias=False)) for _ in range(12)]
+    for module in modules:
+        assert torch.equal(step(module, x), module(x) * 2)
+    copied = copy.deepcopy(modules[0])
+    assert copied.packed is not None and modules[0].packed is not None
+    assert int(copied.packed.key) != int(modules[0].packed.key)
+    want = modules[0](x)
+    del modules[0]
+    gc.collect()
+    assert torch.equal(step(copied, x), want * 2)
+    assert torch.equal(step(pickle.loads(pickle.dumps(copied)), x), want * 2)
+
+
 def test_auto_is_fp16_on_an_x86_cpu_without_native_bf16(monkeypatch) -> None:
     with torch.device("meta"):  # shapes only: no weights to fill
         released, tiny = Codec(mimi()), Codec(tiny_mimi())

@@ -12,7 +12,8 @@ real engine with the bundled model, PortAudio on JACK, the canceller, a recordin
 
 Measured from each recording: what the model said (its inner-monologue text), how long it spoke,
 in how many turns, and how much of that came after its first answer (a model that hears itself
-answers its own voice, or keeps talking). docs/echo.md has the figures;
+answers its own voice, or keeps talking). docs/echo.md will have the figures once a model is
+bundled;
 
     OMP_NUM_THREADS=1 .venv/bin/python -m tests.app.talk.test_echo_model --runs 3
 
@@ -31,16 +32,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import soundfile
 import torch
 
 from app.core.audio import AudioFormat
 from app.core.engine import Engine
 from app.core.models import ASSETS, CONFIG_FILE, bundled_model
-from app.core.recording import Recorder, read_recording
+from app.core.recording import MICROPHONE_WAV, Recorder, read_recording
 from app.core.runtime import Conversation
 from app.eval.vad import speech_segments
 from app.talk.devices import open_devices, open_echo_canceller
-from tests.app.talk.echo_loop import FIRST_PATH, espeak
+from tests.app.talk.echo_loop import FIRST_PATH, FRAME, espeak
 from tests.app.talk.echo_room import EchoPath, EchoRoom
 from tests.app.talk.test_echo_jack import Devices
 from tests.jack_server import JackServer, make_jack_fixture
@@ -89,20 +91,25 @@ def _turns(segments: list[tuple[float, float]]) -> list[tuple[float, float]]:
 
 
 def measure_model_run(folder: Path, condition: str) -> ModelRun:
+    """The model's turns from its first one after the user's question starts (voice activity
+    on the raw microphone, which holds the question whatever the canceller did), on the
+    recording's frame clock (an event's "time" is when its step ended, later than its frame)."""
     recording = read_recording(folder)
     rate = recording.sample_rate
-    turns = _turns(speech_segments(recording.assistant, rate))
-    texts = [(e["time"], e["text"]) for e in recording.events if e["type"] == "text"]
+    frame_s = FRAME / rate
+    raw, _ = soundfile.read(folder / MICROPHONE_WAV, dtype="float32")
+    asked = min((a for a, _ in speech_segments(raw, rate)), default=0.0)
+    turns = [t for t in _turns(speech_segments(recording.assistant, rate)) if t[1] > asked]
+    texts = [(e["frame"] * frame_s, e["text"]) for e in recording.events if e["type"] == "text"]
     frames = [e for e in recording.events if e["type"] == "frame"]
     first_end = turns[0][1] if turns else float("inf")
-    origin = recording.events[0]["time"] if recording.events else 0.0  # the recording's time 0
     return ModelRun(
         condition=condition,
         text="".join(t for _, t in texts).strip(),
         speech=sum(b - a for a, b in turns),
         turns=len(turns),
         after_first=sum(b - a for a, b in turns[1:]),
-        text_after_first="".join(t for at, t in texts if at - origin > first_end).strip(),
+        text_after_first="".join(t for at, t in texts if at > first_end).strip(),
         dropped=frames[-1]["dropped_input"] if frames else 0,
     )
 
@@ -169,6 +176,8 @@ def test_the_demo_model_does_not_hear_itself_with_the_canceller(
     runs = run_conditions(jack_server, engine, tmp_path)
     quiet, cancelled = runs["no echo"], runs["cancelled"]
     assert quiet.turns >= 1, "the model did not answer the question at all"
+    if any(run.dropped for run in runs.values()):  # a stalled machine: not the canceller's doing
+        pytest.skip(f"frames were dropped: {[r.line() for r in runs.values()]}")
     # With the canceller, the model's own voice adds no speech of its own after its answer.
     assert cancelled.after_first <= quiet.after_first + 1.0, [r.line() for r in runs.values()]
 
