@@ -474,3 +474,20 @@ def test_the_committed_codec_and_tokenizer_load_and_encode() -> None:
     assert codes.shape == (1, codec.num_codebooks, 25)
     assert all(len(torch.unique(codes[0, k])) > 3 for k in range(codec.num_codebooks))
     assert TextTokenizer(kept / "tokenizer" / "tokenizer.model").vocab_size == 661
+
+
+def test_the_committed_lm_so_far_loads_and_steps() -> None:
+    """trained/lm (the LM stage as far as it got, what a new machine goes on from) loads with
+    its own config, fits the committed codec and tokenizer, and takes a streaming step."""
+    from model.sampling import SamplingParams
+
+    kept = Path(__file__).parents[3] / "trained"
+    config = lm_config_from_kyutai(json.loads((kept / "lm" / "config.json").read_text()))
+    lm = load_lm(kept / "lm" / "lm.safetensors", config)
+    codec = json.loads((kept / "codec" / "codec.json").read_text())
+    assert (config.card, config.dep_q) == (codec["codebook_size"], codec["num_codebooks"])
+    assert config.text_card == 661  # the committed tokenizer's pieces
+    state = lm.init_state(1, SamplingParams(seed=0))
+    with torch.no_grad():
+        step = lm.step(torch.zeros(1, config.dep_q, 1, dtype=torch.long), state)
+    assert step.text.shape == (1,)
