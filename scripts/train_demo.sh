@@ -155,7 +155,7 @@ for stage in "$@"; do
                 --no-progress
             ;;
         keep)
-            if [ -f "$run_codec/codec.safetensors" ]; then
+            if [ "$run_codec/codec.safetensors" -nt "$kept/codec/codec.safetensors" ]; then
                 mkdir -p "$kept/codec"
                 # fp16, as `export` ships it
                 convert "$run_codec/codec.safetensors" "$kept/codec/codec.safetensors" float16
