@@ -73,6 +73,10 @@ from .devices import open_devices, open_echo_canceller
 log = logging.getLogger(__name__)
 
 DRAIN_TIMEOUT = 1.0  # seconds to wait for the last replies after the microphone ends
+# A frame's publish that takes longer went into a connection the broker has dropped and paho
+# has not yet noticed: waiting for it (aiomqtt's 10 s) would hold back every frame after it,
+# past the node's session timeout once the link is back. The frame is lost, time goes on.
+PUBLISH_TIMEOUT = 1.0
 RECONNECT_MIN, RECONNECT_MAX = 0.25, 2.0  # seconds between tries to reach the broker, doubling
 BROKER_LOST = "broker_lost"  # the code of the error event when the connection goes
 
@@ -418,10 +422,10 @@ class RemoteTalkSession:
         self._sent[sequence] = _Sent(frame.time, self.clock.now(), pcm, frame.pcm, erle)
         payload = encode_audio(AudioFrame(sequence, pcm, SampleFormat.S16))
         try:
-            await call(client.publish(grant.topics.in_audio, payload))
+            await call(client.publish(grant.topics.in_audio, payload, timeout=PUBLISH_TIMEOUT))
         except aiomqtt.MqttError:  # the link hears of it too, and reconnects
-            del self._sent[sequence]
-            self._lost += 1
+            if self._sent.pop(sequence, None) is not None:  # else a reconnect counted it
+                self._lost += 1
             return
         self._last_sent = self.clock.now()
 
