@@ -72,6 +72,12 @@ class LoadedModel:
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("model")
     group.add_argument("--hf-repo", help="Hugging Face repo, e.g. kyutai/moshiko-pytorch-bf16")
+    group.add_argument(
+        "--model",
+        type=Path,
+        metavar="DIR",
+        help="a model folder written by `antiphon train export` (default: the bundled demo model)",
+    )
     group.add_argument("--moshi-weight", type=Path, help="LM weights (.safetensors)")
     group.add_argument("--mimi-weight", type=Path, help="codec weights (.safetensors)")
     group.add_argument("--tokenizer", type=Path, help="SentencePiece text tokenizer (.model)")
@@ -162,6 +168,16 @@ def _load(args: argparse.Namespace) -> LoadedModel:
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     dtype = _DTYPES[args.dtype] if args.dtype else None
     named = [args.hf_repo, args.moshi_weight, args.mimi_weight, args.tokenizer, args.config]
+    folder = getattr(args, "model", None)
+    if folder is not None:
+        if any(named):
+            raise ConfigError("--model names a whole model: leave out --hf-repo and the files")
+        if not (folder / CONFIG_FILE).is_file():
+            raise ConfigError(
+                f"--model {folder}: not a model folder (no {CONFIG_FILE}); "
+                "`antiphon train export --out DIR` writes one"
+            )
+        return bundled_model(device, args, dtype, folder=folder, name=str(folder))
     if not any(named):
         if (ASSETS / CONFIG_FILE).is_file():
             return bundled_model(device, args, dtype)

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from app.core.engine import Engine
-from app.core.models import bundled_model
+from app.core.models import add_model_arguments, bundled_model, load_from_args
 from app.train import card, cli, loop
 from app.train.codec import (
     SpeechSegments,
@@ -41,6 +41,7 @@ from model.bundle import bundle_files
 from model.checkpoint import lm_config_from_kyutai, load_codec, load_lm
 from model.codec import Codec
 from model.config import tiny_mimi
+from model.errors import ConfigError
 from model.lm import LM
 from model.quantizer import CodebookTraining
 from model.tokenizer import TEXT_END_OF_PADDING_ID, TEXT_PAD_ID, TextTokenizer
@@ -398,6 +399,14 @@ def test_trained_models_load_with_the_model_loaders_and_run_a_frame(
         result = engine.step(np.zeros(engine.frame_size, dtype=np.float32))
     assert result.pcm.shape == (engine.frame_size,) and np.isfinite(result.pcm).all()
     assert -1 <= result.text_token < config.text_card
+
+    # `--model DIR` (talk, run, serve) loads an export as the bundled model is loaded
+    parser = argparse.ArgumentParser()
+    add_model_arguments(parser)
+    loaded = load_from_args(parser.parse_args(["--model", str(work / "assets"), "--device", "cpu"]))
+    assert loaded.files == files and loaded.notice == model.notice
+    with pytest.raises(ConfigError, match="not a model folder"):
+        load_from_args(parser.parse_args(["--model", str(work / "tokenizer"), "--device", "cpu"]))
 
 
 @pytest.fixture
