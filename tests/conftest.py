@@ -11,6 +11,10 @@ os.environ.setdefault("NO_TORCH_COMPILE", "1")
 # on a 2-core machine the suite took 814 s with torch's default threads and 185 s with one, as
 # the processes of a test compete for the same cores.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+# Tests of the pipeline (talk, run, serve: in-process and in the processes they start) use the
+# tiny random model when they name none: the bundled demo model is not real time on one thread.
+# The tests of the demo model itself name it (tests/test_demo_model.py).
+os.environ["ANTIPHON_MODEL"] = "random"
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402

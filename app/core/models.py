@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -48,6 +49,10 @@ UNTRAINED_NOTICE = (
     "no bundled model: this is a small RANDOMLY INITIALISED model, so it answers with noise "
     "and meaningless tokens; --hf-repo loads Kyutai's models"
 )
+# The model when none is named, instead of the bundled one: a folder, or RANDOM_MODEL (the test
+# suite sets it, so that tests of the pipeline do not run the demo model at its cost).
+MODEL_ENV = "ANTIPHON_MODEL"
+RANDOM_MODEL = "random"
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -74,9 +79,10 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--hf-repo", help="Hugging Face repo, e.g. kyutai/moshiko-pytorch-bf16")
     group.add_argument(
         "--model",
-        type=Path,
         metavar="DIR",
-        help="a model folder written by `antiphon train export` (default: the bundled demo model)",
+        help="a model folder written by `antiphon train export`, or `random`: a tiny untrained "
+        f"model (noise) to try sound devices and the pipeline with (default: ${MODEL_ENV} if "
+        "set, else the bundled demo model)",
     )
     group.add_argument("--moshi-weight", type=Path, help="LM weights (.safetensors)")
     group.add_argument("--mimi-weight", type=Path, help="codec weights (.safetensors)")
@@ -168,14 +174,19 @@ def _load(args: argparse.Namespace) -> LoadedModel:
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     dtype = _DTYPES[args.dtype] if args.dtype else None
     named = [args.hf_repo, args.moshi_weight, args.mimi_weight, args.tokenizer, args.config]
-    folder = getattr(args, "model", None)
-    if folder is not None:
-        if any(named):
-            raise ConfigError("--model names a whole model: leave out --hf-repo and the files")
+    chosen, source = getattr(args, "model", None), "--model"
+    if chosen is not None and any(named):
+        raise ConfigError("--model names a whole model: leave out --hf-repo and the files")
+    if chosen is None and not any(named):
+        chosen, source = os.environ.get(MODEL_ENV) or None, f"${MODEL_ENV}"
+    if chosen == RANDOM_MODEL:
+        return random_model(device, _sampling(args, SamplingParams()), args.seed)
+    if chosen is not None:
+        folder = Path(chosen)
         if not (folder / CONFIG_FILE).is_file():
             raise ConfigError(
-                f"--model {folder}: not a model folder (no {CONFIG_FILE}); "
-                "`antiphon train export --out DIR` writes one"
+                f"{source} {folder}: not a model folder (no {CONFIG_FILE}; `antiphon train "
+                f"export --out DIR` writes one), nor `{RANDOM_MODEL}`"
             )
         return bundled_model(device, args, dtype, folder=folder, name=str(folder))
     if not any(named):
