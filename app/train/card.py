@@ -279,9 +279,11 @@ def run(args: argparse.Namespace) -> int:
         )
     if not args.assets.is_dir():
         raise ConfigError(f"--assets {args.assets}: no such folder; run `train export` first")
+    report = _read_json(args.run / "eval.json")
+    count = f" --count {report['counts']['dialogues']}" if report else ""
     commands = {
         "data": args.data_time,
-        "eval": f"antiphon train eval --assets {args.assets} --data {args.run}/data/eval "
+        "eval": f"antiphon train eval --assets {args.assets} --data {args.run}/data/eval{count} "
         f"--json {args.run}/eval.json --fdb-out {args.run}/fdb",
         "fdb": f"antiphon eval {args.run}/fdb --out {args.run}/fdb-eval --no-timeline",
     }
