@@ -122,10 +122,12 @@ COMPILE_NOTICE = (
 def compiled(function: Callable[..., Any]) -> Callable[..., Any]:
     """`function` for torch.compile (inductor), one graph, static shapes. It compiles on its
     first call: minutes on a 2-core CPU the first time, seconds once inductor's cache holds it
-    (kept in ~/.cache/antiphon/torchinductor unless TORCHINDUCTOR_CACHE_DIR says otherwise:
-    torch's default, /tmp, is emptied at every boot). ANTIPHON_COMPILE_BACKEND names another
-    torch.compile backend (the tests use aot_eager: the same graph, traced in seconds, no C++)."""
-    cache = Path.home() / ".cache" / "antiphon" / "torchinductor"
+    (kept in $ANTIPHON_CACHE or ~/.cache/antiphon, under torchinductor/, unless
+    TORCHINDUCTOR_CACHE_DIR says otherwise: torch's default, /tmp, is emptied at every boot).
+    ANTIPHON_COMPILE_BACKEND names another torch.compile backend (the tests use aot_eager: the
+    same graph, traced in seconds, no C++)."""
+    root = os.environ.get("ANTIPHON_CACHE") or Path.home() / ".cache" / "antiphon"
+    cache = Path(root) / "torchinductor"
     os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(cache))
     backend = os.environ.get("ANTIPHON_COMPILE_BACKEND", "inductor")
     return torch.compile(function, fullgraph=True, dynamic=False, backend=backend)
