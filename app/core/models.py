@@ -49,6 +49,10 @@ UNTRAINED_NOTICE = (
     "no bundled model: this is a small RANDOMLY INITIALISED model, so it answers with noise "
     "and meaningless tokens; --hf-repo loads Kyutai's models"
 )
+RANDOM_NOTICE = (
+    "a small RANDOMLY INITIALISED model, as asked (random): it answers with noise and "
+    "meaningless tokens, for trying the sound path"
+)
 # The model when none is named, instead of the bundled one: a folder, or RANDOM_MODEL (the test
 # suite sets it, so that tests of the pipeline do not run the demo model at its cost).
 MODEL_ENV = "ANTIPHON_MODEL"
@@ -180,7 +184,9 @@ def _load(args: argparse.Namespace) -> LoadedModel:
     if chosen is None and not any(named):
         chosen, source = os.environ.get(MODEL_ENV) or None, f"${MODEL_ENV}"
     if chosen == RANDOM_MODEL:
-        return random_model(device, _sampling(args, SamplingParams()), args.seed)
+        model = random_model(device, _sampling(args, SamplingParams()), args.seed)
+        model.notice = f"{source} {RANDOM_NOTICE}"
+        return model
     if chosen is not None:
         folder = Path(chosen)
         if not (folder / CONFIG_FILE).is_file():
@@ -188,7 +194,9 @@ def _load(args: argparse.Namespace) -> LoadedModel:
                 f"{source} {folder}: not a model folder (no {CONFIG_FILE}; `antiphon train "
                 f"export --out DIR` writes one), nor `{RANDOM_MODEL}`"
             )
-        return bundled_model(device, args, dtype, folder=folder, name=str(folder))
+        model = bundled_model(device, args, dtype, folder=folder, name=str(folder))
+        model.notice = f"the model exported in {folder} ({source})"
+        return model
     if not any(named):
         if (ASSETS / CONFIG_FILE).is_file():
             return bundled_model(device, args, dtype)

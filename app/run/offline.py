@@ -130,12 +130,8 @@ def run(args: argparse.Namespace) -> int:
     if args.fdb is not None and not args.fdb.is_dir():
         raise ConfigError(f"--fdb {args.fdb}: not a folder")
     model = load_from_args(args)
-    if model.tokenizer is None:
-        print(
-            "antiphon: no model named, so this runs a small RANDOMLY INITIALISED model: its "
-            "speech is noise and its text is token ids. Pass --hf-repo for a real model.",
-            file=sys.stderr,
-        )
+    if model.notice:
+        print(f"antiphon: {model.notice}", file=sys.stderr)
     engine = Engine(model)
     if model.compiled:  # compiled before the first frame, so its minutes are not in the timings
         print(f"antiphon: {COMPILE_NOTICE}", file=sys.stderr, flush=True)

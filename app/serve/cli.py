@@ -55,12 +55,8 @@ def run(args: argparse.Namespace) -> int:
         queue_frames=args.queue_frames,
     )
     model = load_from_args(args)
-    if model.tokenizer is None:
-        print(
-            "antiphon: no bundled model yet: serving a small RANDOMLY INITIALISED model "
-            "(noise and meaningless tokens); --hf-repo loads Kyutai's models",
-            file=sys.stderr,
-        )
+    if model.notice:
+        print(f"antiphon: serving {model.notice}", file=sys.stderr)
     try:
         server = Server(model, broker, options)
     except ProtocolError as exc:

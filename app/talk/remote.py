@@ -73,9 +73,11 @@ from .devices import open_devices, open_echo_canceller
 log = logging.getLogger(__name__)
 
 DRAIN_TIMEOUT = 1.0  # seconds to wait for the last replies after the microphone ends
-# A frame's publish that takes longer went into a connection the broker has dropped and paho
-# has not yet noticed: waiting for it (aiomqtt's 10 s) would hold back every frame after it,
-# past the node's session timeout once the link is back. The frame is lost, time goes on.
+# The send loop waits this long for a frame's publish, then goes on to the next frame: waiting
+# out aiomqtt's 10 s for a publish into a connection the broker has dropped (and paho has not
+# yet noticed) would hold back every frame after it, past the node's session timeout once the
+# link is back. The frame stays in flight: a stalled loop may still send it, and its reply is
+# welcome; if it never goes, a later reply or the reconnect counts it lost.
 PUBLISH_TIMEOUT = 1.0
 RECONNECT_MIN, RECONNECT_MAX = 0.25, 2.0  # seconds between tries to reach the broker, doubling
 BROKER_LOST = "broker_lost"  # the code of the error event when the connection goes
@@ -422,7 +424,10 @@ class RemoteTalkSession:
         self._sent[sequence] = _Sent(frame.time, self.clock.now(), pcm, frame.pcm, erle)
         payload = encode_audio(AudioFrame(sequence, pcm, SampleFormat.S16))
         try:
-            await call(client.publish(grant.topics.in_audio, payload, timeout=PUBLISH_TIMEOUT))
+            async with asyncio.timeout(PUBLISH_TIMEOUT):
+                await call(client.publish(grant.topics.in_audio, payload))
+        except TimeoutError:
+            return
         except aiomqtt.MqttError:  # the link hears of it too, and reconnects
             if self._sent.pop(sequence, None) is not None:  # else a reconnect counted it
                 self._lost += 1
