@@ -1,0 +1,138 @@
+"""Ask `antiphon talk` spoken questions on a JACK dummy sound card, as a person at a laptop would,
+and print what it answered: a transcript.
+
+It starts a private JACK server (dummy backend: no sound card needed), runs `antiphon talk` on it
+exactly as a user does (the CLI in its own process, the bundled model unless ARGS say otherwise,
+echo cancellation on), speaks each question with espeak-ng into the app's microphone port, waits,
+and stops the app with SIGTERM. The transcript comes from the app's own recording: the questions
+found in its raw microphone, the model's inner monologue on the frame clock.
+
+    .venv/bin/python scripts/ask_on_jack.py                       # five questions, the bundle
+    .venv/bin/python scripts/ask_on_jack.py --question "Is ice hot?" -- --seed 3
+
+Needs jackd2, espeak-ng and the test dependencies (`scripts/setup.sh --dev`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import soundfile
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from app.core.models import MODEL_ENV  # noqa: E402
+from app.core.recording import MICROPHONE_WAV, read_recording  # noqa: E402
+from tests.app.talk.echo_loop import espeak  # noqa: E402
+from tests.jack_server import JackPeer, start_jackd  # noqa: E402
+
+QUESTIONS = (
+    "Hey, what is two plus three?",
+    "What's your name?",
+    "Is fire cold?",
+    "Can you count from one to four?",
+    "How do you spell dog?",
+)
+RATE, FRAME = 24000, 1920
+
+
+def _connected(peer: JackPeer) -> bool:
+    client = peer.client
+    return bool(client.get_all_connections("system:capture_1")) and bool(
+        client.get_all_connections("system:playback_1")
+    )
+
+
+def converse(
+    questions: list[str], wait: float, folder: Path, talk_args: list[str]
+) -> tuple[np.ndarray, list[tuple[float, float]]]:
+    """Run the app, ask, stop it. Returns the script played into the microphone and where each
+    question lies in it (seconds); the app's stderr goes to folder/talk.log."""
+    lines = [espeak(q, "en-us", folder) for q in questions]
+    parts, spans, at = [np.zeros(RATE, np.float32)], [], 1.0
+    for line in lines:
+        spans.append((at, at + len(line) / RATE))
+        parts += [line, np.zeros(round(wait * RATE), np.float32)]
+        at += len(line) / RATE + wait
+    script = np.concatenate(parts)
+    server = start_jackd(RATE, FRAME)
+    env = {**os.environ, "JACK_DEFAULT_SERVER": server.name, "JACK_NO_START_SERVER": "1"}
+    env.pop(MODEL_ENV, None)  # the bundled model, unless talk_args name another
+    command = [sys.executable, "-m", "app.cli", "talk", "--no-tui", "--record", str(folder / "rec")]
+    command += ["--input-device", "system", "--output-device", "system", "--record-microphone"]
+    try:
+        with (
+            JackPeer(server, record_seconds=len(script) / RATE + 10) as peer,
+            open(folder / "talk.log", "w") as log,
+        ):
+            app = subprocess.Popen(command + talk_args, cwd=ROOT, env=env, stderr=log, text=True)
+            try:
+                started = peer.wait_for(lambda: _connected(peer) or app.poll() is not None, 120)
+                if app.poll() is not None or not started:
+                    raise SystemExit(f"the app never opened its sound devices: {folder}/talk.log")
+                time.sleep(0.5)
+                peer.connect_portaudio()
+                peer.play(script)
+                if not peer.wait_played(timeout=len(script) / RATE + 30):
+                    print("the questions did not finish playing in time", file=sys.stderr)
+            finally:
+                app.send_signal(signal.SIGTERM)
+                app.wait(timeout=60)
+    finally:
+        server.stop()
+    return script, spans
+
+
+def transcript(
+    folder: Path, script: np.ndarray, spans: list[tuple[float, float]], questions: list[str]
+) -> list[str]:
+    """Each question where it lies in the microphone recording (the script found there by
+    cross-correlation) and the model's inner monologue from its end to the next question."""
+    recording = read_recording(folder)
+    raw, _ = soundfile.read(folder / MICROPHONE_WAV, dtype="float32")  # before the canceller
+    n = len(raw) + len(script)
+    correlation = np.fft.irfft(np.fft.rfft(raw, n) * np.conj(np.fft.rfft(script, n)), n)
+    offset = int(np.argmax(correlation[: len(raw)])) / RATE  # when the script began, rec clock
+    frame_s = FRAME / recording.sample_rate
+    texts = [(e["frame"] * frame_s, e["text"]) for e in recording.events if e["type"] == "text"]
+    asked = [(offset + a, offset + b) for a, b in spans]
+    out = [f"(before the first question: {_said(texts, 0, asked[0][0])!r})"]
+    for i, (question, (a, b)) in enumerate(zip(questions, asked, strict=True)):
+        until = asked[i + 1][0] if i + 1 < len(asked) else float("inf")
+        out.append(f"[{a:5.1f}-{b:5.1f} s] user:     {question}")
+        out.append(f"{'':16s}antiphon: {_said(texts, b - 0.5, until)}")
+    return out
+
+
+def _said(texts: list[tuple[float, str]], start: float, end: float) -> str:
+    return " ".join("".join(t for at, t in texts if start <= at < end).split())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--question", action="append", help="a question (repeat; default: five)")
+    parser.add_argument("--wait", type=float, default=6.0, help="seconds after each question")
+    parser.add_argument("--keep", type=Path, help="keep the recording in this folder")
+    parser.add_argument("talk_args", nargs="*", help="more `antiphon talk` arguments, after --")
+    args = parser.parse_args()
+    questions = args.question or list(QUESTIONS)
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = args.keep or Path(tmp)
+        folder.mkdir(parents=True, exist_ok=True)
+        script, spans = converse(questions, args.wait, folder, args.talk_args)
+        said = [line for line in (folder / "talk.log").read_text().splitlines() if line.strip()]
+        print("antiphon talk printed:\n  " + "\n  ".join(said))
+        print("\n".join(transcript(folder / "rec", script, spans, questions)))
+
+
+if __name__ == "__main__":
+    main()
