@@ -73,11 +73,8 @@ from .devices import open_devices, open_echo_canceller
 log = logging.getLogger(__name__)
 
 DRAIN_TIMEOUT = 1.0  # seconds to wait for the last replies after the microphone ends
-# The send loop waits this long for a frame's publish, then goes on to the next frame: waiting
-# out aiomqtt's 10 s for a publish into a connection the broker has dropped (and paho has not
-# yet noticed) would hold back every frame after it, past the node's session timeout once the
-# link is back. The frame stays in flight: a stalled loop may still send it, and its reply is
-# welcome; if it never goes, a later reply or the reconnect counts it lost.
+# Seconds the send loop waits for a frame's publish: aiomqtt's 10 s, for one sent into a dropped
+# connection paho has not yet noticed, would hold every later frame past the session timeout.
 PUBLISH_TIMEOUT = 1.0
 RECONNECT_MIN, RECONNECT_MAX = 0.25, 2.0  # seconds between tries to reach the broker, doubling
 BROKER_LOST = "broker_lost"  # the code of the error event when the connection goes
@@ -184,13 +181,9 @@ class RemoteTalkSession:
 
     def start_recording(self, folder: Path) -> None:
         recorder = Recorder(
-            folder,
-            self.format,
-            self.model_name,
-            self._sampling,
-            self.devices,
+            folder, self.format, self.model_name, self._sampling, self.devices,
             keep_microphone=self.keep_microphone,
-        )
+        )  # fmt: skip
         if self._sequence > 0:  # mid-conversation: its own frame 0, time 0 and counters
             stats = self._last_stats
             counters = {n: getattr(stats, n) for n in COUNTERS} if stats else {}
@@ -426,13 +419,12 @@ class RemoteTalkSession:
         try:
             async with asyncio.timeout(PUBLISH_TIMEOUT):
                 await call(client.publish(grant.topics.in_audio, payload))
-        except TimeoutError:
-            return
+            self._last_sent = self.clock.now()
+        except TimeoutError:  # still in flight: it may go late, its reply is welcome
+            pass
         except aiomqtt.MqttError:  # the link hears of it too, and reconnects
             if self._sent.pop(sequence, None) is not None:  # else a reconnect counted it
                 self._lost += 1
-            return
-        self._last_sent = self.clock.now()
 
     async def _control(self, client: aiomqtt.Client, grant: Grant) -> None:
         while True:
