@@ -45,13 +45,6 @@ QUESTIONS = (
 RATE, FRAME = 24000, 1920
 
 
-def _connected(peer: JackPeer) -> bool:
-    client = peer.client
-    return bool(client.get_all_connections("system:capture_1")) and bool(
-        client.get_all_connections("system:playback_1")
-    )
-
-
 def converse(
     questions: list[str], wait: float, folder: Path, talk_args: list[str]
 ) -> tuple[np.ndarray, list[tuple[float, float]]]:
@@ -76,7 +69,8 @@ def converse(
         ):
             app = subprocess.Popen(command + talk_args, cwd=ROOT, env=env, stderr=log, text=True)
             try:
-                started = peer.wait_for(lambda: _connected(peer) or app.poll() is not None, 120)
+                opened = lambda: peer.portaudio_opened() or app.poll() is not None  # noqa: E731
+                started = peer.wait_for(opened, 120)
                 if app.poll() is not None or not started:
                     raise SystemExit(f"the app never opened its sound devices: {folder}/talk.log")
                 time.sleep(0.5)

@@ -217,6 +217,12 @@ class JackPeer:
                 self.client.disconnect(port, system)
                 self.client.connect(port, ours)
 
+    def portaudio_opened(self) -> bool:
+        """Whether a PortAudio client has connected to the system capture and playback ports."""
+        return bool(self.client.get_all_connections("system:capture_1")) and bool(
+            self.client.get_all_connections("system:playback_1")
+        )
+
     def portaudio_connections(self) -> dict[str, list[str]]:
         """Our ports and the PortAudio ports now connected to them (for messages and checks)."""
         return {

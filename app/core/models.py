@@ -50,7 +50,7 @@ UNTRAINED_NOTICE = (
     "and meaningless tokens; --hf-repo loads Kyutai's models"
 )
 RANDOM_NOTICE = (
-    "a small RANDOMLY INITIALISED model, as asked (random): it answers with noise and "
+    "a small RANDOMLY INITIALISED model, as {source} asks: it answers with noise and "
     "meaningless tokens, for trying the sound path"
 )
 # The model when none is named, instead of the bundled one: a folder, or RANDOM_MODEL (the test
@@ -184,9 +184,8 @@ def _load(args: argparse.Namespace) -> LoadedModel:
     if chosen is None and not any(named):
         chosen, source = os.environ.get(MODEL_ENV) or None, f"${MODEL_ENV}"
     if chosen == RANDOM_MODEL:
-        model = random_model(device, _sampling(args, SamplingParams()), args.seed)
-        model.notice = f"{source} {RANDOM_NOTICE}"
-        return model
+        notice = RANDOM_NOTICE.format(source=f"{source} {RANDOM_MODEL}")
+        return random_model(device, _sampling(args, SamplingParams()), args.seed, notice)
     if chosen is not None:
         folder = Path(chosen)
         if not (folder / CONFIG_FILE).is_file():
@@ -194,9 +193,8 @@ def _load(args: argparse.Namespace) -> LoadedModel:
                 f"{source} {folder}: not a model folder (no {CONFIG_FILE}; `antiphon train "
                 f"export --out DIR` writes one), nor `{RANDOM_MODEL}`"
             )
-        model = bundled_model(device, args, dtype, folder=folder, name=str(folder))
-        model.notice = f"the model exported in {folder} ({source})"
-        return model
+        notice = f"the model exported in {folder} ({source})"
+        return bundled_model(device, args, dtype, folder=folder, name=str(folder), notice=notice)
     if not any(named):
         if (ASSETS / CONFIG_FILE).is_file():
             return bundled_model(device, args, dtype)
@@ -228,6 +226,7 @@ def bundled_model(
     *,
     folder: Path = ASSETS,
     name: str = "bundled demo model",
+    notice: str = DEMO_NOTICE,
 ) -> LoadedModel:
     """A bundle (`model.bundle`): the demo model shipped in app/assets/ (docs/demo-model.md),
     or another export of it in `folder`. Sampling is the bundle's, with the model options of
@@ -241,11 +240,13 @@ def bundled_model(
         name=name,
         device=device,
         files=files,
-        notice=DEMO_NOTICE,
+        notice=notice,
     )
 
 
-def random_model(device: torch.device, sampling: SamplingParams, seed: int = 0) -> LoadedModel:
+def random_model(
+    device: torch.device, sampling: SamplingParams, seed: int = 0, notice: str = UNTRAINED_NOTICE
+) -> LoadedModel:
     """The stand-in until the bundled demo model exists: tiny shapes, random weights."""
     torch.manual_seed(seed & 0xFFFFFFFF)  # any integer the user gives is a seed
     codec = Codec(tiny_mimi()).to(device).eval()
@@ -255,5 +256,5 @@ def random_model(device: torch.device, sampling: SamplingParams, seed: int = 0) 
             module.refresh()
     lm = LM(tiny_lm()).to(device).eval()
     return LoadedModel(
-        codec, lm, None, sampling, "random tiny model (untrained)", device, notice=UNTRAINED_NOTICE
+        codec, lm, None, sampling, "random tiny model (untrained)", device, notice=notice
     )

@@ -35,13 +35,6 @@ def _lag(reference: np.ndarray, signal: np.ndarray) -> tuple[int, float]:
     return lag, float(score)
 
 
-def _portaudio_ports_connected(peer: JackPeer) -> bool:
-    client = peer.client
-    return bool(client.get_all_connections("system:capture_1")) and bool(
-        client.get_all_connections("system:playback_1")
-    )
-
-
 def test_talk_records_every_frame_and_plays_the_reply(
     jack_server: JackServer,
     speech: np.ndarray,
@@ -67,7 +60,7 @@ def test_talk_records_every_frame_and_plays_the_reply(
             command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
         )
         try:
-            assert peer.wait_for(lambda: _portaudio_ports_connected(peer), timeout=60), (
+            assert peer.wait_for(peer.portaudio_opened, timeout=60), (
                 "the app never opened its sound devices"
             )
             time.sleep(0.5)  # both streams running
