@@ -1,8 +1,9 @@
-"""`antiphon train data|tokenizer|codec|lm|export|eval|card`: everything that makes the demo model.
+"""`antiphon train data|tokenizer|teacher|codec|lm|...`: everything that makes the demo model.
 
     antiphon train data --out data/train --count 5000 --split train
     antiphon train tokenizer --data data/train --out runs/tokenizer
-    antiphon train codec --data data/train --out runs/codec --device cuda --minutes 6
+    antiphon train teacher --data data/train --out runs/teacher --steps 3000
+    antiphon train codec --data data/train --teacher runs/teacher --out runs/codec --minutes 6
     antiphon train lm --data data/train --codec runs/codec --tokenizer runs/tokenizer \\
         --out runs/lm --device cuda --minutes 7
     antiphon train export --codec runs/codec --lm runs/lm --tokenizer runs/tokenizer --out assets
@@ -31,7 +32,7 @@ from pathlib import Path
 
 from app.core.commands import main as run_main
 
-from . import card, codec, export, lm, quality, tokenizer
+from . import card, codec, export, lm, quality, teacher, tokenizer
 from .dialogues import generate
 
 
@@ -54,6 +55,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     data.set_defaults(stage_handler=_data)
     for name, module, text in (
         ("tokenizer", tokenizer, "train the SentencePiece text tokenizer"),
+        ("teacher", teacher, "train the speech recogniser the codec's first codebook learns"),
         ("codec", codec, "train the codec (Mimi architecture)"),
         ("lm", lm, "train the LM (Moshi architecture) on the codec's tokens"),
         ("export", export, "write the trained model into assets/ (safetensors + configs)"),
