@@ -5,9 +5,10 @@ gradient passes the quantizer straight through, and codebooks learn by EMA into 
 `embedding_sum` / `cluster_usage` layout (`model.quantizer`), so the result loads with
 `model.checkpoint.load_codec`. As in Mimi's training, the latent is quantized for only part of
 each batch (`--quantize-probability`), which helps the decoder. No adversarial losses. Where
-Mimi distils WavLM into the first codebook, this codec can learn phonemes there instead
-(`--phoneme-weight`, `app.train.phonemes`): a training-only head on the first codebook's output,
-so that its codes say what is said, whoever says it.
+Mimi distils WavLM into the first codebook, this codec learns there the hidden states of a small
+speech recogniser trained on the same dialogues (`--teacher`, `app.train.teacher`), and can learn
+phonemes directly too (`--phoneme-weight`, `app.train.phonemes`): training-only heads on the
+first codebook's output, so that its codes say what is said, whoever says it.
 
 A run folder ends with `codec.safetensors` and `codec.json` (the MimiConfig).
 """
@@ -38,6 +39,7 @@ from .dialogues import ASSISTANT, USER, read_dialogue, read_manifest
 from .features import MultiResolutionMelLoss
 from .phonemes import SILENCE, SUBSTEPS, UNKNOWN, PhonemeTable, load_or_build
 from .stoi import stoi
+from .teacher import Teacher, load_teacher
 
 log = logging.getLogger(__name__)
 
@@ -115,11 +117,22 @@ class Trainee(torch.nn.Module):
     """What `train codec` optimises: the codec, and the training-only phoneme head on its
     first codebook's output (None: off)."""
 
-    def __init__(self, codec: Codec, phoneme_classes: int | None = None) -> None:
+    def __init__(
+        self, codec: Codec, phoneme_classes: int | None = None, teacher_dim: int | None = None
+    ) -> None:
         super().__init__()
         self.codec = codec
         dim = codec.config.seanet.dimension
         self.phonemes = None if phoneme_classes is None else torch.nn.Linear(dim, phoneme_classes)
+        self.distill = None if teacher_dim is None else torch.nn.Linear(dim, teacher_dim)
+
+
+def distill_loss(projected: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """1 - the cosine similarity of the first codebook's projected output [B, T, D] and the
+    teacher's states [B, T, D], over every frame (Mimi's distillation loss)."""
+    frames = min(projected.shape[1], target.shape[1])
+    cosine = F.cosine_similarity(projected[:, :frames].float(), target[:, :frames].float(), dim=-1)
+    return 1 - cosine.mean()
 
 
 class PhonemeFit(NamedTuple):
@@ -235,6 +248,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "(0: off). The table of phonemes is built with espeak-ng from the dialogues' words and "
         "kept in the run folder",
     )
+    parser.add_argument(
+        "--teacher",
+        type=Path,
+        metavar="TEACHER_RUN",
+        help="a `train teacher` run: the first codebook's output learns its hidden states "
+        "(Mimi's semantic distillation, with this recogniser in WavLM's place)",
+    )
+    parser.add_argument("--distill-weight", type=float, default=1.0, help="with --teacher")
     parser.add_argument("--waveform-weight", type=float, default=0.1)
     parser.add_argument("--commitment-weight", type=float, default=0.25)
     parser.add_argument(
@@ -258,8 +279,12 @@ def train_codec(args: argparse.Namespace) -> int:
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
     generator = loop.seed_everything(args.seed)
-    if args.decoder_only is not None and (args.init is not None or args.phoneme_weight > 0):
-        raise ConfigError("--decoder-only keeps every code: it takes no --init or --phoneme-weight")
+    if args.decoder_only is not None and (
+        args.init is not None or args.phoneme_weight > 0 or args.teacher is not None
+    ):
+        raise ConfigError(
+            "--decoder-only keeps every code: it takes no --init, --phoneme-weight or --teacher"
+        )
     if args.decoder_only is not None:
         codec = load_trained_codec(args.decoder_only, device)
     elif args.init is not None:
@@ -270,7 +295,18 @@ def train_codec(args: argparse.Namespace) -> int:
     if args.phoneme_weight > 0:
         words = (a for wav in read_manifest(args.data) for a in _alignments(wav))
         table = load_or_build(out, words, options.progress)
-    trainee = Trainee(codec, None if table is None else table.classes).to(device).train()
+    teacher: Teacher | None = None
+    if args.teacher is not None:
+        teacher = load_teacher(args.teacher, device)
+    trainee = (
+        Trainee(
+            codec,
+            None if table is None else table.classes,
+            None if teacher is None else teacher.config.dim,
+        )
+        .to(device)
+        .train()
+    )
     if args.decoder_only is not None:
         trainable = freeze_encoder_side(codec)
     else:
@@ -292,7 +328,7 @@ def train_codec(args: argparse.Namespace) -> int:
     autocast = loop.autocast(device, enabled=not args.no_bf16)
     if args.eval_data is not None:
         held_out = HeldOut(args.eval_data, config.sample_rate, config.frame_rate, table)
-        options.evaluate = lambda _step: held_out.figures(trainee)
+        options.evaluate = lambda _step: held_out.figures(trainee, teacher)
 
     def step(i: int) -> dict[str, float]:
         for group in optimizer.param_groups:
@@ -313,6 +349,12 @@ def train_codec(args: argparse.Namespace) -> int:
             loss = loss + args.phoneme_weight * fit.loss
             accuracy = fit.right / fit.speech.clamp(min=1)
             figures = {"phonemes": fit.loss.item(), "phoneme_acc": accuracy.item()}
+        if teacher is not None and trainee.distill is not None and semantic is not None:
+            with torch.no_grad():
+                target = teacher.embed(pcm[:, 0])
+            distill = distill_loss(trainee.distill(semantic.transpose(1, 2)), target)
+            loss = loss + args.distill_weight * distill
+            figures["distill"] = distill.item()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(trainable, 1.0)
@@ -370,7 +412,7 @@ class HeldOut:
         seconds: float = 8.0,
         phoneme_count: int = 48,
     ):
-        files = read_manifest(folder)[: max(count, phoneme_count if phonemes else 0)]
+        files = read_manifest(folder)[: max(count, phoneme_count)]
         if not files:
             raise ConfigError(f"--eval-data {folder}: no dialogues")
         n = int(seconds * sample_rate)
@@ -387,12 +429,13 @@ class HeldOut:
         self.sample_rate = sample_rate
 
     @torch.no_grad()
-    def figures(self, trainee: Trainee) -> dict[str, Any]:
+    def figures(self, trainee: Trainee, teacher: Teacher | None = None) -> dict[str, Any]:
         codec = trainee.codec
         trainee.eval()
         device = next(codec.parameters()).device
         scores, used = [], None
         hits = {False: [0, 0], True: [0, 0]}  # new voice -> [right, frames]
+        cosines: dict[bool, list[float]] = {False: [], True: []}  # new voice -> per channel
         for i, channel in enumerate(self.channels):
             pcm = torch.from_numpy(channel).to(device).view(1, 1, -1)
             codes = codec.encode(pcm)
@@ -412,6 +455,12 @@ class HeldOut:
                 fit = phoneme_loss(logits, labels.to(device))
                 hits[self.new_voice[i]][0] += int(fit.right)
                 hits[self.new_voice[i]][1] += int(fit.speech)
+            if teacher is not None and trainee.distill is not None:
+                semantic = codec.quantizer.decode(codes[:, : codec.config.semantic_codebooks])
+                distill = distill_loss(
+                    trainee.distill(semantic.transpose(1, 2)), teacher.embed(pcm[:, 0])
+                )
+                cosines[self.new_voice[i]].append(1 - float(distill))
         trainee.train()
         assert used is not None
         figures: dict[str, Any] = {
@@ -422,6 +471,9 @@ class HeldOut:
             right = hits[False][0] + hits[True][0]
             figures["phoneme_acc"] = round(right / max(1, hits[False][1] + hits[True][1]), 4)
             figures["phoneme_acc_new_voice"] = round(hits[True][0] / max(1, hits[True][1]), 4)
+        if cosines[False] or cosines[True]:  # how near the codes come to the teacher's states
+            figures["distill_cos"] = round(float(np.mean(cosines[False] + cosines[True])), 4)
+            figures["distill_cos_new_voice"] = round(float(np.mean(cosines[True] or [0.0])), 4)
         return figures
 
 

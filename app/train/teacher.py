@@ -13,7 +13,8 @@ hidden states are then the target of the codec's first codebook (`train codec --
 Shape: log-mel (64 bins, 20 ms hop, each frame normalised over its bins, so the level does
 not matter) -> two causal convolutions (25 Hz) -> a causal transformer without positions ->
 phonemes + blank. Causal, as the codec's encoder is: what the codec must imitate at a frame
-depends only on what it has heard. `Teacher.embed` gives one state per 80 ms codec frame.
+depends only on what it has heard (and 20 ms past the frame's end, the last mel window's
+overhang). `Teacher.embed` gives one state per 80 ms codec frame.
 
 A run folder ends with `teacher.safetensors`, `teacher.json` and the phoneme table.
 """

@@ -13,7 +13,7 @@ import torch
 
 from app.core.engine import Engine
 from app.core.models import add_model_arguments, bundled_model, load_from_args
-from app.train import card, cli, loop
+from app.train import card, cli, loop, teacher
 from app.train.codec import (
     SpeechSegments,
     forward_train,
@@ -500,3 +500,63 @@ def test_the_committed_lm_so_far_loads_and_steps() -> None:
     with torch.no_grad():
         step = lm.step(torch.zeros(1, config.dep_q, 1, dtype=torch.long), state)
     assert step.text.shape == (1,)
+
+
+@pytest.fixture(scope="module")
+def teacher_run(work: Path) -> Path:
+    out = work / "teacher"
+    args = _args(
+        "teacher", "--data", work / "data", "--out", out, "--steps", "30", "--batch-size", "4",
+        "--dim", "32", "--layers", "1", "--lr", "3e-3", "--warmup", "1", "--log-every", "1",
+        "--eval-data", work / "eval", "--eval-every", "30", "--seconds", "1.5",
+    )  # fmt: skip
+    teacher.train_teacher(args)
+    return out
+
+
+def test_the_teacher_learns_phonemes_and_hears_only_the_past(teacher_run: Path) -> None:
+    losses = _losses(teacher_run)
+    assert len(losses) == 30 and np.mean(losses[-5:]) < 0.7 * np.mean(losses[:5])
+    lines = [json.loads(line) for line in (teacher_run / loop.LOG).read_text().splitlines()]
+    figures = [line["eval"] for line in lines if "eval" in line][-1]
+    assert set(figures) == {"per", "per_training_voices", "per_new_voice"}
+    assert all(np.isfinite(v) and v >= 0 for v in figures.values())
+    model = teacher.load_teacher(teacher_run)
+    pcm = torch.from_numpy(np.random.default_rng(0).normal(0, 0.1, 10 * 1920).astype(np.float32))
+    with torch.no_grad():
+        whole, prefix = model.embed(pcm[None]), model.embed(pcm[None, : 6 * 1920])
+    assert whole.shape == (1, 10, 32) and prefix.shape == (1, 6, 32)  # one per codec frame
+    # A frame's state depends on nothing later than 20 ms past the frame: the first five of
+    # the prefix's frames are those of the whole (the sixth's last window overhangs the cut).
+    torch.testing.assert_close(prefix[:, :5], whole[:, :5], atol=1e-5, rtol=1e-5)
+
+
+def test_ctc_decoding_and_the_phoneme_error_rate() -> None:
+    logits = torch.full((6, 4), -5.0)
+    for t, p in enumerate([2, 2, 0, 2, 3, 0]):
+        logits[t, p] = 5.0
+    assert teacher.greedy(logits, 6) == [2, 2, 3]  # a blank separates a doubled phoneme
+    assert teacher.greedy(logits, 2) == [2]
+    assert teacher.edit_distance([1, 2, 3], [1, 3]) == 1
+    assert teacher.edit_distance([], [4, 5]) == 2
+
+
+def test_the_codec_learns_the_teachers_states_and_ships_without_the_head(
+    work: Path, codec_run: Path, teacher_run: Path
+) -> None:
+    out = work / "codec-teacher"
+    args = _codec_args(work, out, "--init", str(codec_run), "--teacher", str(teacher_run))
+    args.steps, args.lr, args.warmup, args.eval_every = 30, 3e-3, 1, 30
+    train_codec(args)
+    lines = [json.loads(line) for line in (out / loop.LOG).read_text().splitlines()]
+    losses = [line["distill"] for line in lines if "distill" in line]
+    assert len(losses) == 30 and np.mean(losses[-5:]) < 0.8 * np.mean(losses[:5])
+    figures = [line["eval"] for line in lines if "eval" in line][-1]
+    assert -1 <= figures["distill_cos"] <= 1 and "distill_cos_new_voice" in figures
+    state = torch.load(out / loop.CHECKPOINT, weights_only=True)["model"]
+    assert any(k.startswith("distill.") for k in state)
+    assert set(load_trained_codec(out).state_dict()) == set(
+        load_trained_codec(codec_run).state_dict()
+    )
+    with pytest.raises(ConfigError, match="train teacher"):
+        train_codec(_codec_args(work, work / "codec-no-teacher", "--teacher", str(work)))
