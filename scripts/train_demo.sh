@@ -6,14 +6,20 @@
 #
 #   data       TRAIN_COUNT training + EVAL_COUNT held-out dialogues    RUN_DIR/data/{train,eval}
 #   tokenizer  SentencePiece on the training text                      RUN_DIR/tokenizer
+#   teacher    a small phoneme recogniser on log-mel (CTC, speed-perturbed speech), TEACHER_STEPS
+#              steps: the codec's first codebook learns its hidden states, as Mimi's learns
+#              WavLM's                                                  RUN_DIR/teacher
 #   codec      the codec, CODEC_STEPS steps (or CODEC_MINUTES of training), its first codebook
 #              taught the phonemes being said from the first quantized step (espeak-ng labels
 #              over the aligned words, CODEC_PHONEME_WEIGHT, default 1): codes that say what is
 #              said, whoever says it, so the LM can learn to hear       RUN_DIR/codec
+#              and, with a teacher (RUN_DIR/teacher or KEPT/teacher), its hidden states
+#   distil     DISTIL_STEPS more codec steps from KEPT/codec (a codec trained without a teacher)
+#              that teach its first codebook the teacher's states   RUN_DIR/codec-distil
 #   phonemes   (for a codec trained with CODEC_PHONEME_WEIGHT=0) PHONEME_STEPS more codec steps
 #              from RUN_DIR/codec that teach its first codebook the phonemes  RUN_DIR/codec-phonemes
-#   keep       what is finished, to commit: the codec (fp16, as it ships; codec-phonemes where
-#              that stage ran), the tokenizer, and the LM as far as it got (bf16 weights, config,
+#   keep       what is finished, to commit: the codec (fp16, as it ships; codec-distil or
+#              codec-phonemes where that stage ran), the teacher, the tokenizer, and the LM as far as it got (bf16 weights, config,
 #              log): later stages build on them where RUN_DIR has none   trained/{codec,tokenizer,lm}
 #   lm         the LM on the tokens of trained/codec, the codec that ships (run `keep` after a
 #              new codec), LM_STEPS steps, with the training-only hearing head (HEAR_WEIGHT,
@@ -58,6 +64,8 @@ codec_budget=(--steps "$codec_steps")
 lm_steps=${LM_STEPS:-3000}
 hear_steps=${HEAR_STEPS:-1500}
 phoneme_steps=${PHONEME_STEPS:-1200}
+teacher_steps=${TEACHER_STEPS:-3000}
+distil_steps=${DISTIL_STEPS:-1200}
 config=${CONFIG:-demo}  # tiny: the test shapes, for a dry run of every stage in minutes
 frames=${FRAMES:-400}   # the LM's longest training window (frames)
 
@@ -76,6 +84,14 @@ kept=${KEPT:-trained}
 [ "$config" = demo ] || kept=${KEPT:-$run_dir/kept}
 run_codec="$run_dir/codec"  # the finished codec run: the phoneme-taught one where that stage ran
 [ -f "$run_dir/codec-phonemes/codec.safetensors" ] && run_codec="$run_dir/codec-phonemes"
+[ -f "$run_dir/codec-distil/codec.safetensors" ] && run_codec="$run_dir/codec-distil"
+find_teacher() {  # the run's teacher, else the kept one; teacher_option: for train codec
+    teacher="$run_dir/teacher"
+    [ -f "$teacher/teacher.safetensors" ] || [ ! -f "$kept/teacher/teacher.safetensors" ] \
+        || teacher="$kept/teacher"
+    teacher_option=()
+    [ ! -f "$teacher/teacher.safetensors" ] || teacher_option=(--teacher "$teacher")
+}
 codec_for_lm() {
     lm_codec="$run_codec"
     [ ! -f "$kept/codec/codec.safetensors" ] || lm_codec="$kept/codec"
@@ -106,13 +122,30 @@ for stage in "$@"; do
                 --data "$run_dir/data/train" --out "$run_dir/tokenizer" --vocab-size 1024 \
                 --seed "$seed"
             ;;
+        teacher)
+            train teacher --data "$run_dir/data/train" --eval-data "$run_dir/data/eval" \
+                --out "$run_dir/teacher" --device "$device" --seed "$seed" \
+                --steps "$teacher_steps" --seconds 2.5 --threads "$threads" \
+                --checkpoint-every 250 --eval-every 500 --no-progress
+            ;;
         codec)
-            train codec --data "$run_dir/data/train" --eval-data "$run_dir/data/eval" \
+            find_teacher
+            train codec "${teacher_option[@]}" --data "$run_dir/data/train" --eval-data "$run_dir/data/eval" \
                 --out "$run_dir/codec" --device "$device" --seed "$seed" --config "$config" \
                 "${codec_budget[@]}" --batch-size 32 --segment 1.2 --max-hours 12 \
                 --phoneme-weight "${CODEC_PHONEME_WEIGHT:-1}" \
                 --threads "$threads" --checkpoint-every 200 --log-every 50 --eval-every 250 \
                 --no-progress
+            ;;
+        distil)
+            find_teacher
+            [ -n "${teacher_option[*]}" ] || { echo "train_demo: distil needs a teacher: run the teacher stage" >&2; exit 2; }
+            train codec --data "$run_dir/data/train" --eval-data "$run_dir/data/eval" \
+                --init "$kept/codec" "${teacher_option[@]}" --phoneme-weight 1 \
+                --out "$run_dir/codec-distil" --device "$device" --seed $((seed + 3)) \
+                --steps "$distil_steps" --lr 5e-4 --warmup 100 --batch-size 32 --segment 1.2 \
+                --max-hours 12 --threads "$threads" --checkpoint-every 100 --log-every 25 \
+                --eval-every 200 --no-progress
             ;;
         phonemes)
             train codec --data "$run_dir/data/train" --eval-data "$run_dir/data/eval" \
@@ -162,6 +195,12 @@ for stage in "$@"; do
                 for file in codec.json phonemes.json log.jsonl; do
                     [ ! -f "$run_codec/$file" ] || cp "$run_codec/$file" "$kept/codec/"
                 done
+            fi
+            find_teacher
+            if [ "$teacher" != "$kept/teacher" ] && [ -f "$teacher/teacher.safetensors" ]; then
+                mkdir -p "$kept/teacher"
+                convert "$teacher/teacher.safetensors" "$kept/teacher/teacher.safetensors" float16
+                cp "$teacher"/{teacher.json,phonemes.json,log.jsonl} "$kept/teacher/"
             fi
             if [ "$tokenizer" != "$kept/tokenizer" ]; then
                 mkdir -p "$kept/tokenizer"
