@@ -28,7 +28,12 @@ def read_audio(path: str | Path, sample_rate: int = 24000) -> np.ndarray:
     """
     path = Path(path)
     if not path.is_file():
-        what = "is a folder, not an audio file" if path.is_dir() else "does not exist"
+        if path.is_dir():
+            what = "is a folder, not an audio file"
+        elif path.exists():  # a device, a pipe, a socket
+            what = "is not a regular file (a device or a pipe?)"
+        else:
+            what = "does not exist"
         raise AudioFileError(f"{path} {what}; give the path of a {READABLE} file")
     try:
         audio, file_rate = soundfile.read(path, dtype="float32", always_2d=True)  # [N, C]

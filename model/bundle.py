@@ -59,6 +59,12 @@ def mimi_config_from_dict(raw: dict[str, Any]) -> MimiConfig:
 def bundle_files(folder: str | Path) -> ModelFiles:
     """A bundle's files and configs, ready for `load_codec` / `load_lm`."""
     folder = Path(folder)
+    missing = [name for name in FILES if not (folder / name).is_file()]
+    if missing:
+        raise CheckpointError(
+            f"{folder}: an incomplete model folder, {', '.join(missing)} missing (`antiphon "
+            f"train export --out {folder}` writes them all)"
+        )
     files = resolve_files(
         lm_weights=folder / LM_FILE,
         codec_weights=folder / CODEC_FILE,

@@ -66,6 +66,11 @@ def test_missing_file_is_named(tmp_path: Path) -> None:
         read_audio(path)
 
 
+def test_a_device_is_not_called_missing() -> None:
+    with pytest.raises(AudioFileError, match="/dev/null is not a regular file"):
+        read_audio("/dev/null")
+
+
 def test_folder_is_refused(tmp_path: Path) -> None:
     with pytest.raises(AudioFileError, match="is a folder"):
         read_audio(tmp_path)

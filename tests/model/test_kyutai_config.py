@@ -51,7 +51,10 @@ def test_a_bundle_reads_back(tmp_path: Path, tmp_path_factory: pytest.TempPathFa
     (tmp_path / TOKENIZER_FILE).write_bytes(b"")
     kyutai = lm_config_to_kyutai(lm_config) | {"lm_gen_config": {"temp": 0.5}}
     (tmp_path / CONFIG_FILE).write_text(json.dumps(kyutai))
-    with pytest.raises(CheckpointError, match=CODEC_CONFIG_FILE):
+    with pytest.raises(CheckpointError, match=f"{CODEC_CONFIG_FILE} missing .*train export"):
+        bundle_files(tmp_path)
+    (tmp_path / CODEC_CONFIG_FILE).write_text("{")
+    with pytest.raises(CheckpointError, match="cannot read"):
         bundle_files(tmp_path)
     (tmp_path / CODEC_CONFIG_FILE).write_text(json.dumps(dataclasses.asdict(codec_config)))
     files = bundle_files(tmp_path)
