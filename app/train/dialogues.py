@@ -363,27 +363,82 @@ def text_tokens(
     waits). Frames with nothing to say are PAD; a PAD frame just before a word's first token
     becomes end-of-padding, so the model can announce that a word is coming.
     """
-    words = sorted((a for a in alignments if a[2] == speaker), key=lambda a: a[1][0])
+    return _layout(alignments, encode, num_frames, frame_rate, pad_id, end_of_padding_id, speaker)[
+        0
+    ]
+
+
+def _layout(
+    alignments: Sequence[Sequence],
+    encode: Callable[[str], list[int]],
+    num_frames: int,
+    frame_rate: float,
+    pad_id: int,
+    end_of_padding_id: int,
+    speaker: str,
+) -> tuple[list[int], list[int]]:
+    """`text_tokens`, and for each frame the index in `alignments` of the word whose token it
+    carries (-1: PAD or end-of-padding)."""
+    words = sorted(
+        ((a, i) for i, a in enumerate(alignments) if a[2] == speaker), key=lambda w: w[0][1][0]
+    )
     tokens = [pad_id] * num_frames
-    queue: deque[list[int]] = deque()  # the ids still to say, word by word
+    owners = [-1] * num_frames
+    queue: deque[tuple[list[int], int]] = deque()  # the ids still to say, word by word
     head_is_fresh = True  # no id of queue[0] is out yet
     next_word = 0
     for t in range(num_frames):
-        while next_word < len(words) and words[next_word][1][0] * frame_rate < t + 1:
-            ids = encode(words[next_word][0])
+        while next_word < len(words) and words[next_word][0][1][0] * frame_rate < t + 1:
+            ids = encode(words[next_word][0][0])
             if ids:
-                queue.append(list(ids))
+                queue.append((list(ids), words[next_word][1]))
             next_word += 1
         if not queue:
             continue
-        word = queue[0]
+        word, owner = queue[0]
         if head_is_fresh and t > 0 and tokens[t - 1] == pad_id:
             tokens[t - 1] = end_of_padding_id
-        tokens[t] = word.pop(0)
+        tokens[t], owners[t] = word.pop(0), owner
         head_is_fresh = not word
         if not word:
             queue.popleft()
-    return tokens
+    return tokens, owners
+
+
+ANSWER_FILLER = frozenset({"is", "the", "a", "that"})  # in `accept` phrases, not the answer
+
+
+def answer_frames(
+    description: dict,
+    encode: Callable[[str], list[int]],
+    num_frames: int,
+    frame_rate: float = 12.5,
+) -> list[bool]:
+    """Which frames of the text stream (`text_tokens`) carry the words that make an answer
+    right: the assistant's words, during an answer, that are among the words of the request's
+    `accept` phrases ("is twelve" -> "twelve", "c a t" -> C, A, T, "yes"). Training can weigh
+    them (`train lm --answer-weight`) and the held-out figures score them (`answer_acc`): the
+    rest of an answer ("That is", "is spelled") follows from its first word."""
+    alignments = description["alignments"]
+    _, owners = _layout(alignments, encode, num_frames, frame_rate, 3, 0, ASSISTANT)
+    marked: set[int] = set()
+    for turn in description["turns"]:
+        if turn.get("assistant_start") is None:
+            continue
+        accept = {_plain(w) for phrase in turn["turn"]["accept"] for w in phrase.split()}
+        accept -= ANSWER_FILLER
+        for i, (word, (start, _), speaker) in enumerate(alignments):
+            if (
+                speaker == ASSISTANT
+                and turn["assistant_start"] - 0.05 <= start <= turn["assistant_end"]
+                and _plain(word) in accept
+            ):
+                marked.add(i)
+    return [owner in marked for owner in owners]
+
+
+def _plain(word: str) -> str:
+    return "".join(c for c in word.lower() if c.isalnum())
 
 
 def heard_tokens(

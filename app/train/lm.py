@@ -29,6 +29,7 @@ import logging
 import math
 import shutil
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -49,7 +50,7 @@ from .lm_data import (
     check_live_codes,
     codes_used,
     load_or_encode,
-    with_heard_words,
+    with_training_rows,
 )
 from .tokenizer import TOKENIZER_FILE
 
@@ -81,22 +82,35 @@ class Trainee(torch.nn.Module):
         )
 
 
+class TextFit(NamedTuple):
+    loss: torch.Tensor  # scalar
+    accuracy: torch.Tensor  # on the spoken (not PAD, not IGNORE) frames
+    hits: torch.Tensor  # [B * T] bool: the argmax is the target
+
+
 def _text_loss(
-    logits: torch.Tensor, target: torch.Tensor, pad_id: int, pad_weight: float
-) -> tuple[torch.Tensor, torch.Tensor]:
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    pad_id: int,
+    pad_weight: float,
+    weight: torch.Tensor | None = None,
+) -> TextFit:
     """Cross-entropy of logits [B, T, card] against a text stream target [B, T] (PAD frames
-    weighted by pad_weight, IGNORE skipped) and the accuracy on the other (spoken) frames."""
+    weighted by pad_weight, IGNORE skipped, other frames by `weight` [B, T] if given) and the
+    accuracy on the other (spoken) frames."""
     target = target.flatten()
     ce = F.cross_entropy(
         logits.flatten(0, 1).float(), target, ignore_index=IGNORE, reduction="none"
     )
-    weight = torch.where(target == pad_id, pad_weight, 1.0) * (target != IGNORE)
-    loss = (ce * weight).sum() / weight.sum().clamp(min=1)
+    weights = torch.where(target == pad_id, pad_weight, 1.0) * (target != IGNORE)
+    if weight is not None:
+        weights = weights * weight.flatten()
+    loss = (ce * weights).sum() / weights.sum().clamp(min=1)
     with torch.no_grad():
         spoken = (target != IGNORE) & (target != pad_id)
-        hits = (logits.flatten(0, 1).argmax(-1) == target) & spoken
-        accuracy = hits.sum() / spoken.sum().clamp(min=1)
-    return loss, accuracy
+        hits = logits.flatten(0, 1).argmax(-1) == target
+        accuracy = (hits & spoken).sum() / spoken.sum().clamp(min=1)
+    return TextFit(loss, accuracy, hits)
 
 
 def lm_loss(
@@ -107,11 +121,15 @@ def lm_loss(
     hearing: torch.nn.Module | None = None,
     hear_weight: float = 1.0,
     depth_frames: torch.Tensor | None = None,
+    answer_weight: float = 1.0,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """Moshi's training loss on codes [B, streams, T] (IGNORE where there is no token), plus,
     with a `hearing` head, the hearing loss against one more row of codes: the user's heard
-    words (`with_heard_words`). With `depth_frames` (flat indices into the B * T frames), the
-    audio loss is taken on those frames only (`LM.forward_delayed`).
+    words (`with_training_rows`). With `depth_frames` (flat indices into the B * T frames), the
+    audio loss is taken on those frames only (`LM.forward_delayed`). Where the codes carry
+    `with_training_rows`' answer row, the text tokens that make an answer right weigh
+    `answer_weight` and their accuracy is reported (answer_acc; answer_right/answer_count for
+    sums over batches).
 
     Computed against the delayed targets (`LM.forward_delayed`): every (logit, target) pair is
     the one the aligned loss would use, without copying the logits back into aligned time."""
@@ -120,9 +138,14 @@ def lm_loss(
     text_logits, audio_logits, targets, hidden = lm.forward_delayed(
         codes[:, :streams], depth_frames
     )
-    text_loss, text_accuracy = _text_loss(
-        text_logits, targets[:, 0], config.text_padding_id, pad_weight
-    )
+    answer = None
+    if codes.shape[1] > streams + 1:
+        answer = codes[:, streams + 1] > 0  # [B, T]: IGNORE (padding) and 0 are not answers
+    text = _text_loss(
+        text_logits, targets[:, 0], config.text_padding_id, pad_weight,
+        None if answer is None else 1.0 + (answer_weight - 1.0) * answer.float(),
+    )  # fmt: skip
+    text_loss = text.loss
 
     audio_target = targets[:, 1 : config.dep_q + 1]  # [B, dep_q, T]
     if depth_frames is not None:
@@ -141,16 +164,18 @@ def lm_loss(
         "text": text_loss.item(),
         "audio": audio_loss.item(),
         "sem": per_codebook[0].item(),
-        "text_acc": text_accuracy.item(),
+        "text_acc": text.accuracy.item(),
     }
+    if answer is not None:
+        right, count = int((text.hits & answer.flatten()).sum()), int(answer.sum())
+        metrics |= {"answer_acc": right / max(1, count), "answer_right": right,
+                    "answer_count": count}  # fmt: skip
     loss = text_loss + audio_loss
     if hearing is not None:
         # hidden[:, t] has heard the user up to frame t (one ahead, semantic codes undelayed)
-        hear_loss, hear_accuracy = _text_loss(
-            hearing(hidden), codes[:, streams], config.text_padding_id, pad_weight
-        )
-        metrics |= {"heard": hear_loss.item(), "heard_acc": hear_accuracy.item()}
-        loss = loss + hear_weight * hear_loss
+        heard = _text_loss(hearing(hidden), codes[:, streams], config.text_padding_id, pad_weight)
+        metrics |= {"heard": heard.loss.item(), "heard_acc": heard.accuracy.item()}
+        loss = loss + hear_weight * heard.loss
     return loss, metrics
 
 
@@ -163,7 +188,9 @@ def held_out_figures(
     first_weight: float,
 ) -> dict[str, float]:
     """Teacher-forced loss and text accuracy on held-out dialogues (their first `frames`);
-    with a hearing head, also how well it writes down the user's words (heard_acc)."""
+    with a hearing head, also how well it writes down the user's words (heard_acc); and how
+    often the tokens that make an answer right are the most likely ones (answer_acc, over all
+    of those tokens)."""
     model.eval()
     device = model.lm.text_linear.weight.device
     totals: dict[str, float] = {}
@@ -173,6 +200,8 @@ def held_out_figures(
         for key, value in metrics.items():
             totals[key] = totals.get(key, 0.0) + value / len(streams)
     model.train()
+    if "answer_count" in totals:
+        totals["answer_acc"] = totals.pop("answer_right") / max(1e-9, totals.pop("answer_count"))
     return {key: round(value, 4) for key, value in totals.items()}
 
 
@@ -203,6 +232,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=float,
         default=1.0,
         help="weight of the training-only hearing loss (predicting the user's words; 0: off)",
+    )
+    parser.add_argument(
+        "--answer-weight",
+        type=float,
+        default=1.0,
+        help="weight of the text tokens that make an answer right (the number, the letters, "
+        "yes or no: `dialogues.answer_frames`) against the other spoken tokens",
     )
     parser.add_argument(
         "--hear-delay",
@@ -288,8 +324,7 @@ def train_lm(args: argparse.Namespace) -> int:
         args.data, args.codec, tokenizer, codebooks, device, out / TOKENS, progress, bf16
     )
     frame_rate = float(codec_config["frame_rate"])
-    if hearing:
-        streams = with_heard_words(args.data, streams, tokenizer, frame_rate, args.hear_delay)
+    streams = with_training_rows(args.data, streams, tokenizer, frame_rate, args.hear_delay)
     used = codes_used(streams, codebooks)
     log.info("lm: %d dialogues; the assistant's codebooks use %s codes", len(streams), used)
     if not args.allow_dead_codes:
@@ -299,13 +334,22 @@ def train_lm(args: argparse.Namespace) -> int:
             args.eval_data, args.codec, tokenizer, codebooks, device, out / EVAL_TOKENS,
             progress, bf16,
         )[:HELD_OUT_DIALOGUES]  # fmt: skip
-        if hearing:
-            held_out = with_heard_words(
-                args.eval_data, held_out, tokenizer, frame_rate, args.hear_delay
-            )
-        options.evaluate = lambda _step: held_out_figures(
-            model, held_out, args.frames, args.pad_weight, args.first_codebook_weight
+        held_out = with_training_rows(
+            args.eval_data, held_out, tokenizer, frame_rate, args.hear_delay
         )
+        seen = streams[:: max(1, len(streams) // HELD_OUT_DIALOGUES)][:HELD_OUT_DIALOGUES]
+
+        def figures(_step: int) -> dict[str, float]:
+            """Held-out figures, and the same on as many training dialogues (train_*): what
+            the LM has learnt by heart against what it has learnt."""
+            weights = (args.pad_weight, args.first_codebook_weight)
+            return held_out_figures(model, held_out, args.frames, *weights) | {
+                f"train_{key}": value
+                for key, value in held_out_figures(model, seen, args.frames, *weights).items()
+                if key in ("text_acc", "heard_acc", "answer_acc")
+            }
+
+        options.evaluate = figures
     sampler = WindowSampler(streams, args.frames, args.batch_size * args.frames)
     autocast = loop.autocast(device, enabled=not args.no_bf16)
 
@@ -321,8 +365,10 @@ def train_lm(args: argparse.Namespace) -> int:
         with autocast:
             loss, metrics = lm_loss(
                 lm, codes, args.pad_weight, args.first_codebook_weight, model.hearing,
-                args.hear_weight, depth_frames,
+                args.hear_weight, depth_frames, args.answer_weight,
             )  # fmt: skip
+        for key in ("answer_right", "answer_count"):
+            metrics.pop(key, None)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

@@ -26,7 +26,7 @@ from model.tokenizer import TextTokenizer
 
 from . import loop
 from .codec import load_trained_codec
-from .dialogues import heard_tokens, read_dialogue, read_manifest, text_tokens
+from .dialogues import answer_frames, heard_tokens, read_dialogue, read_manifest, text_tokens
 
 log = logging.getLogger(__name__)
 
@@ -189,22 +189,26 @@ def load_or_encode(
     return streams
 
 
-def with_heard_words(
+def with_training_rows(
     data: Path,
     streams: list[np.ndarray],
     tokenizer: TextTokenizer,
     frame_rate: float,
     delay_frames: int,
 ) -> list[np.ndarray]:
-    """Each dialogue's streams with one more row: the user's words as the hearing head's
-    targets (`heard_tokens`). From the dialogues' alignments: seconds, no codec."""
+    """Each dialogue's streams with two more rows, from the dialogues' alignments (seconds, no
+    codec): the user's words as the hearing head's targets (`heard_tokens`), and 1 on the frames
+    whose text token makes an answer right, else 0 (`answer_frames`)."""
     out = []
     for path, tokens in zip(read_manifest(data)[: len(streams)], streams, strict=True):
         description = json.loads(path.with_suffix(".json").read_text())
+        frames = tokens.shape[1]
         heard = heard_tokens(
-            description["alignments"], tokenizer.encode, tokens.shape[1], frame_rate, delay_frames
+            description["alignments"], tokenizer.encode, frames, frame_rate, delay_frames
         )
-        out.append(np.concatenate([tokens, np.array(heard, dtype=tokens.dtype)[None]]))
+        answer = answer_frames(description, tokenizer.encode, frames, frame_rate)
+        rows = np.array([heard, answer], dtype=tokens.dtype)
+        out.append(np.concatenate([tokens, rows]))
     return out
 
 

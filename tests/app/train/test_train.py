@@ -21,7 +21,7 @@ from app.train.codec import (
     phoneme_loss,
     train_codec,
 )
-from app.train.dialogues import generate, read_manifest, text_tokens
+from app.train.dialogues import answer_frames, generate, read_manifest, text_tokens
 from app.train.export import export
 from app.train.features import MultiResolutionMelLoss
 from app.train.lm import TOKENS, Trainee, lm_loss, train_lm
@@ -32,7 +32,7 @@ from app.train.lm_data import (
     codes_used,
     encode_dialogues,
     load_or_encode,
-    with_heard_words,
+    with_training_rows,
 )
 from app.train.phonemes import PhonemeTable
 from app.train.quality import FIGURES, evaluate
@@ -178,6 +178,29 @@ def test_the_first_codebook_learns_phonemes_and_the_head_stays_behind(
     )
 
 
+def test_answer_frames_are_the_tokens_that_make_an_answer_right() -> None:
+    def turn(start: float, end: float, accept: list[str]) -> dict:
+        return {"assistant_start": start, "assistant_end": end, "turn": {"accept": accept}}
+
+    description = {
+        "alignments": [
+            ["Add", [0.0, 0.2], "SPEAKER_USER"], ["two", [0.2, 0.4], "SPEAKER_USER"],
+            ["That", [0.8, 0.96], "SPEAKER_MAIN"], ["is", [0.96, 1.04], "SPEAKER_MAIN"],
+            ["two.", [1.04, 1.2], "SPEAKER_MAIN"], ["Cup:", [1.6, 1.76], "SPEAKER_MAIN"],
+            ["C,", [1.76, 1.84], "SPEAKER_MAIN"], ["U.", [1.84, 2.0], "SPEAKER_MAIN"],
+        ],
+        "turns": [turn(0.8, 1.2, ["is two"]), turn(1.6, 2.0, ["c u"]),
+                  {"assistant_start": None, "turn": {"accept": []}}],
+    }  # fmt: skip
+    ids = {"that": [5], "is": [6], "two.": [7, 8], "cup:": [9], "c,": [10], "u.": [11]}
+    encode = lambda word: ids.get(word.lower(), [])  # noqa: E731
+    marks = answer_frames(description, encode, 30, 12.5)
+    tokens = text_tokens(description["alignments"], encode, 30, 12.5)
+    # "two." (both its tokens), "C," and "U." are marked; "That", "is" and "Cup:" are not,
+    # nor the user's "two"
+    assert [t for t, m in zip(tokens, marks, strict=True) if m] == [7, 8, 10, 11]
+
+
 def test_phoneme_labels_follow_the_words_and_the_loss_takes_their_mix() -> None:
     require_espeak()
     table = PhonemeTable.build(["Count", "four."], progress=False)
@@ -253,12 +276,13 @@ def test_the_hearing_head_learns_to_write_down_the_users_words(
     streams = load_or_encode(
         work / "data", codec_run, tokenizer, 4, torch.device("cpu"), tmp_path / TOKENS, False
     )
-    heard = with_heard_words(work / "data", streams, tokenizer, 12.5, delay_frames=2)
-    assert all(h.shape == (s.shape[0] + 1, s.shape[1]) for h, s in zip(heard, streams, strict=True))
+    heard = with_training_rows(work / "data", streams, tokenizer, 12.5, delay_frames=2)
+    assert all(h.shape == (s.shape[0] + 2, s.shape[1]) for h, s in zip(heard, streams, strict=True))
     assert all(
-        np.array_equal(h[:-1], s) for h, s in zip(heard, streams, strict=True)
+        np.array_equal(h[:-2], s) for h, s in zip(heard, streams, strict=True)
     )  # the rest as it was
-    spoken = heard[0][-1][(heard[0][-1] != TEXT_PAD_ID) & (heard[0][-1] != TEXT_END_OF_PADDING_ID)]
+    words = heard[0][-2]
+    spoken = words[(words != TEXT_PAD_ID) & (words != TEXT_END_OF_PADDING_ID)]
     assert len(spoken) >= 3  # the user asked something
     torch.manual_seed(0)
     from app.train.lm import PRESETS
@@ -277,6 +301,13 @@ def test_the_hearing_head_learns_to_write_down_the_users_words(
     # without the head the same batch trains the LM alone: no hearing figures
     _, plain = lm_loss(model.lm, batch)
     assert "heard" not in plain
+    # the answer row marks text frames only, and weighing them changes the loss
+    answers = np.concatenate([h[-1] for h in heard])
+    texts = np.concatenate([h[0] for h in heard])
+    assert answers.sum() > 0 and set(texts[answers == 1]).isdisjoint({TEXT_PAD_ID})
+    weighted, metrics = lm_loss(model.lm, batch, answer_weight=5.0)
+    assert 0 <= metrics["answer_acc"] <= 1 and metrics["answer_count"] == (batch[:, -1] > 0).sum()
+    assert not torch.isclose(weighted, lm_loss(model.lm, batch)[0])
 
 
 def test_a_run_starts_from_another_runs_weights(work: Path, lm_run: Path) -> None:
