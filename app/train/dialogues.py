@@ -413,28 +413,36 @@ def answer_frames(
     encode: Callable[[str], list[int]],
     num_frames: int,
     frame_rate: float = 12.5,
-) -> list[bool]:
-    """Which frames of the text stream (`text_tokens`) carry the words that make an answer
-    right: the assistant's words, during an answer, that are among the words of the request's
-    `accept` phrases ("is twelve" -> "twelve", "c a t" -> C, A, T, "yes"). Training can weigh
-    them (`train lm --answer-weight`) and the held-out figures score them (`answer_acc`): the
-    rest of an answer ("That is", "is spelled") follows from its first word."""
+) -> list[int]:
+    """Which frames of the text stream (`text_tokens`) carry what makes an answer right: 2 on
+    each answer's first token (it decides what kind of answer it is, and is the one token that
+    nothing the assistant said before gives away), 1 on the assistant's other words, during an
+    answer, that are among the words of the request's `accept` phrases ("is twelve" ->
+    "twelve", "c a t" -> C, A, T, "yes"), else 0. Training can weigh them (`train lm
+    --answer-weight`) and the held-out figures score them (`answer_acc`, `answer_first_acc`):
+    the rest of an answer ("That is", "is spelled") follows from its first words."""
     alignments = description["alignments"]
     _, owners = _layout(alignments, encode, num_frames, frame_rate, 3, 0, ASSISTANT)
-    marked: set[int] = set()
+    marks = [0] * num_frames
     for turn in description["turns"]:
         if turn.get("assistant_start") is None:
             continue
         accept = {_plain(w) for phrase in turn["turn"]["accept"] for w in phrase.split()}
         accept -= ANSWER_FILLER
-        for i, (word, (start, _), speaker) in enumerate(alignments):
-            if (
-                speaker == ASSISTANT
-                and turn["assistant_start"] - 0.05 <= start <= turn["assistant_end"]
-                and _plain(word) in accept
-            ):
-                marked.add(i)
-    return [owner in marked for owner in owners]
+        said = {
+            i
+            for i, (word, (start, _), speaker) in enumerate(alignments)
+            if speaker == ASSISTANT
+            and turn["assistant_start"] - 0.05 <= start <= turn["assistant_end"]
+        }
+        first = True
+        for t, owner in enumerate(owners):
+            if owner in said:
+                if first:
+                    marks[t], first = 2, False
+                elif _plain(alignments[owner][0]) in accept:
+                    marks[t] = 1
+    return marks
 
 
 def _plain(word: str) -> str:

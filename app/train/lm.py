@@ -128,8 +128,8 @@ def lm_loss(
     words (`with_training_rows`). With `depth_frames` (flat indices into the B * T frames), the
     audio loss is taken on those frames only (`LM.forward_delayed`). Where the codes carry
     `with_training_rows`' answer row, the text tokens that make an answer right weigh
-    `answer_weight` and their accuracy is reported (answer_acc; answer_right/answer_count for
-    sums over batches).
+    `answer_weight` and their accuracy is reported (answer_acc, and answer_first_acc on each
+    answer's first token; *_right/*_count for sums over batches).
 
     Computed against the delayed targets (`LM.forward_delayed`): every (logit, target) pair is
     the one the aligned loss would use, without copying the logits back into aligned time."""
@@ -138,9 +138,9 @@ def lm_loss(
     text_logits, audio_logits, targets, hidden = lm.forward_delayed(
         codes[:, :streams], depth_frames
     )
-    answer = None
-    if codes.shape[1] > streams + 1:
-        answer = codes[:, streams + 1] > 0  # [B, T]: IGNORE (padding) and 0 are not answers
+    answer = first = None
+    if codes.shape[1] > streams + 1:  # IGNORE (padding) and 0 are not answers
+        answer, first = codes[:, streams + 1] > 0, codes[:, streams + 1] == 2  # [B, T]
     text = _text_loss(
         text_logits, targets[:, 0], config.text_padding_id, pad_weight,
         None if answer is None else 1.0 + (answer_weight - 1.0) * answer.float(),
@@ -166,10 +166,11 @@ def lm_loss(
         "sem": per_codebook[0].item(),
         "text_acc": text.accuracy.item(),
     }
-    if answer is not None:
-        right, count = int((text.hits & answer.flatten()).sum()), int(answer.sum())
-        metrics |= {"answer_acc": right / max(1, count), "answer_right": right,
-                    "answer_count": count}  # fmt: skip
+    if answer is not None and first is not None:
+        for name, where in (("answer", answer), ("answer_first", first)):
+            right, count = int((text.hits & where.flatten()).sum()), int(where.sum())
+            metrics |= {f"{name}_acc": right / max(1, count), f"{name}_right": right,
+                        f"{name}_count": count}  # fmt: skip
     loss = text_loss + audio_loss
     if hearing is not None:
         # hidden[:, t] has heard the user up to frame t (one ahead, semantic codes undelayed)
@@ -189,8 +190,8 @@ def held_out_figures(
 ) -> dict[str, float]:
     """Teacher-forced loss and text accuracy on held-out dialogues (their first `frames`);
     with a hearing head, also how well it writes down the user's words (heard_acc); and how
-    often the tokens that make an answer right are the most likely ones (answer_acc, over all
-    of those tokens)."""
+    often the tokens that make an answer right are the most likely ones (answer_acc, and
+    answer_first_acc on each answer's first token, over all of those tokens)."""
     model.eval()
     device = model.lm.text_linear.weight.device
     totals: dict[str, float] = {}
@@ -200,8 +201,10 @@ def held_out_figures(
         for key, value in metrics.items():
             totals[key] = totals.get(key, 0.0) + value / len(streams)
     model.train()
-    if "answer_count" in totals:
-        totals["answer_acc"] = totals.pop("answer_right") / max(1e-9, totals.pop("answer_count"))
+    for name in ("answer", "answer_first"):  # over all such tokens, not per dialogue
+        if f"{name}_count" in totals:
+            right, count = totals.pop(f"{name}_right"), totals.pop(f"{name}_count")
+            totals[f"{name}_acc"] = right / max(1e-9, count)
     return {key: round(value, 4) for key, value in totals.items()}
 
 
@@ -346,7 +349,7 @@ def train_lm(args: argparse.Namespace) -> int:
             return held_out_figures(model, held_out, args.frames, *weights) | {
                 f"train_{key}": value
                 for key, value in held_out_figures(model, seen, args.frames, *weights).items()
-                if key in ("text_acc", "heard_acc", "answer_acc")
+                if key in ("text_acc", "heard_acc", "answer_acc", "answer_first_acc")
             }
 
         options.evaluate = figures
@@ -367,7 +370,7 @@ def train_lm(args: argparse.Namespace) -> int:
                 lm, codes, args.pad_weight, args.first_codebook_weight, model.hearing,
                 args.hear_weight, depth_frames, args.answer_weight,
             )  # fmt: skip
-        for key in ("answer_right", "answer_count"):
+        for key in ("answer_right", "answer_count", "answer_first_right", "answer_first_count"):
             metrics.pop(key, None)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()

@@ -197,8 +197,8 @@ def with_training_rows(
     delay_frames: int,
 ) -> list[np.ndarray]:
     """Each dialogue's streams with two more rows, from the dialogues' alignments (seconds, no
-    codec): the user's words as the hearing head's targets (`heard_tokens`), and 1 on the frames
-    whose text token makes an answer right, else 0 (`answer_frames`)."""
+    codec): the user's words as the hearing head's targets (`heard_tokens`), and the marks of
+    the text tokens that make an answer right (`answer_frames`)."""
     out = []
     for path, tokens in zip(read_manifest(data)[: len(streams)], streams, strict=True):
         description = json.loads(path.with_suffix(".json").read_text())

@@ -196,9 +196,11 @@ def test_answer_frames_are_the_tokens_that_make_an_answer_right() -> None:
     encode = lambda word: ids.get(word.lower(), [])  # noqa: E731
     marks = answer_frames(description, encode, 30, 12.5)
     tokens = text_tokens(description["alignments"], encode, 30, 12.5)
-    # "two." (both its tokens), "C," and "U." are marked; "That", "is" and "Cup:" are not,
-    # nor the user's "two"
-    assert [t for t, m in zip(tokens, marks, strict=True) if m] == [7, 8, 10, 11]
+    # each answer's first token ("That", "Cup:") is marked 2; "two." (both its tokens), "C,"
+    # and "U." 1; "is" is not, nor the user's "two"
+    assert [(t, m) for t, m in zip(tokens, marks, strict=True) if m] == [
+        (5, 2), (7, 1), (8, 1), (9, 2), (10, 1), (11, 1)
+    ]  # fmt: skip
 
 
 def test_phoneme_labels_follow_the_words_and_the_loss_takes_their_mix() -> None:
@@ -304,9 +306,10 @@ def test_the_hearing_head_learns_to_write_down_the_users_words(
     # the answer row marks text frames only, and weighing them changes the loss
     answers = np.concatenate([h[-1] for h in heard])
     texts = np.concatenate([h[0] for h in heard])
-    assert answers.sum() > 0 and set(texts[answers == 1]).isdisjoint({TEXT_PAD_ID})
+    assert (answers == 2).sum() > 0 and set(texts[answers > 0]).isdisjoint({TEXT_PAD_ID})
     weighted, metrics = lm_loss(model.lm, batch, answer_weight=5.0)
     assert 0 <= metrics["answer_acc"] <= 1 and metrics["answer_count"] == (batch[:, -1] > 0).sum()
+    assert metrics["answer_first_count"] == (batch[:, -1] == 2).sum()
     assert not torch.isclose(weighted, lm_loss(model.lm, batch)[0])
 
 
