@@ -23,8 +23,9 @@
 #              log): later stages build on them where RUN_DIR has none   trained/{codec,tokenizer,lm}
 #   lm         the LM on the tokens of trained/codec, the codec that ships (run `keep` after a
 #              new codec), LM_STEPS steps, with the training-only hearing head (HEAR_WEIGHT,
-#              default 1) and the depth transformer on DEPTH_SHARE of the frames (default 0.25:
-#              2.5x faster steps on a CPU); with no checkpoint in RUN_DIR/lm but a kept LM, it
+#              default 1), the depth transformer on DEPTH_SHARE of the frames (default 0.25:
+#              2.5x faster steps on a CPU) and the tokens that make an answer right weighed
+#              ANSWER_WEIGHT (default 3); with no checkpoint in RUN_DIR/lm but a kept LM, it
 #              starts from trained/lm                                  RUN_DIR/lm
 #   hear       HEAR_STEPS more steps from RUN_DIR/lm with the training-only hearing head (the
 #              user's words as targets), a new learning-rate schedule   RUN_DIR/lm-hear
@@ -166,7 +167,7 @@ for stage in "$@"; do
                 --steps "$lm_steps" --batch-size 20 --frames "$frames" --threads "$threads" \
                 --checkpoint-every 100 --log-every 25 --eval-every 250 --no-progress \
                 --hear-weight "${HEAR_WEIGHT:-1}" --depth-share "${DEPTH_SHARE:-0.25}" \
-                "${lm_extra[@]}"
+                --answer-weight "${ANSWER_WEIGHT:-3}" "${lm_extra[@]}"
             ;;
         hear)
             codec_for_lm
