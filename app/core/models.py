@@ -181,12 +181,16 @@ def _load(args: argparse.Namespace) -> LoadedModel:
     chosen, source = getattr(args, "model", None), "--model"
     if chosen is not None and any(named):
         raise ConfigError("--model names a whole model: leave out --hf-repo and the files")
-    if chosen is None and not any(named):
-        chosen, source = os.environ.get(MODEL_ENV) or None, f"${MODEL_ENV}"
-    if chosen == RANDOM_MODEL:
-        notice = RANDOM_NOTICE.format(source=f"{source} {RANDOM_MODEL}")
-        return random_model(device, _sampling(args, SamplingParams()), args.seed, notice)
-    if chosen is not None:
+    if not any(named):  # a whole model: --model, else $ANTIPHON_MODEL, else the bundle
+        if chosen is None:
+            chosen, source = os.environ.get(MODEL_ENV) or None, f"${MODEL_ENV}"
+        if chosen == RANDOM_MODEL or (chosen is None and not (ASSETS / CONFIG_FILE).is_file()):
+            notice = UNTRAINED_NOTICE  # nothing bundled yet: say so
+            if chosen == RANDOM_MODEL:
+                notice = RANDOM_NOTICE.format(source=f"{source} {RANDOM_MODEL}")
+            return random_model(device, _sampling(args, SamplingParams()), args.seed, notice)
+        if chosen is None:
+            return bundled_model(device, args, dtype)
         folder = Path(chosen)
         if not (folder / CONFIG_FILE).is_file():
             raise ConfigError(
@@ -195,10 +199,6 @@ def _load(args: argparse.Namespace) -> LoadedModel:
             )
         notice = f"the model exported in {folder} ({source})"
         return bundled_model(device, args, dtype, folder=folder, name=str(folder), notice=notice)
-    if not any(named):
-        if (ASSETS / CONFIG_FILE).is_file():
-            return bundled_model(device, args, dtype)
-        return random_model(device, _sampling(args, SamplingParams()), args.seed)
     if args.hf_repo is None and not (args.moshi_weight and args.mimi_weight and args.tokenizer):
         raise ConfigError(
             "without --hf-repo, pass all of --moshi-weight, --mimi-weight and "
