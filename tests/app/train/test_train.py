@@ -6,6 +6,7 @@ The real run (docs/demo-model.md) is the same code with the demo shapes on a GPU
 import argparse
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -182,7 +183,7 @@ def test_answer_frames_are_the_tokens_that_make_an_answer_right() -> None:
     def turn(start: float, end: float, accept: list[str]) -> dict:
         return {"assistant_start": start, "assistant_end": end, "turn": {"accept": accept}}
 
-    description = {
+    description: dict[str, Any] = {
         "alignments": [
             ["Add", [0.0, 0.2], "SPEAKER_USER"], ["two", [0.2, 0.4], "SPEAKER_USER"],
             ["That", [0.8, 0.96], "SPEAKER_MAIN"], ["is", [0.96, 1.04], "SPEAKER_MAIN"],
