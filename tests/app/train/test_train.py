@@ -537,6 +537,21 @@ def test_the_committed_lm_so_far_loads_and_steps() -> None:
     assert step.text.shape == (1,)
 
 
+def test_the_committed_teacher_loads_and_gives_a_state_per_codec_frame() -> None:
+    """trained/teacher (fp16 on disk) loads frozen in fp32 and gives one state per 80 ms."""
+    kept = Path(__file__).parents[3] / "trained" / "teacher"
+    model = teacher.load_teacher(kept)
+    assert all(not p.requires_grad and p.dtype == torch.float32 for p in model.parameters())
+    pcm = torch.from_numpy(np.random.default_rng(0).normal(0, 0.1, 5 * 1920).astype(np.float32))
+    with torch.no_grad():
+        states = model.embed(pcm[None])
+    assert states.shape == (1, 5, model.config.dim) and torch.isfinite(states).all()
+    assert (
+        model.config.classes
+        == len(json.loads((kept / "phonemes.json").read_text())["inventory"]) + 1
+    )
+
+
 @pytest.fixture(scope="module")
 def teacher_run(work: Path) -> Path:
     out = work / "teacher"
