@@ -1,7 +1,10 @@
 """Spectral features shared by codec training and the demo evaluation: mel filterbanks,
-log-mel spectrograms, MFCCs and dynamic time warping (numpy and torch, no torchaudio)."""
+log-mel spectrograms, MFCCs, dynamic time warping and edit distance (numpy and torch, no
+torchaudio)."""
 
 from __future__ import annotations
+
+from collections.abc import Hashable, Sequence
 
 import numpy as np
 import torch
@@ -96,3 +99,13 @@ def dtw_cost(a: np.ndarray, b: np.ndarray) -> float:
         best = np.minimum(np.minimum(cost[i - 1, j], cost[i, j - 1]), cost[i - 1, j - 1])
         cost[i, j] = best + local[i - 1, j - 1]
     return float(cost[n, m] / (n + m))
+
+
+def edit_distance(a: Sequence[Hashable], b: Sequence[Hashable]) -> int:
+    """Levenshtein distance between two sequences (words, phoneme ids)."""
+    row = list(range(len(b) + 1))
+    for i, x in enumerate(a, 1):
+        diagonal, row[0] = row[0], i
+        for j, y in enumerate(b, 1):
+            diagonal, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, diagonal + (x != y))
+    return row[-1]

@@ -55,7 +55,7 @@ from model.codec import Codec
 from .content import ASSISTANT_VOICE
 from .dialogues import USER, read_dialogue, read_manifest
 from .fdbsets import write_fdb_samples
-from .features import dtw_cost, mfcc
+from .features import dtw_cost, edit_distance, mfcc
 from .speech import SAMPLE_RATE, Voice, speak
 from .stoi import stoi
 
@@ -266,17 +266,7 @@ def closest_candidate(text: str, candidates: list[str]) -> str | None:
     words = normalise(text).split()
     if not words:
         return None
-    return min(candidates, key=lambda c: _edits(words, normalise(c).split()))
-
-
-def _edits(a: list[str], b: list[str]) -> int:
-    """Word-level Levenshtein distance."""
-    row = list(range(len(b) + 1))
-    for i, x in enumerate(a, 1):
-        previous, row[0] = row[0], i
-        for j, y in enumerate(b, 1):
-            previous, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, previous + (x != y))
-    return row[-1]
+    return min(candidates, key=lambda c: edit_distance(words, normalise(c).split()))
 
 
 def _interruption(active: np.ndarray, interrupted_at: float, step: float) -> dict:

@@ -39,7 +39,7 @@ from model.errors import ConfigError
 
 from . import loop
 from .dialogues import ASSISTANT, USER, read_dialogue, read_manifest
-from .features import LogMel
+from .features import LogMel, edit_distance
 from .phonemes import PhonemeTable, load_or_build
 
 log = logging.getLogger(__name__)
@@ -209,15 +209,6 @@ def greedy(logits: torch.Tensor, frames: int) -> list[int]:
     """CTC's best path: repeats merged, blanks dropped."""
     best = logits[:frames].argmax(-1).tolist()
     return [p for i, p in enumerate(best) if p != BLANK and (i == 0 or p != best[i - 1])]
-
-
-def edit_distance(a: list[int], b: list[int]) -> int:
-    row = list(range(len(b) + 1))
-    for i, x in enumerate(a, 1):
-        diagonal, row[0] = row[0], i
-        for j, y in enumerate(b, 1):
-            diagonal, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, diagonal + (x != y))
-    return row[-1]
 
 
 class HeldOutPhonemes:

@@ -24,7 +24,7 @@ from app.train.codec import (
 )
 from app.train.dialogues import answer_frames, generate, read_manifest, text_tokens
 from app.train.export import export
-from app.train.features import MultiResolutionMelLoss
+from app.train.features import MultiResolutionMelLoss, edit_distance
 from app.train.lm import TOKENS, Trainee, lm_loss, train_lm
 from app.train.lm_data import (
     WindowSampler,
@@ -587,8 +587,8 @@ def test_ctc_decoding_and_the_phoneme_error_rate() -> None:
         logits[t, p] = 5.0
     assert teacher.greedy(logits, 6) == [2, 2, 3]  # a blank separates a doubled phoneme
     assert teacher.greedy(logits, 2) == [2]
-    assert teacher.edit_distance([1, 2, 3], [1, 3]) == 1
-    assert teacher.edit_distance([], [4, 5]) == 2
+    assert edit_distance([1, 2, 3], [1, 3]) == 1
+    assert edit_distance([], [4, 5]) == 2
 
 
 def test_the_codec_learns_the_teachers_states_and_ships_without_the_head(
