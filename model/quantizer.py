@@ -280,6 +280,22 @@ class SplitResidualVQ(nn.Module):
             codes = torch.cat([codes, rest_codes], dim=1)
         return TrainingQuantized(quantized, codes, loss, semantic)
 
+    @torch.no_grad()
+    def code_vectors(self, num_codebooks: int) -> torch.Tensor:
+        """What each code adds to the latent: [num_codebooks, codebook_size, D]. Decoding is a
+        sum of these (the output projections are linear), so codes with near vectors sound
+        alike: the geometry an LM's code embeddings can start from."""
+        self._check_count(num_codebooks)
+        vectors = []
+        for k in range(num_codebooks):
+            rvq, j = (
+                (self.rvq_first, k) if k < self.semantic_codebooks
+                else (self.rvq_rest, k - self.semantic_codebooks)
+            )  # fmt: skip
+            centroids = rvq.codebook(j).embedding  # [size, C]
+            vectors.append(rvq.output_proj(centroids.T[None])[0].T)  # [size, D]
+        return torch.stack(vectors)
+
     def decode(self, codes: torch.Tensor) -> torch.Tensor:
         """Codes [B, K, T] -> latent [B, D, T]."""
         if codes.dim() != 3 or codes.dtype.is_floating_point:

@@ -26,7 +26,8 @@
 #              default 1), the depth transformer on DEPTH_SHARE of the frames (default 0.25:
 #              2.5x faster steps on a CPU) and the tokens that make an answer right weighed
 #              ANSWER_WEIGHT (default 3); with no checkpoint in RUN_DIR/lm but a kept LM, it
-#              starts from trained/lm                                  RUN_DIR/lm
+#              starts from trained/lm; CODEC_EMBEDDINGS=1 (after a new codec) starts the audio
+#              embeddings from the codec's codebooks                   RUN_DIR/lm
 #   hear       HEAR_STEPS more steps from RUN_DIR/lm with the training-only hearing head (the
 #              user's words as targets), a new learning-rate schedule   RUN_DIR/lm-hear
 #   decoder    (optional) the codec's decoder side only, DECODER_STEPS more steps: every code
@@ -158,6 +159,8 @@ for stage in "$@"; do
             ;;
         lm)
             codec_for_lm
+            lm_codes=()  # a new codec: its codebooks' geometry for the LM's audio embeddings
+            [ "${CODEC_EMBEDDINGS:-0}" = 0 ] || lm_codes=(--codec-embeddings)
             lm_init=()  # a new machine: go on from the kept LM (a new schedule, a new optimizer)
             [ -f "$run_dir/lm/checkpoint.pt" ] || [ ! -f "$kept/lm/lm.safetensors" ] \
                 || lm_init=(--init "$kept/lm")
@@ -167,7 +170,7 @@ for stage in "$@"; do
                 --steps "$lm_steps" --batch-size 20 --frames "$frames" --threads "$threads" \
                 --checkpoint-every 100 --log-every 25 --eval-every 250 --no-progress \
                 --hear-weight "${HEAR_WEIGHT:-1}" --depth-share "${DEPTH_SHARE:-0.25}" \
-                --answer-weight "${ANSWER_WEIGHT:-3}" "${lm_extra[@]}"
+                --answer-weight "${ANSWER_WEIGHT:-3}" "${lm_codes[@]}" "${lm_extra[@]}"
             ;;
         hear)
             codec_for_lm

@@ -29,12 +29,13 @@ import logging
 import math
 import shutil
 from pathlib import Path
-from typing import NamedTuple
+from typing import NamedTuple, cast
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
+from torch import nn
 
 from model.bundle import save_safetensors
 from model.config import LMConfig, demo_lm, tiny_lm
@@ -44,6 +45,7 @@ from model.lm import LM, frames_of
 from model.tokenizer import TextTokenizer
 
 from . import loop
+from .codec import load_trained_codec
 from .lm_data import (
     IGNORE,
     WindowSampler,
@@ -267,6 +269,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "learning-rate schedule",
     )
     parser.add_argument(
+        "--codec-embeddings",
+        action="store_true",
+        help="start the LM's audio embeddings from the codec's codebooks (each code's vector "
+        "in the codec's latent, projected to the LM's width): codes that sound alike start "
+        "alike, which a small dataset cannot teach; with --init, replaces the init's audio "
+        "embeddings (learnt on another codec's codes, they mean nothing on this one's)",
+    )
+    parser.add_argument(
         "--eval-data", type=Path, help="held-out dialogues: loss and text accuracy to the log"
     )
     parser.add_argument(
@@ -321,6 +331,10 @@ def train_lm(args: argparse.Namespace) -> int:
         for cache in (TOKENS, EVAL_TOKENS):  # its encoding, if of the same dialogues, codec and
             if not (out / cache).is_file() and (args.init / cache).is_file():  # tokenizer:
                 shutil.copyfile(args.init / cache, out / cache)  # load_or_encode checks that
+    if args.codec_embeddings and start == 0:
+        codec = load_trained_codec(args.codec, torch.device("cpu"))
+        embed_codes(lm, codec.quantizer.code_vectors(codebooks), args.seed)
+        log.info("lm: audio embeddings from %s's codebooks", args.codec)
     progress = options.progress
     bf16 = not args.no_bf16
     streams = load_or_encode(
@@ -401,6 +415,44 @@ def init_lm(lm: LM, run: Path) -> None:
             f"--init {run}: its LM has another shape than this run's (--config, tokenizer, "
             f"codec): {_detail(error)}"
         ) from error
+
+
+@torch.no_grad()
+def embed_codes(lm: LM, vectors: torch.Tensor, seed: int) -> None:
+    """Set every audio embedding table of `lm` from the codec's code vectors [K, card, D]
+    (`SplitResidualVQ.code_vectors`): table row c of codebook k = vectors[k, c] through a fixed
+    random orthonormal map to the table's width, scaled to unit spread (nn.Embedding's own),
+    so that code similarity in the codec is similarity in the LM. The assistant's and the
+    user's tables of one codebook are summed in the LM's input: each speaker gets its own map
+    (orthogonal subspaces where the width allows), so that the speakers stay apart. The row
+    past `card` (the initial token) is kept."""
+    config = lm.config
+    codebooks, card, width = vectors.shape
+    if codebooks < config.dep_q or card != config.card:
+        raise ConfigError(
+            f"the codec has {codebooks} codebooks of {card} codes; the LM takes "
+            f"{config.dep_q} of {config.card}"
+        )
+    generator = torch.Generator().manual_seed(seed)
+
+    def maps(dim: int, speakers: int) -> list[torch.Tensor]:
+        if speakers * width <= dim:  # orthonormal columns, each speaker its own block
+            basis = torch.linalg.qr(torch.randn(dim, speakers * width, generator=generator)).Q
+            return [basis[:, s * width : (s + 1) * width].T for s in range(speakers)]
+        return [torch.randn(width, dim, generator=generator) / math.sqrt(width)
+                for _ in range(speakers)]  # fmt: skip
+
+    def fill(table: nn.Embedding, k: int, projection: torch.Tensor) -> None:
+        rows = vectors[k].float() @ projection  # [card, dim]
+        table.weight[:card] = (rows / rows.std().clamp_min(1e-8)).to(table.weight.dtype)
+
+    speakers = maps(config.temporal.dim, 2)
+    for i, table in enumerate(lm.emb):  # the assistant's dep_q codebooks, then the user's
+        speaker, k = (0, i) if i < config.dep_q else (1, i - config.dep_q)
+        fill(cast(nn.Embedding, table), k, speakers[speaker])
+    (depth,) = maps(config.depth.dim, 1)
+    for j, table in enumerate(lm.depformer_emb):  # the assistant's codebook j, into step j + 1
+        fill(cast(nn.Embedding, table), j, depth)
 
 
 def _detail(error: Exception) -> str:

@@ -88,6 +88,19 @@ def test_encode_decode_shapes_and_round_trip() -> None:
     assert torch.equal(quantizer.encode(x, 8)[:, :3], quantizer.encode(x, 3))
 
 
+def test_decoding_is_the_sum_of_the_code_vectors() -> None:
+    cfg = tiny_mimi()
+    quantizer = make(cfg)
+    x = torch.randn(2, cfg.seanet.dimension, 5)
+    codes = quantizer.encode(x, 5)
+    vectors = quantizer.code_vectors(5)  # [K, size, D]
+    assert vectors.shape == (5, cfg.codebook_size, cfg.seanet.dimension)
+    summed = torch.stack([vectors[k][codes[:, k]] for k in range(5)]).sum(0)  # [B, T, D]
+    torch.testing.assert_close(summed.transpose(1, 2), quantizer.decode(codes))
+    with pytest.raises(ValueError, match="between"):
+        quantizer.code_vectors(cfg.total_codebooks + 1)
+
+
 def test_wrong_input_raises() -> None:
     quantizer = make(tiny_mimi())
     with pytest.raises(ValueError, match="between 1 and 8"):

@@ -322,6 +322,36 @@ def test_a_run_starts_from_another_runs_weights(work: Path, lm_run: Path) -> Non
     assert all(torch.equal(trained[k], copied[k]) for k in trained)
 
 
+def test_audio_embeddings_start_from_the_codecs_codebooks(work: Path, lm_run: Path) -> None:
+    started = work / "lm_codec_embeddings"
+    train_lm(_lm_args(work, started, "--init", str(lm_run), "--codec-embeddings", "--steps", "0"))
+    before, after = (load_lm_state(run) for run in (lm_run, started))
+    vectors = load_trained_codec(work / "codec").quantizer.code_vectors(4)  # [K, card, D]
+    card = vectors.shape[1]
+
+    def cosines(rows: torch.Tensor) -> torch.Tensor:
+        rows = torch.nn.functional.normalize(rows.float(), dim=-1)
+        return rows @ rows.T
+
+    live = vectors.norm(dim=-1) > 0  # never-used codes of a tiny codec may have none
+    for name, k in (("emb.0", 0), ("emb.3", 3), ("emb.4", 0), ("depformer_emb.2", 2)):
+        table = after[f"{name}.weight"]
+        assert table.std().item() == pytest.approx(1.0, rel=0.05)  # nn.Embedding's spread
+        # code similarity in the codec is similarity in the LM (an orthonormal map)
+        kept = live[k]
+        torch.testing.assert_close(
+            cosines(table[:card][kept]), cosines(vectors[k][kept]), atol=1e-5, rtol=0
+        )
+        assert torch.equal(table[card], before[f"{name}.weight"][card])  # the initial token
+    # one code of the assistant and of the user start orthogonal: the speakers stay apart
+    both = after["emb.0.weight"][:card] @ after["emb.4.weight"][:card].T
+    assert both.abs().max().item() < 1e-4
+    # everything else is the init run's
+    for key in before:
+        if not key.startswith(("emb.", "depformer_emb.")):
+            assert torch.equal(before[key], after[key]), key
+
+
 def test_a_run_that_does_not_fit_gets_one_clear_line(work: Path, lm_run: Path) -> None:
     from model.errors import ConfigError
 
