@@ -111,27 +111,33 @@ def encode_dialogues(
     )
     batches = [order[first : first + batch] for first in range(0, len(order), batch)]
     every = max(1, len(batches) // 20)  # without a bar: a log line per 5%
-    for b, chosen in enumerate(tqdm(batches, desc="encoding", disable=not progress)):
-        if not progress and b % every == 0:
-            log.info("encoding %s: %d/%d dialogues", folder, len(encoded.done), len(files))
-        loaded = [read_dialogue(files[i]) for i in chosen]
-        frames = [math.ceil(pcm.shape[1] / frame_size) for pcm, _ in loaded]
-        stereo = np.zeros((len(loaded), 2, max(frames) * frame_size), dtype=np.float32)
-        for i, (pcm, _) in enumerate(loaded):
-            stereo[i, :, : pcm.shape[1]] = pcm
-        pcm_batch = torch.from_numpy(stereo).to(device).view(-1, 1, stereo.shape[-1])
-        # [2B, K, frames]; the codec is causal, so the zero padding changes no earlier frame
-        with autocast:
-            latent = codec.latent(pcm_batch)
-        found = codec.quantizer.encode(latent, num_codebooks)
-        codes = found.reshape(len(loaded), 2 * num_codebooks, -1).cpu().numpy()
-        for i, (index, (_, description), n) in enumerate(zip(chosen, loaded, frames, strict=True)):
-            text = text_tokens(description["alignments"], tokenizer.encode, n, frame_rate)
-            assistant, user = codes[i, :num_codebooks, :n], codes[i, num_codebooks:, :n]
-            # the user one frame ahead, as `LM.step` hears it (model.lm.user_ahead)
-            user = np.concatenate([user[:, 1:], np.full_like(user[:, :1], IGNORE)], axis=1)
-            streams = np.concatenate([np.array(text)[None], assistant, user]).astype(np.int16)
-            encoded.add(index, streams)
+    with loop.stoppable("encoding") as stop_requested:
+        for b, chosen in enumerate(tqdm(batches, desc="encoding", disable=not progress)):
+            if stop_requested():  # keep what is done, then stop
+                if encoded.path is not None:
+                    encoded.save()
+                loop.stop_now("encoding", f"{len(encoded.done)}/{len(files)} dialogues")
+            if not progress and b % every == 0:
+                log.info("encoding %s: %d/%d dialogues", folder, len(encoded.done), len(files))
+            loaded = [read_dialogue(files[i]) for i in chosen]
+            frames = [math.ceil(pcm.shape[1] / frame_size) for pcm, _ in loaded]
+            stereo = np.zeros((len(loaded), 2, max(frames) * frame_size), dtype=np.float32)
+            for i, (pcm, _) in enumerate(loaded):
+                stereo[i, :, : pcm.shape[1]] = pcm
+            pcm_batch = torch.from_numpy(stereo).to(device).view(-1, 1, stereo.shape[-1])
+            # [2B, K, frames]; the codec is causal, so the zero padding changes no earlier frame
+            with autocast:
+                latent = codec.latent(pcm_batch)
+            found = codec.quantizer.encode(latent, num_codebooks)
+            codes = found.reshape(len(loaded), 2 * num_codebooks, -1).cpu().numpy()
+            described = zip(chosen, loaded, frames, strict=True)
+            for i, (index, (_, description), n) in enumerate(described):
+                text = text_tokens(description["alignments"], tokenizer.encode, n, frame_rate)
+                assistant, user = codes[i, :num_codebooks, :n], codes[i, num_codebooks:, :n]
+                # the user one frame ahead, as `LM.step` hears it (model.lm.user_ahead)
+                user = np.concatenate([user[:, 1:], np.full_like(user[:, :1], IGNORE)], axis=1)
+                streams = np.concatenate([np.array(text)[None], assistant, user]).astype(np.int16)
+                encoded.add(index, streams)
     return [encoded.done[i] for i in range(len(files))]
 
 

@@ -15,8 +15,11 @@ import logging
 import math
 import random
 import resource
+import signal
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -140,6 +143,38 @@ def autocast(device: torch.device, enabled: bool = True) -> torch.autocast:
 PROBE_STEPS = 100  # steps timed (after 10 warm-up steps) to turn --minutes into --steps
 
 
+@contextmanager
+def stoppable(what: str) -> Iterator[Callable[[], bool]]:
+    """SIGTERM or Ctrl-C inside the block asks for a stop instead of killing the process
+    mid-step: the block polls the function it gets between steps, saves where it is and
+    raises KeyboardInterrupt (`stop_now`). A second signal stops at once. Outside the main
+    thread (signals cannot be caught there) nothing changes."""
+    requested = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield requested.is_set
+        return
+
+    def handler(signum: int, _frame: object) -> None:
+        if requested.is_set():
+            raise KeyboardInterrupt
+        requested.set()
+        log.warning("%s: %s: stopping after this step, with a checkpoint (again: at once)",
+                    what, signal.Signals(signum).name)  # fmt: skip
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield requested.is_set
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+def stop_now(what: str, where: str) -> None:
+    """After a requested stop has saved its work: say how to go on, and stop (exit 130)."""
+    log.warning("%s: stopped at %s; run the same command again to continue", what, where)
+    raise KeyboardInterrupt
+
+
 @dataclass
 class LoopOptions:
     steps: int | None  # None: fixed from `minutes` after PROBE_STEPS, then kept in checkpoints
@@ -180,7 +215,7 @@ def train_loop(
     tuned = tune_allocator()
     log.info("%s: allocator tuned for the loop: %s", desc, tuned)
     faults = memory_figures()["page_faults"]
-    with open(run_dir / LOG, "a") as log_file:
+    with open(run_dir / LOG, "a") as log_file, stoppable(desc) as stop_requested:
         step = start
         while options.steps is None or step < options.steps:
             if step == start + 10:
@@ -211,7 +246,8 @@ def train_loop(
                 {k: f"{v:.3g}" for k, v in metrics.items() if k not in ("faults", "step_s")},
                 refresh=False,
             )
-            out_of_time = (
+            stopping = stop_requested()
+            out_of_time = stopping or (
                 options.time_limit_s is not None and time.monotonic() - began > options.time_limit_s
             )
             if done % options.log_every == 0 or done == options.steps or out_of_time:
@@ -243,6 +279,9 @@ def train_loop(
                 log.info("%s: held-out at step %d: %s", desc, done, figures)
             if done % options.checkpoint_every == 0 or done == options.steps or out_of_time:
                 checkpoint(done)
+            if stopping:
+                bar.close()
+                stop_now(desc, f"step {done}")
             if out_of_time and done != options.steps:
                 log.warning(
                     "%s: time limit reached at step %d of %s; run the same command again to "

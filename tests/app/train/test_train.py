@@ -5,6 +5,11 @@ The real run (docs/demo-model.md) is the same code with the demo shapes on a GPU
 
 import argparse
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -74,13 +79,17 @@ def _codec_args(work: Path, out: Path, *extra: str) -> argparse.Namespace:
     )  # fmt: skip
 
 
-def _lm_args(work: Path, out: Path, *extra: str) -> argparse.Namespace:
-    return _args(
+def _lm_argv(work: Path, out: Path, *extra: str) -> list[str]:
+    return [str(arg) for arg in (
         "lm", "--data", work / "data", "--codec", work / "codec", "--tokenizer",
         work / "tokenizer", "--out", out, "--config", "tiny", "--steps", "4", "--batch-size",
         "2", "--frames", "12", "--log-every", "1", "--allow-dead-codes", "--eval-data",
         work / "eval", "--eval-every", "2", *extra,
-    )  # fmt: skip
+    )]  # fmt: skip
+
+
+def _lm_args(work: Path, out: Path, *extra: str) -> argparse.Namespace:
+    return _args(*_lm_argv(work, out, *extra))
 
 
 def _losses(run: Path) -> list[float]:
@@ -365,6 +374,37 @@ def load_lm_state(run: Path) -> dict[str, torch.Tensor]:
     from safetensors.torch import load_file
 
     return load_file(str(run / "lm.safetensors"))
+
+
+def test_a_signal_stops_a_run_after_its_step_with_a_checkpoint(work: Path, lm_run: Path) -> None:
+    out = work / "lm_signalled"
+    argv = _lm_argv(work, out, "--steps", "100000", "--no-progress")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "app.train", *argv], env=env, stderr=subprocess.PIPE, text=True
+    )
+    deadline = time.monotonic() + 120
+    while not (out / loop.LOG).is_file() or "step" not in (out / loop.LOG).read_text():
+        assert process.poll() is None and time.monotonic() < deadline, "no step was logged"
+        time.sleep(0.05)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130, stderr  # stopped, not finished and not killed
+    assert "run the same command again to continue" in stderr
+    stopped = int(stderr.split("stopped at step ")[1].split(";")[0])
+    saved = torch.load(out / loop.CHECKPOINT, weights_only=False)
+    assert saved["step"] == stopped > 0  # the step it finished is the one saved
+
+
+def test_stoppable_turns_the_first_signal_into_a_request_and_the_second_into_a_stop() -> None:
+    before = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
+    with loop.stoppable("test") as requested:
+        assert not requested()
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert requested()
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+    assert (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)) == before
 
 
 def test_lm_run_resumes_exactly(work: Path, lm_run: Path) -> None:
