@@ -2,10 +2,16 @@
 
 Why several: a model that has heard only espeak-ng's formant speech learns espeak-ng, not
 speech. espeak-ng runs as a library (`app.train.espeak`), flite and festival as programs
-(`app.train.speech_cmu`); `app.train.utterance` holds what they all return.
+(`app.train.speech_cmu`); `app.train.utterance` holds what they all return. A voice's `tract`
+makes new speakers of them: the synthesizers have men's voices mostly, and people do not.
 """
 
 from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+import soxr
 
 from . import speech_cmu
 from .espeak import synthesizer
@@ -16,6 +22,18 @@ __all__ = ["SAMPLE_RATE", "SpeechError", "Utterance", "Voice", "Word", "speak", 
 
 def speak(text: str, voice: Voice) -> Utterance:
     """`text` in `voice`, whichever synthesizer it belongs to."""
+    if voice.tract == 1.0:
+        return _synthesize(text, voice)
+    # said slower by `tract`, then resampled to `tract` times fewer samples: played at
+    # SAMPLE_RATE, pitch and formants rise by `tract` and the pace is the one asked for
+    slower = replace(voice, speed=max(80, round(voice.speed / voice.tract)), tract=1.0)
+    said = _synthesize(text, slower)
+    pcm = soxr.resample(said.pcm, SAMPLE_RATE, SAMPLE_RATE / voice.tract).astype(np.float32)
+    words = [replace(w, start=w.start / voice.tract, end=w.end / voice.tract) for w in said.words]
+    return Utterance(pcm, words)
+
+
+def _synthesize(text: str, voice: Voice) -> Utterance:
     if voice.engine == "espeak":
         return synthesizer().synthesize(text, voice)
     if voice.engine == "flite":

@@ -32,12 +32,18 @@ class Voice:
     pitch: int = 50  # 0..99 (espeak's -p; espeak-ng only)
     pitch_range: int = 50  # intonation range 0..99 (0 is monotone; espeak-ng only)
     engine: str = "espeak"  # "espeak", "flite" or "festival" (app.train.speech_cmu)
+    # The speech resampled so that pitch and formants are `tract` times higher at the same
+    # pace, as from a vocal tract that much shorter (1.2-1.3: roughly a man's voice made a
+    # woman's); any synthesizer (`speech.speak`)
+    tract: float = 1.0
 
     @property
     def name(self) -> str:
         if self.engine != "espeak":
-            return f"{self.engine}:{self.language}"
-        return self.language if self.variant is None else f"{self.language}+{self.variant}"
+            name = f"{self.engine}:{self.language}"
+        else:
+            name = self.language if self.variant is None else f"{self.language}+{self.variant}"
+        return name if self.tract == 1.0 else f"{name}*{self.tract:.2f}"
 
 
 @dataclass(frozen=True)

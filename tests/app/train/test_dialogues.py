@@ -46,6 +46,22 @@ def test_words_are_timed_inside_one_natural_utterance() -> None:
     assert np.sqrt(np.mean(gap**2)) < 0.2 * np.sqrt(np.mean(word**2))
 
 
+def test_a_shorter_vocal_tract_raises_the_voice_at_the_same_pace() -> None:
+    require_espeak()
+    text = "Hey, what is seven plus five?"
+    plain, higher = (speak(text, Voice("en-us", "m3", tract=t)) for t in (1.0, 1.25))
+
+    def centroid(pcm: np.ndarray) -> float:
+        power = np.abs(np.fft.rfft(pcm)) ** 2
+        return float(np.sum(np.fft.rfftfreq(len(pcm), 1 / SAMPLE_RATE) * power) / np.sum(power))
+
+    assert 1.12 < centroid(higher.pcm) / centroid(plain.pcm) < 1.38  # the spectrum moved up
+    assert 0.85 < higher.duration / plain.duration < 1.15  # said as fast
+    assert [w.text for w in higher.words] == [w.text for w in plain.words]
+    assert all(0 <= w.start <= w.end <= higher.duration + 1e-6 for w in higher.words)
+    assert Voice("en-us", "m3", tract=1.25).name == "en-us+m3*1.25"
+
+
 def test_every_voice_of_both_splits_exists() -> None:
     require_espeak()
     lib = synthesizer()._lib
@@ -114,8 +130,11 @@ def test_the_split_holds_out_phrasings_numbers_and_voices() -> None:
     assert {v.engine for v in voices} == {"espeak", "flite", "festival"}
     assert not any(content.is_held_out(v) for v in voices)
     assert content.ASSISTANT_VOICE not in voices
-    held = [content.is_held_out(content.user_voice(rng, "eval")) for _ in range(200)]
-    assert 0.35 < np.mean(held) < 0.65
+    low, high = content.TRACT_RANGE  # every training speaker resampled, held-out ones never
+    assert all(low <= v.tract <= high for v in voices) and np.std([v.tract for v in voices]) > 0.1
+    eval_voices = [content.user_voice(rng, "eval") for _ in range(200)]
+    assert 0.35 < np.mean([content.is_held_out(v) for v in eval_voices]) < 0.65
+    assert all(v.tract == 1.0 for v in eval_voices)
 
 
 def test_answers_are_what_their_check_accepts() -> None:
