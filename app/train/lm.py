@@ -428,7 +428,7 @@ def embed_codes(lm: LM, vectors: torch.Tensor, seed: int) -> None:
     past `card` (the initial token) is kept."""
     config = lm.config
     codebooks, card, width = vectors.shape
-    if codebooks < config.dep_q or card != config.card:
+    if codebooks < max(config.dep_q, config.n_q - config.dep_q) or card != config.card:
         raise ConfigError(
             f"the codec has {codebooks} codebooks of {card} codes; the LM takes "
             f"{config.dep_q} of {config.card}"
@@ -439,7 +439,11 @@ def embed_codes(lm: LM, vectors: torch.Tensor, seed: int) -> None:
         if speakers * width <= dim:  # orthonormal columns, each speaker its own block
             basis = torch.linalg.qr(torch.randn(dim, speakers * width, generator=generator)).Q
             return [basis[:, s * width : (s + 1) * width].T for s in range(speakers)]
-        return [torch.randn(width, dim, generator=generator) / math.sqrt(width)
+        if width <= dim:  # each its own orthonormal map; the speakers' images may overlap
+            return [torch.linalg.qr(torch.randn(dim, width, generator=generator)).Q.T
+                    for _ in range(speakers)]  # fmt: skip
+        # a wider codec: a projection with orthonormal rows (keeps the largest part)
+        return [torch.linalg.qr(torch.randn(width, dim, generator=generator)).Q
                 for _ in range(speakers)]  # fmt: skip
 
     def fill(table: nn.Embedding, k: int, projection: torch.Tensor) -> None:

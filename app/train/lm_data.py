@@ -138,6 +138,10 @@ def encode_dialogues(
                 user = np.concatenate([user[:, 1:], np.full_like(user[:, :1], IGNORE)], axis=1)
                 streams = np.concatenate([np.array(text)[None], assistant, user]).astype(np.int16)
                 encoded.add(index, streams)
+        if stop_requested():  # during the last batch
+            if encoded.path is not None:
+                encoded.save()
+            loop.stop_now("encoding", f"{len(encoded.done)}/{len(files)} dialogues")
     return [encoded.done[i] for i in range(len(files))]
 
 
@@ -169,6 +173,7 @@ def load_or_encode(
         data, codec, tokenizer, num_codebooks, device, progress=progress, bf16=bf16,
         encoded=partial,
     )  # fmt: skip
+    partial.save()  # all of it, before the sample below (which can be stopped too)
     if bf16:  # what the bf16 convolutions changed: the codes of a few dialogues in fp32 too
         sample = Path(cache).with_suffix(".fp32-sample")
         _sample_folder(data, sample, count=4)

@@ -148,7 +148,8 @@ def stoppable(what: str) -> Iterator[Callable[[], bool]]:
     """SIGTERM or Ctrl-C inside the block asks for a stop instead of killing the process
     mid-step: the block polls the function it gets between steps, saves where it is and
     raises KeyboardInterrupt (`stop_now`). A second signal stops at once. Outside the main
-    thread (signals cannot be caught there) nothing changes."""
+    thread (signals cannot be caught there) nothing changes, nor for a signal the process
+    ignores (a job started in the background by a script ignores Ctrl-C: it still does)."""
     requested = threading.Event()
     if threading.current_thread() is not threading.main_thread():
         yield requested.is_set
@@ -158,15 +159,16 @@ def stoppable(what: str) -> Iterator[Callable[[], bool]]:
         if requested.is_set():
             raise KeyboardInterrupt
         requested.set()
-        log.warning("%s: %s: stopping after this step, with a checkpoint (again: at once)",
+        log.warning("%s: %s: stopping where the work is saved (again: at once)",
                     what, signal.Signals(signum).name)  # fmt: skip
 
-    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
+    caught = [s for s in (signal.SIGTERM, signal.SIGINT) if signal.getsignal(s) != signal.SIG_IGN]
+    previous = {sig: signal.signal(sig, handler) for sig in caught}
     try:
         yield requested.is_set
     finally:
-        for sig, old in previous.items():
-            signal.signal(sig, old)
+        for sig, old in previous.items():  # None: a handler not set from Python
+            signal.signal(sig, signal.SIG_DFL if old is None else old)
 
 
 def stop_now(what: str, where: str) -> None:
@@ -270,16 +272,15 @@ def train_loop(
                         memory["peak_rss_gb"],
                         "?" if eta is None else f"{eta / 60:.0f} min",
                     )
-            if options.evaluate is not None and (
-                done % options.eval_every == 0 or done == options.steps
-            ):
+            if (options.evaluate is not None and not stopping
+                    and (done % options.eval_every == 0 or done == options.steps)):  # fmt: skip
                 figures = options.evaluate(done)
                 log_file.write(json.dumps({"step": done, "eval": figures}) + "\n")
                 log_file.flush()
                 log.info("%s: held-out at step %d: %s", desc, done, figures)
             if done % options.checkpoint_every == 0 or done == options.steps or out_of_time:
                 checkpoint(done)
-            if stopping:
+            if stopping and done != options.steps:  # a finished run just finishes
                 bar.close()
                 stop_now(desc, f"step {done}")
             if out_of_time and done != options.steps:

@@ -29,7 +29,12 @@ def speak(text: str, voice: Voice) -> Utterance:
     slower = replace(voice, speed=max(80, round(voice.speed / voice.tract)), tract=1.0)
     said = _synthesize(text, slower)
     pcm = soxr.resample(said.pcm, SAMPLE_RATE, SAMPLE_RATE / voice.tract).astype(np.float32)
-    words = [replace(w, start=w.start / voice.tract, end=w.end / voice.tract) for w in said.words]
+    duration = len(pcm) / SAMPLE_RATE  # soxr rounds the length to a whole sample
+
+    def scaled(time: float) -> float:
+        return min(time / voice.tract, duration)
+
+    words = [replace(w, start=scaled(w.start), end=scaled(w.end)) for w in said.words]
     return Utterance(pcm, words)
 
 

@@ -39,11 +39,10 @@ class Voice:
 
     @property
     def name(self) -> str:
+        """The synthesizer's voice (espeak-ng looks it up by this name); `tract` is not in it."""
         if self.engine != "espeak":
-            name = f"{self.engine}:{self.language}"
-        else:
-            name = self.language if self.variant is None else f"{self.language}+{self.variant}"
-        return name if self.tract == 1.0 else f"{name}*{self.tract:.2f}"
+            return f"{self.engine}:{self.language}"
+        return self.language if self.variant is None else f"{self.language}+{self.variant}"
 
 
 @dataclass(frozen=True)

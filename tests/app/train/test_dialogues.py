@@ -59,7 +59,6 @@ def test_a_shorter_vocal_tract_raises_the_voice_at_the_same_pace() -> None:
     assert 0.85 < higher.duration / plain.duration < 1.15  # said as fast
     assert [w.text for w in higher.words] == [w.text for w in plain.words]
     assert all(0 <= w.start <= w.end <= higher.duration + 1e-6 for w in higher.words)
-    assert Voice("en-us", "m3", tract=1.25).name == "en-us+m3*1.25"
 
 
 def test_every_voice_of_both_splits_exists() -> None:
@@ -129,7 +128,8 @@ def test_the_split_holds_out_phrasings_numbers_and_voices() -> None:
     voices = [content.user_voice(rng, "train") for _ in range(500)]
     assert {v.engine for v in voices} == {"espeak", "flite", "festival"}
     assert not any(content.is_held_out(v) for v in voices)
-    assert content.ASSISTANT_VOICE not in voices
+    assistant = content.ASSISTANT_VOICE
+    assert not any((v.engine, v.language) == (assistant.engine, assistant.language) for v in voices)
     low, high = content.TRACT_RANGE  # every training speaker resampled, held-out ones never
     assert all(low <= v.tract <= high for v in voices) and np.std([v.tract for v in voices]) > 0.1
     eval_voices = [content.user_voice(rng, "eval") for _ in range(200)]
