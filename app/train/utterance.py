@@ -33,8 +33,8 @@ class Voice:
     pitch_range: int = 50  # intonation range 0..99 (0 is monotone; espeak-ng only)
     engine: str = "espeak"  # "espeak", "flite" or "festival" (app.train.speech_cmu)
     # The speech resampled so that pitch and formants are `tract` times higher at the same
-    # pace, as from a vocal tract that much shorter (1.2-1.3: roughly a man's voice made a
-    # woman's); any synthesizer (`speech.speak`)
+    # pace, as from a vocal tract that much shorter (1.2: about a woman's formants from a
+    # man's; her pitch is higher still); any synthesizer (`speech.speak`)
     tract: float = 1.0
 
     @property
