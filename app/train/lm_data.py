@@ -113,10 +113,6 @@ def encode_dialogues(
     every = max(1, len(batches) // 20)  # without a bar: a log line per 5%
     with loop.stoppable("encoding") as stop_requested:
         for b, chosen in enumerate(tqdm(batches, desc="encoding", disable=not progress)):
-            if stop_requested():  # keep what is done, then stop
-                if encoded.path is not None:
-                    encoded.save()
-                loop.stop_now("encoding", f"{len(encoded.done)}/{len(files)} dialogues")
             if not progress and b % every == 0:
                 log.info("encoding %s: %d/%d dialogues", folder, len(encoded.done), len(files))
             loaded = [read_dialogue(files[i]) for i in chosen]
@@ -138,10 +134,10 @@ def encode_dialogues(
                 user = np.concatenate([user[:, 1:], np.full_like(user[:, :1], IGNORE)], axis=1)
                 streams = np.concatenate([np.array(text)[None], assistant, user]).astype(np.int16)
                 encoded.add(index, streams)
-        if stop_requested():  # during the last batch
-            if encoded.path is not None:
-                encoded.save()
-            loop.stop_now("encoding", f"{len(encoded.done)}/{len(files)} dialogues")
+            if stop_requested():  # this batch is done: keep what is done, then stop
+                if encoded.path is not None:
+                    encoded.save()
+                loop.stop_now("encoding", f"{len(encoded.done)}/{len(files)} dialogues")
     return [encoded.done[i] for i in range(len(files))]
 
 
