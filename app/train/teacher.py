@@ -98,8 +98,7 @@ class Teacher(torch.nn.Module):
 
 
 def save_teacher(teacher: Teacher, folder: Path) -> None:
-    state = {k: v for k, v in teacher.state_dict().items() if not k.startswith("mel.")}
-    save_safetensors(state, folder / WEIGHTS, torch.float32)
+    save_safetensors(teacher.state_dict(), folder / WEIGHTS, torch.float32)  # (mel: buffers)
     (folder / CONFIG).write_text(json.dumps(asdict(teacher.config), indent=1))
 
 
@@ -111,7 +110,13 @@ def load_teacher(folder: Path, device: torch.device | str = "cpu") -> Teacher:
             f"{folder}` writes them)"
         )
     teacher = Teacher(TeacherConfig(**json.loads((folder / CONFIG).read_text())))
-    teacher.load_state_dict(load_file(folder / WEIGHTS), strict=False)
+    try:
+        teacher.load_state_dict(load_file(folder / WEIGHTS))
+    except RuntimeError as error:
+        raise ConfigError(
+            f"--teacher {folder}: its weights do not fit its {CONFIG} (another antiphon, or "
+            f"a damaged file): {str(error).splitlines()[-1].strip()}"
+        ) from error
     teacher.requires_grad_(False)
     return teacher.to(device).eval()
 
