@@ -19,6 +19,7 @@ from app.core.models import ASSETS
 from model.bundle import FILES
 from model.errors import ConfigError
 
+from .dialogues import manifest_rows
 from .quality import HELD_OUT_VOICE_TARGET, TARGETS
 
 CARD = "MODEL_CARD.md"
@@ -150,8 +151,8 @@ def fdb_table(report: dict) -> list[str]:
 
 
 def write_card(run: Path, assets: Path, commands: dict[str, str]) -> str:
-    manifest = (run / "data" / "train" / "manifest.jsonl").read_text().splitlines()
-    train_hours = sum(json.loads(line)["duration"] for line in manifest) / 3600
+    manifest = manifest_rows(run / "data" / "train")
+    train_hours = sum(row["duration"] for row in manifest) / 3600
     codec = run_summary(_log(run / "codec" / "log.jsonl"))
     lm = run_summary(_log(run / "lm" / "log.jsonl"))
     hear = run_summary(_log(run / "lm-hear" / "log.jsonl"))

@@ -35,7 +35,7 @@ from model.errors import ConfigError
 from model.quantizer import CodebookTraining
 
 from . import loop
-from .dialogues import ASSISTANT, USER, read_dialogue, read_manifest
+from .dialogues import ASSISTANT, USER, read_description, read_dialogue, read_manifest
 from .features import MultiResolutionMelLoss
 from .phonemes import SILENCE, SUBSTEPS, UNKNOWN, PhonemeTable, load_or_build
 from .stoi import stoi
@@ -159,7 +159,7 @@ def phoneme_loss(logits: torch.Tensor, labels: torch.Tensor) -> PhonemeFit:
 
 
 def _alignments(wav: Path) -> list:
-    return list(json.loads(wav.with_suffix(".json").read_text())["alignments"])
+    return list(read_description(wav)["alignments"])
 
 
 class Reconstruction(NamedTuple):

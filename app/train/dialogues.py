@@ -35,6 +35,8 @@ import numpy as np
 import soundfile
 from tqdm import tqdm
 
+from model.errors import ConfigError
+
 from . import content
 from .content import Split, Turn
 from .speech import SAMPLE_RATE, Utterance, speak
@@ -327,13 +329,41 @@ def generate(
     return rows
 
 
+def _read_json(path: Path) -> object:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as error:
+        raise ConfigError(
+            f"{path}: cannot read it ({error}); generate the dialogues again with `train data`"
+        ) from error
+
+
+def manifest_rows(folder: str | Path) -> list[dict]:
+    """The rows of a generated folder's manifest.jsonl (path, duration, ...), in file order."""
+    manifest = Path(folder) / "manifest.jsonl"
+    try:
+        lines = manifest.read_text().splitlines()
+        return [json.loads(line) for line in lines if line.strip()]
+    except (OSError, ValueError) as error:
+        raise ConfigError(
+            f"{manifest}: cannot read it ({error}); generate the dialogues again with `train data`"
+        ) from error
+
+
 def read_manifest(folder: str | Path) -> list[Path]:
     """The WAV files a generated folder lists (or every *.wav when it has no manifest)."""
     folder = Path(folder)
-    manifest = folder / "manifest.jsonl"
-    if manifest.is_file():
-        return [folder / json.loads(line)["path"] for line in manifest.read_text().splitlines()]
+    if (folder / "manifest.jsonl").is_file():
+        return [folder / row["path"] for row in manifest_rows(folder)]
     return sorted(folder.glob("*.wav"))
+
+
+def read_description(wav_path: str | Path) -> dict:
+    """The JSON description beside a generated dialogue: its turns, alignments and voices."""
+    description = _read_json(Path(wav_path).with_suffix(".json"))
+    if not isinstance(description, dict):
+        raise ConfigError(f"{wav_path}: its .json is not a dialogue description")
+    return description
 
 
 def read_dialogue(wav_path: str | Path) -> tuple[np.ndarray, dict]:
@@ -341,7 +371,7 @@ def read_dialogue(wav_path: str | Path) -> tuple[np.ndarray, dict]:
     pcm, rate = soundfile.read(str(wav_path), dtype="float32", always_2d=True)
     if rate != SAMPLE_RATE or pcm.shape[1] != 2:
         raise ValueError(f"{wav_path}: expected stereo {SAMPLE_RATE} Hz, got {pcm.shape} {rate}")
-    return pcm.T.copy(), json.loads(Path(wav_path).with_suffix(".json").read_text())
+    return pcm.T.copy(), read_description(wav_path)
 
 
 # --- the inner-monologue stream --------------------------------------------------------------

@@ -26,7 +26,15 @@ from model.tokenizer import TextTokenizer
 
 from . import loop
 from .codec import load_trained_codec
-from .dialogues import answer_frames, heard_tokens, read_dialogue, read_manifest, text_tokens
+from .dialogues import (
+    answer_frames,
+    heard_tokens,
+    manifest_rows,
+    read_description,
+    read_dialogue,
+    read_manifest,
+    text_tokens,
+)
 
 log = logging.getLogger(__name__)
 
@@ -111,10 +119,20 @@ def encode_dialogues(
     )
     batches = [order[first : first + batch] for first in range(0, len(order), batch)]
     every = max(1, len(batches) // 20)  # without a bar: a log line per 5%
+    sizes = {i: files[i].stat().st_size for i in order}  # time goes with the audio's length
+    total, began = sum(sizes.values()), time.monotonic()
+    done_bytes = 0
     with loop.stoppable("encoding") as stop_requested:
         for b, chosen in enumerate(tqdm(batches, desc="encoding", disable=not progress)):
             if not progress and b % every == 0:
-                log.info("encoding %s: %d/%d dialogues", folder, len(encoded.done), len(files))
+                elapsed = time.monotonic() - began
+                left = elapsed * (total - done_bytes) / done_bytes if done_bytes else None
+                log.info(
+                    "encoding %s: %d/%d dialogues, %.0f min so far, %s",
+                    folder, len(encoded.done), len(files), elapsed / 60,
+                    "time left unknown yet" if left is None else f"about {left / 60:.0f} min left",
+                )  # fmt: skip
+            done_bytes += sum(sizes[i] for i in chosen)
             loaded = [read_dialogue(files[i]) for i in chosen]
             frames = [math.ceil(pcm.shape[1] / frame_size) for pcm, _ in loaded]
             stereo = np.zeros((len(loaded), 2, max(frames) * frame_size), dtype=np.float32)
@@ -208,7 +226,7 @@ def with_training_rows(
     the text tokens that make an answer right (`answer_frames`)."""
     out = []
     for path, tokens in zip(read_manifest(data)[: len(streams)], streams, strict=True):
-        description = json.loads(path.with_suffix(".json").read_text())
+        description = read_description(path)
         frames = tokens.shape[1]
         heard = heard_tokens(
             description["alignments"], tokenizer.encode, frames, frame_rate, delay_frames
@@ -222,14 +240,14 @@ def with_training_rows(
 def _sample_folder(data: Path, folder: Path, count: int) -> None:
     """A folder listing the first `count` dialogues of `data` (a manifest of links)."""
     folder.mkdir(parents=True, exist_ok=True)
-    rows = (Path(data) / "manifest.jsonl").read_text().splitlines()[:count]
+    rows = manifest_rows(data)[:count]
     for row in rows:
-        name = Path(json.loads(row)["path"])
+        name = Path(row["path"])
         for suffix in (".wav", ".json"):
             link = folder / name.with_suffix(suffix)
             if not link.exists():
                 link.symlink_to((Path(data) / name.with_suffix(suffix)).resolve())
-    (folder / "manifest.jsonl").write_text("\n".join(rows) + "\n")
+    (folder / "manifest.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
 
 
 def codes_used(streams: list[np.ndarray], num_codebooks: int) -> list[int]:

@@ -38,7 +38,7 @@ from model.bundle import save_safetensors
 from model.errors import ConfigError
 
 from . import loop
-from .dialogues import ASSISTANT, USER, read_dialogue, read_manifest
+from .dialogues import ASSISTANT, USER, read_description, read_dialogue, read_manifest
 from .features import LogMel, edit_distance
 from .phonemes import PhonemeTable, load_or_build
 
@@ -290,7 +290,7 @@ def train_teacher(args: argparse.Namespace) -> int:
     generator = loop.seed_everything(args.seed)
     alignments = (
         a for wav in read_manifest(args.data)[: args.dialogues]
-        for a in json.loads(wav.with_suffix(".json").read_text())["alignments"]
+        for a in read_description(wav)["alignments"]
     )  # fmt: skip
     table = load_or_build(out, alignments, options.progress)
     teacher = Teacher(TeacherConfig(table.classes, args.dim, args.layers)).to(device).train()

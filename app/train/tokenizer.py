@@ -9,7 +9,6 @@ so the evaluation phrasings' words are not given their own pieces.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 from pathlib import Path
 
@@ -18,7 +17,7 @@ import sentencepiece
 from model.errors import ConfigError
 from model.tokenizer import TEXT_END_OF_PADDING_ID, TEXT_PAD_ID, TextTokenizer
 
-from .dialogues import read_manifest
+from .dialogues import read_description, read_manifest
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +28,7 @@ def dialogue_sentences(folder: str | Path) -> list[str]:
     """Every request and answer of a folder of generated dialogues, in file order."""
     sentences = []
     for wav in read_manifest(folder):
-        description = json.loads(wav.with_suffix(".json").read_text())
+        description = read_description(wav)
         for turn in description["turns"]:
             sentences += [s for s in (turn["turn"]["question"], turn["turn"]["answer"]) if s]
     if not sentences:

@@ -13,11 +13,15 @@ from app.train.dialogues import (
     USER,
     generate,
     heard_tokens,
+    manifest_rows,
+    read_description,
     read_dialogue,
+    read_manifest,
     text_tokens,
 )
 from app.train.quality import normalise
 from app.train.speech import SAMPLE_RATE, SpeechError, Voice, speak, synthesizer
+from model.errors import ConfigError
 
 
 def require_espeak() -> None:
@@ -178,6 +182,22 @@ def test_generated_dialogues_are_reproducible_and_teach_the_behaviours(tmp_path:
         assert any(w[2] == USER for w in description["alignments"])
     assert "answer" in kinds
     json.dumps(description)  # plain JSON
+    assert manifest_rows(tmp_path / "a") == rows
+    assert read_manifest(tmp_path / "a") == [tmp_path / "a" / row["path"] for row in rows]
+
+
+def test_a_damaged_description_or_manifest_is_named_with_what_to_do(tmp_path: Path) -> None:
+    (tmp_path / "manifest.jsonl").write_text('{"path": "a.wav", "duration": 1.0}\n{"path": "b.w')
+    with pytest.raises(ConfigError, match=r"manifest\.jsonl: cannot read it .*`train data`"):
+        read_manifest(tmp_path)
+    (tmp_path / "a.json").write_text('{"turns": [], "alignm')
+    with pytest.raises(ConfigError, match=r"a\.json: cannot read it .*`train data`"):
+        read_description(tmp_path / "a.wav")
+    (tmp_path / "a.json").write_text("[1, 2]")
+    with pytest.raises(ConfigError, match="not a dialogue description"):
+        read_description(tmp_path / "a.wav")
+    with pytest.raises(ConfigError, match=r"missing\.json: cannot read it"):
+        read_description(tmp_path / "missing.wav")
 
 
 def test_text_tokens_place_words_at_their_frames_with_end_of_padding() -> None:

@@ -434,14 +434,19 @@ def test_a_signal_stops_a_run_after_its_step_with_a_checkpoint(work: Path, lm_ru
 
 
 def test_stoppable_turns_the_first_signal_into_a_request_and_the_second_into_a_stop() -> None:
-    before = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
-    with loop.stoppable("test") as requested:
-        assert not requested()
-        os.kill(os.getpid(), signal.SIGTERM)
-        assert requested()
-        with pytest.raises(KeyboardInterrupt):
-            os.kill(os.getpid(), signal.SIGINT)
-    assert (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)) == before
+    # as in a terminal (a test run started in the background by a shell ignores SIGINT)
+    ignored = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        before = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
+        with loop.stoppable("test") as requested:
+            assert not requested()
+            os.kill(os.getpid(), signal.SIGTERM)
+            assert requested()
+            with pytest.raises(KeyboardInterrupt):
+                os.kill(os.getpid(), signal.SIGINT)
+        assert (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)) == before
+    finally:
+        signal.signal(signal.SIGINT, ignored)
 
 
 def test_lm_run_resumes_exactly(work: Path, lm_run: Path) -> None:
