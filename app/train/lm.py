@@ -28,6 +28,7 @@ import json
 import logging
 import math
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
 from typing import NamedTuple, cast
 
@@ -46,6 +47,7 @@ from model.tokenizer import TextTokenizer
 
 from . import loop
 from .codec import load_trained_codec
+from .dialogues import read_description, read_manifest
 from .lm_data import (
     IGNORE,
     WindowSampler,
@@ -189,21 +191,39 @@ def held_out_figures(
     frames: int,
     pad_weight: float,
     first_weight: float,
+    new_voice: Sequence[bool] = (),
 ) -> dict[str, float]:
     """Teacher-forced loss and text accuracy on held-out dialogues (their first `frames`);
     with a hearing head, also how well it writes down the user's words (heard_acc); and how
     often the tokens that make an answer right are the most likely ones (answer_acc, and
-    answer_first_acc on each answer's first token, over all of those tokens)."""
+    answer_first_acc on each answer's first token, over all of those tokens). Where
+    `new_voice` marks the dialogues whose user is the held-out voice, the accuracies on those
+    alone as well (voice_*): the same passes, summed apart."""
     model.eval()
     device = model.lm.text_linear.weight.device
-    totals: dict[str, float] = {}
+    per_dialogue = []
     for tokens in streams:
         codes = torch.from_numpy(tokens[None, :, :frames].astype(np.int64)).to(device)
-        _, metrics = lm_loss(model.lm, codes, pad_weight, first_weight, model.hearing)
-        for key, value in metrics.items():
-            totals[key] = totals.get(key, 0.0) + value / len(streams)
+        per_dialogue.append(lm_loss(model.lm, codes, pad_weight, first_weight, model.hearing)[1])
     model.train()
-    for name in ("answer", "answer_first"):  # over all such tokens, not per dialogue
+    figures = _mean_figures(per_dialogue)
+    chosen = [m for m, new in zip(per_dialogue, new_voice, strict=False) if new]
+    if chosen:
+        figures |= {
+            f"voice_{key}": value
+            for key, value in _mean_figures(chosen).items()
+            if key in ("text_acc", "heard_acc", "answer_acc", "answer_first_acc")
+        }
+    return figures
+
+
+def _mean_figures(per_dialogue: list[dict[str, float]]) -> dict[str, float]:
+    """Each figure's mean over dialogues; the answer accuracies over all such tokens."""
+    totals: dict[str, float] = {}
+    for metrics in per_dialogue:
+        for key, value in metrics.items():
+            totals[key] = totals.get(key, 0.0) + value / len(per_dialogue)
+    for name in ("answer", "answer_first"):
         if f"{name}_count" in totals:
             right, count = totals.pop(f"{name}_right"), totals.pop(f"{name}_count")
             totals[f"{name}_acc"] = right / max(1e-9, count)
@@ -354,13 +374,17 @@ def train_lm(args: argparse.Namespace) -> int:
         held_out = with_training_rows(
             args.eval_data, held_out, tokenizer, frame_rate, args.hear_delay
         )
+        new_voice = [
+            bool(read_description(path).get("held_out_voice"))
+            for path in read_manifest(args.eval_data)[: len(held_out)]
+        ]
         seen = streams[:: max(1, len(streams) // HELD_OUT_DIALOGUES)][:HELD_OUT_DIALOGUES]
 
         def figures(_step: int) -> dict[str, float]:
             """Held-out figures, and the same on as many training dialogues (train_*): what
             the LM has learnt by heart against what it has learnt."""
             weights = (args.pad_weight, args.first_codebook_weight)
-            return held_out_figures(model, held_out, args.frames, *weights) | {
+            return held_out_figures(model, held_out, args.frames, *weights, new_voice) | {
                 f"train_{key}": value
                 for key, value in held_out_figures(model, seen, args.frames, *weights).items()
                 if key in ("text_acc", "heard_acc", "answer_acc", "answer_first_acc")

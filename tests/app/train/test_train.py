@@ -30,7 +30,7 @@ from app.train.codec import (
 from app.train.dialogues import answer_frames, generate, read_manifest, text_tokens
 from app.train.export import export
 from app.train.features import MultiResolutionMelLoss, edit_distance
-from app.train.lm import TOKENS, Trainee, lm_loss, train_lm
+from app.train.lm import TOKENS, Trainee, held_out_figures, lm_loss, train_lm
 from app.train.lm_data import (
     WindowSampler,
     _Encoded,
@@ -349,6 +349,16 @@ def test_the_hearing_head_learns_to_write_down_the_users_words(
     assert 0 <= metrics["answer_acc"] <= 1 and metrics["answer_count"] == (batch[:, -1] > 0).sum()
     assert metrics["answer_first_count"] == (batch[:, -1] == 2).sum()
     assert not torch.isclose(weighted, lm_loss(model.lm, batch)[0])
+    # held-out figures: the held-out voice's accuracies are those of its dialogues alone
+    weights = (0.5, 10.0)
+    marked = [True] + [False] * (len(heard) - 1)
+    whole = held_out_figures(model, heard, 48, *weights, new_voice=marked)
+    alone = held_out_figures(model, heard[:1], 48, *weights)
+    shared = [k for k in ("text_acc", "heard_acc", "answer_acc", "answer_first_acc") if k in alone]
+    assert shared and all(whole[f"voice_{k}"] == alone[k] for k in shared)
+    assert {k: v for k, v in whole.items() if not k.startswith("voice_")} == held_out_figures(
+        model, heard, 48, *weights
+    )
 
 
 def test_a_run_starts_from_another_runs_weights(work: Path, lm_run: Path) -> None:
