@@ -30,6 +30,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import soundfile
@@ -329,9 +330,10 @@ def generate(
     return rows
 
 
-def _read_json(path: Path) -> object:
+def _parsed(path: Path, parse: Callable[[str], object]) -> object:
+    """`parse` of a generated file's text; a missing or damaged file says what to do."""
     try:
-        return json.loads(path.read_text())
+        return parse(path.read_text())
     except (OSError, ValueError) as error:
         raise ConfigError(
             f"{path}: cannot read it ({error}); generate the dialogues again with `train data`"
@@ -340,14 +342,11 @@ def _read_json(path: Path) -> object:
 
 def manifest_rows(folder: str | Path) -> list[dict]:
     """The rows of a generated folder's manifest.jsonl (path, duration, ...), in file order."""
-    manifest = Path(folder) / "manifest.jsonl"
-    try:
-        lines = manifest.read_text().splitlines()
-        return [json.loads(line) for line in lines if line.strip()]
-    except (OSError, ValueError) as error:
-        raise ConfigError(
-            f"{manifest}: cannot read it ({error}); generate the dialogues again with `train data`"
-        ) from error
+    rows = _parsed(
+        Path(folder) / "manifest.jsonl",
+        lambda text: [json.loads(line) for line in text.splitlines() if line.strip()],
+    )
+    return cast(list[dict], rows)
 
 
 def read_manifest(folder: str | Path) -> list[Path]:
@@ -360,7 +359,7 @@ def read_manifest(folder: str | Path) -> list[Path]:
 
 def read_description(wav_path: str | Path) -> dict:
     """The JSON description beside a generated dialogue: its turns, alignments and voices."""
-    description = _read_json(Path(wav_path).with_suffix(".json"))
+    description = _parsed(Path(wav_path).with_suffix(".json"), json.loads)
     if not isinstance(description, dict):
         raise ConfigError(f"{wav_path}: its .json is not a dialogue description")
     return description

@@ -114,12 +114,11 @@ def encode_dialogues(
     frame_rate, frame_size = codec.config.frame_rate, codec.frame_size
     files = read_manifest(folder)
     encoded = encoded or _Encoded(None, "")
-    order = sorted(
-        set(range(len(files))) - set(encoded.done), key=lambda i: -files[i].stat().st_size
-    )
+    # longest first (by file size: the time goes with the audio's length)
+    sizes = {i: files[i].stat().st_size for i in set(range(len(files))) - set(encoded.done)}
+    order = sorted(sizes, key=lambda i: -sizes[i])
     batches = [order[first : first + batch] for first in range(0, len(order), batch)]
     every = max(1, len(batches) // 20)  # without a bar: a log line per 5%
-    sizes = {i: files[i].stat().st_size for i in order}  # time goes with the audio's length
     total, began = sum(sizes.values()), time.monotonic()
     done_bytes = 0
     with loop.stoppable("encoding") as stop_requested:
