@@ -5,6 +5,8 @@
 #   RUN_DIR=/somewhere/outside/the/clone bash scripts/train_demo.sh STAGE...
 #
 #   data       TRAIN_COUNT training + EVAL_COUNT held-out dialogues    RUN_DIR/data/{train,eval}
+#              (a larger count on existing folders makes only the new ones; `lm` then
+#              encodes only those)
 #   tokenizer  SentencePiece on the training text                      RUN_DIR/tokenizer
 #   teacher    a small phoneme recogniser on log-mel (CTC, speed-perturbed speech), TEACHER_STEPS
 #              steps: the codec's first codebook learns its hidden states, as Mimi's learns
@@ -112,11 +114,10 @@ for stage in "$@"; do
     echo "=== $stage ($(date +%T))"
     case "$stage" in
         data)
-            [ -f "$run_dir/data/train/manifest.jsonl" ] || train data \
-                --out "$run_dir/data/train" --count "$train_count" --split train \
+            # makes only what the folders do not list yet: a larger TRAIN_COUNT grows them
+            train data --out "$run_dir/data/train" --count "$train_count" --split train \
                 --seed "$seed" --workers "$threads"
-            [ -f "$run_dir/data/eval/manifest.jsonl" ] || train data \
-                --out "$run_dir/data/eval" --count "$eval_count" --split eval \
+            train data --out "$run_dir/data/eval" --count "$eval_count" --split eval \
                 --seed "$seed" --workers "$threads"
             ;;
         tokenizer)

@@ -36,6 +36,7 @@ import numpy as np
 import soundfile
 from tqdm import tqdm
 
+from app.core.files import write_atomically
 from model.errors import ConfigError
 
 from . import content
@@ -310,24 +311,57 @@ def generate(
 
     The same seed gives the same files whatever the number of workers: espeak-ng carries state
     from one utterance to the next (the same text comes out slightly different the second
-    time), so every `block` of dialogues is made in a fresh process, in order.
+    time), so every `block` of dialogues is made in a fresh process, in order. Dialogue i
+    depends only on (seed, split, i), so a folder grows: a larger `count` on a folder made
+    with the same seed and split makes only the blocks it does not list yet.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    jobs = [(str(out), seed, split, i, min(i + block, count)) for i in range(0, count, block)]
+    listed = _listed_rows(out, seed, split)
+    blocks = [(i, min(i + block, count)) for i in range(0, count, block)]
+    todo = [b for b in blocks if any(f"{split}_{i:06d}.wav" not in listed for i in range(*b))]
     bar = tqdm(total=count, desc=f"dialogues ({split})", unit="dlg", disable=not progress)
-    rows: list[dict] = []
-    # spawn, not fork: a fresh espeak-ng per block, whatever this process has said already
-    context = multiprocessing.get_context("spawn")
-    with context.Pool(max(1, min(workers, len(jobs))), maxtasksperchild=1) as pool:
-        for done in pool.imap(_generate_block, jobs):
-            rows += done
-            bar.update(len(done))
+    bar.update(count - sum(last - first for first, last in todo))
+    made: dict[int, list[dict]] = {}
+    if todo:
+        # spawn, not fork: a fresh espeak-ng per block, whatever this process has said already
+        context = multiprocessing.get_context("spawn")
+        jobs = [(str(out), seed, split, first, last) for first, last in todo]
+        with context.Pool(max(1, min(workers, len(jobs))), maxtasksperchild=1) as pool:
+            for (first, _), done in zip(todo, pool.imap(_generate_block, jobs), strict=True):
+                made[first] = done
+                bar.update(len(done))
     bar.close()
-    with open(out / "manifest.jsonl", "w") as f:
-        for row in rows:
-            f.write(json.dumps(row) + "\n")
+    rows: list[dict] = []
+    for first, last in blocks:
+        rows += (
+            made[first]
+            if first in made
+            else [listed[f"{split}_{i:06d}.wav"] for i in range(first, last)]
+        )
+    lines = "".join(json.dumps(row) + "\n" for row in rows)
+    write_atomically(out / "manifest.jsonl", lambda tmp: tmp.write_text(lines))
     return rows
+
+
+def _listed_rows(out: Path, seed: int, split: Split) -> dict[str, dict]:
+    """The dialogues `out`'s manifest lists (files present), by file name; a folder of another
+    seed or split is refused (its dialogue i is not this one's)."""
+    if not (out / "manifest.jsonl").is_file():
+        return {}
+    rows = manifest_rows(out)
+    if rows:
+        first = read_description(out / rows[0]["path"])
+        if (first.get("seed"), first.get("split")) != (seed, split):
+            raise ConfigError(
+                f"{out} holds dialogues of seed {first.get('seed')}, split {first.get('split')}: "
+                f"give another --out for seed {seed}, split {split} (or --seed {first.get('seed')})"
+            )
+    return {
+        row["path"]: row
+        for row in rows
+        if (out / row["path"]).is_file() and (out / row["path"]).with_suffix(".json").is_file()
+    }
 
 
 def _parsed(path: Path, parse: Callable[[str], object]) -> object:

@@ -158,6 +158,16 @@ def encode_dialogues(
     return [encoded.done[i] for i in range(len(files))]
 
 
+def _dialogue_ids(data: Path) -> list[str]:
+    """What makes each listed dialogue itself: its description (seed, index, voice, words) and
+    its audio's size. A cached encoding is taken again only for the same dialogue."""
+    return [
+        hashlib.sha256(wav.with_suffix(".json").read_bytes()).hexdigest()[:20]
+        + f"-{wav.stat().st_size}"
+        for wav in read_manifest(data)
+    ]
+
+
 def load_or_encode(
     data: Path,
     codec_dir: Path,
@@ -169,19 +179,33 @@ def load_or_encode(
     bf16: bool = False,
 ) -> list[np.ndarray]:
     """The token streams of a dialogue folder, cached in `cache`; encoded now if missing or
-    stale (another codec, tokenizer, set of dialogues or precision)."""
-    fingerprint = _fingerprint(
-        codec_dir / "codec.safetensors", tokenizer.path, Path(data) / "manifest.jsonl"
-    ) + ("-bf16" if bf16 else "")
+    stale (another codec, tokenizer, set of dialogues or precision). When only the set of
+    dialogues changed (a folder grown with `train data --count`), the dialogues the cache
+    already holds are taken from it and only the others are encoded."""
+    precision = "-bf16" if bf16 else ""
+    base = _fingerprint(codec_dir / "codec.safetensors", tokenizer.path) + precision
+    fingerprint = (
+        _fingerprint(codec_dir / "codec.safetensors", tokenizer.path, Path(data) / "manifest.jsonl")
+        + precision
+    )
+    ids = _dialogue_ids(data)
+    reusable: dict[str, np.ndarray] = {}
     if cache.is_file():
         stored = np.load(cache)
+        streams = np.split(stored["tokens"], np.cumsum(stored["lengths"])[:-1], axis=1)
         if str(stored["fingerprint"]) == fingerprint:
-            lengths = stored["lengths"]
-            return np.split(stored["tokens"], np.cumsum(lengths)[:-1], axis=1)
+            return streams
+        if "base" in stored and str(stored["base"]) == base:
+            reusable = dict(zip(stored["ids"].tolist(), streams, strict=True))
         log.info("%s is stale: encoding again", cache)
     codec = load_trained_codec(codec_dir, device)
     partial_path = Path(cache).with_suffix(".partial.npz")
     partial = _Encoded(partial_path, fingerprint)
+    for index, key in enumerate(ids):
+        if key in reusable:
+            partial.done.setdefault(index, reusable[key])
+    if reusable:
+        log.info("encoding: %d of %d dialogues were in %s", len(partial.done), len(ids), cache)
     streams = encode_dialogues(
         data, codec, tokenizer, num_codebooks, device, progress=progress, bf16=bf16,
         encoded=partial,
@@ -203,12 +227,14 @@ def load_or_encode(
         ]
         log.info("bf16 encoding: share of codes equal to fp32, per stream: %s",
                  [round(x, 3) for x in same])  # fmt: skip
-    np.savez(
+    write_atomically(
         cache,
-        tokens=np.concatenate(streams, axis=1),
-        lengths=np.array([s.shape[1] for s in streams]),
-        fingerprint=np.array(fingerprint),
-    )
+        lambda tmp: np.savez(
+            tmp, tokens=np.concatenate(streams, axis=1),
+            lengths=np.array([s.shape[1] for s in streams]), fingerprint=np.array(fingerprint),
+            base=np.array(base), ids=np.array(ids),
+        ),
+    )  # fmt: skip
     partial_path.unlink(missing_ok=True)
     return streams
 

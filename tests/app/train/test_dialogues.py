@@ -155,11 +155,18 @@ def test_generated_dialogues_are_reproducible_and_teach_the_behaviours(tmp_path:
     require_espeak()
     rows = generate(tmp_path / "a", 4, seed=3, split="train", progress=False, block=2)
     again = generate(tmp_path / "b", 4, seed=3, split="train", workers=2, progress=False, block=2)
+    grown = tmp_path / "c"
+    generate(grown, 2, seed=3, split="train", progress=False, block=2)
+    before = (grown / rows[0]["path"]).stat().st_mtime_ns
+    assert generate(grown, 4, seed=3, split="train", progress=False, block=2) == rows
+    assert (grown / rows[0]["path"]).stat().st_mtime_ns == before  # made once, not again
     assert rows == again
     for row in rows:
-        first, second = (tmp_path / d / row["path"] for d in ("a", "b"))
-        assert first.read_bytes() == second.read_bytes()
-        assert first.with_suffix(".json").read_text() == second.with_suffix(".json").read_text()
+        first, second, third = (tmp_path / d / row["path"] for d in ("a", "b", "c"))
+        assert first.read_bytes() == second.read_bytes() == third.read_bytes()
+        assert first.with_suffix(".json").read_text() == third.with_suffix(".json").read_text()
+    with pytest.raises(ConfigError, match="seed 3"):  # dialogue i of seed 4 is another one
+        generate(grown, 6, seed=4, split="train", progress=False, block=2)
 
     kinds = set()
     for row in rows:

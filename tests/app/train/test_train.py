@@ -6,6 +6,7 @@ The real run (docs/demo-model.md) is the same code with the demo shapes on a GPU
 import argparse
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -16,6 +17,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from safetensors.torch import load_file, save_file
 
 from app.core.engine import Engine
 from app.core.models import add_model_arguments, bundled_model, load_from_args
@@ -34,6 +36,7 @@ from app.train.lm import TOKENS, Trainee, held_out_figures, lm_loss, train_lm
 from app.train.lm_data import (
     WindowSampler,
     _Encoded,
+    _sample_folder,
     check_live_codes,
     codes_used,
     encode_dialogues,
@@ -281,6 +284,41 @@ def test_an_encoding_that_stops_goes_on_where_it_stopped(work: Path, codec_run: 
         assert len(saved.done) == len(fresh) - left
         resumed = encode(saved)
         assert all(np.array_equal(a, b) for a, b in zip(resumed, fresh, strict=True))
+
+
+def test_a_grown_folder_encodes_only_its_new_dialogues(
+    work: Path, codec_run: Path, tmp_path: Path
+) -> None:
+    tokenizer = TextTokenizer(work / "tokenizer" / "tokenizer.model")
+
+    def load(data: Path) -> list[np.ndarray]:
+        return load_or_encode(data, codec_run, tokenizer, 4, torch.device("cpu"), cache, False)
+
+    cache = tmp_path / TOKENS
+    fresh = load(work / "data")
+    _sample_folder(work / "data", tmp_path / "first-two", count=2)  # the folder before it grew
+    cache.unlink()
+    assert all(
+        np.array_equal(a, b) for a, b in zip(load(tmp_path / "first-two"), fresh[:2], strict=True)
+    )
+    stored = dict(np.load(cache))
+    stored["tokens"] = np.full_like(stored["tokens"], 7)  # marked: what was encoded before
+    np.savez(cache, **stored)
+    grown = load(work / "data")
+    assert (grown[0] == 7).all() and (grown[1] == 7).all()  # taken from the cache
+    assert np.array_equal(grown[2], fresh[2])  # the new one encoded
+    assert (load(work / "data")[0] == 7).all()  # and the cache now holds all three
+    other_codec = tmp_path / "other-codec"
+    shutil.copytree(codec_run, other_codec)
+    weights = load_file(str(codec_run / "codec.safetensors"))  # another codec: nothing taken
+    save_file(
+        {k: v + 0.01 if v.is_floating_point() else v for k, v in weights.items()},
+        str(other_codec / "codec.safetensors"),
+    )
+    again = load_or_encode(
+        work / "data", other_codec, tokenizer, 4, torch.device("cpu"), cache, False
+    )
+    assert not (again[0] == 7).all()
 
 
 def test_lm_overfits_one_batch(work: Path, codec_run: Path, tmp_path: Path) -> None:
