@@ -427,6 +427,7 @@ class HeldOut:
                 self.labels.append(labels)
         self.count = count
         self.sample_rate = sample_rate
+        self.teacher_states: dict[int, torch.Tensor] = {}  # channel -> the teacher's states
 
     @torch.no_grad()
     def figures(self, trainee: Trainee, teacher: Teacher | None = None) -> dict[str, Any]:
@@ -448,17 +449,18 @@ class HeldOut:
                     if used is None
                     else [a | b for a, b in zip(used, distinct, strict=True)]
                 )
+            semantic = codec.quantizer.decode(codes[:, : codec.config.semantic_codebooks])
             if trainee.phonemes is not None and self.labels:
-                semantic = codec.quantizer.decode(codes[:, : codec.config.semantic_codebooks])
                 logits = trainee.phonemes(semantic.transpose(1, 2))
                 labels = torch.from_numpy(self.labels[i][None, : logits.shape[1]]).long()
                 fit = phoneme_loss(logits, labels.to(device))
                 hits[self.new_voice[i]][0] += int(fit.right)
                 hits[self.new_voice[i]][1] += int(fit.speech)
             if teacher is not None and trainee.distill is not None:
-                semantic = codec.quantizer.decode(codes[:, : codec.config.semantic_codebooks])
+                if i not in self.teacher_states:  # the teacher is frozen: its states once
+                    self.teacher_states[i] = teacher.embed(pcm[:, 0])
                 distill = distill_loss(
-                    trainee.distill(semantic.transpose(1, 2)), teacher.embed(pcm[:, 0])
+                    trainee.distill(semantic.transpose(1, 2)), self.teacher_states[i]
                 )
                 cosines[self.new_voice[i]].append(1 - float(distill))
         trainee.train()

@@ -356,7 +356,7 @@ def train_lm(args: argparse.Namespace) -> int:
         embed_codes(lm, codec.quantizer.code_vectors(codebooks), args.seed)
         log.info("lm: audio embeddings from %s's codebooks", args.codec)
     progress = options.progress
-    bf16 = not args.no_bf16
+    bf16 = not args.no_bf16 and loop.bf16_pays(device)  # the caches say what was used
     streams = load_or_encode(
         args.data, args.codec, tokenizer, codebooks, device, out / TOKENS, progress, bf16
     )
