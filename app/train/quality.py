@@ -12,6 +12,10 @@ figures compare what the model said and wrote with what the dialogue asked for:
 - audio_says_text    the answer the audio says (as above) is the one the monologue wrote (the
                      candidate closest to the text, word by word): an independent check that
                      the voice says what the text says                     (target >= 0.90)
+- answered           share of requests after which the assistant spoke at all before the next
+- answer_kind_right  share of requests answered with an answer of the right kind (a sum for a
+                     sum, a count for a count, yes or no for a fact...), right or not: whether
+                     the model understood what was asked, before whether it got it right
 - codec_stoi         STOI of the codec's reconstruction of the users' voices, clean: each
                      dialogue's first question spoken again in its user's voice with no room,
                      band or noise (target >= 0.80 for the held-out speaker, shown apart)
@@ -52,7 +56,7 @@ from app.core.engine import BatchEngine, Engine
 from app.core.models import ASSETS, LoadedModel, add_format_arguments, bundled_model, with_formats
 from model.codec import Codec
 
-from .content import ASSISTANT_VOICE
+from .content import ASSISTANT_VOICE, number_word
 from .dialogues import USER, read_dialogue, read_manifest
 from .fdbsets import write_fdb_samples
 from .features import dtw_cost, edit_distance, mfcc
@@ -65,6 +69,8 @@ ACTIVE_RMS = 0.01  # -40 dBFS
 QUIET_FRAMES = 5  # 400 ms of silence: the assistant has stopped (not a pause between words)
 FIGURES = (
     "answer_correct",
+    "answered",
+    "answer_kind_right",
     "audio_matches",
     "audio_says_text",
     "codec_stoi",
@@ -253,12 +259,35 @@ def _answer(
     return {
         "text": text.strip(),
         "answer_correct": correct,
+        "answer_kind": answer_kind(text),
         "latency": latency,
         "audio_picked": picked,
         "audio_matches": audio_ok,
         "text_picked": written,
         "audio_says_text": picked is not None and picked == written,
     }
+
+
+_NUMBER = "|".join(sorted({number_word(n).split()[0] for n in range(100)}))
+_KINDS = (  # (kind, pattern in the normalised first sentence), the first that matches
+    ("arithmetic", r" (plus|minus|times) .* is | that is "),
+    ("spell", r" spelled |^ ([a-z] ){2,}$"),
+    ("compare", r" (bigger|smaller) than "),
+    ("fact", r"^ (yes|no) "),
+    ("count", rf"^ ({_NUMBER}) ({_NUMBER}) "),
+    ("name", r" (antiphon|my name) "),
+    ("farewell", r" (goodbye|bye) "),
+    ("greeting", r" (hello|hi) "),
+)
+
+
+def answer_kind(text: str) -> str | None:
+    """Which intent's kind of answer the first sentence of `text` is (the forms of
+    app.train.content's answers: "Four plus five is nine.", "Eleven, twelve.", "C, A, T.",
+    "No, cats meow."); None if none or no text."""
+    first = next((part for part in re.split(r"[.!?]", text) if part.strip()), "")
+    sentence = normalise(first)
+    return next((kind for kind, pattern in _KINDS if re.search(pattern, sentence)), None)
 
 
 def closest_candidate(text: str, candidates: list[str]) -> str | None:
@@ -319,6 +348,8 @@ def _figures(results: list[dict]) -> dict[str, Any]:
     user_frames = sum(r["user_frames"] for r in results)
     return {
         "answer_correct": _share([r["answer_correct"] for r in answered]),
+        "answered": _share([r["latency"] is not None for r in answered]),
+        "answer_kind_right": _share([r.get("answer_kind") == r["intent"] for r in answered]),
         "audio_matches": _share([r["audio_matches"] for r in answered]),
         "audio_says_text": _share([r["audio_says_text"] for r in answered if r["text_picked"]]),
         "codec_stoi": _mean([r["stoi_clean"] for r in results if "stoi_clean" in r]),

@@ -5,8 +5,9 @@ from pathlib import Path
 
 import numpy as np
 
+from app.train import content
 from app.train.dialogues import ASSISTANT, generate, read_dialogue, read_manifest
-from app.train.quality import Session, _Renderings, score_dialogue, summarize
+from app.train.quality import Session, _Renderings, answer_kind, score_dialogue, summarize
 from model import SamplingParams
 from tests.app.train.test_dialogues import require_espeak
 
@@ -28,7 +29,8 @@ def test_the_recorded_assistant_scores_perfectly(tmp_path: Path) -> None:
     report = summarize(results)
     figures = report["figures"]
     assert report["counts"]["requests_answered"] >= 4
-    for name in ("answer_correct", "audio_matches", "audio_says_text", "answers_within_1s"):
+    for name in ("answer_correct", "answered", "answer_kind_right", "audio_matches",
+                 "audio_says_text", "answers_within_1s"):  # fmt: skip
         assert figures[name] == 1.0, name
     assert figures["silent_while_user"] > 0.9  # an interrupted answer overlaps the user a little
     for name in ("pause_kept_silent", "stops_within_0_5s"):
@@ -37,6 +39,22 @@ def test_the_recorded_assistant_scores_perfectly(tmp_path: Path) -> None:
     silent = Session(np.zeros_like(assistant), [], 0.08)
     nothing = summarize([score_dialogue(silent, description, renderings)])["figures"]
     assert nothing["answers_within_1s"] == 0.0 and nothing["silent_while_user"] == 1.0
+    assert nothing["answered"] == 0.0 and nothing["answer_kind_right"] == 0.0
+
+
+def test_every_answer_form_is_told_as_its_intents_kind() -> None:
+    rng = np.random.default_rng(0)
+    for intent in content.INTENTS:
+        for split in ("train", "eval"):
+            for _ in range(30):
+                turn = content.request(rng, split, intent)
+                for answer in turn.answers:
+                    assert answer_kind(answer) == intent, (intent, answer)
+                if intent not in ("greeting", "farewell", "name"):  # theirs: other intents'
+                    for other in turn.distractors:  # wrong answers of the same form
+                        assert answer_kind(other) == intent, (intent, other)
+    assert answer_kind("") is None and answer_kind("Mm.") is None
+    assert answer_kind("Hello! Four plus five is nine.") == "greeting"  # the first sentence
 
 
 def test_a_batch_of_dialogues_runs_each_as_it_would_run_alone() -> None:
