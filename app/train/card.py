@@ -110,13 +110,13 @@ def quality_table(report: dict) -> list[str]:
         )
     lines += [
         "",
-        "| intent | requests | answer correct | audio says the text |",
-        "|---|---|---|---|",
+        "| intent | requests | answer correct | answer of the right kind | audio says the text |",
+        "|---|---|---|---|---|",
     ]
     for intent, row in report.get("per_intent", {}).items():
         lines.append(
             f"| {intent} | {row['requests']} | {_shown(row['answer_correct'])} | "
-            f"{_shown(row['audio_says_text'])} |"
+            f"{_shown(row.get('answer_kind_right'))} | {_shown(row['audio_says_text'])} |"
         )
     return lines
 

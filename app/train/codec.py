@@ -449,7 +449,8 @@ class HeldOut:
                     if used is None
                     else [a | b for a, b in zip(used, distinct, strict=True)]
                 )
-            semantic = codec.quantizer.decode(codes[:, : codec.config.semantic_codebooks])
+            if trainee.phonemes is not None or trainee.distill is not None:
+                semantic = codec.quantizer.decode(codes[:, : codec.config.semantic_codebooks])
             if trainee.phonemes is not None and self.labels:
                 logits = trainee.phonemes(semantic.transpose(1, 2))
                 labels = torch.from_numpy(self.labels[i][None, : logits.shape[1]]).long()

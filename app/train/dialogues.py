@@ -279,20 +279,31 @@ def make_dialogue(rng: np.random.Generator, split: Split) -> Dialogue:
 
 
 def write_dialogue(dialogue: Dialogue, wav_path: Path) -> None:
+    """NAME.wav and NAME.json, each whole or not at all (a stop never leaves half a file)."""
     stereo = np.stack([dialogue.assistant, dialogue.user], axis=1)  # [samples, 2]: left, right
-    soundfile.write(str(wav_path), stereo, SAMPLE_RATE, subtype="PCM_16")
-    wav_path.with_suffix(".json").write_text(json.dumps(dialogue.to_json(), indent=1))
+    write_atomically(
+        wav_path, lambda tmp: soundfile.write(str(tmp), stereo, SAMPLE_RATE, subtype="PCM_16")
+    )
+    text = json.dumps(dialogue.to_json(), indent=1)
+    write_atomically(wav_path.with_suffix(".json"), lambda tmp: tmp.write_text(text))
 
 
-def _generate_block(job: tuple[str, int, Split, int, int]) -> list[dict]:
-    out_dir, seed, split, first, last = job
+def _file_name(split: Split, index: int) -> str:
+    return f"{split}_{index:06d}.wav"
+
+
+def _generate_block(job: tuple[str, int, Split, int, int, frozenset[int]]) -> list[dict]:
+    """Dialogues first..last-1; those in `listed` are made (espeak-ng's state goes on through
+    them) but not written again."""
+    out_dir, seed, split, first, last, listed = job
     rows = []
     for index in range(first, last):
         rng = np.random.default_rng([seed, _SPLIT_STREAM[split], index])
         dialogue = make_dialogue(rng, split)
         dialogue.meta.update(seed=seed, index=index)
-        name = f"{split}_{index:06d}.wav"
-        write_dialogue(dialogue, Path(out_dir) / name)
+        name = _file_name(split, index)
+        if index not in listed:
+            write_dialogue(dialogue, Path(out_dir) / name)
         rows.append({"path": name, "duration": round(dialogue.duration, 3)})
     return rows
 
@@ -318,15 +329,24 @@ def generate(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     listed = _listed_rows(out, seed, split)
+    if len(listed) > count:
+        raise ConfigError(
+            f"{out} lists {len(listed)} dialogues; --count {count} would drop the rest from its "
+            f"manifest: give --count {len(listed)} or more, or another --out"
+        )
     blocks = [(i, min(i + block, count)) for i in range(0, count, block)]
-    todo = [b for b in blocks if any(f"{split}_{i:06d}.wav" not in listed for i in range(*b))]
+    todo = [b for b in blocks if any(_file_name(split, i) not in listed for i in range(*b))]
     bar = tqdm(total=count, desc=f"dialogues ({split})", unit="dlg", disable=not progress)
     bar.update(count - sum(last - first for first, last in todo))
     made: dict[int, list[dict]] = {}
     if todo:
         # spawn, not fork: a fresh espeak-ng per block, whatever this process has said already
         context = multiprocessing.get_context("spawn")
-        jobs = [(str(out), seed, split, first, last) for first, last in todo]
+        jobs = [
+            (str(out), seed, split, first, last,
+             frozenset(i for i in range(first, last) if _file_name(split, i) in listed))
+            for first, last in todo
+        ]  # fmt: skip
         with context.Pool(max(1, min(workers, len(jobs))), maxtasksperchild=1) as pool:
             for (first, _), done in zip(todo, pool.imap(_generate_block, jobs), strict=True):
                 made[first] = done
@@ -337,7 +357,7 @@ def generate(
         rows += (
             made[first]
             if first in made
-            else [listed[f"{split}_{i:06d}.wav"] for i in range(first, last)]
+            else [listed[_file_name(split, i)] for i in range(first, last)]
         )
     lines = "".join(json.dumps(row) + "\n" for row in rows)
     write_atomically(out / "manifest.jsonl", lambda tmp: tmp.write_text(lines))
@@ -349,19 +369,19 @@ def _listed_rows(out: Path, seed: int, split: Split) -> dict[str, dict]:
     seed or split is refused (its dialogue i is not this one's)."""
     if not (out / "manifest.jsonl").is_file():
         return {}
-    rows = manifest_rows(out)
-    if rows:
-        first = read_description(out / rows[0]["path"])
+    present = [
+        row
+        for row in manifest_rows(out)
+        if (out / row["path"]).is_file() and (out / row["path"]).with_suffix(".json").is_file()
+    ]
+    if present:
+        first = read_description(out / present[0]["path"])
         if (first.get("seed"), first.get("split")) != (seed, split):
             raise ConfigError(
                 f"{out} holds dialogues of seed {first.get('seed')}, split {first.get('split')}: "
                 f"give another --out for seed {seed}, split {split} (or --seed {first.get('seed')})"
             )
-    return {
-        row["path"]: row
-        for row in rows
-        if (out / row["path"]).is_file() and (out / row["path"]).with_suffix(".json").is_file()
-    }
+    return {row["path"]: row for row in present}
 
 
 def _parsed(path: Path, parse: Callable[[str], object]) -> object:

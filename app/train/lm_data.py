@@ -160,12 +160,20 @@ def encode_dialogues(
 
 def _dialogue_ids(data: Path) -> list[str]:
     """What makes each listed dialogue itself: its description (seed, index, voice, words) and
-    its audio's size. A cached encoding is taken again only for the same dialogue."""
-    return [
-        hashlib.sha256(wav.with_suffix(".json").read_bytes()).hexdigest()[:20]
-        + f"-{wav.stat().st_size}"
-        for wav in read_manifest(data)
-    ]
+    its audio file's size and time of writing (`train data` never writes a listed one again,
+    so a file written anew, even the same, is encoded anew)."""
+    ids = []
+    for wav in read_manifest(data):
+        try:
+            audio = wav.stat()
+            ids.append(
+                f"{_fingerprint(wav.with_suffix('.json'))[:20]}-{audio.st_size}-{audio.st_mtime_ns}"
+            )
+        except OSError as error:
+            raise ConfigError(
+                f"{data}: {error}; generate the dialogues again with `train data`"
+            ) from error
+    return ids
 
 
 def load_or_encode(
@@ -193,7 +201,8 @@ def load_or_encode(
     if cache.is_file():
         stored = np.load(cache)
         streams = np.split(stored["tokens"], np.cumsum(stored["lengths"])[:-1], axis=1)
-        if str(stored["fingerprint"]) == fingerprint:
+        same_files = "ids" not in stored or stored["ids"].tolist() == ids
+        if str(stored["fingerprint"]) == fingerprint and same_files:
             return streams
         if "base" in stored and str(stored["base"]) == base:
             reusable = dict(zip(stored["ids"].tolist(), streams, strict=True))

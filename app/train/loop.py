@@ -133,8 +133,8 @@ def memory_figures() -> dict[str, float]:
 
 
 def bf16_pays(device: torch.device) -> bool:
-    """Whether bf16 autocast is faster than fp32 there: on CUDA, and on a CPU with bf16
-    instructions (avx512_bf16 or AMX); elsewhere bf16 is emulated and slower."""
+    """Whether bf16 autocast is faster than fp32 there: on a GPU, and on a CPU with bf16
+    instructions (avx512_bf16 or AMX); on other CPUs bf16 is emulated and slower."""
     return device.type != "cpu" or native_bf16_cpu()
 
 

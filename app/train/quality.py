@@ -268,26 +268,45 @@ def _answer(
     }
 
 
-_NUMBER = "|".join(sorted({number_word(n).split()[0] for n in range(100)}))
+_TENS = {number_word(n) for n in range(20, 100, 10)}
+_ONES = {number_word(n) for n in range(1, 10)}
+_NUMBER_WORDS = {number_word(n) for n in range(20)} | _TENS
 _KINDS = (  # (kind, pattern in the normalised first sentence), the first that matches
-    ("arithmetic", r" (plus|minus|times) .* is | that is "),
+    ("arithmetic", r" (plus|minus|times) .* is | that is | that's "),
     ("spell", r" spelled |^ ([a-z] ){2,}$"),
     ("compare", r" (bigger|smaller) than "),
     ("fact", r"^ (yes|no) "),
-    ("count", rf"^ ({_NUMBER}) ({_NUMBER}) "),
     ("name", r" (antiphon|my name) "),
     ("farewell", r" (goodbye|bye) "),
     ("greeting", r" (hello|hi) "),
 )
 
 
+def _leading_numbers(words: list[str]) -> tuple[int, int]:
+    """How many numbers `words` start with ("twenty one" is one) and how many words they take."""
+    numbers = used = 0
+    while used < len(words) and words[used] in _NUMBER_WORDS:
+        compound = words[used] in _TENS and used + 1 < len(words) and words[used + 1] in _ONES
+        used += 2 if compound else 1
+        numbers += 1
+    return numbers, used
+
+
 def answer_kind(text: str) -> str | None:
     """Which intent's kind of answer the first sentence of `text` is (the forms of
     app.train.content's answers: "Four plus five is nine.", "Eleven, twelve.", "C, A, T.",
-    "No, cats meow."); None if none or no text."""
+    "No, cats meow."); a count starts with two numbers or more, a number alone is a sum's
+    result; None if none or no text."""
     first = next((part for part in re.split(r"[.!?]", text) if part.strip()), "")
     sentence = normalise(first)
-    return next((kind for kind, pattern in _KINDS if re.search(pattern, sentence)), None)
+    kind = next((kind for kind, pattern in _KINDS if re.search(pattern, sentence)), None)
+    if kind is not None:
+        return kind
+    words = sentence.split()
+    numbers, used = _leading_numbers(words)
+    if numbers >= 2:
+        return "count"
+    return "arithmetic" if numbers == 1 and used == len(words) else None
 
 
 def closest_candidate(text: str, candidates: list[str]) -> str | None:
@@ -383,6 +402,9 @@ def summarize(results: list[dict]) -> dict[str, Any]:
                 "requests": sum(r["intent"] == intent for r in answered),
                 "answer_correct": _share(
                     [r["answer_correct"] for r in answered if r["intent"] == intent]
+                ),
+                "answer_kind_right": _share(
+                    [r.get("answer_kind") == intent for r in answered if r["intent"] == intent]
                 ),
                 "audio_says_text": _share(
                     [

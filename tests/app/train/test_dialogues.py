@@ -155,11 +155,14 @@ def test_generated_dialogues_are_reproducible_and_teach_the_behaviours(tmp_path:
     require_espeak()
     rows = generate(tmp_path / "a", 4, seed=3, split="train", progress=False, block=2)
     again = generate(tmp_path / "b", 4, seed=3, split="train", workers=2, progress=False, block=2)
-    grown = tmp_path / "c"
+    grown = tmp_path / "c"  # grown 2 -> 3 (half of the second block) -> 4
     generate(grown, 2, seed=3, split="train", progress=False, block=2)
-    before = (grown / rows[0]["path"]).stat().st_mtime_ns
+    assert generate(grown, 3, seed=3, split="train", progress=False, block=2) == rows[:3]
+    written = [(grown / row["path"]).stat().st_mtime_ns for row in rows[:3]]
     assert generate(grown, 4, seed=3, split="train", progress=False, block=2) == rows
-    assert (grown / rows[0]["path"]).stat().st_mtime_ns == before  # made once, not again
+    assert [(grown / row["path"]).stat().st_mtime_ns for row in rows[:3]] == written  # not again
+    with pytest.raises(ConfigError, match="lists 4 dialogues"):  # a smaller count drops none
+        generate(grown, 2, seed=3, split="train", progress=False, block=2)
     assert rows == again
     for row in rows:
         first, second, third = (tmp_path / d / row["path"] for d in ("a", "b", "c"))

@@ -55,6 +55,9 @@ def test_every_answer_form_is_told_as_its_intents_kind() -> None:
                         assert answer_kind(other) == intent, (intent, other)
     assert answer_kind("") is None and answer_kind("Mm.") is None
     assert answer_kind("Hello! Four plus five is nine.") == "greeting"  # the first sentence
+    for bare in ("Forty two.", "Nine.", "That's nine."):  # a sum's result alone, not a count
+        assert answer_kind(bare) == "arithmetic", bare
+    assert answer_kind("Nineteen, twenty, twenty one") == "count"
 
 
 def test_a_batch_of_dialogues_runs_each_as_it_would_run_alone() -> None:

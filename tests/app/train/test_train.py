@@ -308,6 +308,14 @@ def test_a_grown_folder_encodes_only_its_new_dialogues(
     assert (grown[0] == 7).all() and (grown[1] == 7).all()  # taken from the cache
     assert np.array_equal(grown[2], fresh[2])  # the new one encoded
     assert (load(work / "data")[0] == 7).all()  # and the cache now holds all three
+    wav = read_manifest(work / "data")[1]
+    written = wav.stat()
+    os.utime(wav, ns=(written.st_atime_ns, written.st_mtime_ns + 10**9))  # written again
+    try:
+        again = load(work / "data")
+    finally:
+        os.utime(wav, ns=(written.st_atime_ns, written.st_mtime_ns))
+    assert (again[0] == 7).all() and np.array_equal(again[1], fresh[1])  # that one encoded anew
     other_codec = tmp_path / "other-codec"
     shutil.copytree(codec_run, other_codec)
     weights = load_file(str(codec_run / "codec.safetensors"))  # another codec: nothing taken
