@@ -47,6 +47,9 @@ log = logging.getLogger(__name__)
 
 ASSISTANT, USER = "SPEAKER_MAIN", "SPEAKER_USER"  # moshi-finetune's speaker names
 _SPLIT_STREAM = {"train": 0, "eval": 1}  # keeps the two splits' random streams apart
+# What a seed makes: raise it with any change to the content, voices or augmentation, so that
+# a folder is never grown with dialogues of another kind (files without it are version 1).
+GENERATOR_VERSION = 1
 _ASSISTANT_RMS = 0.08  # about -22 dBFS
 _FADE = int(0.02 * SAMPLE_RATE)  # an interrupted answer fades out over 20 ms
 
@@ -300,7 +303,7 @@ def _generate_block(job: tuple[str, int, Split, int, int, frozenset[int]]) -> li
     for index in range(first, last):
         rng = np.random.default_rng([seed, _SPLIT_STREAM[split], index])
         dialogue = make_dialogue(rng, split)
-        dialogue.meta.update(seed=seed, index=index)
+        dialogue.meta.update(seed=seed, index=index, generator=GENERATOR_VERSION)
         name = _file_name(split, index)
         if index not in listed:
             write_dialogue(dialogue, Path(out_dir) / name)
@@ -380,6 +383,11 @@ def _listed_rows(out: Path, seed: int, split: Split) -> dict[str, dict]:
             raise ConfigError(
                 f"{out} holds dialogues of seed {first.get('seed')}, split {first.get('split')}: "
                 f"give another --out for seed {seed}, split {split} (or --seed {first.get('seed')})"
+            )
+        if first.get("generator", 1) != GENERATOR_VERSION:
+            raise ConfigError(
+                f"{out} holds dialogues of generator version {first.get('generator', 1)}, this "
+                f"antiphon makes version {GENERATOR_VERSION}: give another --out"
             )
     return {row["path"]: row for row in present}
 

@@ -168,6 +168,11 @@ def test_generated_dialogues_are_reproducible_and_teach_the_behaviours(tmp_path:
         first, second, third = (tmp_path / d / row["path"] for d in ("a", "b", "c"))
         assert first.read_bytes() == second.read_bytes() == third.read_bytes()
         assert first.with_suffix(".json").read_text() == third.with_suffix(".json").read_text()
+    described = grown / Path(rows[0]["path"]).with_suffix(".json")
+    made_by_another = json.loads(described.read_text()) | {"generator": 99}
+    described.write_text(json.dumps(made_by_another))
+    with pytest.raises(ConfigError, match="generator version 99"):  # never mixed
+        generate(grown, 6, seed=3, split="train", progress=False, block=2)
     with pytest.raises(ConfigError, match="seed 3"):  # dialogue i of seed 4 is another one
         generate(grown, 6, seed=4, split="train", progress=False, block=2)
 
