@@ -26,6 +26,7 @@ from __future__ import annotations
 import json
 import logging
 import multiprocessing
+import multiprocessing.connection
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -41,7 +42,7 @@ from model.errors import ConfigError
 
 from . import content
 from .content import Split, Turn
-from .speech import SAMPLE_RATE, Utterance, speak
+from .speech import SAMPLE_RATE, SpeechError, Utterance, speak
 
 log = logging.getLogger(__name__)
 
@@ -295,19 +296,91 @@ def _file_name(split: Split, index: int) -> str:
     return f"{split}_{index:06d}.wav"
 
 
-def _generate_block(job: tuple[str, int, Split, int, int, frozenset[int]]) -> list[dict]:
-    """Dialogues first..last-1; those in `listed` are made (espeak-ng's state goes on through
-    them) but not written again."""
-    out_dir, seed, split, first, last, listed = job
+def _generate_block(job: tuple[str, int, Split, int, int, frozenset[int], frozenset[int]]) -> None:
+    """Dialogues first..last-1 in a process of their own. Those in `made` are made again
+    (espeak-ng's state goes on through them) but not written; those in `left_out` crashed the
+    synthesizer and are not made. Before each dialogue its index goes to `.making-FIRST` (a
+    crash leaves it there); at the end the rows go to `.rows-FIRST.json`."""
+    out_dir, seed, split, first, last, made, left_out = job
+    out = Path(out_dir)
     rows = []
     for index in range(first, last):
+        if index in left_out:
+            continue
+        (out / f".making-{first}").write_text(str(index))
         rng = np.random.default_rng([seed, _SPLIT_STREAM[split], index])
         dialogue = make_dialogue(rng, split)
         dialogue.meta.update(seed=seed, index=index, generator=GENERATOR_VERSION)
         name = _file_name(split, index)
-        if index not in listed:
-            write_dialogue(dialogue, Path(out_dir) / name)
+        if index not in made:
+            write_dialogue(dialogue, out / name)
         rows.append({"path": name, "duration": round(dialogue.duration, 3)})
+    text = json.dumps(rows)
+    write_atomically(out / f".rows-{first}.json", lambda tmp: tmp.write_text(text))
+
+
+MAX_LEFT_OUT = 10  # dialogues of one block the synthesizer may crash on before we give up
+
+
+def _make_blocks(
+    out: Path, seed: int, split: Split, todo: list[tuple[int, int]], done: set[int],
+    workers: int, bar: tqdm, make: Callable[[tuple], None] = _generate_block,
+) -> dict[int, list[dict]]:  # fmt: skip
+    """Run each block in a fresh process, `workers` at a time; returns each block's rows.
+
+    espeak-ng can crash the process (a segmentation fault, on some voices and words: en-us-nyc
+    with the rob variant, pitch 20 and range 88 says no "Nice to meet you."): a block whose
+    process died is run again without the dialogue it was making, which is left out with a
+    warning. The crash is the same every time, so every run leaves out the same dialogues."""
+    context = multiprocessing.get_context("spawn")  # a fresh espeak-ng per block
+    left_out: dict[int, set[int]] = {first: set() for first, _ in todo}
+    waiting = deque(todo)
+    running: dict[int, tuple[multiprocessing.process.BaseProcess, int]] = {}
+    rows: dict[int, list[dict]] = {}
+    try:
+        while waiting or running:
+            while waiting and len(running) < max(1, workers):
+                first, last = waiting.popleft()
+                made = frozenset(i for i in range(first, last) if i in done)
+                job = (str(out), seed, split, first, last, made, frozenset(left_out[first]))
+                (out / f".making-{first}").unlink(missing_ok=True)
+                started = context.Process(target=make, args=(job,), daemon=True)
+                started.start()
+                running[first] = (started, last)
+            multiprocessing.connection.wait([p.sentinel for p, _ in running.values()])
+            for first, (process, last) in list(running.items()):
+                code = process.exitcode
+                if code is None:
+                    continue
+                del running[first]
+                if code == 0:
+                    rows[first] = json.loads((out / f".rows-{first}.json").read_text())
+                    (out / f".rows-{first}.json").unlink()
+                    bar.update(last - first)
+                    continue
+                making = out / f".making-{first}"
+                if code > 0 or not making.is_file():  # an error of its own (printed above)
+                    raise SpeechError(
+                        f"making dialogues {first}..{last - 1} failed (exit code {code}): "
+                        "the error is above"
+                    )
+                crashed = int(making.read_text())
+                left_out[first].add(crashed)
+                log.warning(
+                    "dialogue %d: the synthesizer crashed making it (signal %d): left out",
+                    crashed, -code,
+                )  # fmt: skip
+                if len(left_out[first]) > MAX_LEFT_OUT:
+                    raise SpeechError(
+                        f"the synthesizer crashed on {len(left_out[first])} dialogues of "
+                        f"{first}..{last - 1}: check espeak-ng, flite and festival"
+                    )
+                waiting.appendleft((first, last))
+    finally:
+        for child, _ in running.values():
+            child.terminate()
+        for path in out.glob(".making-*"):
+            path.unlink(missing_ok=True)
     return rows
 
 
@@ -326,8 +399,8 @@ def generate(
     The same seed gives the same files whatever the number of workers: espeak-ng carries state
     from one utterance to the next (the same text comes out slightly different the second
     time), so every `block` of dialogues is made in a fresh process, in order. Dialogue i
-    depends only on (seed, split, i), so a folder grows: a larger `count` on a folder made
-    with the same seed and split makes only the blocks it does not list yet.
+    depends only on (seed, split, i), so a folder grows, and a stopped run goes on: what is
+    there whole (listed, or written by a run that stopped) is not made again.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -337,39 +410,28 @@ def generate(
             f"{out} lists {len(listed)} dialogues; --count {count} would drop the rest from its "
             f"manifest: give --count {len(listed)} or more, or another --out"
         )
+    there = listed | _unlisted_rows(out, seed, split, count, listed)
     blocks = [(i, min(i + block, count)) for i in range(0, count, block)]
-    todo = [b for b in blocks if any(_file_name(split, i) not in listed for i in range(*b))]
+    todo = [b for b in blocks if any(i not in there for i in range(*b))]
     bar = tqdm(total=count, desc=f"dialogues ({split})", unit="dlg", disable=not progress)
     bar.update(count - sum(last - first for first, last in todo))
-    made: dict[int, list[dict]] = {}
-    if todo:
-        # spawn, not fork: a fresh espeak-ng per block, whatever this process has said already
-        context = multiprocessing.get_context("spawn")
-        jobs = [
-            (str(out), seed, split, first, last,
-             frozenset(i for i in range(first, last) if _file_name(split, i) in listed))
-            for first, last in todo
-        ]  # fmt: skip
-        with context.Pool(max(1, min(workers, len(jobs))), maxtasksperchild=1) as pool:
-            for (first, _), done in zip(todo, pool.imap(_generate_block, jobs), strict=True):
-                made[first] = done
-                bar.update(len(done))
+    made = _make_blocks(out, seed, split, todo, set(there), workers, bar) if todo else {}
     bar.close()
     rows: list[dict] = []
     for first, last in blocks:
-        rows += (
-            made[first]
-            if first in made
-            else [listed[_file_name(split, i)] for i in range(first, last)]
-        )
+        rows += made[first] if first in made else [there[i] for i in range(first, last)]
     lines = "".join(json.dumps(row) + "\n" for row in rows)
     write_atomically(out / "manifest.jsonl", lambda tmp: tmp.write_text(lines))
     return rows
 
 
-def _listed_rows(out: Path, seed: int, split: Split) -> dict[str, dict]:
-    """The dialogues `out`'s manifest lists (files present), by file name; a folder of another
-    seed or split is refused (its dialogue i is not this one's)."""
+def _index(name: str) -> int:
+    return int(Path(name).stem.rsplit("_", 1)[1])
+
+
+def _listed_rows(out: Path, seed: int, split: Split) -> dict[int, dict]:
+    """The dialogues `out`'s manifest lists (files present), by index; a folder of another
+    seed, split or generator is refused (its dialogue i is not this one's)."""
     if not (out / "manifest.jsonl").is_file():
         return {}
     present = [
@@ -378,18 +440,43 @@ def _listed_rows(out: Path, seed: int, split: Split) -> dict[str, dict]:
         if (out / row["path"]).is_file() and (out / row["path"]).with_suffix(".json").is_file()
     ]
     if present:
-        first = read_description(out / present[0]["path"])
-        if (first.get("seed"), first.get("split")) != (seed, split):
-            raise ConfigError(
-                f"{out} holds dialogues of seed {first.get('seed')}, split {first.get('split')}: "
-                f"give another --out for seed {seed}, split {split} (or --seed {first.get('seed')})"
-            )
-        if first.get("generator", 1) != GENERATOR_VERSION:
-            raise ConfigError(
-                f"{out} holds dialogues of generator version {first.get('generator', 1)}, this "
-                f"antiphon makes version {GENERATOR_VERSION}: give another --out"
-            )
-    return {row["path"]: row for row in present}
+        _check_made_here(read_description(out / present[0]["path"]), out, seed, split)
+    return {_index(row["path"]): row for row in present}
+
+
+def _unlisted_rows(
+    out: Path, seed: int, split: Split, count: int, listed: dict[int, dict]
+) -> dict[int, dict]:
+    """Dialogues a stopped run wrote whole but did not list yet, by index (each file is
+    written whole or not at all, the description after the audio)."""
+    found = {}
+    for described in out.glob(f"{split}_*.json"):
+        index = _index(described.name)
+        wav = described.with_suffix(".wav")
+        if index >= count or index in listed or not wav.is_file():
+            continue
+        try:
+            description = json.loads(described.read_text())
+        except (OSError, ValueError):
+            continue  # half written by an older antiphon: made again
+        _check_made_here(description, out, seed, split)
+        found[index] = {"path": wav.name, "duration": round(description["duration"], 3)}
+    return found
+
+
+def _check_made_here(description: dict, out: Path, seed: int, split: Split) -> None:
+    """Refuse a folder whose dialogues another seed, split or generator made."""
+    if (description.get("seed"), description.get("split")) != (seed, split):
+        raise ConfigError(
+            f"{out} holds dialogues of seed {description.get('seed')}, split "
+            f"{description.get('split')}: give another --out for seed {seed}, split {split} "
+            f"(or --seed {description.get('seed')})"
+        )
+    if description.get("generator", 1) != GENERATOR_VERSION:
+        raise ConfigError(
+            f"{out} holds dialogues of generator version {description.get('generator', 1)}, "
+            f"this antiphon makes version {GENERATOR_VERSION}: give another --out"
+        )
 
 
 def _parsed(path: Path, parse: Callable[[str], object]) -> object:

@@ -1,16 +1,20 @@
 """Synthetic dialogues: espeak-ng word timings, the fixed split, the files, the aligned text."""
 
 import json
+import logging
 import os
+import signal
 from pathlib import Path
 
 import numpy as np
 import pytest
+from tqdm import tqdm
 
 from app.train import content
 from app.train.dialogues import (
     ASSISTANT,
     USER,
+    _make_blocks,
     generate,
     heard_tokens,
     manifest_rows,
@@ -163,6 +167,9 @@ def test_generated_dialogues_are_reproducible_and_teach_the_behaviours(tmp_path:
     assert [(grown / row["path"]).stat().st_mtime_ns for row in rows[:3]] == written  # not again
     with pytest.raises(ConfigError, match="lists 4 dialogues"):  # a smaller count drops none
         generate(grown, 2, seed=3, split="train", progress=False, block=2)
+    (grown / "manifest.jsonl").unlink()  # a run stopped before it listed what it wrote
+    assert generate(grown, 4, seed=3, split="train", progress=False, block=2) == rows
+    assert [(grown / row["path"]).stat().st_mtime_ns for row in rows[:3]] == written  # not again
     assert rows == again
     for row in rows:
         first, second, third = (tmp_path / d / row["path"] for d in ("a", "b", "c"))
@@ -249,3 +256,45 @@ def test_heard_words_come_after_the_user_has_said_them() -> None:
 def test_words_queue_when_they_come_faster_than_frames() -> None:
     words = [["a", [0.0, 0.01], ASSISTANT], ["b", [0.02, 0.03], ASSISTANT]]
     assert text_tokens(words, lambda w: [ord(w)], 4) == [ord("a"), ord("b"), 3, 3]
+
+
+def _crashes_making_dialogue_2(job: tuple) -> None:
+    """`_generate_block`, but the process dies (SIGSEGV, as espeak-ng can) making dialogue 2."""
+    from app.train import dialogues
+
+    out, first, make = Path(job[0]), job[3], dialogues.make_dialogue
+
+    def crashing(rng, split):
+        if (out / f".making-{first}").read_text() == "2":
+            os.kill(os.getpid(), signal.SIGSEGV)
+        return make(rng, split)
+
+    dialogues.make_dialogue = crashing
+    dialogues._generate_block(job)
+
+
+def test_a_dialogue_that_crashes_the_synthesizer_is_left_out(tmp_path: Path, caplog) -> None:
+    require_espeak()
+    bar = tqdm(disable=True)
+    with caplog.at_level(logging.WARNING):
+        made = _make_blocks(
+            tmp_path, 3, "train", [(0, 2), (2, 4)], set(), 2, bar, _crashes_making_dialogue_2
+        )
+    assert [row["path"] for row in made[0]] == ["train_000000.wav", "train_000001.wav"]
+    assert [row["path"] for row in made[2]] == ["train_000003.wav"]  # 2 left out, 3 made
+    assert "dialogue 2: the synthesizer crashed making it (signal 11)" in caplog.text
+    assert not list(tmp_path.glob(".making-*")) and not list(tmp_path.glob(".rows-*"))
+    reference = generate(tmp_path / "whole", 4, seed=3, split="train", progress=False, block=2)
+    assert made[0] == reference[:2]  # the others are the dialogues they always are
+    assert (tmp_path / "train_000000.wav").read_bytes() == (
+        tmp_path / "whole" / "train_000000.wav"
+    ).read_bytes()
+
+
+def _fails(job: tuple) -> None:
+    raise ValueError("a synthesizer error of its own")
+
+
+def test_a_block_that_fails_with_an_error_stops_the_run(tmp_path: Path) -> None:
+    with pytest.raises(SpeechError, match=r"dialogues 0\.\.1 failed \(exit code 1\)"):
+        _make_blocks(tmp_path, 3, "train", [(0, 2)], set(), 1, tqdm(disable=True), _fails)
