@@ -13,7 +13,7 @@ cross-entropy of the assistant's codebooks, the first (semantic) one weighted mo
 are ignored.
 
 Plus, for training only, hearing: a linear head on the temporal transformer's output predicts
-the *user's* words, each a few frames after it ends (`dialogues.heard_tokens`), weighted by
+the *user's* words, each a few frames after it ends (`monologue.heard_tokens`), weighted by
 `--hear-weight`. Without it, the first demo LM learned when to speak and the form of its
 answers but not what had been asked: recognising words from a codec's acoustic codes is a lot
 to learn from the answers alone. The head is not part of the exported model.
@@ -263,7 +263,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=float,
         default=1.0,
         help="weight of the text tokens that make an answer right (the number, the letters, "
-        "yes or no: `dialogues.answer_frames`) against the other spoken tokens",
+        "yes or no: `monologue.answer_frames`) against the other spoken tokens",
     )
     parser.add_argument(
         "--hear-delay",

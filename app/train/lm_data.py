@@ -3,7 +3,7 @@ batches, longest first, resumable), cached by fingerprint, with the user's heard
 hearing head, and cut into training windows batched by length (`WindowSampler`).
 
 Each dialogue becomes int16 streams [1 + 2K, frames] at the codec's frame rate: the inner
-monologue (`app.train.dialogues.text_tokens`), the assistant's K codes, the user's K codes.
+monologue (`app.train.monologue.text_tokens`), the assistant's K codes, the user's K codes.
 """
 
 from __future__ import annotations
@@ -26,15 +26,8 @@ from model.tokenizer import TextTokenizer
 
 from . import loop
 from .codec import load_trained_codec
-from .dialogues import (
-    answer_frames,
-    heard_tokens,
-    manifest_rows,
-    read_description,
-    read_dialogue,
-    read_manifest,
-    text_tokens,
-)
+from .dialogues import manifest_rows, read_description, read_dialogue, read_manifest
+from .monologue import answer_frames, heard_tokens, text_tokens
 
 log = logging.getLogger(__name__)
 

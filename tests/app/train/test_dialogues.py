@@ -16,13 +16,12 @@ from app.train.dialogues import (
     USER,
     _make_blocks,
     generate,
-    heard_tokens,
     manifest_rows,
     read_description,
     read_dialogue,
     read_manifest,
-    text_tokens,
 )
+from app.train.monologue import heard_tokens, text_tokens
 from app.train.quality import normalise
 from app.train.speech import SAMPLE_RATE, SpeechError, Voice, speak, synthesizer
 from model.errors import ConfigError

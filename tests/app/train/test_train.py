@@ -29,7 +29,7 @@ from app.train.codec import (
     phoneme_loss,
     train_codec,
 )
-from app.train.dialogues import answer_frames, generate, read_manifest, text_tokens
+from app.train.dialogues import generate, read_manifest
 from app.train.export import export
 from app.train.features import MultiResolutionMelLoss, edit_distance
 from app.train.lm import TOKENS, Trainee, held_out_figures, lm_loss, train_lm
@@ -43,6 +43,7 @@ from app.train.lm_data import (
     load_or_encode,
     with_training_rows,
 )
+from app.train.monologue import answer_frames, text_tokens
 from app.train.phonemes import PhonemeTable
 from app.train.quality import FIGURES, evaluate
 from app.train.tokenizer import dialogue_sentences, train_tokenizer
