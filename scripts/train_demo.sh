@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The bundled demo model's training run, stage by stage (docs/demo-model.md has the why and the
-# measured times: about five hours on a 2-core CPU).
+# measured times: about half a day on a 2-core CPU, most of it encoding the 18,000 dialogues for
+# the LM and training it; every stage stops and goes on).
 #
 #   RUN_DIR=/somewhere/outside/the/clone bash scripts/train_demo.sh STAGE...
 #
