@@ -203,11 +203,11 @@ def load_or_encode(
     codec = load_trained_codec(codec_dir, device)
     partial_path = Path(cache).with_suffix(".partial.npz")
     partial = _Encoded(partial_path, fingerprint)
-    for index, key in enumerate(ids):
-        if key in reusable:
-            partial.done.setdefault(index, reusable[key])
+    taken = [i for i, key in enumerate(ids) if key in reusable and i not in partial.done]
+    for index in taken:
+        partial.done[index] = reusable[ids[index]]
     if reusable:
-        log.info("encoding: %d of %d dialogues were in %s", len(partial.done), len(ids), cache)
+        log.info("encoding: %d of %d dialogues taken from %s", len(taken), len(ids), cache)
     streams = encode_dialogues(
         data, codec, tokenizer, num_codebooks, device, progress=progress, bf16=bf16,
         encoded=partial,
