@@ -15,7 +15,12 @@ account for). That holds when the echo is at least as loud as everything else th
 holds; the user's voice, noise, or a lag that is not the echo's bring it below. GCC-PHAT alone
 cannot tell: its whitening gives the user's voiced harmonics as much weight as the echo's, and
 two voices with steady pitches correlate at lags that are not the echo's. Only estimates that
-pass, `repeats` in a row (any that fails breaks the run), settle the first lag or move it.
+pass, `repeats` of them within one run of sharp estimates at the same lag (a blurred peak or
+another lag breaks the run; an estimate at the run's lag whose share falls short only does not
+count), settle the first lag or move it. Breaking the run on a short share as well made the
+move late: right after a jump the share hovers about the threshold (0.40-0.54 window after
+window, the new room's tail is longer than a coherence segment), and a move waited 1.3 s for
+two passes in a row, against 0.3 s for two passes in one run (docs/echo.md).
 
 What it cannot tell: a shift of where the reference was placed (a render-time estimate jumping
 and coming back) from a move of the room. It follows both, and after following the first on the
@@ -42,19 +47,24 @@ class DelayConfig:
     # (measured: 0.6 s windows re-converged in 0.5-2.8 s after a 70 ms jump, 0.4 s in 0-1 s).
     window: float = 0.4
     max_lag: float = 0.45  # seconds: AEC3's own delay estimator reaches about this far
-    confidence: float = 8.0  # peak over mean |correlation| for an estimate to count
+    # Peak over mean |correlation| for an estimate to count. Just after a jump the window holds
+    # both paths and the peak is shared: 6.3-7.8 there, against 8-11 once the new path fills the
+    # window; at 8 a move waited for that (offline, 20 jumps: 11 within 1 s; at 7: 18).
+    confidence: float = 7.0
     min_power: float = 1e-6  # mean square of the reference (-60 dBFS) below which none is made
     # The double-talk guard: the share of the microphone's energy the reference at the estimated
-    # lag explains, below which the estimate does not count (0.5: the echo is at least as loud
-    # as the rest). Measured on espeak-ng voices: 0.59-0.83 (5th-95th percentile) on echo
-    # alone, median 0.16 with a user 10 dB louder than the echo (docs/echo.md).
-    echo_share: float = 0.5
+    # lag explains, below which the estimate does not count (about half: the echo is at least
+    # nearly as loud as the rest). Measured on espeak-ng voices: 0.59-0.83 (5th-95th
+    # percentile) on echo alone in one room, 0.37-0.61 in a louder room with a longer tail, just
+    # after a jump to it; median 0.16 with a user 10 dB louder than the echo (docs/echo.md).
+    # 0.4 and 0.45 re-converged alike offline; no double talk moved the lag at either.
+    echo_share: float = 0.45
     onset: float = 0.03  # seconds before the strongest peak searched for the first arrival
     onset_level: float = 0.6  # of the strongest peak, for an earlier one to be the first arrival
     segment: int = 256  # decimated samples per coherence segment (64 ms), half-overlapping
     moved: float = 0.02  # seconds: a lag this far from the settled one is a move
     agree: float = 0.005  # seconds: estimates this close are the same lag
-    repeats: int = 2  # estimates in a row that must pass and agree to settle or move the lag
+    repeats: int = 2  # passing estimates, in one run at the same lag, that settle or move it
 
 
 @dataclass(frozen=True)
@@ -62,9 +72,6 @@ class LagEstimate:
     lag: float  # seconds the echo comes after the reference
     sharpness: float  # GCC-PHAT peak over its mean magnitude
     share: float  # of the microphone's energy the reference at that lag explains (nan: unasked)
-
-    def passes(self, config: DelayConfig) -> bool:
-        return self.sharpness > config.confidence and self.share >= config.echo_share
 
 
 class DelayTracker:
@@ -80,7 +87,8 @@ class DelayTracker:
         self._ref = np.zeros(0, np.float32)
         self.lag: float | None = None  # seconds: the settled lag (None until it first settles)
         self.last: LagEstimate | None = None  # the latest estimate, passed or not
-        self._run: list[float] = []  # passing estimates in a row that agree
+        self._run: list[float] = []  # sharp estimates in a row at the same lag
+        self._passed: list[float] = []  # those of them that passed the double-talk guard
 
     def observe(self, reference: np.ndarray, mic: np.ndarray) -> float:
         """Seconds by which the settled lag moved (positive: the echo now comes later), or 0.0.
@@ -95,24 +103,30 @@ class DelayTracker:
         self.last = estimate = self._estimate()
         config = self.config
         if self.lag is not None and abs(estimate.lag - self.lag) < config.moved:
-            self._run.clear()  # where it settled: nothing to guard (the share was not computed)
+            self._forget_run()  # where it settled: nothing to guard (the share was not computed)
             return 0.0
-        if not estimate.passes(config):
-            self._run.clear()  # not the echo's lag, or not only: the run starts again
+        if estimate.sharpness <= config.confidence:
+            self._forget_run()  # no clear lag: the run starts again
             return 0.0
         if self._run and abs(estimate.lag - self._run[-1]) > config.agree:
-            self._run.clear()
+            self._forget_run()  # another lag
         self._run.append(estimate.lag)
-        if len(self._run) < config.repeats:
+        if estimate.share >= config.echo_share:
+            self._passed.append(estimate.lag)
+        if len(self._passed) < config.repeats:
             return 0.0
-        lag = float(np.median(self._run))
-        self._run.clear()
+        lag = float(np.median(self._passed))
+        self._forget_run()
         if self.lag is None:
             self.lag = lag
             return 0.0
         self._ref = self._ref[:0]
         self._mic = self._mic[:0]
         return lag - self.lag
+
+    def _forget_run(self) -> None:
+        self._run.clear()
+        self._passed.clear()
 
     def _estimate(self) -> LagEstimate:
         """The lag of the echo behind the reference over the window, how sharp its peak is, and

@@ -118,16 +118,20 @@ def test_without_the_guard_double_talk_moves_it(
 
 
 def reconverged_after(
-    voices: tuple[np.ndarray, list[np.ndarray]], before: float, after: float, seed: int
+    voices: tuple[np.ndarray, list[np.ndarray]],
+    before: float,
+    after: float,
+    seed: int,
+    jump_at: float = 9.0,
 ) -> tuple[float | None, list[float]]:
-    """The canceller (following the delay) through a jump of the echo's delay at 9 s, with the
-    user speaking until 0.1 s before the jump and again from 1.4 s after it. Seconds from the
-    jump until every later ERLE window (echo-only frames, as the JACK tests measure) holds
-    25 dB, and the windows from the jump on."""
+    """The canceller (following the delay) through a jump of the echo's delay at `jump_at` s,
+    with the user speaking from 6.4 s (until 0.1 s before a jump at 9 s) and from 10.4 s.
+    Seconds from the jump until every later ERLE window (echo-only frames, as the JACK tests
+    measure) holds 25 dB, and the windows from the jump on."""
     far, lines = voices
     n = round(14.0 * RATE) // FRAME * FRAME
     far = far[:n]
-    change = 9 * RATE // FRAME * FRAME
+    change = round(jump_at * RATE)
     echo_before = np.convolve(far, room(before, -10, seed))[:n]
     echo_after = np.convolve(far, room(after, -6, seed + 1))[:n]  # also louder, another room
     echo = np.concatenate([echo_before[:change], echo_after[change:]])
@@ -161,13 +165,21 @@ def reconverged_after(
     return None, after_jump
 
 
+# The later jumps: the moves waited 3.0-3.4 s for room 0 when an estimate whose peak the two
+# paths shared, or whose share fell just short, broke the run (confidence 8, share 0.5).
 @pytest.mark.slow
-@pytest.mark.parametrize(("before", "after"), [(0.04, 0.11), (0.11, 0.04)])
+@pytest.mark.parametrize(
+    ("before", "after", "jump_at"),
+    [(0.04, 0.11, 9.0), (0.11, 0.04, 9.0), (0.04, 0.11, 9.33), (0.04, 0.11, 10.0)],
+)
 def test_the_canceller_reconverges_within_a_second_of_a_delay_jump_in_double_talk(
-    voices: tuple[np.ndarray, list[np.ndarray]], before: float, after: float
+    voices: tuple[np.ndarray, list[np.ndarray]], before: float, after: float, jump_at: float
 ) -> None:
     for seed in (0, 2, 4):
-        seconds, erle = reconverged_after(voices, before, after, seed)
+        seconds, erle = reconverged_after(voices, before, after, seed, jump_at)
         shown = [round(e) if np.isfinite(e) else None for e in erle]
-        print(f"{before} -> {after} s, room {seed}: 25 dB again after {seconds} s; {shown}")
+        print(
+            f"{before} -> {after} s at {jump_at} s, room {seed}: 25 dB again after {seconds} s;",
+            shown,
+        )
         assert seconds is not None and seconds <= 1.0, shown
