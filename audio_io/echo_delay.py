@@ -87,7 +87,7 @@ class DelayTracker:
         self._ref = np.zeros(0, np.float32)
         self.lag: float | None = None  # seconds: the settled lag (None until it first settles)
         self.last: LagEstimate | None = None  # the latest estimate, passed or not
-        self._run: list[float] = []  # sharp estimates in a row at the same lag
+        self._run_lag: float | None = None  # the lag of the sharp estimates in a row (a run)
         self._passed: list[float] = []  # those of them that passed the double-talk guard
 
     def observe(self, reference: np.ndarray, mic: np.ndarray) -> float:
@@ -108,9 +108,9 @@ class DelayTracker:
         if estimate.sharpness <= config.confidence:
             self._forget_run()  # no clear lag: the run starts again
             return 0.0
-        if self._run and abs(estimate.lag - self._run[-1]) > config.agree:
+        if self._run_lag is not None and abs(estimate.lag - self._run_lag) > config.agree:
             self._forget_run()  # another lag
-        self._run.append(estimate.lag)
+        self._run_lag = estimate.lag
         if estimate.share >= config.echo_share:
             self._passed.append(estimate.lag)
         if len(self._passed) < config.repeats:
@@ -125,7 +125,7 @@ class DelayTracker:
         return lag - self.lag
 
     def _forget_run(self) -> None:
-        self._run.clear()
+        self._run_lag = None
         self._passed.clear()
 
     def _estimate(self) -> LagEstimate:

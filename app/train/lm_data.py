@@ -192,8 +192,8 @@ def load_or_encode(
     reusable: dict[str, np.ndarray] = {}
     if cache.is_file():
         stored = np.load(cache)
-        streams = np.split(stored["tokens"], np.cumsum(stored["lengths"])[:-1], axis=1)
-        if "base" in stored and str(stored["base"]) == base:
+        if "base" in stored and str(stored["base"]) == base:  # else nothing in it is of use
+            streams = np.split(stored["tokens"], np.cumsum(stored["lengths"])[:-1], axis=1)
             if stored["ids"].tolist() == ids:
                 return streams
             reusable = dict(zip(stored["ids"].tolist(), streams, strict=True))
