@@ -31,6 +31,7 @@
 #              ANSWER_WEIGHT (default 3); with no checkpoint in RUN_DIR/lm but a kept LM, it
 #              starts from trained/lm; CODEC_EMBEDDINGS=1 (after a new codec) starts the audio
 #              embeddings from the codec's codebooks                   RUN_DIR/lm
+#              (and the held-out best so far, which keep and export take: RUN_DIR/lm/best)
 #   hear       HEAR_STEPS more steps from RUN_DIR/lm with the training-only hearing head (the
 #              user's words as targets), a new learning-rate schedule   RUN_DIR/lm-hear
 #   decoder    (optional) the codec's decoder side only, DECODER_STEPS more steps: every code
@@ -213,11 +214,14 @@ for stage in "$@"; do
                 cp "$tokenizer"/tokenizer.model "$tokenizer"/tokenizer.vocab "$kept/tokenizer/"
             fi
             if [ -f "$run_dir/lm/lm.safetensors" ]; then
+                lm_weights="$run_dir/lm"  # the held-out best, where the run has kept one
+                [ ! -f "$run_dir/lm/best/best.json" ] || lm_weights="$run_dir/lm/best"
                 mkdir -p "$kept/lm"
-                convert "$run_dir/lm/lm.safetensors" "$kept/lm/lm.safetensors" bfloat16
-                for file in config.json log.jsonl; do
-                    [ ! -f "$run_dir/lm/$file" ] || cp "$run_dir/lm/$file" "$kept/lm/"
-                done
+                convert "$lm_weights/lm.safetensors" "$kept/lm/lm.safetensors" bfloat16
+                cp "$lm_weights/config.json" "$kept/lm/"
+                [ ! -f "$run_dir/lm/log.jsonl" ] || cp "$run_dir/lm/log.jsonl" "$kept/lm/"
+                rm -f "$kept/lm/best.json"
+                [ ! -f "$lm_weights/best.json" ] || cp "$lm_weights/best.json" "$kept/lm/"
             fi
             du -sh "$kept"/*
             ;;
@@ -227,6 +231,7 @@ for stage in "$@"; do
             [ -f "$run_dir/codec-decoder/codec.safetensors" ] && codec_run="$run_dir/codec-decoder"
             lm_run="$run_dir/lm"
             [ -f "$lm_run/lm.safetensors" ] || lm_run="$kept/lm"
+            [ ! -f "$run_dir/lm/best/best.json" ] || lm_run="$run_dir/lm/best"  # held-out best
             [ -f "$run_dir/lm-hear/lm.safetensors" ] && lm_run="$run_dir/lm-hear"
             echo "export: codec from $codec_run, LM from $lm_run"
             train export --codec "$codec_run" --lm "$lm_run" \

@@ -61,6 +61,9 @@ from .tokenizer import TOKENIZER_FILE
 log = logging.getLogger(__name__)
 
 WEIGHTS, CONFIG, TOKENS = "lm.safetensors", "config.json", "tokens.npz"
+# the run's held-out best so far (lm.safetensors, config.json, best.json): on a few thousand
+# dialogues the LM learns the answers by heart, and its last step is seldom its best held-out
+BEST, BEST_FIGURES = "best", "best.json"
 EVAL_TOKENS = "tokens-eval.npz"
 HELD_OUT_DIALOGUES = 48  # teacher-forced figures on this many held-out dialogues
 
@@ -380,15 +383,17 @@ def train_lm(args: argparse.Namespace) -> int:
         ]
         seen = streams[:: max(1, len(streams) // HELD_OUT_DIALOGUES)][:HELD_OUT_DIALOGUES]
 
-        def figures(_step: int) -> dict[str, float]:
+        def figures(done: int) -> dict[str, float]:
             """Held-out figures, and the same on as many training dialogues (train_*): what
             the LM has learnt by heart against what it has learnt."""
             weights = (args.pad_weight, args.first_codebook_weight)
-            return held_out_figures(model, held_out, args.frames, *weights, new_voice) | {
+            result = held_out_figures(model, held_out, args.frames, *weights, new_voice) | {
                 f"train_{key}": value
                 for key, value in held_out_figures(model, seen, args.frames, *weights).items()
                 if key in ("text_acc", "heard_acc", "answer_acc", "answer_first_acc")
             }
+            keep_if_best(lm, out / BEST, done, result)
+            return result
 
         options.evaluate = figures
     sampler = WindowSampler(streams, args.frames, args.batch_size * args.frames)
@@ -425,6 +430,29 @@ def train_lm(args: argparse.Namespace) -> int:
     if options.steps is not None and start >= options.steps:
         save_lm(lm, out)
     return done
+
+
+def answer_score(figures: dict[str, float]) -> float:
+    """How right the held-out answers are: the mean of the accuracy on every token that makes
+    an answer right and on each answer's first one (its text accuracy where there are none)."""
+    if "answer_acc" in figures and "answer_first_acc" in figures:
+        return (figures["answer_acc"] + figures["answer_first_acc"]) / 2
+    return figures["text_acc"]
+
+
+def keep_if_best(lm: LM, folder: Path, step: int, figures: dict[str, float]) -> bool:
+    """Save the weights to `folder` if their held-out answer score beats the one kept there
+    (written beside them, so a resumed run keeps comparing with it); True if saved."""
+    score = answer_score(figures)
+    kept = folder / BEST_FIGURES
+    if kept.is_file() and json.loads(kept.read_text())["score"] >= score:
+        return False
+    folder.mkdir(parents=True, exist_ok=True)
+    kept.unlink(missing_ok=True)  # weights and figures agree even if stopped while saving
+    save_lm(lm, folder)
+    kept.write_text(json.dumps({"step": step, "score": round(score, 4), "figures": figures}))
+    log.info("lm: held-out best so far at step %d (answer score %.4f): %s", step, score, folder)
+    return True
 
 
 def init_lm(lm: LM, run: Path) -> None:

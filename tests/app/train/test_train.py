@@ -32,7 +32,17 @@ from app.train.codec import (
 from app.train.dialogues import generate, read_manifest
 from app.train.export import export
 from app.train.features import MultiResolutionMelLoss, edit_distance
-from app.train.lm import TOKENS, Trainee, held_out_figures, lm_loss, train_lm
+from app.train.lm import (
+    BEST,
+    BEST_FIGURES,
+    TOKENS,
+    Trainee,
+    answer_score,
+    held_out_figures,
+    keep_if_best,
+    lm_loss,
+    train_lm,
+)
 from app.train.lm_data import (
     WindowSampler,
     _Encoded,
@@ -537,6 +547,26 @@ def test_runs_log_memory_speed_and_held_out_figures(codec_run: Path, lm_run: Pat
     codec_eval = [json.loads(line) for line in (codec_run / loop.LOG).read_text().splitlines()]
     used = [row["eval"]["codes_used"] for row in codec_eval if "eval" in row][-1]
     assert len(used) == 4 and all(n >= 1 for n in used)
+
+
+def test_a_run_keeps_its_held_out_best_weights(lm_run: Path, tmp_path: Path) -> None:
+    rows = [json.loads(line) for line in (lm_run / loop.LOG).read_text().splitlines()]
+    held_out = {row["step"]: answer_score(row["eval"]) for row in rows if "eval" in row}
+    best = json.loads((lm_run / BEST / BEST_FIGURES).read_text())
+    assert held_out[best["step"]] == max(held_out.values())  # the first of the best
+    assert best["step"] == min(step for step, score in held_out.items() if score == best["score"])
+    kept, last = load_lm_state(lm_run / BEST), load_lm_state(lm_run)
+    assert (best["step"] == max(held_out)) == all(torch.equal(kept[k], last[k]) for k in kept)
+    # a later evaluation replaces it only if better, also after a resume (best.json is read)
+    lm = load_lm(lm_run / BEST / "lm.safetensors", lm_config_from_kyutai(
+        json.loads((lm_run / BEST / "config.json").read_text())))  # fmt: skip
+    folder = tmp_path / BEST
+    assert keep_if_best(lm, folder, 2, {"answer_acc": 0.2, "answer_first_acc": 0.1})
+    assert not keep_if_best(lm, folder, 4, {"answer_acc": 0.1, "answer_first_acc": 0.1})
+    assert json.loads((folder / BEST_FIGURES).read_text())["step"] == 2
+    assert keep_if_best(lm, folder, 6, {"answer_acc": 0.1, "answer_first_acc": 0.3})
+    assert json.loads((folder / BEST_FIGURES).read_text())["score"] == 0.2
+    assert answer_score({"text_acc": 0.5}) == 0.5  # dialogues without answers
 
 
 def test_a_codec_with_dead_codes_is_refused() -> None:
