@@ -36,7 +36,7 @@ from torch import nn
 
 from .codec import Codec
 from .conv import CausalConv1d, CausalConvTranspose1d
-from .packed import PackedLinear, has_fp16_kernel, pack, packed_linear
+from .packed import PackedLinear, has_fp16_kernel
 
 # Convolutions with fewer weights stay fp32: they fit in the cache, and most of them run on long
 # inputs (PyTorch's convolution), where bf16 does not pay.
@@ -111,13 +111,14 @@ class Bf16Linear(nn.Module):
         self.weight: torch.Tensor
         # A buffer, as the int8 weights: the parameters keep telling the compute dtype.
         self.register_buffer("weight", linear.weight.detach().to(torch.bfloat16))
-        # On a CPU, also in oneDNN's layout, made once (model/packed.py).
-        self.packed: torch.Tensor | None = pack(self.weight)
+        # On a CPU, also in oneDNN's layout, made once (model/packed.py; a compiled graph
+        # reaches it through the antiphon::packed_linear op: inductor cannot lower it).
+        self.packed: PackedLinear | None = PackedLinear.bf16(self.weight)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         xb = x.to(self.weight.dtype)
         if self.packed is not None and x.device.type == "cpu":
-            return packed_linear(xb, self.packed).to(x.dtype)
+            return self.packed(xb).to(x.dtype)
         return F.linear(xb, self.weight).to(x.dtype)
 
     def extra_repr(self) -> str:

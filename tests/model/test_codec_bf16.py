@@ -126,6 +126,45 @@ def test_bf16_streaming_equals_the_whole_signal(fp32_codec, every_conv_in_bf16) 
         torch.testing.assert_close(audio, codec.decode(codes), atol=atol, rtol=0)
 
 
+needs_onednn_bf16 = pytest.mark.skipif(
+    Bf16Linear(nn.Linear(8, 8, bias=False)).packed is None,
+    reason="oneDNN has no bf16 kernel for this CPU (no AVX512-BF16): nothing is packed",
+)
+
+
+@needs_onednn_bf16
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # inductor's own use of torch.jit
+def test_a_packed_bf16_linear_compiles_with_inductor() -> None:
+    """Inductor cannot lower oneDNN's packed weight (it failed `antiphon bench --compile` on a
+    CPU with native bf16): a compiled graph calls it through the antiphon::packed_linear op."""
+    torch.manual_seed(0)
+    stored = Bf16Linear(nn.Linear(64, 32, bias=False))
+    torch._dynamo.reset()
+    step = torch.compile(lambda x: stored(x) * 2, fullgraph=True, dynamic=False)
+    x = torch.randn(1, 2, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(step(x), stored(x) * 2, rtol=0, atol=0)
+
+
+@needs_onednn_bf16
+def test_bf16_streaming_compiles_as_one_graph(fp32_codec, every_conv_in_bf16) -> None:
+    codec = copy.deepcopy(fp32_codec)
+    store_codec_bf16_(codec, encoder_convs=True)
+    torch._dynamo.reset()
+    encode = torch.compile(codec.encode_step, fullgraph=True, dynamic=False, backend="aot_eager")
+    decode = torch.compile(codec.decode_step, fullgraph=True, dynamic=False, backend="aot_eager")
+    pcm = speechlike(2, 4, codec.frame_size, seed=5)
+    states = [(codec.init_encoder_state(2), codec.init_decoder_state(2)) for _ in range(2)]
+    with torch.no_grad():
+        for frame in pcm.split(codec.frame_size, dim=2):
+            want = codec.encode_step(frame, states[0][0])
+            got = encode(frame, states[1][0])
+            assert torch.equal(got, want)
+            torch.testing.assert_close(
+                decode(got, states[1][1]), codec.decode_step(want, states[0][1]), rtol=0, atol=0
+            )
+
+
 def test_auto_is_bf16_on_a_cpu_with_native_bf16(tmp_path: Path) -> None:
     with_bf16, without = tmp_path / "with", tmp_path / "without"
     with_bf16.write_text("flags\t\t: fpu sse2 avx512f avx512_bf16 avx512_vnni\n")
