@@ -16,7 +16,7 @@ from model.config import mimi, tiny_mimi
 from model.conv import ConvTransposeState
 from model.packed import has_fp16_kernel
 from model.quantize import Bf16Linear, codec_weights, native_bf16_cpu, store_codec_bf16_
-from tests.model.test_codec import distinct_codes, speechlike
+from tests.model.test_codec import assert_compiles_as_eager, distinct_codes, speechlike
 
 
 @pytest.fixture
@@ -150,19 +150,7 @@ def test_a_packed_bf16_linear_compiles_with_inductor() -> None:
 def test_bf16_streaming_compiles_as_one_graph(fp32_codec, every_conv_in_bf16) -> None:
     codec = copy.deepcopy(fp32_codec)
     store_codec_bf16_(codec, encoder_convs=True)
-    torch._dynamo.reset()
-    encode = torch.compile(codec.encode_step, fullgraph=True, dynamic=False, backend="aot_eager")
-    decode = torch.compile(codec.decode_step, fullgraph=True, dynamic=False, backend="aot_eager")
-    pcm = speechlike(2, 4, codec.frame_size, seed=5)
-    states = [(codec.init_encoder_state(2), codec.init_decoder_state(2)) for _ in range(2)]
-    with torch.no_grad():
-        for frame in pcm.split(codec.frame_size, dim=2):
-            want = codec.encode_step(frame, states[0][0])
-            got = encode(frame, states[1][0])
-            assert torch.equal(got, want)
-            torch.testing.assert_close(
-                decode(got, states[1][1]), codec.decode_step(want, states[0][1]), rtol=0, atol=0
-            )
+    assert_compiles_as_eager(codec)
 
 
 def test_auto_is_bf16_on_a_cpu_with_native_bf16(tmp_path: Path) -> None:

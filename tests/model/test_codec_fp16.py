@@ -17,7 +17,7 @@ from model.config import mimi, tiny_mimi
 from model.conv import CausalConv1d, CausalConvTranspose1d
 from model.packed import PackedLinear, has_fp16_kernel
 from model.quantize import Fp16Linear, codec_weights, store_codec_fp16_, store_codec_weights_
-from tests.model.test_codec import distinct_codes, speechlike
+from tests.model.test_codec import assert_compiles_as_eager, distinct_codes, speechlike
 from tests.model.test_codec_bf16 import _stream
 
 needs_fbgemm = pytest.mark.skipif(not has_fp16_kernel(), reason="no fbgemm in this torch build")
@@ -114,19 +114,7 @@ def test_fp16_streaming_compiles_as_one_graph(fp32_codec, every_conv_in_fp16) ->
     the `antiphon::packed_linear` custom op, by key, and computes what eager does."""
     codec = copy.deepcopy(fp32_codec)
     store_codec_fp16_(codec)
-    torch._dynamo.reset()
-    encode = torch.compile(codec.encode_step, fullgraph=True, dynamic=False, backend="aot_eager")
-    decode = torch.compile(codec.decode_step, fullgraph=True, dynamic=False, backend="aot_eager")
-    pcm = speechlike(2, 4, codec.frame_size, seed=5)
-    states = [(codec.init_encoder_state(2), codec.init_decoder_state(2)) for _ in range(2)]
-    with torch.no_grad():
-        for frame in pcm.split(codec.frame_size, dim=2):
-            want = codec.encode_step(frame, states[0][0])
-            got = encode(frame, states[1][0])
-            assert torch.equal(got, want)
-            torch.testing.assert_close(
-                decode(got, states[1][1]), codec.decode_step(want, states[0][1]), rtol=0, atol=0
-            )
+    assert_compiles_as_eager(codec)
 
 
 @needs_fbgemm
