@@ -116,10 +116,9 @@ class Bf16Linear(nn.Module):
         self.packed: PackedLinear | None = PackedLinear.bf16(self.weight)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        xb = x.to(self.weight.dtype)
         if self.packed is not None and x.device.type == "cpu":
-            return self.packed(xb).to(x.dtype)
-        return F.linear(xb, self.weight).to(x.dtype)
+            return self.packed(x)  # multiplies in bf16, returns x's dtype
+        return F.linear(x.to(self.weight.dtype), self.weight).to(x.dtype)
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, bf16 weights"

@@ -107,6 +107,10 @@ codec_for_lm() {
     fi
     echo "codec: $lm_codec"
 }
+run_lm() {  # the LM run's weights to keep or export: its held-out best where it kept one
+    lm_weights="$run_dir/lm"
+    [ ! -f "$run_dir/lm/best/best.json" ] || lm_weights="$run_dir/lm/best"
+}
 tokenizer="$run_dir/tokenizer"
 [ -f "$tokenizer/tokenizer.model" ] || [ ! -f "$kept/tokenizer/tokenizer.model" ] || tokenizer="$kept/tokenizer"
 # a few steps of the tiny codec leave codebooks nearly dead; the real run must not
@@ -214,8 +218,7 @@ for stage in "$@"; do
                 cp "$tokenizer"/tokenizer.model "$tokenizer"/tokenizer.vocab "$kept/tokenizer/"
             fi
             if [ -f "$run_dir/lm/lm.safetensors" ]; then
-                lm_weights="$run_dir/lm"  # the held-out best, where the run has kept one
-                [ ! -f "$run_dir/lm/best/best.json" ] || lm_weights="$run_dir/lm/best"
+                run_lm
                 mkdir -p "$kept/lm"
                 convert "$lm_weights/lm.safetensors" "$kept/lm/lm.safetensors" bfloat16
                 cp "$lm_weights/config.json" "$kept/lm/"
@@ -229,9 +232,9 @@ for stage in "$@"; do
             codec_for_lm
             codec_run="$lm_codec"
             [ -f "$run_dir/codec-decoder/codec.safetensors" ] && codec_run="$run_dir/codec-decoder"
-            lm_run="$run_dir/lm"
+            run_lm
+            lm_run="$lm_weights"
             [ -f "$lm_run/lm.safetensors" ] || lm_run="$kept/lm"
-            [ ! -f "$run_dir/lm/best/best.json" ] || lm_run="$run_dir/lm/best"  # held-out best
             [ -f "$run_dir/lm-hear/lm.safetensors" ] && lm_run="$run_dir/lm-hear"
             echo "export: codec from $codec_run, LM from $lm_run"
             train export --codec "$codec_run" --lm "$lm_run" \

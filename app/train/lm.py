@@ -385,7 +385,8 @@ def train_lm(args: argparse.Namespace) -> int:
 
         def figures(done: int) -> dict[str, float]:
             """Held-out figures, and the same on as many training dialogues (train_*): what
-            the LM has learnt by heart against what it has learnt."""
+            the LM has learnt by heart against what it has learnt; the weights are kept in
+            out/best when they are the best held-out so far."""
             weights = (args.pad_weight, args.first_codebook_weight)
             result = held_out_figures(model, held_out, args.frames, *weights, new_voice) | {
                 f"train_{key}": value
