@@ -14,6 +14,7 @@ import shutil
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from app.core.models import ASSETS
@@ -27,6 +28,7 @@ from model.bundle import (
     bundle_files,
     save_safetensors,
 )
+from model.errors import CheckpointError
 
 from .codec import CONFIG as CODEC_RUN_CONFIG
 from .codec import WEIGHTS as CODEC_RUN_WEIGHTS
@@ -53,8 +55,8 @@ def export(
 ) -> dict[str, int]:
     """Write the assets; returns each file's size in bytes."""
     out.mkdir(parents=True, exist_ok=True)
-    save_safetensors(load_file(str(lm_run / LM_RUN_WEIGHTS)), out / LM_FILE, lm_dtype)
-    save_safetensors(load_file(str(codec_run / CODEC_RUN_WEIGHTS)), out / CODEC_FILE, codec_dtype)
+    save_safetensors(_read_weights(lm_run / LM_RUN_WEIGHTS), out / LM_FILE, lm_dtype)
+    save_safetensors(_read_weights(codec_run / CODEC_RUN_WEIGHTS), out / CODEC_FILE, codec_dtype)
     shutil.copyfile(tokenizer, out / TOKENIZER_FILE)
     shutil.copyfile(codec_run / CODEC_RUN_CONFIG, out / CODEC_CONFIG_FILE)
     config = json.loads((lm_run / LM_RUN_CONFIG).read_text())
@@ -68,6 +70,17 @@ def export(
     (out / CONFIG_FILE).write_text(json.dumps(config, indent=1))
     bundle_files(out)  # everything written reads back
     return {name: (out / name).stat().st_size for name in FILES}
+
+
+def _read_weights(path: Path) -> dict[str, torch.Tensor]:
+    """A run's weights, or one line that says which file is damaged or missing."""
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError) as exc:
+        raise CheckpointError(
+            f"{path}: missing, or not a whole safetensors file ({exc}); export another run, "
+            "or let the run write it again (the same training command resumes and saves it)"
+        ) from exc
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -569,6 +569,16 @@ def test_a_run_keeps_its_held_out_best_weights(lm_run: Path, tmp_path: Path) -> 
     assert answer_score({"text_acc": 0.5}) == 0.5  # dialogues without answers
 
 
+def test_export_of_a_damaged_run_says_which_file(lm_run: Path, codec_run: Path, work: Path) -> None:
+    from model.errors import CheckpointError
+
+    damaged = work / "lm_damaged"
+    shutil.copytree(lm_run, damaged)
+    (damaged / "lm.safetensors").write_bytes(b"garbage")
+    with pytest.raises(CheckpointError, match="lm.safetensors: missing, or not a whole"):
+        export(codec_run, damaged, work / "tokenizer" / "tokenizer.model", work / "assets_bad")
+
+
 def test_a_codec_with_dead_codes_is_refused() -> None:
     streams = [np.zeros((1 + 2 * 2, 30), dtype=np.int16)]
     streams[0][1] = np.arange(30)  # the first codebook lives, the second has one code
