@@ -192,6 +192,9 @@ class LoopOptions:
     progress: bool = True
     evaluate: Callable[[int], dict[str, Any]] | None = None  # held-out figures, every eval_every
     eval_every: int = 250
+    # evaluate the weights a new run starts from (another run's, `--init`): the first candidate
+    # for the held-out best, so that a run that never beats them keeps them
+    evaluate_first: bool = False
 
     @property
     def schedule_steps(self) -> int:
@@ -223,6 +226,16 @@ def train_loop(
     log.info("%s: allocator tuned for the loop: %s", desc, tuned)
     faults = memory_figures()["page_faults"]
     with open(run_dir / LOG, "a") as log_file, stoppable(desc) as stop_requested:
+
+        def evaluate(done: int) -> None:
+            assert options.evaluate is not None
+            figures = options.evaluate(done)
+            log_file.write(json.dumps({"step": done, "eval": figures}) + "\n")
+            log_file.flush()
+            log.info("%s: held-out at step %d: %s", desc, done, figures)
+
+        if options.evaluate is not None and options.evaluate_first and start == 0:
+            evaluate(0)
         step = start
         while options.steps is None or step < options.steps:
             if step == start + 10:
@@ -279,10 +292,7 @@ def train_loop(
                     )
             if (options.evaluate is not None and not stopping
                     and (done % options.eval_every == 0 or done == options.steps)):  # fmt: skip
-                figures = options.evaluate(done)
-                log_file.write(json.dumps({"step": done, "eval": figures}) + "\n")
-                log_file.flush()
-                log.info("%s: held-out at step %d: %s", desc, done, figures)
+                evaluate(done)
             if done % options.checkpoint_every == 0 or done == options.steps or out_of_time:
                 checkpoint(done)
             if stopping and done != options.steps:  # a finished run just finishes

@@ -14,6 +14,7 @@ from app.train import content
 from app.train.dialogues import (
     ASSISTANT,
     USER,
+    _high_pass,
     _make_blocks,
     generate,
     manifest_rows,
@@ -205,6 +206,36 @@ def test_generated_dialogues_are_reproducible_and_teach_the_behaviours(tmp_path:
     json.dumps(description)  # plain JSON
     assert manifest_rows(tmp_path / "a") == rows
     assert read_manifest(tmp_path / "a") == [tmp_path / "a" / row["path"] for row in rows]
+
+
+def test_the_high_pass_is_a_causal_butterworth_filter() -> None:
+    """The augmentation's high-pass (applied by FFT) equals the biquads' difference equations,
+    is -3 dB at its cutoff, and nothing comes out before what goes in."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal(3000).astype(np.float32)
+    cutoff, order = 150.0, 4
+    y = x.astype(np.float64)
+    w0 = 2 * np.pi * cutoff / SAMPLE_RATE
+    for k in range(order // 2):  # the same sections, sample by sample
+        q = 1 / (2 * np.cos(np.pi * (2 * k + 1) / (2 * order)))
+        alpha, c = np.sin(w0) / (2 * q), np.cos(w0)
+        b = np.array([1, -2, 1]) * (1 + c) / 2 / (1 + alpha)
+        a1, a2 = -2 * c / (1 + alpha), (1 - alpha) / (1 + alpha)
+        out, (x1, x2, y1, y2) = np.zeros_like(y), (0.0, 0.0, 0.0, 0.0)
+        for n, xn in enumerate(y):
+            out[n] = b[0] * xn + b[1] * x1 + b[2] * x2 - a1 * y1 - a2 * y2
+            x1, x2, y1, y2 = xn, x1, out[n], y1
+        y = out
+    np.testing.assert_allclose(_high_pass(x, cutoff, order), y, atol=1e-4)
+    t = np.arange(SAMPLE_RATE) / SAMPLE_RATE
+    for hz, gain in ((cutoff, 2**-0.5), (8 * cutoff, 1.0), (cutoff / 4, 4.0**-4)):
+        tone = np.sin(2 * np.pi * hz * t).astype(np.float32)
+        level = np.sqrt(2 * np.mean(_high_pass(tone, cutoff, order)[SAMPLE_RATE // 2 :] ** 2))
+        assert level == pytest.approx(gain, rel=0.02, abs=1e-3)
+    impulse = np.zeros(SAMPLE_RATE, np.float32)
+    impulse[1000] = 1.0
+    response = _high_pass(impulse, cutoff, order)
+    assert np.abs(response[:1000]).max() < 1e-6 and response[1000] > 0.9
 
 
 def test_a_damaged_description_or_manifest_is_named_with_what_to_do(tmp_path: Path) -> None:

@@ -424,6 +424,12 @@ def test_a_run_starts_from_another_runs_weights(work: Path, lm_run: Path) -> Non
     trained, copied = (load_lm_state(run) for run in (lm_run, started))
     assert trained.keys() == copied.keys()
     assert all(torch.equal(trained[k], copied[k]) for k in trained)
+    # the weights it starts from are evaluated and are the best until a step beats them
+    rows = [json.loads(line) for line in (started / loop.LOG).read_text().splitlines()]
+    assert [row["step"] for row in rows if "eval" in row] == [0]
+    assert json.loads((started / BEST / BEST_FIGURES).read_text())["step"] == 0
+    kept = load_lm_state(started / BEST)
+    assert all(torch.equal(trained[k], kept[k]) for k in trained)
 
 
 def test_audio_embeddings_start_from_the_codecs_codebooks(work: Path, lm_run: Path) -> None:
