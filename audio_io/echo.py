@@ -74,6 +74,16 @@ class EchoConfig:
     # moves on the JACK loop erred by -3 to +7 ms (19 of 20 within -3 and 0). Offline with
     # this margin: 19 exact, 19 with the move 7 ms too large.
     follow_margin: float = 0.006
+    # Seconds of a silent far end (the aligned reference under `far_end_floor_db`) after which
+    # the microphone goes on untouched (None: never). AEC3 with nothing to cancel still
+    # reshapes the voice (its high-pass and band processing): with the far end silent, held-out
+    # dialogues' user channels through it kept 38% of their first-codebook codes, and the demo
+    # LM's teacher-forced heard_acc fell from 0.377 to 0.347 (scripts/echo_hearing.py; a
+    # 1.25 ms shift alone: 0.373). By then the echo of the last sound played has died out (the
+    # JACK rooms' responses: 0.02-0.12 s delay, 0.15 s long). AEC3 is fed all along, so it
+    # stays adapted; the switch either way is a `ramp` long crossfade at a frame's start.
+    pass_through_after: float | None = 0.5
+    ramp: float = 0.01
 
     @property
     def block_size(self) -> int:
@@ -86,6 +96,7 @@ class EchoFrame:
     pcm: np.ndarray  # [frame_size] float32: the microphone with the echo removed
     erle_db: float | None  # microphone over output power in dB; None while the far end is silent
     far_end_db: float  # level of the aligned reference, dBFS
+    passed: bool = False  # the microphone as it came (the far end silent long enough)
 
 
 class FarEndTimeline:
@@ -163,6 +174,8 @@ class EchoCanceller:
         self._tracker = DelayTracker(config.sample_rate)
         self._shift = 0.0  # seconds the reference is taken later, following the echo's delay
         self.frames = 0  # frames cancelled since the last reset
+        self._quiet = 0.0  # seconds the aligned reference has been silent
+        self._passing = False  # the last frame went out as the microphone had it
         # (frame, seconds) of each move of the echo's delay followed (follow_delay)
         self.delay_moves: list[tuple[int, float]] = []
         # (frame, samples) of each microphone frame whose capture time is more than `snap` off
@@ -186,6 +199,8 @@ class EchoCanceller:
             self._tracker = DelayTracker(self.config.sample_rate)
             self._shift = 0.0
             self.frames = 0
+            self._quiet = 0.0
+            self._passing = False
             self.delay_moves = []
             self.capture_jumps = []
             self._last_capture = None
@@ -245,12 +260,31 @@ class EchoCanceller:
                     self.delay_moves.append((self.frames, moved))
                     logger.info("the echo's delay moved by %+.0f ms: followed", 1000 * moved)
             self.frames += 1
+            far_db = _power_db(reference)
+            audible = far_db > config.far_end_floor_db
+            self._quiet = 0.0 if audible else self._quiet + config.frame_size / config.sample_rate
+            was_passing = self._passing
+            self._passing = (
+                config.pass_through_after is not None and self._quiet >= config.pass_through_after
+            )
+            passing = self._passing
         pcm = out.astype(np.float32) / 32768.0
-        far_db = _power_db(reference)
-        erle = None
-        if far_db > config.far_end_floor_db:
-            erle = _power_db(mic) - _power_db(pcm)
-        return EchoFrame(pcm, erle, far_db)
+        raw = np.asarray(mic, np.float32)
+        if passing:  # entering pass-through from the cancelled voice, or in it
+            pcm = raw if was_passing else _crossfade(pcm, raw, config)
+        elif was_passing:  # the far end sounds again: back to the cancelled voice
+            pcm = _crossfade(raw, pcm, config)
+        erle = _power_db(mic) - _power_db(pcm) if audible else None
+        return EchoFrame(pcm, erle, far_db, passed=passing)
+
+
+def _crossfade(before: np.ndarray, after: np.ndarray, config: EchoConfig) -> np.ndarray:
+    """`after`, entered from `before` over its first `config.ramp` seconds."""
+    n = min(len(after), max(1, round(config.ramp * config.sample_rate)))
+    weight = (np.arange(1, n + 1, dtype=np.float32) / (n + 1)).astype(np.float32)
+    out = after.copy()
+    out[:n] = before[:n] * (1 - weight) + after[:n] * weight
+    return out
 
 
 def _livekit_rtc() -> Any:

@@ -52,6 +52,46 @@ def test_echo_of_a_delayed_reverberant_path_is_removed_and_the_cost_fits() -> No
     assert np.median(after_a_second) >= 25.0
 
 
+def test_with_the_far_end_silent_the_microphone_passes_untouched() -> None:
+    """AEC3 reshapes a voice even with nothing to cancel; once the far end has been silent for
+    `pass_through_after`, the microphone goes on as it came, and when the far end sounds
+    again the canceller, fed all along, is still converged."""
+    far = np.concatenate([_speech_like(4.0, 1), np.zeros(3 * RATE, np.float32),
+                          _speech_like(2.0, 2)])  # fmt: skip
+    mic = np.convolve(far, _room(0.05, 0.5, 0))[: len(far)].astype(np.float32)
+    user = 0.05 * _speech_like(len(far) / RATE, 3)
+    user[: round(4.2 * RATE)] = user[round(6.8 * RATE) :] = 0.0  # in the far end's silence only
+    mic = mic + user
+    frames = {}
+    for after in (0.5, None):
+        echo = EchoCanceller(EchoConfig(RATE, FRAME, lead=0.0, pass_through_after=after))
+        echo.played(far[:FRAME], 0.0)
+        heard = []
+        for i in range(0, len(far) - FRAME, FRAME):
+            echo.played(far[i + FRAME : i + 2 * FRAME], (i + FRAME) / RATE)
+            heard.append(echo.cancel(mic[i : i + FRAME], i / RATE))
+        frames[after] = heard
+    heard = frames[0.5]
+    passed = [i for i, frame in enumerate(heard) if frame.passed]
+    # exactly the frames whose far end was silent, with the 6 before them (0.56 s >= 0.5 s):
+    # in the long pause, not in the 0.4 s ones between the far end's phrases
+    quiet = [not far[i * FRAME : (i + 1) * FRAME].any() for i in range(len(heard))]
+    assert passed == [i for i in range(6, len(heard)) if all(quiet[i - 6 : i + 1])]
+    assert passed[0] == 45 + 6 and passed[-1] == 86  # 3.6 s to 7.0 s
+    silent = range(45, 87)
+    ramp = round(0.01 * RATE)
+    first = heard[passed[0]].pcm
+    assert np.array_equal(first[ramp:], mic[passed[0] * FRAME :][ramp:FRAME])
+    for i in passed[1:]:
+        assert np.array_equal(heard[i].pcm, mic[i * FRAME : (i + 1) * FRAME])
+    assert not any(frame.passed for frame in frames[None])
+    # the far end again: cancelled at once, as well as before the pause
+    again = [frame.erle_db for frame in heard[silent[-1] + 1 :] if frame.erle_db is not None]
+    before = [frame.erle_db for frame in heard[13 : silent[0]] if frame.erle_db is not None]
+    print(f"ERLE before the pause {np.median(before):.1f} dB, after {np.median(again):.1f} dB")
+    assert np.median(again) >= 25.0 and np.median(again) >= np.median(before) - 3.0
+
+
 def test_a_frame_of_the_wrong_size_is_refused() -> None:
     echo = EchoCanceller()
     with pytest.raises(ValueError, match="1920"):
