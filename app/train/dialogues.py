@@ -48,7 +48,7 @@ ASSISTANT, USER = "SPEAKER_MAIN", "SPEAKER_USER"  # moshi-finetune's speaker nam
 _SPLIT_STREAM = {"train": 0, "eval": 1}  # keeps the two splits' random streams apart
 # What a seed makes: raise it with any change to the content, voices or augmentation, so that
 # a folder is never grown with dialogues of another kind (files without it are version 1).
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2  # 2: the high-pass on a third of the user channels
 _ASSISTANT_RMS = 0.08  # about -22 dBFS
 _FADE = int(0.02 * SAMPLE_RATE)  # an interrupted answer fades out over 20 ms
 
