@@ -451,8 +451,15 @@ def keep_if_best(lm: LM, folder: Path, step: int, figures: dict[str, float]) -> 
     (written beside them, so a resumed run keeps comparing with it); True if saved."""
     score = answer_score(figures)
     kept = folder / BEST_FIGURES
-    if kept.is_file() and json.loads(kept.read_text())["score"] >= score:
-        return False
+    if kept.is_file():
+        try:
+            best = float(json.loads(kept.read_text())["score"])
+        except (ValueError, KeyError, TypeError) as error:  # a hand-edited or damaged file
+            log.warning("lm: %s is unreadable (%s): these weights replace the best kept", kept,
+                        error)  # fmt: skip
+            best = -math.inf
+        if best >= score:
+            return False
     folder.mkdir(parents=True, exist_ok=True)
     kept.unlink(missing_ok=True)  # weights and figures agree even if stopped while saving
     save_lm(lm, folder)

@@ -573,6 +573,9 @@ def test_a_run_keeps_its_held_out_best_weights(lm_run: Path, tmp_path: Path) -> 
     assert keep_if_best(lm, folder, 6, {"answer_acc": 0.1, "answer_first_acc": 0.3})
     assert json.loads((folder / BEST_FIGURES).read_text())["score"] == 0.2
     assert answer_score({"text_acc": 0.5}) == 0.5  # dialogues without answers
+    (folder / BEST_FIGURES).write_text('{"score": ')  # damaged: the run goes on, replacing it
+    assert keep_if_best(lm, folder, 8, {"answer_acc": 0.0, "answer_first_acc": 0.0})
+    assert json.loads((folder / BEST_FIGURES).read_text())["step"] == 8
 
 
 def test_export_of_a_damaged_run_says_which_file(lm_run: Path, codec_run: Path, work: Path) -> None:
