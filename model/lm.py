@@ -19,7 +19,7 @@ from .config import LMConfig
 from .kvcache import CacheFormat
 from .sampling import SamplingParams, SamplingState, sample
 from .streaming import all_slots, keep_inactive, reset_slots_
-from .transformer import Transformer, TransformerState, make_norm
+from .transformer import Attending, Transformer, TransformerState, make_norm
 
 UNGENERATED = -2  # a token ring entry not written yet
 NOT_READY = -1  # an output token of a frame whose delays have not passed
@@ -121,10 +121,12 @@ class LM(nn.Module):
         sampling: SamplingParams | None = None,
         cache_format: CacheFormat = "compute",
         max_top_k: int | None = None,
+        attending: Attending = "auto",
     ) -> LMState:
         """A fresh conversation in every slot. `cache_format`: the temporal transformer's KV
         cache (model/kvcache.py; the depth transformer's 8-entry scratch stays in the compute
-        dtype). `max_top_k`: the largest top-k a slot may ask for (model/sampling.py)."""
+        dtype). `max_top_k`: the largest top-k a slot may ask for (model/sampling.py).
+        `attending`: how the temporal transformer attends to its ring (model.transformer)."""
         device = self.text_linear.weight.device
         config = self.config
         ring = config.max_delay + 2
@@ -137,7 +139,9 @@ class LM(nn.Module):
                 (batch_size, config.num_streams, ring), UNGENERATED, dtype=torch.long, device=device
             ),
             offset=torch.zeros(batch_size, dtype=torch.long, device=device),
-            temporal=self.transformer.init_state(batch_size, cache_format=cache_format),
+            temporal=self.transformer.init_state(
+                batch_size, cache_format=cache_format, attending=attending
+            ),
             depth=self.depformer.init_state(batch_size),
             sampling=SamplingState.create(
                 batch_size,

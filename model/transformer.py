@@ -11,11 +11,12 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import cast
+from typing import Literal, cast
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.attention.flex_attention import BlockMask, flex_attention
 
 from .config import TransformerConfig
 from .kvcache import CacheFormat, KVCache
@@ -134,6 +135,71 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     return rotated.view(x.shape).to(x.dtype)
 
 
+# How a streamed step attends to its ring (`Transformer.init_state`):
+#   explicit  softmax written out, each slot on its own (the CPU's: slots stay bit-independent)
+#   masked    SDPA with a boolean mask over the whole ring
+#   prefix    FlexAttention reading only the ring's filled prefix of each slot, in blocks of
+#             PREFIX_BLOCK entries (compiled: Triton on CUDA, C++ on a CPU); for one position
+#             a step. A conversation's first minutes fill a 3000-entry ring a block at a time.
+#   auto      explicit on a CPU, masked elsewhere (prefix is unmeasured on a GPU so far)
+Attending = Literal["auto", "explicit", "masked", "prefix"]
+ATTENDING: tuple[Attending, ...] = ("auto", "explicit", "masked", "prefix")
+PREFIX_BLOCK = 128
+
+
+@dataclass
+class PrefixMask:
+    """The ring's filled prefix per slot as one FlexAttention block mask, made once per state:
+    its mask reads the state's positions and offsets, and `blocks` (how many blocks of each
+    slot hold written entries) is updated in place every step, so every tensor stays where it
+    is (one compiled kernel, one CUDA graph)."""
+
+    block_mask: BlockMask
+    blocks: torch.Tensor  # [B, 1, 1] int32
+
+
+def _prefix_mask(
+    positions: torch.Tensor, offset: torch.Tensor, config: TransformerConfig
+) -> PrefixMask:
+    batch, capacity = positions.shape
+    count = -(-capacity // PREFIX_BLOCK)
+    blocks = torch.zeros(batch, 1, 1, dtype=torch.int32, device=positions.device)
+    order = torch.arange(count, dtype=torch.int32, device=positions.device)
+    causal, context = config.causal, config.context
+
+    def sees(b: torch.Tensor, h: torch.Tensor, q: torch.Tensor, kv: torch.Tensor) -> torch.Tensor:
+        # as `Transformer._constants`' mask; the last block may reach past the ring
+        key, query = positions[b, kv.clamp(max=capacity - 1)], offset[b] + q
+        allowed = (key >= 0) & (kv < capacity)
+        if causal:
+            allowed = allowed & (query >= key)
+        if context is not None:
+            allowed = allowed & (query - key < context)
+        return allowed
+
+    block_mask = BlockMask.from_kv_blocks(
+        blocks, order.expand(batch, 1, 1, count).contiguous(), BLOCK_SIZE=PREFIX_BLOCK,
+        mask_mod=sees, seq_lengths=(1, capacity),
+    )  # fmt: skip
+    return PrefixMask(block_mask, blocks)
+
+
+_compiled_flex: Callable[..., torch.Tensor] | None = None
+
+
+def prefix_attention(
+    q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, prefix: PrefixMask
+) -> torch.Tensor:
+    """FlexAttention over the blocks `prefix` names; compiled once per process (uncompiled,
+    FlexAttention computes every entry and only masks them)."""
+    global _compiled_flex
+    if _compiled_flex is None:
+        _compiled_flex = cast(
+            Callable[..., torch.Tensor], torch.compile(flex_attention, dynamic=False)
+        )
+    return _compiled_flex(q, keys, values, block_mask=prefix.block_mask)
+
+
 @dataclass
 class TransformerState:
     caches: list[KVCache]  # one per layer
@@ -143,6 +209,8 @@ class TransformerState:
     steps: torch.Tensor  # [max_step] 0, 1, ...
     empty: torch.Tensor  # [B, max_step] all -1
     freqs: torch.Tensor | None  # [head_dim / 2] RoPE frequencies, None without RoPE
+    attending: Attending = "explicit"  # never "auto": what `init_state` chose
+    prefix: PrefixMask | None = None  # with attending == "prefix"
 
     @property
     def capacity(self) -> int:
@@ -162,6 +230,8 @@ class StepConstants:
     slots: torch.Tensor  # [B, T] ring entry each query's key and value go to
     rope: Rope
     blocked: torch.Tensor  # [B, 1, T, C] True where a query must not see a ring entry
+    attending: Attending
+    prefix: PrefixMask | None
 
 
 class Attention(nn.Module):
@@ -218,16 +288,16 @@ class Attention(nn.Module):
         # after every layer has attended.
         cache.write(frame.slots, k, v)
         keys, values = cache.read(q.dtype)  # [B, H, C, D]
-        if q.device.type == "cpu":
+        if frame.prefix is not None:
+            out = prefix_attention(q, keys, values, frame.prefix)
+        elif frame.attending == "explicit":
             # Explicit softmax attention: PyTorch's fused CPU kernel picks its blocking from the
             # whole batch's mask, so one conversation's numbers changed (by ~1e-8) with what its
             # batch neighbours were doing. This way each slot is computed on its own.
             scores = (q @ keys.transpose(-1, -2)) * q.shape[-1] ** -0.5  # [B, H, T, C]
             scores = scores.masked_fill(frame.blocked, float("-inf"))
             out = torch.softmax(scores.float(), dim=-1).to(values.dtype) @ values
-        else:
-            # Unmeasured here (no GPU in this task): SDPA with the boolean mask over the whole
-            # ring; a prefix-length kernel is the next step on a GPU (docs/performance.md).
+        else:  # masked
             out = F.scaled_dot_product_attention(q, keys, values, attn_mask=~frame.blocked)
         B, H, T, D = out.shape
         out = out.transpose(1, 2).reshape(B, T, H * D)
@@ -290,13 +360,19 @@ class Transformer(nn.Module):
         self.layers = nn.ModuleList(TransformerLayer(config) for _ in range(config.num_layers))
 
     def init_state(
-        self, batch_size: int, max_step: int = 1, cache_format: CacheFormat = "compute"
+        self,
+        batch_size: int,
+        max_step: int = 1,
+        cache_format: CacheFormat = "compute",
+        attending: Attending = "auto",
     ) -> TransformerState:
         """State for steps of at most `max_step` positions at a time.
 
         The ring holds `context + max_step - 1` entries so that every query of a multi-position
         step still sees its whole context (the streamed result then equals the whole sequence).
         `cache_format`: keys and values in the weights' dtype, or in 8 bits (model/kvcache.py).
+        `attending`: how a step attends (`ATTENDING`); prefix needs one position a step and a
+        ring of more than one block, and is masked otherwise.
         """
         config = self.config
         if config.context is not None:
@@ -311,13 +387,21 @@ class Transformer(nn.Module):
         freqs = None
         if config.positions == "rope":
             freqs = rope_frequencies(config.head_dim, config.max_period, device)
+        if attending == "auto":
+            attending = "explicit" if device.type == "cpu" else "masked"
+        if attending == "prefix" and (max_step > 1 or capacity <= PREFIX_BLOCK):
+            attending = "masked"
+        positions = torch.full((batch_size, capacity), -1, device=device, dtype=torch.long)
+        offset = torch.zeros(batch_size, device=device, dtype=torch.long)
         return TransformerState(
             caches=[KVCache.create(shape, cache_format, weight.dtype, device) for _ in self.layers],
-            positions=torch.full((batch_size, capacity), -1, device=device, dtype=torch.long),
-            offset=torch.zeros(batch_size, device=device, dtype=torch.long),
+            positions=positions,
+            offset=offset,
             steps=torch.arange(max_step, device=device),
             empty=torch.full((batch_size, max_step), -1, device=device, dtype=torch.long),
             freqs=freqs,
+            attending=attending,
+            prefix=_prefix_mask(positions, offset, config) if attending == "prefix" else None,
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -349,7 +433,14 @@ class Transformer(nn.Module):
         if self.config.context is not None:
             allowed = allowed & (delta < self.config.context)
         rope = None if state.freqs is None else rope_tables(positions, state.freqs)
-        return StepConstants(positions, slots, rope, ~allowed[:, None])
+        if state.prefix is not None:  # the blocks up to the last entry written (a ring: all)
+            filled = (state.offset + T).clamp(max=state.capacity)
+            state.prefix.blocks.copy_(
+                ((filled + PREFIX_BLOCK - 1) // PREFIX_BLOCK).view(-1, 1, 1).to(torch.int32)
+            )
+        return StepConstants(
+            positions, slots, rope, ~allowed[:, None], state.attending, state.prefix
+        )
 
     def step(
         self,

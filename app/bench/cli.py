@@ -48,6 +48,7 @@ from model.quantize import CODEC_WEIGHTS, quantize_lm_, store_codec_weights_
 from model.quantize import codec_weights as codec_weights_for
 from model.quantizer import Codebook
 from model.sampling import SamplingParams
+from model.transformer import ATTENDING, Attending
 
 from .stream import Implementation, Stream
 
@@ -99,6 +100,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--int8-weights", action="store_true", help="weight-only int8 for our LM's linear layers"
+    )
+    parser.add_argument(
+        "--attention",
+        choices=ATTENDING,
+        default="auto",
+        help="how our LM attends to its KV cache (auto: explicit on a CPU, masked SDPA "
+        "elsewhere; prefix: FlexAttention over each conversation's filled cache, compiled)",
     )
     parser.add_argument(
         "--codec-weights",
@@ -164,8 +172,10 @@ class Ours:
         int8_weights: bool = False,
         codec_weights: str = "float32",
         compile_steps: bool = False,
+        attending: Attending = "auto",
     ) -> None:
         self.sampling = sampling
+        self.attending = attending
         self.steps = (_encode, _lm, _decode)
         if compile_steps:
             self.steps = (compiled(_encode), compiled(_lm), compiled(_decode))
@@ -203,7 +213,9 @@ class Ours:
         encode, lm_step, decode = self.steps
         step = None
         if lm is not None:
-            state = lm.init_state(batch_size, self.sampling, self.cache_format)
+            state = lm.init_state(
+                batch_size, self.sampling, self.cache_format, attending=self.attending
+            )
 
             def step(codes: torch.Tensor) -> torch.Tensor | None:
                 return lm_step(lm, codes, state)
@@ -338,6 +350,7 @@ def run(args: argparse.Namespace) -> int:
             int8_weights=args.int8_weights,
             codec_weights=args.codec_weights if dtype == torch.float32 else "float32",
             compile_steps=args.compile,
+            attending=args.attention,
         )
         header = _header(args, device, ours, codec_config, lm_config) | {
             "codec_weights": args.dtype if dtype != torch.float32 else ours.codec_weights,
@@ -430,6 +443,7 @@ def _header(
         "codec": args.codec,
         "lm": args.lm,
         "kv_cache": args.kv_cache,
+        "attention": args.attention,
         "int8_weights": args.int8_weights,
         "codec_weights_option": args.codec_weights,
         "compiled": args.compile,

@@ -165,7 +165,12 @@ class BatchEngine:
             )
         self._states = FrameStates(
             encoder=codec.init_encoder_state(slots),
-            lm=lm.init_state(slots, model.sampling, cache_format or model.cache_format),
+            lm=lm.init_state(
+                slots,
+                model.sampling,
+                cache_format or model.cache_format,
+                attending=model.attending,
+            ),  # fmt: skip
             decoder=codec.init_decoder_state(slots),
         )
         self._sessions: dict[int, _Slot] = {}

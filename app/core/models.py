@@ -33,6 +33,7 @@ from model.errors import ConfigError
 from model.kvcache import CACHE_FORMATS, CacheFormat, check_cache_format
 from model.quantize import CODEC_WEIGHTS, codec_weights, quantize_lm_, store_codec_weights_
 from model.quantizer import Codebook
+from model.transformer import ATTENDING, Attending
 
 from .audio import AudioFormat
 
@@ -72,6 +73,7 @@ class LoadedModel:
     notice: str | None = None  # one line a user should read when it starts: what it can do
     cache_format: CacheFormat = "compute"  # the LM's KV cache (model/kvcache.py)
     compiled: bool = False  # the frame compiled by torch.compile (app.core.engine.compiled)
+    attending: Attending = "auto"  # how the LM's temporal transformer attends (--attention)
 
     @property
     def format(self) -> AudioFormat:
@@ -113,8 +115,8 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def add_format_arguments(group: argparse._ActionsContainer) -> None:
-    """--kv-cache, --int8-weights and --codec-weights: the weight and cache formats
-    (`with_formats` applies them)."""
+    """--kv-cache, --int8-weights, --codec-weights and --attention: the weight and cache
+    formats and the attention kernel (`with_formats` applies them)."""
     group.add_argument(
         "--kv-cache",
         choices=CACHE_FORMATS,
@@ -134,6 +136,14 @@ def add_format_arguments(group: argparse._ActionsContainer) -> None:
         help="the codec's large matrices in bfloat16, float16 or float32; auto (default), for a "
         "large codec (the released Mimi) on a CPU: bfloat16 with native bf16 (AVX512-BF16, AMX), "
         "else float16 (x86, fbgemm); float32 elsewhere (docs/performance.md)",
+    )
+    group.add_argument(
+        "--attention",
+        choices=ATTENDING,
+        default="auto",
+        help="how the LM attends to its KV cache: auto (default: explicit softmax on a CPU, SDPA "
+        "with a mask elsewhere), explicit, masked, or prefix (FlexAttention over only the "
+        "filled part of each conversation's cache, compiled; not yet measured on a GPU)",
     )
 
 
@@ -163,6 +173,7 @@ def with_formats(loaded: LoadedModel, args: argparse.Namespace) -> LoadedModel:
     with --compile."""
     loaded.cache_format = check_cache_format(getattr(args, "kv_cache", "compute"))
     loaded.compiled = getattr(args, "compile", False)
+    loaded.attending = getattr(args, "attention", "auto")
     if getattr(args, "int8_weights", False):
         count = quantize_lm_(loaded.lm)
         log.info("int8 weights in %d linear layers of the LM", count)
