@@ -61,7 +61,7 @@ def test_with_the_far_end_silent_the_microphone_passes_untouched() -> None:
     mic = np.convolve(far, _room(0.05, 0.5, 0))[: len(far)].astype(np.float32)
     user = 0.05 * _speech_like(len(far) / RATE, 3)
     user[: round(4.2 * RATE)] = user[round(6.8 * RATE) :] = 0.0  # in the far end's silence only
-    mic = mic + user
+    mic = (mic + user).astype(np.float32)
     frames = {}
     for after in (0.5, None):
         echo = EchoCanceller(EchoConfig(RATE, FRAME, lead=0.0, pass_through_after=after))
