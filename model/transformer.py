@@ -229,7 +229,9 @@ class StepConstants:
     positions: torch.Tensor  # [B, T] absolute position of each query
     slots: torch.Tensor  # [B, T] ring entry each query's key and value go to
     rope: Rope
-    blocked: torch.Tensor  # [B, 1, T, C] True where a query must not see a ring entry
+    # [B, 1, T, C] True where a query may see a ring entry: SDPA's polarity, and `where`'s for
+    # the explicit softmax, so no layer inverts it; None on the prefix path (its own mask)
+    visible: torch.Tensor | None
     attending: Attending
     prefix: PrefixMask | None
 
@@ -295,10 +297,11 @@ class Attention(nn.Module):
             # whole batch's mask, so one conversation's numbers changed (by ~1e-8) with what its
             # batch neighbours were doing. This way each slot is computed on its own.
             scores = (q @ keys.transpose(-1, -2)) * q.shape[-1] ** -0.5  # [B, H, T, C]
-            scores = scores.masked_fill(frame.blocked, float("-inf"))
+            assert frame.visible is not None
+            scores = torch.where(frame.visible, scores, float("-inf"))
             out = torch.softmax(scores.float(), dim=-1).to(values.dtype) @ values
         else:  # masked
-            out = F.scaled_dot_product_attention(q, keys, values, attn_mask=~frame.blocked)
+            out = F.scaled_dot_product_attention(q, keys, values, attn_mask=frame.visible)
         B, H, T, D = out.shape
         out = out.transpose(1, 2).reshape(B, T, H * D)
         return self.out_projs[weight_set](out)
@@ -425,22 +428,23 @@ class Transformer(nn.Module):
         positions = state.offset[:, None] + state.steps[:T]  # [B, T]
         slots = positions % state.capacity
         state.positions.scatter_(1, slots, positions)
-        pos_k = state.positions[:, None, :]  # [B, 1, C]
-        delta = positions[:, :, None] - pos_k  # [B, T, C]
-        allowed = pos_k >= 0
-        if self.config.causal:
-            allowed = allowed & (delta >= 0)
-        if self.config.context is not None:
-            allowed = allowed & (delta < self.config.context)
         rope = None if state.freqs is None else rope_tables(positions, state.freqs)
+        visible = None
         if state.prefix is not None:  # the blocks up to the last entry written (a ring: all)
             filled = (state.offset + T).clamp(max=state.capacity)
             state.prefix.blocks.copy_(
                 ((filled + PREFIX_BLOCK - 1) // PREFIX_BLOCK).view(-1, 1, 1).to(torch.int32)
             )
-        return StepConstants(
-            positions, slots, rope, ~allowed[:, None], state.attending, state.prefix
-        )
+        else:
+            pos_k = state.positions[:, None, :]  # [B, 1, C]
+            delta = positions[:, :, None] - pos_k  # [B, T, C]
+            allowed = pos_k >= 0
+            if self.config.causal:
+                allowed = allowed & (delta >= 0)
+            if self.config.context is not None:
+                allowed = allowed & (delta < self.config.context)
+            visible = allowed[:, None]
+        return StepConstants(positions, slots, rope, visible, state.attending, state.prefix)
 
     def step(
         self,
