@@ -96,21 +96,18 @@ def main() -> None:
     codebooks = codec.config.num_codebooks
     files = read_manifest(args.data)[: args.count]
     new_voice = [bool(read_description(path).get("held_out_voice")) for path in files]
-    recorded: list[np.ndarray] = []
+    dialogues = [read_dialogue(path)[0] for path in files]  # read once: [2, samples] each
     rows = []
     for name, through in CHANNELS.items():
         folder = args.work / name.replace(" ", "-")
         folder.mkdir(parents=True, exist_ok=True)
         correlations = []
-        for i, path in enumerate(files):
-            pcm, _ = read_dialogue(path)
-            if len(recorded) < len(files):
-                recorded.append(pcm[1].copy())
+        for path, pcm in zip(files, dialogues, strict=True):
             user = through(pcm[1].copy())
-            correlations.append(best_correlation(recorded[i], user))
+            correlations.append(best_correlation(pcm[1], user))
             if not (folder / path.name).is_file():
-                pcm[1] = user
-                soundfile.write(str(folder / path.name), pcm.T, RATE, subtype="FLOAT")
+                soundfile.write(str(folder / path.name), np.stack([pcm[0], user]).T, RATE,
+                                subtype="FLOAT")  # fmt: skip
                 shutil.copyfile(path.with_suffix(".json"), folder / f"{path.stem}.json")
         manifest = "".join(json.dumps({"path": path.name}) + "\n" for path in files)
         (folder / "manifest.jsonl").write_text(manifest)
