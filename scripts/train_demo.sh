@@ -7,7 +7,9 @@
 #
 #   data       TRAIN_COUNT training + EVAL_COUNT held-out dialogues    RUN_DIR/data/{train,eval}
 #              (a larger count on existing folders makes only the new ones; `lm` then
-#              encodes only those)
+#              encodes only those); TRAIN2_COUNT more training dialogues of the next seed in
+#              RUN_DIR/data/train2: how a run gets more data once data/train was made by an
+#              older generator (a folder only grows with dialogues of its own generator)
 #   tokenizer  SentencePiece on the training text                      RUN_DIR/tokenizer
 #   teacher    a small phoneme recogniser on log-mel (CTC, speed-perturbed speech), TEACHER_STEPS
 #              steps: the codec's first codebook learns its hidden states, as Mimi's learns
@@ -123,6 +125,8 @@ for stage in "$@"; do
             # makes only what the folders do not list yet: a larger TRAIN_COUNT grows them
             train data --out "$run_dir/data/train" --count "$train_count" --split train \
                 --seed "$seed" --workers "$threads"
+            [ "${TRAIN2_COUNT:-0}" = 0 ] || train data --out "$run_dir/data/train2" \
+                --count "$TRAIN2_COUNT" --split train --seed $((seed + 1)) --workers "$threads"
             train data --out "$run_dir/data/eval" --count "$eval_count" --split eval \
                 --seed "$seed" --workers "$threads"
             ;;

@@ -11,8 +11,9 @@ must learn:
 - "interrupt": the user speaks over a long answer ("stop", or a new question); the assistant
   goes quiet 0.15-0.4 s after the user starts, and answers the new question if there is one.
 
-Files, per dialogue: `NAME.wav`, stereo 24 kHz PCM 16, left = assistant, right = user (the
-recording layout), and `NAME.json` with the words of both speakers and their times in
+Files, per dialogue: `NAME.flac`, stereo 24 kHz 16-bit, left = assistant, right = user (the
+recording layout; FLAC is a third of WAV's size here, and folders of earlier antiphons hold
+`NAME.wav`, read the same), and `NAME.json` with the words of both speakers and their times in
 moshi-finetune's layout (`alignments`: [word, [start, end], speaker]) plus every turn's request,
 expected answers and times (what `app.train.quality` scores). `manifest.jsonl` lists the files.
 
@@ -306,18 +307,28 @@ def make_dialogue(rng: np.random.Generator, split: Split) -> Dialogue:
 # --- files -----------------------------------------------------------------------------------
 
 
-def write_dialogue(dialogue: Dialogue, wav_path: Path) -> None:
-    """NAME.wav and NAME.json, each whole or not at all (a stop never leaves half a file)."""
+AUDIO_SUFFIXES = (".flac", ".wav")  # what `train data` writes, what earlier antiphons wrote
+
+
+def write_dialogue(dialogue: Dialogue, audio_path: Path) -> None:
+    """NAME.flac (or .wav) and NAME.json, each whole or not at all (a stop never leaves half a
+    file)."""
     stereo = np.stack([dialogue.assistant, dialogue.user], axis=1)  # [samples, 2]: left, right
     write_atomically(
-        wav_path, lambda tmp: soundfile.write(str(tmp), stereo, SAMPLE_RATE, subtype="PCM_16")
+        audio_path, lambda tmp: soundfile.write(str(tmp), stereo, SAMPLE_RATE, subtype="PCM_16")
     )
     text = json.dumps(dialogue.to_json(), indent=1)
-    write_atomically(wav_path.with_suffix(".json"), lambda tmp: tmp.write_text(text))
+    write_atomically(audio_path.with_suffix(".json"), lambda tmp: tmp.write_text(text))
 
 
 def _file_name(split: Split, index: int) -> str:
-    return f"{split}_{index:06d}.wav"
+    return f"{split}_{index:06d}{AUDIO_SUFFIXES[0]}"
+
+
+def _audio_beside(description: Path) -> Path | None:
+    """The audio file of a dialogue's description, if there is one."""
+    found = (description.with_suffix(suffix) for suffix in AUDIO_SUFFIXES)
+    return next((path for path in found if path.is_file()), None)
 
 
 def _generate_block(job: tuple[str, int, Split, int, int, frozenset[int], frozenset[int]]) -> None:
@@ -476,15 +487,15 @@ def _unlisted_rows(
     found = {}
     for described in out.glob(f"{split}_*.json"):
         index = _index(described.name)
-        wav = described.with_suffix(".wav")
-        if index >= count or index in listed or not wav.is_file():
+        audio = _audio_beside(described)
+        if index >= count or index in listed or audio is None:
             continue
         try:
             description = json.loads(described.read_text())
         except (OSError, ValueError):
             continue  # half written by an older antiphon: made again
         _check_made_here(description, out, seed, split)
-        found[index] = {"path": wav.name, "duration": round(description["duration"], 3)}
+        found[index] = {"path": audio.name, "duration": round(description["duration"], 3)}
     return found
 
 
@@ -523,11 +534,12 @@ def manifest_rows(folder: str | Path) -> list[dict]:
 
 
 def read_manifest(folder: str | Path) -> list[Path]:
-    """The WAV files a generated folder lists (or every *.wav when it has no manifest)."""
+    """The audio files a generated folder lists (or every audio file when it has no
+    manifest)."""
     folder = Path(folder)
     if (folder / "manifest.jsonl").is_file():
         return [folder / row["path"] for row in manifest_rows(folder)]
-    return sorted(folder.glob("*.wav"))
+    return sorted(path for suffix in AUDIO_SUFFIXES for path in folder.glob(f"*{suffix}"))
 
 
 def read_description(wav_path: str | Path) -> dict:

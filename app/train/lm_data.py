@@ -268,7 +268,7 @@ def _sample_folder(data: Path, folder: Path, count: int) -> None:
     rows = manifest_rows(data)[:count]
     for row in rows:
         name = Path(row["path"])
-        for suffix in (".wav", ".json"):
+        for suffix in (name.suffix, ".json"):
             link = folder / name.with_suffix(suffix)
             if not link.exists():
                 link.symlink_to((Path(data) / name.with_suffix(suffix)).resolve())

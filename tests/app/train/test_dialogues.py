@@ -14,6 +14,7 @@ from app.train import content
 from app.train.dialogues import (
     ASSISTANT,
     USER,
+    Dialogue,
     _high_pass,
     _make_blocks,
     generate,
@@ -21,6 +22,7 @@ from app.train.dialogues import (
     read_description,
     read_dialogue,
     read_manifest,
+    write_dialogue,
 )
 from app.train.monologue import heard_tokens, text_tokens
 from app.train.quality import normalise
@@ -252,6 +254,22 @@ def test_a_damaged_description_or_manifest_is_named_with_what_to_do(tmp_path: Pa
         read_description(tmp_path / "missing.wav")
 
 
+def test_dialogues_are_flac_and_earlier_wav_folders_read_the_same(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    speech = (rng.standard_normal((2, SAMPLE_RATE)) * 0.1).astype(np.float32)
+    dialogue = Dialogue(speech[0], speech[1], [("Hi.", 0.1, 0.3, USER)], [], {"split": "train"})
+    write_dialogue(dialogue, tmp_path / "train_000000.flac")  # what `train data` writes now
+    write_dialogue(dialogue, tmp_path / "train_000001.wav")  # what earlier antiphons wrote
+    flac = tmp_path / "train_000000.flac"
+    assert flac.stat().st_size < (tmp_path / "train_000001.wav").stat().st_size
+    assert read_manifest(tmp_path) == [flac, tmp_path / "train_000001.wav"]  # no manifest
+    (pcm_flac, about), (pcm_wav, _) = (read_dialogue(path) for path in read_manifest(tmp_path))
+    # lossless: the samples rounded to 16 bits (libsndfile's WAV writer is within one step)
+    np.testing.assert_array_equal(pcm_flac, np.round(speech * 32768) / 32768)
+    np.testing.assert_allclose(pcm_wav, pcm_flac, rtol=0, atol=1.01 / 32768)
+    assert about["alignments"] == [["Hi.", [0.1, 0.3], USER]]
+
+
 def test_text_tokens_place_words_at_their_frames_with_end_of_padding() -> None:
     vocabulary = {"Seven": [10], "plus": [11], "fifteen.": [12, 13, 14], "Yes.": [15]}
     words = [
@@ -310,14 +328,14 @@ def test_a_dialogue_that_crashes_the_synthesizer_is_left_out(tmp_path: Path, cap
         made = _make_blocks(
             tmp_path, 3, "train", [(0, 2), (2, 4)], set(), 2, bar, _crashes_making_dialogue_2
         )
-    assert [row["path"] for row in made[0]] == ["train_000000.wav", "train_000001.wav"]
-    assert [row["path"] for row in made[2]] == ["train_000003.wav"]  # 2 left out, 3 made
+    assert [row["path"] for row in made[0]] == ["train_000000.flac", "train_000001.flac"]
+    assert [row["path"] for row in made[2]] == ["train_000003.flac"]  # 2 left out, 3 made
     assert "dialogue 2: the synthesizer crashed making it (signal 11)" in caplog.text
     assert not list(tmp_path.glob(".making-*")) and not list(tmp_path.glob(".rows-*"))
     reference = generate(tmp_path / "whole", 4, seed=3, split="train", progress=False, block=2)
     assert made[0] == reference[:2]  # the others are the dialogues they always are
-    assert (tmp_path / "train_000000.wav").read_bytes() == (
-        tmp_path / "whole" / "train_000000.wav"
+    assert (tmp_path / "train_000000.flac").read_bytes() == (
+        tmp_path / "whole" / "train_000000.flac"
     ).read_bytes()
 
 
