@@ -439,7 +439,7 @@ def generate(
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    listed = _listed_rows(out, seed, split)
+    listed = _listed_rows(out, seed, split, count)
     if len(listed) > count:
         raise ConfigError(
             f"{out} lists {len(listed)} dialogues; --count {count} would drop the rest from its "
@@ -464,9 +464,10 @@ def _index(name: str) -> int:
     return int(Path(name).stem.rsplit("_", 1)[1])
 
 
-def _listed_rows(out: Path, seed: int, split: Split) -> dict[int, dict]:
+def _listed_rows(out: Path, seed: int, split: Split, count: int) -> dict[int, dict]:
     """The dialogues `out`'s manifest lists (files present), by index; a folder of another
-    seed, split or generator is refused (its dialogue i is not this one's)."""
+    seed or split is refused (its dialogue i is not this one's), and one of another generator
+    when it would grow (a whole folder of an older antiphon is left as it is)."""
     if not (out / "manifest.jsonl").is_file():
         return {}
     present = [
@@ -475,7 +476,8 @@ def _listed_rows(out: Path, seed: int, split: Split) -> dict[int, dict]:
         if (out / row["path"]).is_file() and (out / row["path"]).with_suffix(".json").is_file()
     ]
     if present:
-        _check_made_here(read_description(out / present[0]["path"]), out, seed, split)
+        description = read_description(out / present[0]["path"])
+        _check_made_here(description, out, seed, split, growing=len(present) < count)
     return {_index(row["path"]): row for row in present}
 
 
@@ -499,15 +501,18 @@ def _unlisted_rows(
     return found
 
 
-def _check_made_here(description: dict, out: Path, seed: int, split: Split) -> None:
-    """Refuse a folder whose dialogues another seed, split or generator made."""
+def _check_made_here(
+    description: dict, out: Path, seed: int, split: Split, growing: bool = True
+) -> None:
+    """Refuse a folder whose dialogues another seed or split made, or (`growing`) another
+    generator."""
     if (description.get("seed"), description.get("split")) != (seed, split):
         raise ConfigError(
             f"{out} holds dialogues of seed {description.get('seed')}, split "
             f"{description.get('split')}: give another --out for seed {seed}, split {split} "
             f"(or --seed {description.get('seed')})"
         )
-    if description.get("generator", 1) != GENERATOR_VERSION:
+    if growing and description.get("generator", 1) != GENERATOR_VERSION:
         raise ConfigError(
             f"{out} holds dialogues of generator version {description.get('generator', 1)}, "
             f"this antiphon makes version {GENERATOR_VERSION}: give another --out"

@@ -182,6 +182,7 @@ def test_generated_dialogues_are_reproducible_and_teach_the_behaviours(tmp_path:
     described.write_text(json.dumps(made_by_another))
     with pytest.raises(ConfigError, match="generator version 99"):  # never mixed
         generate(grown, 6, seed=3, split="train", progress=False, block=2)
+    assert generate(grown, 4, seed=3, split="train", progress=False, block=2) == rows  # kept
     with pytest.raises(ConfigError, match="seed 3"):  # dialogue i of seed 4 is another one
         generate(grown, 6, seed=4, split="train", progress=False, block=2)
 
