@@ -78,6 +78,8 @@ config=${CONFIG:-demo}  # tiny: the test shapes, for a dry run of every stage in
 frames=${FRAMES:-400}   # the LM's longest training window (frames)
 
 train() { "$py" -m app.train "$@"; }
+lm_data=("$run_dir/data/train")  # the LM's training folders: data/train2 too once it is made
+[ ! -f "$run_dir/data/train2/manifest.jsonl" ] || lm_data+=("$run_dir/data/train2")
 convert() {  # a safetensors file in another dtype: convert IN OUT float16|bfloat16
     "$py" -c 'import sys, torch; from safetensors.torch import load_file
 from model.bundle import save_safetensors
@@ -175,7 +177,7 @@ for stage in "$@"; do
             lm_init=()  # a new machine: go on from the kept LM (a new schedule, a new optimizer)
             [ -f "$run_dir/lm/checkpoint.pt" ] || [ ! -f "$kept/lm/lm.safetensors" ] \
                 || lm_init=(--init "$kept/lm")
-            train lm --data "$run_dir/data/train" --eval-data "$run_dir/data/eval" \
+            train lm --data "${lm_data[@]}" --eval-data "$run_dir/data/eval" \
                 --codec "$lm_codec" --tokenizer "$tokenizer" "${lm_init[@]}" \
                 --out "$run_dir/lm" --device "$device" --seed "$seed" --config "$config" \
                 --steps "$lm_steps" --batch-size 20 --frames "$frames" --threads "$threads" \
@@ -185,7 +187,7 @@ for stage in "$@"; do
             ;;
         hear)
             codec_for_lm
-            train lm --data "$run_dir/data/train" --eval-data "$run_dir/data/eval" \
+            train lm --data "${lm_data[@]}" --eval-data "$run_dir/data/eval" \
                 --codec "$lm_codec" --tokenizer "$tokenizer" \
                 --init "$run_dir/lm" --out "$run_dir/lm-hear" --device "$device" \
                 --seed $((seed + 1)) --config "$config" --steps "$hear_steps" --batch-size 20 \

@@ -151,7 +151,12 @@ def fdb_table(report: dict) -> list[str]:
 
 
 def write_card(run: Path, assets: Path, commands: dict[str, str]) -> str:
-    manifest = manifest_rows(run / "data" / "train")
+    manifest = [  # the training folders: data/train, and data/train2 where a run made more
+        row
+        for folder in ("train", "train2")
+        if folder == "train" or (run / "data" / folder / "manifest.jsonl").is_file()
+        for row in manifest_rows(run / "data" / folder)
+    ]
     train_hours = sum(row["duration"] for row in manifest) / 3600
     codec = run_summary(_log(run / "codec" / "log.jsonl"))
     lm = run_summary(_log(run / "lm" / "log.jsonl"))

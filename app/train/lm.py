@@ -65,11 +65,18 @@ WEIGHTS, CONFIG, TOKENS = "lm.safetensors", "config.json", "tokens.npz"
 # dialogues the LM learns the answers by heart, and its last step is seldom its best held-out
 BEST, BEST_FIGURES = "best", "best.json"
 EVAL_TOKENS = "tokens-eval.npz"
+
 # Teacher-forced figures on this many held-out dialogues (the whole eval folder `train_demo.sh`
 # makes, ~840 turns): on 48 (~136 turns) answer_first_acc's binomial spread was ~0.04, as
 # large as the differences between the checkpoints the best was kept by. A forward pass: seconds.
 HELD_OUT_DIALOGUES = 300
 SEEN_DIALOGUES = 48  # training dialogues for the train_* figures: what is learnt by heart
+
+
+def token_caches(folders: int) -> list[str]:
+    """The token cache of each training folder, in the run folder: tokens.npz for the first
+    (as runs of one folder always had it), tokens-2.npz, ... for the others."""
+    return [TOKENS] + [f"tokens-{k}.npz" for k in range(2, folders + 1)]
 
 
 def tiny_demo_lm(text_card: int, card: int, codebooks: int) -> LMConfig:
@@ -241,7 +248,10 @@ def _mean_figures(per_dialogue: list[dict[str, float]]) -> dict[str, float]:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--data", type=Path, required=True, help="training dialogues folder")
+    parser.add_argument(
+        "--data", type=Path, nargs="+", required=True,
+        help="training dialogue folders (each encoded once, into a cache of its own)",
+    )  # fmt: skip
     parser.add_argument("--codec", type=Path, required=True, help="trained codec run folder")
     parser.add_argument(
         "--tokenizer", type=Path, required=True, help="tokenizer.model or its folder"
@@ -355,20 +365,22 @@ def train_lm(args: argparse.Namespace) -> int:
     elif args.init is not None:
         init_lm(lm, args.init)
         log.info("lm: starting from %s", args.init / WEIGHTS)
-        for cache in (TOKENS, EVAL_TOKENS):  # its encoding, if of the same dialogues, codec and
-            if not (out / cache).is_file() and (args.init / cache).is_file():  # tokenizer:
-                shutil.copyfile(args.init / cache, out / cache)  # load_or_encode checks that
+        for cache in [*token_caches(len(args.data)), EVAL_TOKENS]:  # its encoding, if of the same
+            if not (out / cache).is_file() and (args.init / cache).is_file():  # dialogues,
+                shutil.copyfile(args.init / cache, out / cache)  # codec and tokenizer: checked
     if args.codec_embeddings and start == 0:
         codec = load_trained_codec(args.codec, torch.device("cpu"))
         embed_codes(lm, codec.quantizer.code_vectors(codebooks), args.seed)
         log.info("lm: audio embeddings from %s's codebooks", args.codec)
     progress = options.progress
     bf16 = not args.no_bf16 and loop.bf16_pays(device)  # the caches say what was used
-    streams = load_or_encode(
-        args.data, args.codec, tokenizer, codebooks, device, out / TOKENS, progress, bf16
-    )
     frame_rate = float(codec_config["frame_rate"])
-    streams = with_training_rows(args.data, streams, tokenizer, frame_rate, args.hear_delay)
+    streams = []
+    for cache, folder in zip(token_caches(len(args.data)), args.data, strict=True):
+        encoded = load_or_encode(
+            folder, args.codec, tokenizer, codebooks, device, out / cache, progress, bf16
+        )
+        streams += with_training_rows(folder, encoded, tokenizer, frame_rate, args.hear_delay)
     used = codes_used(streams, codebooks)
     log.info("lm: %d dialogues; the assistant's codebooks use %s codes", len(streams), used)
     if not args.allow_dead_codes:

@@ -5,6 +5,7 @@ The real run (docs/demo-model.md) is the same code with the demo shapes on a GPU
 
 import argparse
 import json
+import logging
 import os
 import shutil
 import signal
@@ -41,6 +42,7 @@ from app.train.lm import (
     held_out_figures,
     keep_if_best,
     lm_loss,
+    token_caches,
     train_lm,
 )
 from app.train.lm_data import (
@@ -430,6 +432,26 @@ def test_a_run_starts_from_another_runs_weights(work: Path, lm_run: Path) -> Non
     assert json.loads((started / BEST / BEST_FIGURES).read_text())["step"] == 0
     kept = load_lm_state(started / BEST)
     assert all(torch.equal(trained[k], kept[k]) for k in trained)
+
+
+def test_a_run_trains_on_several_folders_each_encoded_once(
+    work: Path, codec_run: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    second = tmp_path / "train2"  # more dialogues, of another seed, in a folder of their own
+    generate(second, 2, seed=2, split="train", progress=False)
+    run = tmp_path / "run"
+    argv = _lm_argv(work, run, "--steps", "1")
+    argv.insert(argv.index("--data") + 2, str(second))
+    with caplog.at_level(logging.INFO):
+        train_lm(_args(*argv))
+    assert "lm: 5 dialogues" in caplog.text
+    first, other = (np.load(run / cache) for cache in token_caches(2))
+    assert (len(first["lengths"]), len(other["lengths"])) == (3, 2)
+    assert token_caches(2) == [TOKENS, "tokens-2.npz"]
+    caplog.clear()
+    with caplog.at_level(logging.INFO):
+        train_lm(_args(*argv[:-2], "--steps", "2"))  # goes on: nothing encoded again
+    assert "encoding" not in caplog.text and "resuming" in caplog.text
 
 
 def test_audio_embeddings_start_from_the_codecs_codebooks(work: Path, lm_run: Path) -> None:
