@@ -76,7 +76,9 @@ DRAIN_TIMEOUT = 1.0  # seconds to wait for the last replies after the microphone
 # Seconds the send loop waits for a frame's publish: aiomqtt's 10 s, for one sent into a dropped
 # connection paho has not yet noticed, would hold every later frame past the session timeout.
 PUBLISH_TIMEOUT = 1.0
-RECONNECT_MIN, RECONNECT_MAX = 0.25, 2.0  # seconds between tries to reach the broker, doubling
+# Seconds between tries to reach the broker, doubling: a terminal is one client, so it can try
+# every second and be back within a second of the broker (the conversation is waiting).
+RECONNECT_MIN, RECONNECT_MAX = 0.25, 1.0
 BROKER_LOST = "broker_lost"  # the code of the error event when the connection goes
 
 
