@@ -161,11 +161,13 @@ class Server:
                     ) from failure
                 if self._connections > connections:  # it was up: start the back-off afresh
                     delay = RECONNECT_MIN
+                # while it keeps sessions, often enough to be back long before they time out
+                wait = delay if not self.sessions else min(delay, self._session_retry)
                 log.warning(
-                    "broker %s: %s; reconnecting in %.1f s", self.broker.describe(), failure, delay
+                    "broker %s: %s; reconnecting in %.1f s", self.broker.describe(), failure, wait
                 )
                 self.metrics.reconnects += 1
-                await asyncio.sleep(delay * random.uniform(0.8, 1.2))
+                await asyncio.sleep(wait * random.uniform(0.8, 1.2))
                 delay = min(2 * delay, RECONNECT_MAX)
         finally:
             left = list(self.sessions.values())
@@ -173,6 +175,14 @@ class Server:
                 self._publish(session, self._forget(session, "node stopping"))
             await asyncio.shield(self.in_torch(self._close_in_torch, left))
             self._torch.shutdown(wait=True)
+
+    @property
+    def _session_retry(self) -> float:
+        """The longest wait between tries to reach the broker while sessions are open: a tenth
+        of the session timeout, so that they survive an outage shorter than it (the back-off
+        alone, 0.5 s doubling, tried at 3.5 s and then 7.5 s: an outage of 4.3 s lost every
+        session of a node with a 6 s timeout)."""
+        return self.options.session_timeout / 10
 
     async def _connection(self) -> None:
         will = Will(self.topics.status, b"offline", qos=1, retain=True)

@@ -228,3 +228,32 @@ def test_the_tui_rides_out_a_broker_restart_or_says_why_it_ended(
         # the terminal gave up, or the node, back first, closed the session it no longer heard
         assert "the conversation is over" in printed
     assert_whole(tmp_path / "rec")
+
+
+def test_a_node_with_sessions_is_back_soon_enough_for_them_to_survive(
+    model: Any, broker: Mosquitto, tmp_path: Path
+) -> None:
+    """An outage of 4.3 s under a 6 s session timeout: the node's plain back-off (0.5 s,
+    doubling, +-20 %) would try at 2.8-4.2 s and then 6-9 s, after the session's end; with a
+    session open it tries every 0.6 s, and the conversation goes on."""
+    notes: list[str] = []
+    session = remote_session(broker, 12.0, tmp_path / "rec", notes.append)
+
+    async def main() -> int:
+        async with serving(model, broker, session_timeout=6.0) as server:
+            talking = asyncio.create_task(session.run())
+            await until(lambda: session.timings.frames >= 10, "frames")
+            kill(broker)
+            await asyncio.sleep(4.3)
+            broker.start()
+            await talking
+            return server.metrics.timeouts
+
+    assert asyncio.run(main()) == 0  # the node timed out no session
+    said = "\n".join(notes)
+    assert "is back after" in said and "the conversation goes on" in said, said
+    recording = assert_whole(tmp_path / "rec")
+    states = [e["state"] for e in recording.events if e["type"] == "state"]
+    assert "reconnected" in states
+    # 150 frames less the ~60 of the outage (lost, as the recording says) and its reconnection
+    assert recording.meta["summary"]["frames"] > 60
