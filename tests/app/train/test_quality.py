@@ -1,14 +1,26 @@
 """The demo evaluation's figures, checked on the dialogues' own assistant channel: a model that
 says and writes exactly what the data says scores perfectly."""
 
+import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from app.train import content
 from app.train.dialogues import ASSISTANT, generate, read_dialogue, read_manifest
-from app.train.quality import Session, _Renderings, answer_kind, score_dialogue, summarize
+from app.train.quality import (
+    Session,
+    _other_report,
+    _Renderings,
+    answer_kind,
+    format_paired,
+    paired,
+    score_dialogue,
+    summarize,
+)
 from model import SamplingParams
+from model.errors import ConfigError
 from tests.app.train.test_dialogues import require_espeak
 
 
@@ -86,3 +98,37 @@ def test_a_batch_of_dialogues_runs_each_as_it_would_run_alone() -> None:
         assert len(session.assistant) == len(expected.assistant)
         np.testing.assert_allclose(session.assistant, expected.assistant, atol=1e-5)
         assert session.texts == expected.texts
+
+
+def _report(rights: list[list[bool | None]], suffix: str = ".wav") -> dict:
+    """A report's dialogues: per request, right, wrong, or None (not a question)."""
+    return {
+        "dialogues": [
+            {
+                "file": f"eval_{i:06d}{suffix}",
+                "requests": [{"kind": "stop"} if r is None else {"answer_correct": r} for r in d],
+            }
+            for i, d in enumerate(rights)
+        ]
+    }
+
+
+def test_two_models_are_compared_request_by_request(tmp_path: Path) -> None:
+    # ten requests only the new one answers, none only the old: p = 2 / 2**10
+    new = _report([[True, None, True]] * 5 + [[False]] * 3 + [[True]] * 2)
+    old = _report([[False, None, False]] * 5 + [[False]] * 3 + [[True]] * 2, suffix=".flac")
+    comparison = paired(new, old)  # the same dialogues, whatever their audio files' format
+    assert comparison == {
+        "requests": 15, "both_right": 2, "only_this": 10, "only_other": 0, "both_wrong": 3,
+        "p": 2 / 2**10,
+    }  # fmt: skip
+    assert paired(old, new)["p"] == comparison["p"] and paired(new, new)["p"] == 1.0
+    # one each way: as likely as not
+    assert paired(_report([[True, False]]), _report([[False, True]]))["p"] == 1.0
+    said = format_paired(comparison, Path("eval9.json"))
+    assert "only this one 10, only that one 0" in said and "+0.667" in said
+    assert "not a clear difference" not in said
+    assert "not a clear difference" in format_paired(paired(new, new), Path("same.json"))
+    (tmp_path / "bad.json").write_text(json.dumps({"figures": {}}))
+    with pytest.raises(ConfigError, match=r"--against .*bad\.json: not a report of"):
+        _other_report(tmp_path / "bad.json")
