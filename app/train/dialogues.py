@@ -439,12 +439,20 @@ def generate(
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    listed = _listed_rows(out, seed, split, count)
-    if len(listed) > count:
+    listed, generator = _listed_rows(out, seed, split)
+    reach = 1 + max(listed, default=-1)  # a dialogue the synthesizer crashed on is not listed
+    if reach > count:
         raise ConfigError(
-            f"{out} lists {len(listed)} dialogues; --count {count} would drop the rest from its "
-            f"manifest: give --count {len(listed)} or more, or another --out"
+            f"{out} lists dialogues up to {reach}; --count {count} would drop the rest from its "
+            f"manifest: give --count {reach} or more, or another --out"
         )
+    if generator != GENERATOR_VERSION:  # a folder never holds two generators' dialogues
+        if reach < count:
+            raise ConfigError(
+                f"{out} holds dialogues of generator version {generator}, this antiphon makes "
+                f"version {GENERATOR_VERSION}: give another --out for more dialogues"
+            )
+        return [listed[i] for i in sorted(listed)]  # whole as it is: nothing to make
     there = listed | _unlisted_rows(out, seed, split, count, listed)
     blocks = [(i, min(i + block, count)) for i in range(0, count, block)]
     todo = [b for b in blocks if any(i not in there for i in range(*b))]
@@ -464,21 +472,22 @@ def _index(name: str) -> int:
     return int(Path(name).stem.rsplit("_", 1)[1])
 
 
-def _listed_rows(out: Path, seed: int, split: Split, count: int) -> dict[int, dict]:
-    """The dialogues `out`'s manifest lists (files present), by index; a folder of another
-    seed or split is refused (its dialogue i is not this one's), and one of another generator
-    when it would grow (a whole folder of an older antiphon is left as it is)."""
+def _listed_rows(out: Path, seed: int, split: Split) -> tuple[dict[int, dict], int]:
+    """The dialogues `out`'s manifest lists (files present), by index, and the generator
+    version that made them; a folder of another seed or split is refused (its dialogue i is not
+    this one's)."""
     if not (out / "manifest.jsonl").is_file():
-        return {}
+        return {}, GENERATOR_VERSION
     present = [
         row
         for row in manifest_rows(out)
         if (out / row["path"]).is_file() and (out / row["path"]).with_suffix(".json").is_file()
     ]
-    if present:
-        description = read_description(out / present[0]["path"])
-        _check_made_here(description, out, seed, split, growing=len(present) < count)
-    return {_index(row["path"]): row for row in present}
+    if not present:
+        return {}, GENERATOR_VERSION
+    description = read_description(out / present[0]["path"])
+    _check_made_here(description, out, seed, split, generator=False)
+    return {_index(row["path"]): row for row in present}, description.get("generator", 1)
 
 
 def _unlisted_rows(
@@ -502,9 +511,9 @@ def _unlisted_rows(
 
 
 def _check_made_here(
-    description: dict, out: Path, seed: int, split: Split, growing: bool = True
+    description: dict, out: Path, seed: int, split: Split, generator: bool = True
 ) -> None:
-    """Refuse a folder whose dialogues another seed or split made, or (`growing`) another
+    """Refuse a folder whose dialogues another seed or split made, or (`generator`) another
     generator."""
     if (description.get("seed"), description.get("split")) != (seed, split):
         raise ConfigError(
@@ -512,7 +521,7 @@ def _check_made_here(
             f"{description.get('split')}: give another --out for seed {seed}, split {split} "
             f"(or --seed {description.get('seed')})"
         )
-    if growing and description.get("generator", 1) != GENERATOR_VERSION:
+    if generator and description.get("generator", 1) != GENERATOR_VERSION:
         raise ConfigError(
             f"{out} holds dialogues of generator version {description.get('generator', 1)}, "
             f"this antiphon makes version {GENERATOR_VERSION}: give another --out"
@@ -544,7 +553,9 @@ def read_manifest(folder: str | Path) -> list[Path]:
     folder = Path(folder)
     if (folder / "manifest.jsonl").is_file():
         return [folder / row["path"] for row in manifest_rows(folder)]
-    return sorted(path for suffix in AUDIO_SUFFIXES for path in folder.glob(f"*{suffix}"))
+    audio = sorted(path for suffix in AUDIO_SUFFIXES for path in folder.glob(f"*{suffix}"))
+    described = {path.stem: path for path in reversed(audio)}  # a name once: FLAC before WAV
+    return sorted(described.values())
 
 
 def read_description(wav_path: str | Path) -> dict:
