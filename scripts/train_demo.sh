@@ -78,8 +78,10 @@ config=${CONFIG:-demo}  # tiny: the test shapes, for a dry run of every stage in
 frames=${FRAMES:-400}   # the LM's longest training window (frames)
 
 train() { "$py" -m app.train "$@"; }
-lm_data=("$run_dir/data/train")  # the LM's training folders: data/train2 too once it is made
-[ ! -f "$run_dir/data/train2/manifest.jsonl" ] || lm_data+=("$run_dir/data/train2")
+lm_folders() {  # the LM's training folders: data/train, and data/train2 once it is made
+    lm_data=("$run_dir/data/train")
+    [ ! -f "$run_dir/data/train2/manifest.jsonl" ] || lm_data+=("$run_dir/data/train2")
+}
 convert() {  # a safetensors file in another dtype: convert IN OUT float16|bfloat16
     "$py" -c 'import sys, torch; from safetensors.torch import load_file
 from model.bundle import save_safetensors
@@ -125,8 +127,11 @@ for stage in "$@"; do
     case "$stage" in
         data)
             # makes only what the folders do not list yet: a larger TRAIN_COUNT grows them
-            train data --out "$run_dir/data/train" --count "$train_count" --split train \
-                --seed "$seed" --workers "$threads"
+            listed=0  # a folder that lists as many already is left as it is (an older one too)
+            [ ! -f "$run_dir/data/train/manifest.jsonl" ] \
+                || listed=$(wc -l < "$run_dir/data/train/manifest.jsonl")
+            [ "$listed" -ge "$train_count" ] || train data --out "$run_dir/data/train" \
+                --count "$train_count" --split train --seed "$seed" --workers "$threads"
             [ "${TRAIN2_COUNT:-0}" = 0 ] || train data --out "$run_dir/data/train2" \
                 --count "$TRAIN2_COUNT" --split train --seed $((seed + 1)) --workers "$threads"
             train data --out "$run_dir/data/eval" --count "$eval_count" --split eval \
@@ -172,6 +177,7 @@ for stage in "$@"; do
             ;;
         lm)
             codec_for_lm
+            lm_folders
             lm_codes=()  # a new codec: its codebooks' geometry for the LM's audio embeddings
             [ "${CODEC_EMBEDDINGS:-0}" = 0 ] || lm_codes=(--codec-embeddings)
             lm_init=()  # a new machine: go on from the kept LM (a new schedule, a new optimizer)
@@ -187,6 +193,7 @@ for stage in "$@"; do
             ;;
         hear)
             codec_for_lm
+            lm_folders
             train lm --data "${lm_data[@]}" --eval-data "$run_dir/data/eval" \
                 --codec "$lm_codec" --tokenizer "$tokenizer" \
                 --init "$run_dir/lm" --out "$run_dir/lm-hear" --device "$device" \

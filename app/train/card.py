@@ -151,12 +151,10 @@ def fdb_table(report: dict) -> list[str]:
 
 
 def write_card(run: Path, assets: Path, commands: dict[str, str]) -> str:
-    manifest = [  # the training folders: data/train, and data/train2 where a run made more
-        row
-        for folder in ("train", "train2")
-        if folder == "train" or (run / "data" / folder / "manifest.jsonl").is_file()
-        for row in manifest_rows(run / "data" / folder)
-    ]
+    folders = [run / "data" / "train"]  # and data/train2 where the run made more
+    if (run / "data" / "train2" / "manifest.jsonl").is_file():
+        folders.append(run / "data" / "train2")
+    manifest = [row for folder in folders for row in manifest_rows(folder)]
     train_hours = sum(row["duration"] for row in manifest) / 3600
     codec = run_summary(_log(run / "codec" / "log.jsonl"))
     lm = run_summary(_log(run / "lm" / "log.jsonl"))

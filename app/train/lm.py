@@ -2,8 +2,9 @@
 
 Data (`app.train.lm_data`): every training dialogue becomes streams [1 + 2K, frames] at 12.5 Hz:
 the inner monologue, the assistant's K codes, the user's K codes (both channels encoded by the
-trained codec). They are encoded once and cached in the run folder (`tokens.npz`, keyed by the
-codec's and tokenizer's bytes). Training windows are `--frames` long
+trained codec). They are encoded once and cached in the run folder (`tokens.npz`; with several
+`--data` folders, `tokens-NAME.npz` for each after the first), keyed by the codec's and
+tokenizer's bytes and each dialogue's identity. Training windows are `--frames` long
 (at most the LM's context), from the start of a dialogue half of the time, as a conversation
 starts at inference.
 
@@ -73,10 +74,16 @@ HELD_OUT_DIALOGUES = 300
 SEEN_DIALOGUES = 48  # training dialogues for the train_* figures: what is learnt by heart
 
 
-def token_caches(folders: int) -> list[str]:
+def token_caches(folders: list[Path]) -> list[str]:
     """The token cache of each training folder, in the run folder: tokens.npz for the first
-    (as runs of one folder always had it), tokens-2.npz, ... for the others."""
-    return [TOKENS] + [f"tokens-{k}.npz" for k in range(2, folders + 1)]
+    (as runs of one folder always had it), tokens-NAME.npz for the others, by the folder's name
+    (so that another order on the command line finds the same caches), numbered where two
+    names would clash."""
+    caches = [TOKENS]
+    for k, folder in enumerate(folders[1:], start=2):
+        name = f"tokens-{folder.name}.npz"
+        caches.append(name if name not in (*caches, EVAL_TOKENS) else f"tokens-{k}.npz")
+    return caches
 
 
 def tiny_demo_lm(text_card: int, card: int, codebooks: int) -> LMConfig:
@@ -365,7 +372,7 @@ def train_lm(args: argparse.Namespace) -> int:
     elif args.init is not None:
         init_lm(lm, args.init)
         log.info("lm: starting from %s", args.init / WEIGHTS)
-        for cache in [*token_caches(len(args.data)), EVAL_TOKENS]:  # its encoding, if of the same
+        for cache in [*token_caches(args.data), EVAL_TOKENS]:  # its encoding, if of the same
             if not (out / cache).is_file() and (args.init / cache).is_file():  # dialogues,
                 shutil.copyfile(args.init / cache, out / cache)  # codec and tokenizer: checked
     if args.codec_embeddings and start == 0:
@@ -376,7 +383,7 @@ def train_lm(args: argparse.Namespace) -> int:
     bf16 = not args.no_bf16 and loop.bf16_pays(device)  # the caches say what was used
     frame_rate = float(codec_config["frame_rate"])
     streams = []
-    for cache, folder in zip(token_caches(len(args.data)), args.data, strict=True):
+    for cache, folder in zip(token_caches(args.data), args.data, strict=True):
         encoded = load_or_encode(
             folder, args.codec, tokenizer, codebooks, device, out / cache, progress, bf16
         )

@@ -445,9 +445,11 @@ def test_a_run_trains_on_several_folders_each_encoded_once(
     with caplog.at_level(logging.INFO):
         train_lm(_args(*argv))
     assert "lm: 5 dialogues" in caplog.text
-    first, other = (np.load(run / cache) for cache in token_caches(2))
+    assert token_caches([work / "data", second]) == [TOKENS, "tokens-train2.npz"]
+    first, other = (np.load(run / cache) for cache in token_caches([work / "data", second]))
     assert (len(first["lengths"]), len(other["lengths"])) == (3, 2)
-    assert token_caches(2) == [TOKENS, "tokens-2.npz"]
+    clashing = [Path("a/train"), Path("b/train2"), Path("c/train2"), Path("d/eval")]
+    assert token_caches(clashing) == [TOKENS, "tokens-train2.npz", "tokens-3.npz", "tokens-4.npz"]
     caplog.clear()
     with caplog.at_level(logging.INFO):
         train_lm(_args(*argv[:-2], "--steps", "2"))  # goes on: nothing encoded again
