@@ -514,16 +514,20 @@ def paired(report: dict, other: dict) -> dict[str, Any]:
     shared luck of the draw cancels: on 96 dialogues two runs' answer_correct figures each
     spread ~0.03, as much as the differences checkpoints were chosen by."""
 
-    def answers(rep: dict) -> dict[tuple[str, int], bool]:
+    def answers(rep: dict) -> dict[tuple[str, int], tuple[str, bool]]:
         return {
-            (Path(dialogue["file"]).stem, k): request["answer_correct"]
+            (Path(dialogue["file"]).stem, k): (request["question"], request["answer_correct"])
             for dialogue in rep["dialogues"]
             for k, request in enumerate(dialogue["requests"])
             if "answer_correct" in request
         }
 
-    mine, theirs = answers(report), answers(other)
-    shared = sorted(set(mine) & set(theirs))
+    asked, asked_other = answers(report), answers(other)
+    shared = sorted(set(asked) & set(asked_other))
+    if not shared or any(asked[key][0] != asked_other[key][0] for key in shared):
+        raise ValueError("the two reports are not of the same held-out dialogues")
+    mine = {key: asked[key][1] for key in shared}
+    theirs = {key: asked_other[key][1] for key in shared}
     only_this = sum(mine[key] and not theirs[key] for key in shared)
     only_other = sum(theirs[key] and not mine[key] for key in shared)
     disagree = only_this + only_other
@@ -605,5 +609,10 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         args.json.write_text(json.dumps(report, indent=1))
     if other is not None:
-        print(format_paired(paired(report, other), args.against))
+        try:
+            print(format_paired(paired(report, other), args.against))
+        except ValueError as error:
+            raise ConfigError(
+                f"--against {args.against}: {error} (give a report on the same --data)"
+            ) from error
     return 0

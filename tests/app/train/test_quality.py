@@ -106,7 +106,12 @@ def _report(rights: list[list[bool | None]], suffix: str = ".wav") -> dict:
         "dialogues": [
             {
                 "file": f"eval_{i:06d}{suffix}",
-                "requests": [{"kind": "stop"} if r is None else {"answer_correct": r} for r in d],
+                "requests": [
+                    {"kind": "stop", "question": "stop"}
+                    if r is None
+                    else {"question": f"question {i}.{k}", "answer_correct": r}
+                    for k, r in enumerate(d)
+                ],
             }
             for i, d in enumerate(rights)
         ]
@@ -129,6 +134,10 @@ def test_two_models_are_compared_request_by_request(tmp_path: Path) -> None:
     assert "only this one 10, only that one 0" in said and "+0.667" in said
     assert "not a clear difference" not in said
     assert "not a clear difference" in format_paired(paired(new, new), Path("same.json"))
+    other_dialogues = _report([[True, None, True]] * 5)
+    other_dialogues["dialogues"][0]["requests"][0]["question"] = "another question"
+    with pytest.raises(ValueError, match="not of the same held-out dialogues"):
+        paired(new, other_dialogues)
     (tmp_path / "bad.json").write_text(json.dumps({"figures": {}}))
     with pytest.raises(ConfigError, match=r"--against .*bad\.json: not a report of"):
         _other_report(tmp_path / "bad.json")
