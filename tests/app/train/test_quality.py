@@ -9,13 +9,11 @@ import pytest
 
 from app.train import content
 from app.train.dialogues import ASSISTANT, generate, read_dialogue, read_manifest
+from app.train.paired import format_paired, paired, read_report
 from app.train.quality import (
     Session,
-    _other_report,
     _Renderings,
     answer_kind,
-    format_paired,
-    paired,
     score_dialogue,
     summarize,
 )
@@ -140,4 +138,4 @@ def test_two_models_are_compared_request_by_request(tmp_path: Path) -> None:
         paired(new, other_dialogues)
     (tmp_path / "bad.json").write_text(json.dumps({"figures": {}}))
     with pytest.raises(ConfigError, match=r"--against .*bad\.json: not a report of"):
-        _other_report(tmp_path / "bad.json")
+        read_report(tmp_path / "bad.json")
