@@ -76,25 +76,60 @@ class Teacher(torch.nn.Module):
         )
         self.out = torch.nn.Linear(config.dim, config.classes)
 
-    def hidden(self, pcm: torch.Tensor) -> torch.Tensor:
-        """pcm [B, samples] -> states [B, frames at 25 Hz, dim], each from the audio before it."""
+    def hidden(
+        self, pcm: torch.Tensor, masks: int = 0, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
+        """pcm [B, samples] -> states [B, frames at 25 Hz, dim], each from the audio before it;
+        with `masks`, training only, that many bands and stretches of each crop's features
+        hidden (`spec_augment`)."""
         mel = self.mel(pcm.float())[..., : pcm.shape[-1] // HOP]  # [B, mels, T50]
         x = self.norm(mel.transpose(1, 2)).transpose(1, 2)
+        if masks:
+            x = spec_augment(x, masks, generator)
         x = F.gelu(self.conv1(F.pad(x, (2, 0))))
         x = F.gelu(self.conv2(F.pad(x, (2, 0))))  # [B, dim, T25]
         x = x.transpose(1, 2)
         mask = torch.nn.Transformer.generate_square_subsequent_mask(x.shape[1], device=x.device)
         return self.transformer(x, mask=mask, is_causal=True)
 
-    def forward(self, pcm: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, pcm: torch.Tensor, masks: int = 0, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
         """Phoneme logits [B, T25, classes]."""
-        return self.out(self.hidden(pcm))
+        return self.out(self.hidden(pcm, masks, generator))
 
     def embed(self, pcm: torch.Tensor) -> torch.Tensor:
         """One state per 80 ms frame [B, frames, dim]: the mean of the frame's two 25 Hz ones."""
         h = self.hidden(pcm)
         frames = h.shape[1] // 2
         return h[:, : 2 * frames].reshape(h.shape[0], frames, 2, -1).mean(2)
+
+
+MASK_BINS = 12  # of 64 mel bands: a formant's worth
+MASK_FRAMES = 10  # of 50 a second: 0.2 s, about a syllable
+
+
+def spec_augment(x: torch.Tensor, masks: int, generator: torch.Generator | None) -> torch.Tensor:
+    """SpecAugment's masks on features [B, mels, T]: in each crop, `masks` bands of up to
+    MASK_BINS mel bins and `masks` stretches of up to MASK_FRAMES frames (at most a tenth of the
+    crop each) set to zero, the normalised features' mean. A recogniser that cannot lean on one
+    band or one instant learns what a sound is from the rest of it, which is what another
+    speaker leaves the same."""
+    batch, mels, frames = x.shape
+    keep = torch.ones_like(x)
+    for b in range(batch):
+        for _ in range(masks):
+            width, start = _span(MASK_BINS, mels, generator)
+            keep[b, start : start + width, :] = 0
+            width, start = _span(min(MASK_FRAMES, frames // 10), frames, generator)
+            keep[b, :, start : start + width] = 0
+    return x * keep
+
+
+def _span(most: int, length: int, generator: torch.Generator | None) -> tuple[int, int]:
+    width = int(torch.randint(most + 1, (1,), generator=generator)) if most > 0 else 0
+    start = int(torch.randint(max(1, length - width + 1), (1,), generator=generator))
+    return width, start
 
 
 def save_teacher(teacher: Teacher, folder: Path) -> None:
@@ -270,6 +305,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="resample each crop by a random factor in [1 - x, 1 + x]: pitch, formants and "
         "tempo move together, as between speakers (0: off)",
     )
+    parser.add_argument(
+        "--spec-augment",
+        type=int,
+        default=2,
+        metavar="MASKS",
+        help=f"hide MASKS bands of up to {MASK_BINS} mel bins and MASKS stretches of up to "
+        f"{MASK_FRAMES * 20} ms of each crop's features (SpecAugment; 0: off)",
+    )
     parser.add_argument("--dialogues", type=int, help="load only the first N dialogues")
     parser.add_argument("--dim", type=int, default=TeacherConfig.dim)
     parser.add_argument("--layers", type=int, default=TeacherConfig.layers)
@@ -311,7 +354,7 @@ def train_teacher(args: argparse.Namespace) -> int:
         pcm, lengths, targets = data.batch(
             args.batch_size, args.seconds, args.speed_perturb, generator
         )
-        loss = ctc_loss(teacher(pcm.to(device)), lengths, targets)
+        loss = ctc_loss(teacher(pcm.to(device), args.spec_augment, generator), lengths, targets)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(teacher.parameters(), 1.0)

@@ -823,6 +823,26 @@ def test_the_teacher_learns_phonemes_and_hears_only_the_past(teacher_run: Path) 
     torch.testing.assert_close(prefix[:, :5], whole[:, :5], atol=1e-5, rtol=1e-5)
 
 
+def test_spec_augment_hides_bands_and_stretches_and_nothing_else() -> None:
+    x = torch.randn(3, 64, 120) + 5.0  # no feature is 0 by chance
+    assert torch.equal(teacher.spec_augment(x, 0, None), x)
+    masked = teacher.spec_augment(x, 2, torch.Generator().manual_seed(1))
+    again = teacher.spec_augment(x, 2, torch.Generator().manual_seed(1))
+    assert torch.equal(masked, again)  # seeded: a resumed run masks the same
+    hidden = masked == 0
+    for b in range(3):
+        bands = hidden[b].all(dim=1)  # mel bins hidden in every frame
+        frames = hidden[b].all(dim=0)  # frames hidden in every bin
+        # every hidden feature lies in a hidden band or a hidden stretch, the rest as it was
+        assert torch.equal(hidden[b], bands[:, None] | frames[None, :])
+        assert torch.equal(masked[b][~hidden[b]], x[b][~hidden[b]])
+        assert int(bands.sum()) <= 2 * teacher.MASK_BINS
+        assert int(frames.sum()) <= 2 * min(teacher.MASK_FRAMES, 120 // 10)
+    assert hidden.any()  # over three crops something was hidden
+    short = torch.randn(1, 64, 9) + 5.0  # under ten frames: bands only, never a stretch
+    assert not (teacher.spec_augment(short, 2, torch.Generator().manual_seed(0)) == 0).all(1).any()
+
+
 def test_ctc_decoding_and_the_phoneme_error_rate() -> None:
     logits = torch.full((6, 4), -5.0)
     for t, p in enumerate([2, 2, 0, 2, 3, 0]):
