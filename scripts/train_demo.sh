@@ -11,9 +11,11 @@
 #              RUN_DIR/data/train2: how a run gets more data once data/train was made by an
 #              older generator (a folder only grows with dialogues of its own generator)
 #   tokenizer  SentencePiece on the training text                      RUN_DIR/tokenizer
-#   teacher    a small phoneme recogniser on log-mel (CTC, speed-perturbed speech), TEACHER_STEPS
-#              steps: the codec's first codebook learns its hidden states, as Mimi's learns
-#              WavLM's                                                  RUN_DIR/teacher
+#   teacher    a small phoneme recogniser on log-mel (CTC, speed-perturbed and SpecAugment-masked
+#              speech), TEACHER_STEPS steps, TEACHER_DIM wide and TEACHER_LAYERS deep, on the
+#              first TEACHER_DIALOGUES training dialogues (held in memory: 6000 take ~10 GB): the
+#              codec's first codebook learns its hidden states, as Mimi's learns WavLM's
+#                                                                       RUN_DIR/teacher
 #   codec      the codec, CODEC_STEPS steps (or CODEC_MINUTES of training), its first codebook
 #              taught the phonemes being said from the first quantized step (espeak-ng labels
 #              over the aligned words, CODEC_PHONEME_WEIGHT, default 1): codes that say what is
@@ -73,6 +75,8 @@ lm_steps=${LM_STEPS:-3000}
 hear_steps=${HEAR_STEPS:-1500}
 phoneme_steps=${PHONEME_STEPS:-1200}
 teacher_steps=${TEACHER_STEPS:-3000}
+teacher_shape=(--dim "${TEACHER_DIM:-192}" --layers "${TEACHER_LAYERS:-4}" \
+    --dialogues "${TEACHER_DIALOGUES:-6000}")
 distil_steps=${DISTIL_STEPS:-1200}
 config=${CONFIG:-demo}  # tiny: the test shapes, for a dry run of every stage in minutes
 frames=${FRAMES:-400}   # the LM's longest training window (frames)
@@ -145,7 +149,7 @@ for stage in "$@"; do
         teacher)
             train teacher --data "$run_dir/data/train" --eval-data "$run_dir/data/eval" \
                 --out "$run_dir/teacher" --device "$device" --seed "$seed" \
-                --steps "$teacher_steps" --seconds 2.5 --threads "$threads" \
+                --steps "$teacher_steps" --seconds 2.5 --threads "$threads" "${teacher_shape[@]}" \
                 --checkpoint-every 250 --eval-every 500 --no-progress
             ;;
         codec)
