@@ -75,7 +75,7 @@ lm_steps=${LM_STEPS:-3000}
 hear_steps=${HEAR_STEPS:-1500}
 phoneme_steps=${PHONEME_STEPS:-1200}
 teacher_steps=${TEACHER_STEPS:-3000}
-teacher_shape=(--dim "${TEACHER_DIM:-192}" --layers "${TEACHER_LAYERS:-4}" \
+teacher_shape=(--dim "${TEACHER_DIM:-256}" --layers "${TEACHER_LAYERS:-6}" \
     --dialogues "${TEACHER_DIALOGUES:-6000}")
 distil_steps=${DISTIL_STEPS:-1200}
 config=${CONFIG:-demo}  # tiny: the test shapes, for a dry run of every stage in minutes
