@@ -359,14 +359,9 @@ def train_lm(args: argparse.Namespace) -> int:
     )
     start = 0
     if (out / loop.CHECKPOINT).is_file():
-        try:
-            start, extra = loop.load_checkpoint(out / loop.CHECKPOINT, model, optimizer, generator)
-        except (RuntimeError, ValueError, KeyError) as error:
-            raise ConfigError(
-                f"{out / loop.CHECKPOINT} does not fit this run (another shape, another "
-                f"--hear-weight, or an older antiphon): {_detail(error)}. Continue it with the "
-                f"options it started with, or start a new --out with --init {out}"
-            ) from error
+        start, extra = loop.load_checkpoint(
+            out / loop.CHECKPOINT, model, optimizer, generator, "shape, another --hear-weight"
+        )
         loop.resume_steps(options, extra)
         log.info("lm: resuming %s at step %d", out, start)
     elif args.init is not None:
@@ -497,7 +492,7 @@ def init_lm(lm: LM, run: Path) -> None:
     except RuntimeError as error:
         raise ConfigError(
             f"--init {run}: its LM has another shape than this run's (--config, tokenizer, "
-            f"codec): {_detail(error)}"
+            f"codec): {loop.state_dict_detail(error)}"
         ) from error
 
 
@@ -541,14 +536,6 @@ def embed_codes(lm: LM, vectors: torch.Tensor, seed: int) -> None:
     (depth,) = maps(config.depth.dim, 1)
     for j, table in enumerate(lm.depformer_emb):  # the assistant's codebook j, into step j + 1
         fill(cast(nn.Embedding, table), j, depth)
-
-
-def _detail(error: Exception) -> str:
-    """The line of a load_state_dict error that names the keys (its first line names only the
-    module), or the error's first line."""
-    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    line = lines[1] if len(lines) > 1 else (lines[0] if lines else type(error).__name__)
-    return line.rstrip(".")
 
 
 def save_lm(lm: LM, folder: Path, dtype: torch.dtype = torch.float32) -> None:

@@ -92,16 +92,33 @@ def load_checkpoint(
     model: torch.nn.Module,
     optimizer: torch.optim.Optimizer,
     data_generator: torch.Generator,
+    options: str = "shape",
 ) -> tuple[int, dict[str, Any]]:
-    """Restore a run; returns (step, extra)."""
+    """Restore a run; returns (step, extra). A checkpoint of another model (another `options`
+    than the run started with, or an older antiphon) is refused with what does not fit."""
     state = torch.load(path, map_location="cpu", weights_only=True)
-    model.load_state_dict(state["model"])
-    optimizer.load_state_dict(state["optimizer"])
+    try:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+    except (RuntimeError, ValueError, KeyError) as error:
+        raise ConfigError(
+            f"{path} does not fit this run (another {options}, or an older antiphon): "
+            f"{state_dict_detail(error)}. Continue it with the options it started with, or "
+            "start a new --out"
+        ) from error
     torch.set_rng_state(state["torch_rng"])
     if state["cuda_rng"] and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda_rng"])
     data_generator.set_state(state["data_rng"])
     return int(state["step"]), dict(state["extra"])
+
+
+def state_dict_detail(error: Exception) -> str:
+    """The line of a load_state_dict error that names the keys (its first line names only the
+    module), or the error's first line."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    line = lines[1] if len(lines) > 1 else (lines[0] if lines else type(error).__name__)
+    return line.rstrip(".")
 
 
 def tune_allocator() -> bool:

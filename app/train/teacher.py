@@ -112,9 +112,10 @@ MASK_FRAMES = 10  # of 50 a second: 0.2 s, about a syllable
 def spec_augment(x: torch.Tensor, masks: int, generator: torch.Generator | None) -> torch.Tensor:
     """SpecAugment's masks on features [B, mels, T]: in each crop, `masks` bands of up to
     MASK_BINS mel bins and `masks` stretches of up to MASK_FRAMES frames (at most a tenth of the
-    crop each) set to zero, the normalised features' mean. A recogniser that cannot lean on one
-    band or one instant learns what a sound is from the rest of it, which is what another
-    speaker leaves the same."""
+    batch's frames, padding included: a short crop's stretch may fall in its padding) set to
+    zero, the normalised features' mean. A recogniser that cannot lean on one band or one
+    instant learns what a sound is from the rest of it, which is what another speaker leaves
+    the same."""
     batch, mels, frames = x.shape
     keep = torch.ones_like(x)
     for b in range(batch):
