@@ -150,6 +150,10 @@ class LMConfig:
     text_padding_id: int = 3
     end_of_text_padding_id: int = 0
     depth_multi_linear: bool = True  # one temporal→depth input projection per codebook step
+    # The ids that open and close what the model heard, where its monologue writes the user's
+    # words down too (the demo model: `train lm --monologue-hears`); None: the monologue is
+    # only what the model says (Kyutai's models).
+    heard_ids: tuple[int, int] | None = None
 
     def __post_init__(self) -> None:
         if len(self.delays) != self.n_q + 1:

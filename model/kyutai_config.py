@@ -103,6 +103,7 @@ def lm_config_from_kyutai(raw: dict[str, Any]) -> LMConfig:
             delays=tuple(take("delays", [0] * (n_q + 1))),
             text_padding_id=take("existing_text_padding_id", 3),
             depth_multi_linear=take("depformer_multi_linear", False),
+            heard_ids=_heard_ids(take("heard_text_ids")),
         )
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"config.json: inconsistent LM config: {exc}") from exc
@@ -168,7 +169,16 @@ def lm_config_to_kyutai(config: LMConfig) -> dict[str, Any]:
         "dep_q": config.dep_q,
         "delays": list(config.delays),
         "existing_text_padding_id": config.text_padding_id,
-    }
+    } | ({"heard_text_ids": list(config.heard_ids)} if config.heard_ids is not None else {})
+
+
+def _heard_ids(value: Any) -> tuple[int, int] | None:
+    """`heard_text_ids` (antiphon's own key, absent from Kyutai's configs): [open, close]."""
+    if value is None:
+        return None
+    if not (isinstance(value, list) and len(value) == 2 and all(type(v) is int for v in value)):
+        raise ConfigError(f"config.json: heard_text_ids must be two token ids, got {value!r}")
+    return (value[0], value[1])
 
 
 def kyutai_mimi_config(config: MimiConfig) -> dict[str, Any]:

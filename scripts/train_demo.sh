@@ -34,7 +34,8 @@
 #              2.5x faster steps on a CPU) and the tokens that make an answer right weighed
 #              ANSWER_WEIGHT (default 3); with no checkpoint in RUN_DIR/lm but a kept LM, it
 #              starts from trained/lm; CODEC_EMBEDDINGS=1 (after a new codec) starts the audio
-#              embeddings from the codec's codebooks                   RUN_DIR/lm
+#              embeddings from the codec's codebooks; MONOLOGUE_HEARS=1 has the monologue
+#              write the user's words down too, and answer from them    RUN_DIR/lm
 #              (and the held-out best so far, which keep and export take: RUN_DIR/lm/best)
 #   hear       HEAR_STEPS more steps from RUN_DIR/lm with the training-only hearing head (the
 #              user's words as targets), a new learning-rate schedule   RUN_DIR/lm-hear
@@ -184,6 +185,7 @@ for stage in "$@"; do
             lm_folders
             lm_codes=()  # a new codec: its codebooks' geometry for the LM's audio embeddings
             [ "${CODEC_EMBEDDINGS:-0}" = 0 ] || lm_codes=(--codec-embeddings)
+            [ "${MONOLOGUE_HEARS:-0}" = 0 ] || lm_codes+=(--monologue-hears)
             lm_init=()  # a new machine: go on from the kept LM (a new schedule, a new optimizer)
             [ -f "$run_dir/lm/checkpoint.pt" ] || [ ! -f "$kept/lm/lm.safetensors" ] \
                 || lm_init=(--init "$kept/lm")

@@ -25,6 +25,7 @@ A run folder ends with `lm.safetensors` and `config.json` (Kyutai's keyword form
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import math
@@ -57,6 +58,7 @@ from .lm_data import (
     load_or_encode,
     with_training_rows,
 )
+from .monologue import HEARD_CLOSE_ID, HEARD_OPEN_ID
 from .tokenizer import TOKENIZER_FILE
 
 log = logging.getLogger(__name__)
@@ -297,6 +299,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="the hearing head writes a user's word this many frames after it ends",
     )
     parser.add_argument(
+        "--monologue-hears",
+        action="store_true",
+        help="the monologue writes down the user's words too (--hear-delay frames after each "
+        "word ends, between two marks the runtime shows as what the model heard), so that an "
+        "answer is made from written words (`monologue.hearing_text_tokens`)",
+    )
+    parser.add_argument(
         "--depth-share",
         type=float,
         default=1.0,
@@ -350,6 +359,8 @@ def train_lm(args: argparse.Namespace) -> int:
     codec_config = json.loads((args.codec / "codec.json").read_text())
     codebooks, card = int(codec_config["num_codebooks"]), int(codec_config["codebook_size"])
     config = PRESETS[args.config](tokenizer.vocab_size, card, codebooks)
+    if args.monologue_hears:
+        config = dataclasses.replace(config, heard_ids=(HEARD_OPEN_ID, HEARD_CLOSE_ID))
     generator = loop.seed_everything(args.seed)
     lm = LM(config)
     hearing = args.hear_weight > 0
@@ -363,6 +374,12 @@ def train_lm(args: argparse.Namespace) -> int:
             out / loop.CHECKPOINT, model, optimizer, generator, "shape, another --hear-weight"
         )
         loop.resume_steps(options, extra)
+        if bool(extra.get("monologue_hears")) != args.monologue_hears:
+            said = "with" if extra.get("monologue_hears") else "without"
+            raise ConfigError(
+                f"{out} was started {said} --monologue-hears: continue it the same way, or "
+                "start a new --out"
+            )
         log.info("lm: resuming %s at step %d", out, start)
     elif args.init is not None:
         init_lm(lm, args.init)
@@ -382,7 +399,9 @@ def train_lm(args: argparse.Namespace) -> int:
         encoded = load_or_encode(
             folder, args.codec, tokenizer, codebooks, device, out / cache, progress, bf16
         )
-        streams += with_training_rows(folder, encoded, tokenizer, frame_rate, args.hear_delay)
+        streams += with_training_rows(
+            folder, encoded, tokenizer, frame_rate, args.hear_delay, args.monologue_hears
+        )
     used = codes_used(streams, codebooks)
     log.info("lm: %d dialogues; the assistant's codebooks use %s codes", len(streams), used)
     if not args.allow_dead_codes:
@@ -393,7 +412,7 @@ def train_lm(args: argparse.Namespace) -> int:
             progress, bf16,
         )[:HELD_OUT_DIALOGUES]  # fmt: skip
         held_out = with_training_rows(
-            args.eval_data, held_out, tokenizer, frame_rate, args.hear_delay
+            args.eval_data, held_out, tokenizer, frame_rate, args.hear_delay, args.monologue_hears
         )
         new_voice = [
             bool(read_description(path).get("held_out_voice"))
@@ -442,7 +461,7 @@ def train_lm(args: argparse.Namespace) -> int:
         return {"loss": loss.item(), **metrics, "T": float(codes.shape[2])}
 
     def checkpoint(done: int) -> None:
-        extra = {"steps": options.steps}
+        extra = {"steps": options.steps, "monologue_hears": args.monologue_hears}
         loop.save_checkpoint(out / loop.CHECKPOINT, model, optimizer, done, generator, extra)
         save_lm(lm, out)
 

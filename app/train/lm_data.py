@@ -27,7 +27,7 @@ from model.tokenizer import TextTokenizer
 from . import loop
 from .codec import load_trained_codec
 from .dialogues import manifest_rows, read_description, read_dialogue, read_manifest
-from .monologue import answer_frames, heard_tokens, text_tokens
+from .monologue import answer_frames, heard_tokens, hearing_text_tokens, text_tokens
 
 log = logging.getLogger(__name__)
 
@@ -245,14 +245,22 @@ def with_training_rows(
     tokenizer: TextTokenizer,
     frame_rate: float,
     delay_frames: int,
+    monologue_hears: bool = False,
 ) -> list[np.ndarray]:
     """Each dialogue's streams with two more rows, from the dialogues' alignments (seconds, no
     codec): the user's words as the hearing head's targets (`heard_tokens`), and the marks of
-    the text tokens that make an answer right (`answer_frames`)."""
+    the text tokens that make an answer right (`answer_frames`). With `monologue_hears`, the
+    text row is laid out again with the user's words written down in it
+    (`hearing_text_tokens`; the cache keeps the plain monologue)."""
     out = []
     for path, tokens in zip(read_manifest(data)[: len(streams)], streams, strict=True):
         description = read_description(path)
         frames = tokens.shape[1]
+        if monologue_hears:
+            tokens = tokens.copy()
+            tokens[0] = hearing_text_tokens(
+                description["alignments"], tokenizer.encode, frames, frame_rate, delay_frames
+            )
         heard = heard_tokens(
             description["alignments"], tokenizer.encode, frames, frame_rate, delay_frames
         )

@@ -3,12 +3,14 @@
 `text_tokens` lays out the assistant's words as Moshi's inner monologue: a word's tokens from
 the frame in which the word starts, one token per frame; PAD elsewhere; end-of-padding in the
 frame just before a word that follows padding. `heard_tokens` lays out the user's words the
-same way, each after it ends (the training-only hearing head's targets); `answer_frames` marks
-the monologue's tokens that make an answer right.
+same way, each after it ends (the training-only hearing head's targets);
+`hearing_text_tokens` writes both into one monologue (`train lm --monologue-hears`);
+`answer_frames` marks the monologue's tokens that make an answer right.
 """
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from collections.abc import Callable, Sequence
 
@@ -137,3 +139,57 @@ def heard_tokens(
         if speaker == USER
     ]
     return text_tokens(heard, encode, num_frames, frame_rate, speaker=USER)
+
+
+HEARD_OPEN_ID, HEARD_CLOSE_ID = 1, 2  # SentencePiece's BOS and EOS: never a piece of text
+HEARD_GAP_FRAMES = 12  # a stretch of heard words closes when the next comes later than this
+
+
+def hearing_text_tokens(
+    alignments: Sequence[Sequence],
+    encode: Callable[[str], list[int]],
+    num_frames: int,
+    frame_rate: float = 12.5,
+    delay_frames: int = 2,
+    pad_id: int = 3,
+    open_id: int = HEARD_OPEN_ID,
+    close_id: int = HEARD_CLOSE_ID,
+) -> list[int]:
+    """An inner monologue that also writes down what the user said: the assistant's words as
+    `text_tokens` lays them out, and, in the frames where it has nothing to say, the user's words
+    each `delay_frames` after the word ends, a stretch of them between `open_id` and `close_id`.
+
+    The model then answers from the words it wrote down, not from its memory of the sounds:
+    writing a word down needs only the last few frames of audio, and an answer copies a number
+    from the text before it (as Kyutai's speech-to-text models write the speech they hear into
+    the same text stream). A heard word never takes an assistant's frame: words heard while the
+    assistant speaks are dropped, and an assistant's word (always after end-of-padding) ends a
+    stretch as a close does. A stretch closes once no user word is due within
+    HEARD_GAP_FRAMES frames."""
+    tokens = text_tokens(alignments, encode, num_frames, frame_rate, pad_id)
+    due = sorted(  # (the frame from which the word can be written, its ids), as heard_tokens
+        (math.floor((end + delay_frames / frame_rate) * frame_rate), encode(word))
+        for word, (_, end), speaker in alignments
+        if speaker == USER
+    )
+    queue: deque[int] = deque()
+    writing, next_word = False, 0
+    for t in range(num_frames):
+        while next_word < len(due) and due[next_word][0] <= t:
+            queue.extend(due[next_word][1])
+            next_word += 1
+        if tokens[t] != pad_id:  # the assistant's: what was heard meanwhile is not written
+            queue.clear()
+            writing = False
+            continue
+        if queue and not writing:  # open in the frame before, where heard_tokens has its E
+            writing = True
+            if t == 0 or tokens[t - 1] != pad_id:
+                tokens[t] = open_id
+                continue
+            tokens[t - 1] = open_id
+        if queue:
+            tokens[t] = queue.popleft()
+        elif writing and (next_word == len(due) or due[next_word][0] > t + HEARD_GAP_FRAMES):
+            tokens[t], writing = close_id, False
+    return tokens

@@ -24,7 +24,7 @@ from app.train.dialogues import (
     read_manifest,
     write_dialogue,
 )
-from app.train.monologue import heard_tokens, text_tokens
+from app.train.monologue import heard_tokens, hearing_text_tokens, text_tokens
 from app.train.quality import normalise
 from app.train.speech import SAMPLE_RATE, SpeechError, Voice, speak, synthesizer
 from model.errors import ConfigError
@@ -306,6 +306,27 @@ def test_heard_words_come_after_the_user_has_said_them() -> None:
     tokens = heard_tokens(words, lambda w: vocabulary[w], 18, frame_rate=12.5, delay_frames=2)
     P, E = 3, 0
     assert tokens == [P] * 5 + [E, 20] + [P] * 5 + [E, 21, 22] + [P] * 3
+
+
+def test_a_monologue_that_hears_writes_the_users_words_where_the_assistant_is_silent() -> None:
+    """`train lm --monologue-hears`: the user's words where `heard_tokens` puts them, between
+    open (1) and close (2); the assistant's frames stay its own, and what the user says while
+    the assistant speaks is not written."""
+    vocabulary = {"Add": [20], "four": [21, 22], "Four.": [30], "stop": [40], "bye": [50]}
+    words = [
+        ["Add", [0.1, 0.35], USER],  # written from frame 6, opened in frame 5
+        ["four", [0.4, 0.95], USER],  # frames 13 and 14; "bye" is due soon: no close yet
+        ["Four.", [1.6, 1.7], ASSISTANT],  # frame 20, end-of-padding in 19: it ends the stretch
+        ["bye", [1.45, 1.5], USER],  # due in frame 20, the assistant's: dropped
+        ["stop", [1.55, 1.6], USER],  # due in frame 22, the assistant is done: written
+    ]
+    tokens = hearing_text_tokens(words, lambda w: vocabulary[w], 26, delay_frames=2)
+    P, E, OPEN, C = 3, 0, 1, 2
+    heard = [P] * 5 + [OPEN, 20] + [P] * 6 + [21, 22] + [P] * 4
+    assert tokens == heard + [E, 30] + [OPEN, 40, C] + [P] * 2
+    # the plain monologue is the same where the assistant speaks
+    plain = text_tokens(words, lambda w: vocabulary[w], 26)
+    assert [t for t in tokens if t in (E, 30)] == [t for t in plain if t in (E, 30)]
 
 
 def test_words_queue_when_they_come_faster_than_frames() -> None:

@@ -376,6 +376,11 @@ def test_the_hearing_head_learns_to_write_down_the_users_words(
         work / "data", codec_run, tokenizer, 4, torch.device("cpu"), tmp_path / TOKENS, False
     )
     heard = with_training_rows(work / "data", streams, tokenizer, 12.5, delay_frames=2)
+    hears = with_training_rows(work / "data", streams, tokenizer, 12.5, 2, monologue_hears=True)
+    for plain, both in zip(heard, hears, strict=True):  # only the text row changes:
+        assert np.array_equal(plain[1:], both[1:])  # the user's words written where it is
+        said = plain[0] != TEXT_PAD_ID  # silent, between the marks
+        assert np.array_equal(plain[0][said], both[0][said]) and 1 in both[0]
     assert all(h.shape == (s.shape[0] + 2, s.shape[1]) for h, s in zip(heard, streams, strict=True))
     assert all(
         np.array_equal(h[:-2], s) for h, s in zip(heard, streams, strict=True)
@@ -502,6 +507,23 @@ def test_a_run_that_does_not_fit_gets_one_clear_line(work: Path, lm_run: Path) -
         train_lm(_lm_args(work, lm_run, "--hear-weight", "0", "--steps", "5"))
     with pytest.raises(ConfigError, match="no lm.safetensors"):
         train_lm(_lm_args(work, work / "lm_init_bad", "--init", str(work / "data")))
+
+
+def test_a_monologue_that_hears_is_trained_saved_and_kept_to(work: Path, lm_run: Path) -> None:
+    from model.checkpoint import lm_config_from_kyutai
+    from model.errors import ConfigError
+
+    run = work / "lm_hears"
+    train_lm(_lm_args(work, run, "--init", str(lm_run), "--monologue-hears", "--steps", "2"))
+    saved = json.loads((run / "config.json").read_text())
+    assert saved["heard_text_ids"] == [1, 2]
+    assert lm_config_from_kyutai(saved).heard_ids == (1, 2)
+    plain = json.loads((lm_run / "config.json").read_text())
+    assert "heard_text_ids" not in plain and lm_config_from_kyutai(plain).heard_ids is None
+    with pytest.raises(ConfigError, match="started with --monologue-hears"):
+        train_lm(_lm_args(work, run, "--steps", "3"))
+    with pytest.raises(ConfigError, match="heard_text_ids must be two token ids"):
+        lm_config_from_kyutai(saved | {"heard_text_ids": [1]})
 
 
 def load_lm_state(run: Path) -> dict[str, torch.Tensor]:
