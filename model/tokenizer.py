@@ -2,6 +2,8 @@
 
 The LM emits one text token per frame, mostly PAD. `TextStream` turns that stream into readable
 text as it arrives, and the text it returns, joined, equals `sp.decode` of all the non-special ids.
+A model whose monologue also writes down what it heard (the demo model: `LMConfig.heard_ids`)
+marks those stretches; the stream keeps them apart (`hearing`, `heard_text`).
 """
 
 from __future__ import annotations
@@ -58,9 +60,14 @@ class TextTokenizer:
         return bool(self._sp.is_byte(token_id))
 
     def stream(
-        self, pad_id: int = TEXT_PAD_ID, end_of_padding_id: int = TEXT_END_OF_PADDING_ID
+        self,
+        pad_id: int = TEXT_PAD_ID,
+        end_of_padding_id: int = TEXT_END_OF_PADDING_ID,
+        heard_ids: tuple[int, int] | None = None,
     ) -> TextStream:
-        return TextStream(self, pad_id=pad_id, end_of_padding_id=end_of_padding_id)
+        return TextStream(
+            self, pad_id=pad_id, end_of_padding_id=end_of_padding_id, heard_ids=heard_ids
+        )
 
 
 class TextStream:
@@ -74,6 +81,10 @@ class TextStream:
     *anchor* (a committed piece that decodes to visible text) with the anchor in front, and returns
     what is new. The anchor makes a word start decode as " word" mid-stream, as it does in a full
     decode, while the work per step stays bounded by the length of one word.
+
+    With `heard_ids` (open, close), the ids between an open and the next close or end-of-padding
+    are what the model heard the user say, not what it says: `step` returns them as it returns
+    its own words, with `hearing` true, and they gather in `heard_text`, not in `text`.
     """
 
     def __init__(
@@ -82,13 +93,30 @@ class TextStream:
         *,
         pad_id: int = TEXT_PAD_ID,
         end_of_padding_id: int = TEXT_END_OF_PADDING_ID,
+        heard_ids: tuple[int, int] | None = None,
     ) -> None:
         self.tokenizer = tokenizer
         self.hidden_ids = frozenset({pad_id, end_of_padding_id})
+        self.end_of_padding_id = end_of_padding_id
+        self.heard_ids = heard_ids
+        self._heard = (  # the heard words: a stream of their own, so each decodes as a whole
+            TextStream(tokenizer, pad_id=pad_id, end_of_padding_id=end_of_padding_id)
+            if heard_ids is not None
+            else None
+        )
+        self.hearing = False  # the last id was inside a stretch of heard words
         self.reset()
+
+    @property
+    def heard_text(self) -> str:
+        """Everything the model wrote down of what it heard (with `heard_ids`)."""
+        return self._heard.text if self._heard is not None else ""
 
     def reset(self) -> None:
         """Start a new stream (a new conversation)."""
+        self.hearing = False
+        if self._heard is not None:
+            self._heard.reset()
         self._anchor: list[int] = []  # [] at the very start, else one committed id
         self._anchor_text = ""  # decode(self._anchor)
         self._pending: list[int] = []  # ids after the anchor
@@ -98,6 +126,16 @@ class TextStream:
     def step(self, token_id: SupportsIndex) -> str:
         """Feed one token id (int, numpy int or 0-d integer tensor); return the new text."""
         token_id = operator.index(token_id)
+        if self._heard is not None and self.heard_ids is not None:
+            opening, closing = self.heard_ids
+            if token_id == opening:
+                self.hearing = True
+                return ""
+            if self.hearing and token_id in (closing, self.end_of_padding_id):
+                self.hearing = False
+                return ""
+            if self.hearing:
+                return self._heard.step(token_id)
         if token_id in self.hidden_ids or not 0 <= token_id < self.tokenizer.vocab_size:
             return ""
         self._pending.append(token_id)

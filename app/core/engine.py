@@ -48,6 +48,7 @@ class StepResult:
     encode_ms: float
     lm_ms: float
     decode_ms: float
+    heard: bool = False  # `text` is what the model wrote down of the user's words, not its own
 
     @property
     def compute_ms(self) -> float:
@@ -229,7 +230,10 @@ class BatchEngine:
         params = sampling or self.model.sampling
         self._states.lm.sampling.set(slot, params)  # first: it refuses what it cannot serve
         self._sessions[slot] = _Slot(
-            self.model.tokenizer.stream() if self.model.tokenizer else None, params
+            self.model.tokenizer.stream(heard_ids=self.model.lm.config.heard_ids)
+            if self.model.tokenizer
+            else None,
+            params,
         )
         self.reset(slot)
         return slot
@@ -305,8 +309,10 @@ class BatchEngine:
         config = self.model.lm.config
         for slot in frames:
             token = int(tokens[slot])
-            text = readable_text(self._sessions[slot].text, token, config)
-            results[slot] = StepResult(out[slot, :-1].copy(), token, text, *times)
+            stream = self._sessions[slot].text
+            text = readable_text(stream, token, config)
+            heard = bool(text) and stream is not None and stream.hearing
+            results[slot] = StepResult(out[slot, :-1].copy(), token, text, *times, heard)
         return results
 
 

@@ -28,11 +28,22 @@ class Event:
 
 @dataclass(frozen=True)
 class TextEvent(Event):
-    """A visible piece of the inner monologue (PAD and specials are not reported)."""
+    """A visible piece of the inner monologue (PAD and specials are not reported). `heard`: a
+    piece of what the model wrote down of the user's words (a model whose monologue does so:
+    `LMConfig.heard_ids`), not of what it says."""
 
     kind: ClassVar[str] = "text"
     token: int
     text: str
+    heard: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        """As every event, "heard" only where true: a model that writes down nothing it
+        heard (Kyutai's) has the same records as before there was such a model."""
+        record = super().to_dict()
+        if not self.heard:
+            del record["heard"]
+        return record
 
 
 @dataclass(frozen=True)

@@ -31,19 +31,23 @@ SMOOTH_TURN_TAKING = "smooth_turn_taking"
 USER_INTERRUPTION = "user_interruption"
 FDB_CATEGORIES = (PAUSE_HANDLING, BACKCHANNEL, SMOOTH_TURN_TAKING, USER_INTERRUPTION)
 TEXT_SUFFIX = ".text.tsv"
-TEXT_HEADER = ("start_s", "frame", "token", "text")
+TEXT_HEADER = ("start_s", "frame", "token", "text", "heard")
 _ESCAPES = {ord("\\"): "\\\\", ord("\t"): "\\t", ord("\n"): "\\n", ord("\r"): "\\r"}
 TEXT_FORMAT = """\
 text file (OUT.text.tsv, output.text.tsv): tab-separated, a header line, then one row per piece
 of the inner monologue as it became readable:
 
-    start_s  frame  token  text
-    1.040    13     2992    Hello
+    start_s  frame  token  text   heard
+    1.040    13     2992    Hello  0
 
   start_s  start of the frame in which the model emitted it (frame * 0.08 s), on the WAVs' clock
-  text     the new text (a word start begins with a space, so the column joined is the whole
-           monologue); <id> for a model without tokenizer; tab, newline, CR and backslash
-           are written as \\t, \\n, \\r and \\\\ (app.core.files.read_text reads it back)
+  text     the new text (a word start begins with a space, so the column joined, heard rows
+           left out, is the whole monologue); <id> for a model without tokenizer; tab, newline,
+           CR and backslash are written as \\t, \\n, \\r and \\\\ (app.core.files.read_text
+           reads it back)
+  heard    1: what the model wrote down of the user's words (a model whose monologue does so,
+           such as the bundled one), not what it says; 0 otherwise (files without the column:
+           all 0)
 """
 
 
@@ -74,12 +78,16 @@ def text_path(output: Path) -> Path:
 
 def write_text(path: Path, pieces: list[TextEvent]) -> None:
     rows = ["\t".join(TEXT_HEADER)]
-    rows += [f"{p.time:.3f}\t{p.frame}\t{p.token}\t{p.text.translate(_ESCAPES)}" for p in pieces]
+    rows += [
+        f"{p.time:.3f}\t{p.frame}\t{p.token}\t{p.text.translate(_ESCAPES)}\t{int(p.heard)}"
+        for p in pieces
+    ]
     write_atomically(path, lambda tmp: tmp.write_bytes(("\n".join(rows) + "\n").encode("utf-8")))
 
 
-def read_text(path: str | Path) -> list[tuple[float, int, int, str]]:
-    """A text file back as (start_s, frame, token, text) rows."""
+def read_text(path: str | Path, heard: bool = False) -> list[tuple[float, int, int, str]]:
+    """A text file back as (start_s, frame, token, text) rows: what the model said, or with
+    `heard` what it wrote down of the user's words."""
     unescape = {value: key for key, value in _ESCAPES.items()}
 
     def text(escaped: str) -> str:
@@ -87,4 +95,8 @@ def read_text(path: str | Path) -> list[tuple[float, int, int, str]]:
 
     lines = Path(path).read_bytes().decode("utf-8").split("\n")[1:]
     rows = [line.split("\t") for line in lines if line]
-    return [(float(s), int(f), int(t), text(escaped)) for s, f, t, escaped in rows]
+    return [
+        (float(row[0]), int(row[1]), int(row[2]), text(row[3]))
+        for row in rows
+        if (len(row) > 4 and row[4] == "1") == heard
+    ]

@@ -297,7 +297,9 @@ class Conversation:
                     detail = json.dumps(dataclasses.asdict(sampling), separators=(",", ":"))
                     self.events.emit(StateEvent(now, index, "sampling", detail))
                 if result.text:
-                    self.events.emit(TextEvent(now, index, result.text_token, result.text))
+                    self.events.emit(
+                        TextEvent(now, index, result.text_token, result.text, result.heard)
+                    )
                 self._recent_ms.append(result.compute_ms)
                 self._report_if_slow(now)
                 self._outputs.put(_Heard(index, frame, result, echo))

@@ -107,7 +107,7 @@ def converse(
         now = t * engine.frame_duration
         text = result.text
         if text:
-            out.emit(TextEvent(now, t, result.text_token, text))
+            out.emit(TextEvent(now, t, result.text_token, text, result.heard))
         out.emit(
             FrameStats(
                 now,

@@ -238,7 +238,7 @@ class FrameClock:
         self.node.metrics.frames_out += 1
         publishing = [client.publish(session.topics.out_audio, encode_audio(reply))]
         if result.text:
-            event = TextEvent(session.elapsed, index, result.text_token, result.text)
+            event = TextEvent(session.elapsed, index, result.text_token, result.text, result.heard)
             publishing.append(client.publish(session.topics.out_text, event.to_json()))
             if session.recorder is not None:
                 session.recorder.emit(event)

@@ -63,11 +63,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 class TerminalPrinter:
-    """The inner monologue on stdout as it comes; problems on stderr."""
+    """The inner monologue on stdout as it comes; problems on stderr. What the model wrote
+    down of the user's words (a model whose monologue does so) goes on a line of its own,
+    after "you: "."""
+
+    def __init__(self) -> None:
+        self._hearing = False
 
     def emit(self, event: Event) -> None:
         if isinstance(event, TextEvent):
-            print(event.text, end="", flush=True)
+            text = event.text
+            if event.heard != self._hearing:
+                self._hearing = event.heard
+                print("\nyou: " if event.heard else "\n", end="")
+                text = text.lstrip()
+            print(text, end="", flush=True)
         elif isinstance(event, ErrorEvent):
             print(
                 f"\nantiphon: {event.message}" + (f" ({event.hint})" if event.hint else ""),

@@ -132,6 +132,31 @@ def test_custom_special_ids(tokenizer: TextTokenizer) -> None:
     assert streamed != tokenizer.decode(ids)
 
 
+def test_what_the_model_heard_is_kept_apart_from_what_it_says(tokenizer: TextTokenizer) -> None:
+    """A monologue that writes down what it heard: between open and close (or end-of-padding)
+    the words are the user's, decoded on their own; outside, the model's own."""
+    heard, said = tokenizer.encode("the cat"), tokenizer.encode("my friend likes music")
+    opening, closing = 1, 2
+    ids = [PAD, opening, *heard, PAD, closing, *said[:2], PAD, opening, *heard]
+    ids += [END_OF_PADDING, *said[2:]]
+    stream = tokenizer.stream(heard_ids=(opening, closing))
+    flags = []
+    for i in ids:
+        piece = stream.step(i)
+        if piece:
+            flags.append((piece, stream.hearing))
+    assert stream.text == "my friend likes music" and stream.heard_text == "the cat the cat"
+    assert "".join(p for p, hearing in flags if hearing) == stream.heard_text
+    assert "".join(p for p, hearing in flags if not hearing) == stream.text
+    assert not stream.hearing  # end-of-padding closed the second stretch
+    stream.reset()
+    assert stream.heard_text == "" and not stream.hearing
+    plain = tokenizer.stream()  # a model without the marks: 1 and 2 are nothing special
+    assert "".join(plain.step(i) for i in ids) == tokenizer.decode(
+        [i for i in ids if i not in (PAD, END_OF_PADDING)]
+    )
+
+
 def test_numpy_ids_and_reset(tokenizer: TextTokenizer) -> None:
     ids = tokenizer.encode("my friend")
     stream = tokenizer.stream()

@@ -197,7 +197,11 @@ class TalkApp(App[int]):
 
     @on(TextArrived)
     def _text(self, message: TextArrived) -> None:
-        self.query_one(Transcript).add_text(message.at, message.text)
+        transcript = self.query_one(Transcript)
+        if message.heard:
+            transcript.add_heard(message.at, message.text)
+        else:
+            transcript.add_text(message.at, message.text)
 
     @on(SpeechChanged)
     def _speech(self, message: SpeechChanged) -> None:

@@ -27,6 +27,7 @@ class TextArrived(Message):
 
     at: float  # conversation seconds
     text: str
+    heard: bool = False  # what the model wrote down of the user's words, not its own
 
 
 @dataclass
@@ -114,7 +115,7 @@ class MessageBridge:
     def emit(self, event: Event) -> None:
         post = self.target.post_message
         if isinstance(event, TextEvent):
-            post(TextArrived(event.time, event.text))
+            post(TextArrived(event.time, event.text, event.heard))
         elif isinstance(event, FrameStats):
             user_level = -120.0 if self.muted else event.input_level_db
             sides: tuple[tuple[Side, VoiceActivity, float], ...] = (

@@ -35,6 +35,8 @@ class Turn(Horizontal):
         self.at = at
         self.who = who
         self.words = words
+        self.heard = ""  # a user's block: what the model wrote down of it
+        self.spoke = ""  # a user's block: how long the level meter heard speech
         self._words = Static(words, classes="words", markup=False)
 
     def compose(self) -> ComposeResult:
@@ -52,7 +54,8 @@ class Transcript(VerticalScroll):
 
     The assistant's text goes on in the same block until a pause of `PAUSE` seconds without
     text or a change of speaker; then a new block starts. The user's speech (from the
-    microphone level: see messages.VoiceActivity) is a block of its own, with its duration.
+    microphone level: see messages.VoiceActivity) is a block of its own, with its duration and,
+    from a model that writes down what it hears, the words it heard, in quotes.
     """
 
     PAUSE = 1.2  # seconds without text that end a block
@@ -62,6 +65,7 @@ class Transcript(VerticalScroll):
         super().__init__(id=id)
         self._text_turn: Turn | None = None
         self._user_turn: Turn | None = None
+        self._heard_turn: Turn | None = None  # the user's latest block: heard words go there
         self._last_text_at = float("-inf")
         self._last_speaker: Who | None = None
 
@@ -91,10 +95,25 @@ class Transcript(VerticalScroll):
 
     def user_speech(self, at: float, speaking: bool) -> None:
         if speaking:
-            self._user_turn = self._add(Turn(at, "user", "speaking…"))
+            self._user_turn = self._heard_turn = self._add(Turn(at, "user", "speaking…"))
         elif self._user_turn is not None:
-            self._user_turn.set_words(f"spoke for {at - self._user_turn.at:.1f} s")
+            self._user_turn.spoke = f"spoke for {at - self._user_turn.at:.1f} s"
+            self._show_user(self._user_turn)
             self._user_turn = None
+
+    def add_heard(self, at: float, text: str) -> None:
+        """Words the model wrote down of what the user said: into the user's latest block, or
+        a block of their own where the level meter found no speech since the assistant's."""
+        turn = self._heard_turn
+        if turn is None or self._last_speaker == "assistant" and turn is not self._user_turn:
+            turn = self._heard_turn = self._add(Turn(at, "user"))
+        turn.heard = (turn.heard + text) if turn.heard else text.lstrip()
+        self._show_user(turn)
+
+    @staticmethod
+    def _show_user(turn: Turn) -> None:
+        said = f"“{turn.heard}”" if turn.heard else ""
+        turn.set_words("  ".join(part for part in (said, turn.spoke) if part) or "speaking…")
 
     def note(self, at: float, text: str) -> None:
         """A line of its own (a reset, the end of the conversation)."""

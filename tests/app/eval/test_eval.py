@@ -165,6 +165,8 @@ def write_recording(
         for i, (time, text) in enumerate(words)
         if (frame := round(time / FRAME)) >= 0
     ]
+    # what a model that writes down the user's words heard: never taken for what it said
+    lines += [TextEvent(0.0, 0, 999, " never said by the assistant", heard=True).to_json()]
     lines += [
         FrameStats(t * FRAME, t, 5.0, 30.0, 5.0, 40.0 + t % 5, 0.5, underruns=t // 100).to_json()
         for t in range(len(assistant) // 1920)

@@ -17,6 +17,7 @@ import torch
 
 from app.core import files
 from app.core.engine import Engine, StepResult
+from app.core.events import TextEvent
 from app.core.models import random_model
 from app.core.recording import SESSION_WAV, read_recording
 from app.run import offline
@@ -73,6 +74,22 @@ def test_file_in_wav_and_text_out(tmp_path: Path, capsys) -> None:
 
     printed = capsys.readouterr().out
     assert f"{frames} frames" in printed and "real-time factor" in printed
+
+
+def test_the_text_file_keeps_what_the_model_heard_apart(tmp_path: Path) -> None:
+    """A model that writes down the user's words: those rows are marked, and read back apart
+    from what it said; a file of an older antiphon, without the column, reads as said."""
+    pieces = [
+        TextEvent(0.16, 2, 40, "add two", heard=True),
+        TextEvent(0.48, 6, 41, "Two\tplus", heard=False),
+    ]
+    path = tmp_path / "out.text.tsv"
+    files.write_text(path, pieces)
+    assert files.read_text(path) == [(0.48, 6, 41, "Two\tplus")]
+    assert files.read_text(path, heard=True) == [(0.16, 2, 40, "add two")]
+    older = tmp_path / "older.text.tsv"
+    older.write_text("start_s\tframe\ttoken\ttext\n0.080\t1\t7\tHello\n")
+    assert files.read_text(older) == [(0.08, 1, 7, "Hello")] and not files.read_text(older, True)
 
 
 class EchoEngine:

@@ -196,23 +196,39 @@ def test_transcript_blocks_on_pauses_and_speaker_changes() -> None:
             session.emit(
                 *(frame(i, mic_db=-20.0 if 40 <= i < 60 else -80.0) for i in range(36, 72))
             )
+            # what the model wrote down of it (a model whose monologue does): in its block
+            session.emit(TextEvent(5.6, 70, 11, " add two", heard=True))
+            session.emit(TextEvent(5.7, 71, 12, " and three", heard=True))
             session.emit(TextEvent(5.8, 72, 10, " Right."))  # after the user: a new block
             await settle(pilot)
             turns = [(t.who, t.words) for t in app.query_one(Transcript).turns]
             assert turns == [
                 ("assistant", "Hello there, friend."),
                 ("assistant", "Still here."),
-                ("user", "spoke for 2.1 s"),
+                ("user", "“add two and three”  spoke for 2.1 s"),
                 ("assistant", "Right."),
             ]
             shown = screen_text(app)
             assert "0:01.0  assistant Hello there, friend." in shown
-            assert "0:03.2  you       spoke for 2.1 s" in shown
+            assert "0:03.2  you       “add two and three”  spoke for 2.1 s" in shown
             speech = [(m.side, m.speaking) for m in received if isinstance(m, SpeechChanged)]
             assert speech == [("user", True), ("user", False)]
-            assert sum(isinstance(m, TextArrived) for m in received) == 6
+            assert sum(isinstance(m, TextArrived) for m in received) == 8
 
     run(test)
+
+
+def test_the_printed_monologue_puts_what_was_heard_on_a_line_of_its_own(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """`talk --no-tui`: a model that writes down the user's words shows them after "you: "."""
+    from app.talk.cli import TerminalPrinter
+
+    printer = TerminalPrinter()
+    for text, heard in (("Hello.", False), (" add two", True), (" and three", True)):
+        printer.emit(TextEvent(0.0, 0, 9, text, heard))
+    printer.emit(TextEvent(0.0, 0, 9, " Five.", False))
+    assert capsys.readouterr().out == "Hello.\nyou: add two and three\nFive."
 
 
 def test_levels_and_status_follow_the_frames() -> None:
