@@ -154,7 +154,8 @@ class Turn:
     question: str  # what the user says
     answer: str  # what the assistant says
     # Correct if the inner monologue (lower case, punctuation removed) contains one of these
-    # word sequences: "is twelve", "c a t", "yes".
+    # word sequences: "is twelve", "c a t"; where it is only "yes" or "no" (a comparison, a
+    # fact), the whole answer (app.train.quality.answer_right).
     accept: tuple[str, ...]
     # For the audio check: every correct answer text, and wrong answers of the same form.
     answers: tuple[str, ...]

@@ -104,27 +104,30 @@ class Session:
     assistant: np.ndarray  # float32 [frames * frame_size]
     texts: list[tuple[int, str]]  # (frame, new readable text)
     frame_duration: float
+    heard: list[tuple[int, str]] = field(default_factory=list)  # what it wrote of the user's
 
     def active(self) -> np.ndarray:
         """[frames] bool: the assistant is audible in the frame."""
         frames = self.assistant.reshape(-1, int(round(self.frame_duration * SAMPLE_RATE)))
         return np.sqrt((frames**2).mean(axis=1)) > ACTIVE_RMS
 
-    def text_between(self, start: float, end: float) -> str:
-        return "".join(t for f, t in self.texts if start <= f * self.frame_duration < end)
+    def text_between(self, start: float, end: float, heard: bool = False) -> str:
+        pieces = self.heard if heard else self.texts
+        return "".join(t for f, t in pieces if start <= f * self.frame_duration < end)
 
 
 def run_dialogue(engine: Engine, user: np.ndarray) -> Session:
     engine.reset()
     size = engine.frame_size
     padded = np.pad(user, (0, -len(user) % size)).astype(np.float32)
-    out, texts = [], []
+    out: list[np.ndarray] = []
+    texts: dict[bool, list[tuple[int, str]]] = {False: [], True: []}  # heard -> pieces
     for i in range(len(padded) // size):
         result = engine.step(padded[i * size : (i + 1) * size])
         out.append(result.pcm)
         if result.text:
-            texts.append((i, result.text))
-    return Session(np.concatenate(out), texts, engine.frame_duration)
+            texts[result.heard].append((i, result.text))
+    return Session(np.concatenate(out), texts[False], engine.frame_duration, texts[True])
 
 
 @dataclass
@@ -135,6 +138,7 @@ class _Running:
     user: np.ndarray  # padded to whole frames
     out: list[np.ndarray] = field(default_factory=list)
     texts: list[tuple[int, str]] = field(default_factory=list)
+    heard: list[tuple[int, str]] = field(default_factory=list)
 
 
 def run_dialogues(
@@ -172,14 +176,20 @@ def run_dialogues(
         for slot, result in engine.step(frames).items():
             dialogue = running[slot]
             if result.text:
-                dialogue.texts.append((len(dialogue.out), result.text))
+                pieces = dialogue.heard if result.heard else dialogue.texts
+                pieces.append((len(dialogue.out), result.text))
             dialogue.out.append(result.pcm)
             if len(dialogue.out) * size == len(dialogue.user):
                 del running[slot]
                 engine.close(slot)
                 yield (
                     dialogue.index,
-                    Session(np.concatenate(dialogue.out), dialogue.texts, engine.frame_duration),
+                    Session(
+                        np.concatenate(dialogue.out),
+                        dialogue.texts,
+                        engine.frame_duration,
+                        dialogue.heard,
+                    ),  # fmt: skip
                 )
                 start_next()
 
@@ -227,6 +237,8 @@ def score_dialogue(session: Session, description: dict, renderings: _Renderings)
             record["pause_silent"] = bool(not active[a + 1 : b].any())
         if turn["kind"] == "interrupt":
             record.update(_interruption(active, turn["interrupted_at"], step))
+        if session.heard:  # a model that writes down what it hears: how well it did
+            record.update(_heard(session, description["alignments"], turn, window_end))
         requests.append(record)
     silent = ~active[user_frames[:frames]]
     return {
@@ -236,14 +248,41 @@ def score_dialogue(session: Session, description: dict, renderings: _Renderings)
     }
 
 
+def _heard(session: Session, alignments: list, turn: dict, window_end: float) -> dict:
+    """What the model wrote down of a request (from its start to the next request's), and
+    its word error rate against the words the user said (as the monologue spells them)."""
+    said = " ".join(
+        word
+        for word, (start, end), speaker in alignments
+        if speaker == USER and turn["user_start"] - 0.01 <= start and end <= turn["user_end"] + 0.01
+    )
+    heard = session.text_between(turn["user_start"], window_end, heard=True)
+    words = normalise(said).split()
+    errors = edit_distance(words, normalise(heard).split())
+    return {"heard": heard.strip(), "heard_wer": round(errors / max(1, len(words)), 4)}
+
+
+WHOLE_ANSWER_INTENTS = ("compare", "fact")  # yes or no alone is right half the time by chance
+
+
+def answer_right(text: str, request: dict) -> bool:
+    """Whether the monologue `text` answers `request` (a dialogue's turn["turn"]): it holds one
+    of the request's `accept` phrases ("is twelve", "c a t"); for a comparison or a yes-or-no
+    fact, whose accept phrase is only "yes" or "no", the whole answer ("No, eleven is smaller
+    than nineteen.": a "No" about other numbers is not an answer to this question)."""
+    normalised = normalise(text)
+    if request["intent"] in WHOLE_ANSWER_INTENTS:
+        return any(normalise(answer) in normalised for answer in request["answers"])
+    return any(f" {accept} " in normalised for accept in request["accept"])
+
+
 def _answer(
     session: Session, active: np.ndarray, turn: dict, window_end: float, renderings
 ) -> dict:
     step = session.frame_duration
     user_end = turn["user_end"]
     text = session.text_between(user_end - step, window_end)
-    normalised = normalise(text)
-    correct = any(f" {accept} " in normalised for accept in turn["turn"]["accept"])
+    correct = answer_right(text, turn["turn"])
     a, b = int(user_end / step), int(window_end / step)
     onsets = np.flatnonzero(active[a:b])
     latency = None if len(onsets) == 0 else max(0.0, float((a + onsets[0]) * step - user_end))
@@ -371,6 +410,7 @@ def _figures(results: list[dict]) -> dict[str, Any]:
         "answer_correct": _share([r["answer_correct"] for r in answered]),
         "answered": _share([r["latency"] is not None for r in answered]),
         "answer_kind_right": _share([r.get("answer_kind") == r["intent"] for r in answered]),
+        "heard_wer": _mean([r["heard_wer"] for r in requests if "heard_wer" in r]),
         "audio_matches": _share([r["audio_matches"] for r in answered]),
         "audio_says_text": _share([r["audio_says_text"] for r in answered if r["text_picked"]]),
         "codec_stoi": _mean([r["stoi_clean"] for r in results if "stoi_clean" in r]),
@@ -407,6 +447,9 @@ def summarize(results: list[dict]) -> dict[str, Any]:
                 ),
                 "answer_kind_right": _share(
                     [r.get("answer_kind") == intent for r in answered if r["intent"] == intent]
+                ),
+                "heard_wer": _mean(
+                    [r["heard_wer"] for r in answered if r["intent"] == intent and "heard_wer" in r]
                 ),
                 "audio_says_text": _share(
                     [

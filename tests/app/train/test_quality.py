@@ -14,6 +14,7 @@ from app.train.quality import (
     Session,
     _Renderings,
     answer_kind,
+    answer_right,
     score_dialogue,
     summarize,
 )
@@ -50,6 +51,30 @@ def test_the_recorded_assistant_scores_perfectly(tmp_path: Path) -> None:
     nothing = summarize([score_dialogue(silent, description, renderings)])["figures"]
     assert nothing["answers_within_1s"] == 0.0 and nothing["silent_while_user"] == 1.0
     assert nothing["answered"] == 0.0 and nothing["answer_kind_right"] == 0.0
+    assert nothing["heard_wer"] is None  # a model that writes nothing down of what it hears
+    # A model that writes down every word the user said, 2 frames after it ends, heard all;
+    # one that wrote "four" for every word heard one word in a request at best.
+    user = [(w, end) for w, (_, end), who in description["alignments"] if who != ASSISTANT]
+    heard = [(int(end / 0.08) + 2, " " + word) for word, end in user]
+    perfect = score_dialogue(Session(assistant, [], 0.08, heard), description, renderings)
+    assert summarize([perfect])["figures"]["heard_wer"] == 0.0
+    wrong = [(frame, " four") for frame, _ in heard]
+    scored = score_dialogue(Session(assistant, [], 0.08, wrong), description, renderings)
+    assert all(r["heard"].startswith("four four") for r in scored["requests"])
+    assert summarize([scored])["figures"]["heard_wer"] > 0.6
+
+
+def test_a_yes_or_no_is_right_only_about_the_question_asked() -> None:
+    compare = content.request(np.random.default_rng(0), "eval", "compare")
+    request = {"intent": "compare", "accept": compare.accept, "answers": compare.answers}
+    assert answer_right(compare.answers[0], request)
+    yes_or_no = compare.accept[0].capitalize()
+    assert not answer_right(f"{yes_or_no}, three is smaller than thirteen.", request)
+    fact = {"intent": "fact", "accept": ("no",), "answers": ("No, a car cannot swim.",)}
+    assert answer_right(" no, a car cannot swim", fact)
+    assert not answer_right("No, a dog cannot fly.", fact)
+    spell = {"intent": "spell", "accept": ("c a t",), "answers": ("C, A, T.",)}
+    assert answer_right("Cat is spelled C, A, T.", spell) and not answer_right("C, A, R.", spell)
 
 
 def test_every_answer_form_is_told_as_its_intents_kind() -> None:

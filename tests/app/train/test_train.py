@@ -377,10 +377,10 @@ def test_the_hearing_head_learns_to_write_down_the_users_words(
     )
     heard = with_training_rows(work / "data", streams, tokenizer, 12.5, delay_frames=2)
     hears = with_training_rows(work / "data", streams, tokenizer, 12.5, 2, monologue_hears=True)
-    for plain, both in zip(heard, hears, strict=True):  # only the text row changes:
-        assert np.array_equal(plain[1:], both[1:])  # the user's words written where it is
-        said = plain[0] != TEXT_PAD_ID  # silent, between the marks
-        assert np.array_equal(plain[0][said], both[0][said]) and 1 in both[0]
+    for without, both in zip(heard, hears, strict=True):  # only the text row changes:
+        assert np.array_equal(without[1:], both[1:])  # the user's words written where it is
+        said = without[0] != TEXT_PAD_ID  # silent, between the marks
+        assert np.array_equal(without[0][said], both[0][said]) and 1 in both[0]
     assert all(h.shape == (s.shape[0] + 2, s.shape[1]) for h, s in zip(heard, streams, strict=True))
     assert all(
         np.array_equal(h[:-2], s) for h, s in zip(heard, streams, strict=True)
