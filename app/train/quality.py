@@ -73,6 +73,7 @@ FIGURES = (
     "answer_correct",
     "answered",
     "answer_kind_right",
+    "heard_wer",  # lower is better; none for a model that writes down nothing it hears
     "audio_matches",
     "audio_says_text",
     "codec_stoi",
@@ -518,7 +519,7 @@ def format_figures(report: dict) -> str:
 
     lines = []
     for name in FIGURES:
-        value = report["figures"][name]
+        value = report["figures"].get(name)
         target = TARGETS.get(name)
         verdict = (
             "" if target is None or value is None else ("  ok" if value >= target else "  below")
