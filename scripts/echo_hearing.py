@@ -123,7 +123,8 @@ def main() -> None:
                                           zip(reference, streams, strict=True)])))
             for k in range(codebooks)
         ]  # fmt: skip
-        heard = with_training_rows(folder, streams, tokenizer, codec.config.frame_rate, 2)
+        hears = config.heard_ids is not None  # its text rows as it was trained on them
+        heard = with_training_rows(folder, streams, tokenizer, codec.config.frame_rate, 2, hears)
         with torch.no_grad():
             figures = held_out_figures(model, heard, 400, 0.5, 10.0, new_voice)
         rows.append((name, float(np.median(correlations)), equal, figures))

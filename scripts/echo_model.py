@@ -81,7 +81,7 @@ def converse(
                 erle.append(cleaned.erle_db)
         result = engine.step(heard)
         said.append(result.pcm)
-        if result.text:
+        if result.text and not result.heard:  # what it says, not what it wrote down it heard
             texts.append((t, result.text))
         speaker[(t + 2) * N : (t + 3) * N] = result.pcm  # one frame of jitter buffer
         if echo is not None:

@@ -200,13 +200,15 @@ for stage in "$@"; do
         hear)
             codec_for_lm
             lm_folders
+            hears=()  # as the lm stage: a monologue that writes down what it hears stays one
+            [ "${MONOLOGUE_HEARS:-0}" = 0 ] || hears=(--monologue-hears)
             train lm --data "${lm_data[@]}" --eval-data "$run_dir/data/eval" \
                 --codec "$lm_codec" --tokenizer "$tokenizer" \
                 --init "$run_dir/lm" --out "$run_dir/lm-hear" --device "$device" \
                 --seed $((seed + 1)) --config "$config" --steps "$hear_steps" --batch-size 20 \
                 --frames "$frames" --lr 6e-4 --warmup 100 --hear-weight 1 --hear-delay 2 \
                 --threads "$threads" --checkpoint-every 100 --log-every 25 --eval-every 250 \
-                --no-progress "${lm_extra[@]}"
+                --no-progress "${hears[@]}" "${lm_extra[@]}"
             ;;
         decoder)
             codec_for_lm

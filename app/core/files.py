@@ -45,9 +45,9 @@ of the inner monologue as it became readable:
            left out, is the whole monologue); <id> for a model without tokenizer; tab, newline,
            CR and backslash are written as \\t, \\n, \\r and \\\\ (app.core.files.read_text
            reads it back)
-  heard    1: what the model wrote down of the user's words (a model whose monologue does so,
-           such as the bundled one), not what it says; 0 otherwise (files without the column:
-           all 0)
+  heard    1: what the model wrote down of the user's words (a model whose monologue does so:
+           `antiphon train lm --monologue-hears`), not what it says; 0 otherwise (files
+           without the column: all 0)
 """
 
 

@@ -58,7 +58,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=Path,
         nargs="?",
         help=f"WAV written: the assistant, mono 24 kHz, as long as the input; the inner "
-        f"monologue goes next to it as OUTPUT{TEXT_SUFFIX} (start_s, frame, token, text)",
+        f"monologue goes next to it as OUTPUT{TEXT_SUFFIX} (start_s, frame, token, text, heard)",
     )
     parser.add_argument(
         "--fdb",

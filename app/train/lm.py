@@ -513,6 +513,15 @@ def init_lm(lm: LM, run: Path) -> None:
             f"--init {run}: its LM has another shape than this run's (--config, tokenizer, "
             f"codec): {loop.state_dict_detail(error)}"
         ) from error
+    config = run / CONFIG
+    if config.is_file():  # the same weights, another monologue: allowed (how one starts), said
+        hears = "heard_text_ids" in json.loads(config.read_text())
+        if hears != (lm.config.heard_ids is not None):
+            log.warning(
+                "lm: %s's monologue %s what it hears and this run's %s: its text stream is "
+                "learnt anew", run, "writes down" if hears else "does not write down",
+                "does" if lm.config.heard_ids is not None else "does not",
+            )  # fmt: skip
 
 
 @torch.no_grad()

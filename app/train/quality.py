@@ -106,6 +106,7 @@ class Session:
     texts: list[tuple[int, str]]  # (frame, new readable text)
     frame_duration: float
     heard: list[tuple[int, str]] = field(default_factory=list)  # what it wrote of the user's
+    hears: bool = False  # the model writes down what it hears (LMConfig.heard_ids)
 
     def active(self) -> np.ndarray:
         """[frames] bool: the assistant is audible in the frame."""
@@ -128,7 +129,8 @@ def run_dialogue(engine: Engine, user: np.ndarray) -> Session:
         out.append(result.pcm)
         if result.text:
             texts[result.heard].append((i, result.text))
-    return Session(np.concatenate(out), texts[False], engine.frame_duration, texts[True])
+    hears = engine.model.lm.config.heard_ids is not None
+    return Session(np.concatenate(out), texts[False], engine.frame_duration, texts[True], hears)
 
 
 @dataclass
@@ -190,7 +192,8 @@ def run_dialogues(
                         dialogue.texts,
                         engine.frame_duration,
                         dialogue.heard,
-                    ),  # fmt: skip
+                        model.lm.config.heard_ids is not None,
+                    ),
                 )
                 start_next()
 
@@ -238,8 +241,9 @@ def score_dialogue(session: Session, description: dict, renderings: _Renderings)
             record["pause_silent"] = bool(not active[a + 1 : b].any())
         if turn["kind"] == "interrupt":
             record.update(_interruption(active, turn["interrupted_at"], step))
-        if session.heard:  # a model that writes down what it hears: how well it did
-            record.update(_heard(session, description["alignments"], turn, window_end))
+        if session.hears and turn["kind"] in ("answer", "pause"):  # how well it wrote down
+            record.update(_heard(session, description["alignments"], turn, window_end))  # what
+            # it heard (a request said over the assistant's words is not written down at all)
         requests.append(record)
     silent = ~active[user_frames[:frames]]
     return {
@@ -411,7 +415,7 @@ def _figures(results: list[dict]) -> dict[str, Any]:
         "answer_correct": _share([r["answer_correct"] for r in answered]),
         "answered": _share([r["latency"] is not None for r in answered]),
         "answer_kind_right": _share([r.get("answer_kind") == r["intent"] for r in answered]),
-        "heard_wer": _mean([r["heard_wer"] for r in requests if "heard_wer" in r]),
+        "heard_wer": _mean([r["heard_wer"] for r in answered if "heard_wer" in r]),
         "audio_matches": _share([r["audio_matches"] for r in answered]),
         "audio_says_text": _share([r["audio_says_text"] for r in answered if r["text_picked"]]),
         "codec_stoi": _mean([r["stoi_clean"] for r in results if "stoi_clean" in r]),

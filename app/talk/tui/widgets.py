@@ -105,7 +105,7 @@ class Transcript(VerticalScroll):
         """Words the model wrote down of what the user said: into the user's latest block, or
         a block of their own where the level meter found no speech since the assistant's."""
         turn = self._heard_turn
-        if turn is None or self._last_speaker == "assistant" and turn is not self._user_turn:
+        if turn is None or self._last_speaker != "user" and turn is not self._user_turn:
             turn = self._heard_turn = self._add(Turn(at, "user"))
         turn.heard = (turn.heard + text) if turn.heard else text.lstrip()
         self._show_user(turn)
@@ -118,6 +118,7 @@ class Transcript(VerticalScroll):
     def note(self, at: float, text: str) -> None:
         """A line of its own (a reset, the end of the conversation)."""
         self._add(Turn(at, "note", text))
+        self._heard_turn = None
 
 
 State = Literal["speaking", "listening", "silent", "muted"]

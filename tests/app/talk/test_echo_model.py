@@ -100,7 +100,11 @@ def measure_model_run(folder: Path, condition: str) -> ModelRun:
     raw, _ = soundfile.read(folder / MICROPHONE_WAV, dtype="float32")
     asked = min((a for a, _ in speech_segments(raw, rate)), default=0.0)
     turns = [t for t in _turns(speech_segments(recording.assistant, rate)) if t[1] > asked]
-    texts = [(e["frame"] * frame_s, e["text"]) for e in recording.events if e["type"] == "text"]
+    texts = [  # what the model said (not what it wrote down it heard)
+        (e["frame"] * frame_s, e["text"])
+        for e in recording.events
+        if e["type"] == "text" and not e.get("heard")
+    ]
     frames = [e for e in recording.events if e["type"] == "frame"]
     first_end = turns[0][1] if turns else float("inf")
     return ModelRun(

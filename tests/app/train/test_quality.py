@@ -56,12 +56,14 @@ def test_the_recorded_assistant_scores_perfectly(tmp_path: Path) -> None:
     # one that wrote "four" for every word heard one word in a request at best.
     user = [(w, end) for w, (_, end), who in description["alignments"] if who != ASSISTANT]
     heard = [(int(end / 0.08) + 2, " " + word) for word, end in user]
-    perfect = score_dialogue(Session(assistant, [], 0.08, heard), description, renderings)
+    perfect = score_dialogue(Session(assistant, [], 0.08, heard, True), description, renderings)
     assert summarize([perfect])["figures"]["heard_wer"] == 0.0
     wrong = [(frame, " four") for frame, _ in heard]
-    scored = score_dialogue(Session(assistant, [], 0.08, wrong), description, renderings)
-    assert all(r["heard"].startswith("four four") for r in scored["requests"])
+    scored = score_dialogue(Session(assistant, [], 0.08, wrong, True), description, renderings)
+    assert all(r["heard"].startswith("four four") for r in scored["requests"] if "heard" in r)
     assert summarize([scored])["figures"]["heard_wer"] > 0.6
+    deaf = score_dialogue(Session(assistant, [], 0.08, [], True), description, renderings)
+    assert summarize([deaf])["figures"]["heard_wer"] == 1.0  # writing nothing is every word
 
 
 def test_a_yes_or_no_is_right_only_about_the_question_asked() -> None:

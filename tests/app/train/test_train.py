@@ -509,12 +509,16 @@ def test_a_run_that_does_not_fit_gets_one_clear_line(work: Path, lm_run: Path) -
         train_lm(_lm_args(work, work / "lm_init_bad", "--init", str(work / "data")))
 
 
-def test_a_monologue_that_hears_is_trained_saved_and_kept_to(work: Path, lm_run: Path) -> None:
+def test_a_monologue_that_hears_is_trained_saved_and_kept_to(
+    work: Path, lm_run: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     from model.checkpoint import lm_config_from_kyutai
     from model.errors import ConfigError
 
     run = work / "lm_hears"
-    train_lm(_lm_args(work, run, "--init", str(lm_run), "--monologue-hears", "--steps", "2"))
+    with caplog.at_level(logging.WARNING):  # from a plain LM: allowed, and said
+        train_lm(_lm_args(work, run, "--init", str(lm_run), "--monologue-hears", "--steps", "2"))
+    assert "does not write down what it hears and this run's does" in caplog.text
     saved = json.loads((run / "config.json").read_text())
     assert saved["heard_text_ids"] == [1, 2]
     assert lm_config_from_kyutai(saved).heard_ids == (1, 2)
