@@ -318,6 +318,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dim", type=int, default=TeacherConfig.dim)
     parser.add_argument("--layers", type=int, default=TeacherConfig.layers)
     parser.add_argument("--eval-data", type=Path, help="held-out dialogues: phoneme error rate")
+    parser.add_argument(
+        "--eval-count",
+        type=int,
+        default=48,
+        metavar="N",
+        help="the first N held-out dialogues (default 48); run a finished teacher again with "
+        "a larger N for its figures on more of them",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -346,7 +354,7 @@ def train_teacher(args: argparse.Namespace) -> int:
         log.info("teacher: resuming %s at step %d", out, start)
     data = WordRuns(args.data, table, args.dialogues)
     if args.eval_data is not None:
-        held_out = HeldOutPhonemes(args.eval_data, table)
+        held_out = HeldOutPhonemes(args.eval_data, table, args.eval_count)
         options.evaluate = lambda _step: held_out.figures(teacher)
 
     def step(i: int) -> dict[str, float]:
@@ -371,4 +379,9 @@ def train_teacher(args: argparse.Namespace) -> int:
     done = loop.train_loop(step, checkpoint, start, options, out, "teacher")
     if options.steps is not None and start >= options.steps:
         save_teacher(teacher, out)
+        if args.eval_data is not None:  # a finished teacher: its figures, on --eval-count
+            figures = held_out.figures(teacher)
+            log.info("teacher: held-out at step %d, %d dialogues: %s", start, args.eval_count,
+                     figures)  # fmt: skip
+            print(f"held-out phoneme error rate, {args.eval_count} dialogues: {figures}")
     return done

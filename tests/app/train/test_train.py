@@ -832,6 +832,17 @@ def teacher_run(work: Path) -> Path:
     return out
 
 
+def test_a_finished_teacher_gives_its_figures_on_more_held_out_dialogues(
+    work: Path, teacher_run: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = _args(
+        "teacher", "--data", work / "data", "--out", teacher_run, "--steps", "30",
+        "--dim", "32", "--layers", "1", "--eval-data", work / "eval", "--eval-count", "1",
+    )  # fmt: skip
+    assert teacher.train_teacher(args) == 30  # nothing left to train
+    assert "held-out phoneme error rate, 1 dialogues: {'per': " in capsys.readouterr().out
+
+
 def test_the_teacher_learns_phonemes_and_hears_only_the_past(teacher_run: Path) -> None:
     losses = _losses(teacher_run)
     assert len(losses) == 30 and np.mean(losses[-5:]) < 0.7 * np.mean(losses[:5])
