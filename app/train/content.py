@@ -155,7 +155,7 @@ class Turn:
     answer: str  # what the assistant says
     # Correct if the inner monologue (lower case, punctuation removed) contains one of these
     # word sequences: "is twelve", "c a t"; where it is only "yes" or "no" (a comparison, a
-    # fact), the whole answer (app.train.quality.answer_right).
+    # fact), the whole answer (app.train.answers.answer_right).
     accept: tuple[str, ...]
     # For the audio check: every correct answer text, and wrong answers of the same form.
     answers: tuple[str, ...]

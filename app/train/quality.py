@@ -42,7 +42,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -57,7 +56,8 @@ from app.core.models import ASSETS, LoadedModel, add_format_arguments, bundled_m
 from model.codec import Codec
 from model.errors import ConfigError
 
-from .content import ASSISTANT_VOICE, number_word
+from .answers import answer_kind, answer_right, closest_candidate, normalise
+from .content import ASSISTANT_VOICE
 from .dialogues import USER, read_dialogue, read_manifest
 from .fdbsets import write_fdb_samples
 from .features import dtw_cost, edit_distance, mfcc
@@ -198,11 +198,6 @@ def run_dialogues(
                 start_next()
 
 
-def normalise(text: str) -> str:
-    """Lower case, words only, padded with spaces: " seven plus five is twelve "."""
-    return " " + " ".join(re.sub(r"[^a-z0-9' ]", " ", text.lower()).split()) + " "
-
-
 @dataclass
 class _Renderings:
     """MFCCs of renderings of candidate answers in the assistant's voice, cached."""
@@ -267,20 +262,6 @@ def _heard(session: Session, alignments: list, turn: dict, window_end: float) ->
     return {"heard": heard.strip(), "heard_wer": round(errors / max(1, len(words)), 4)}
 
 
-WHOLE_ANSWER_INTENTS = ("compare", "fact")  # yes or no alone is right half the time by chance
-
-
-def answer_right(text: str, request: dict) -> bool:
-    """Whether the monologue `text` answers `request` (a dialogue's turn["turn"]): it holds one
-    of the request's `accept` phrases ("is twelve", "c a t"); for a comparison or a yes-or-no
-    fact, whose accept phrase is only "yes" or "no", the whole answer ("No, eleven is smaller
-    than nineteen.": a "No" about other numbers is not an answer to this question)."""
-    normalised = normalise(text)
-    if request["intent"] in WHOLE_ANSWER_INTENTS:
-        return any(normalise(answer) in normalised for answer in request["answers"])
-    return any(f" {accept} " in normalised for accept in request["accept"])
-
-
 def _answer(
     session: Session, active: np.ndarray, turn: dict, window_end: float, renderings
 ) -> dict:
@@ -312,55 +293,6 @@ def _answer(
         "text_picked": written,
         "audio_says_text": picked is not None and picked == written,
     }
-
-
-_TENS = {number_word(n) for n in range(20, 100, 10)}
-_ONES = {number_word(n) for n in range(1, 10)}
-_NUMBER_WORDS = {number_word(n) for n in range(20)} | _TENS
-_KINDS = (  # (kind, pattern in the normalised first sentence), the first that matches
-    ("arithmetic", r" (plus|minus|times) .* is | that is | that's "),
-    ("spell", r" spelled |^ ([a-z] ){2,}$"),
-    ("compare", r" (bigger|smaller) than "),
-    ("fact", r"^ (yes|no) "),
-    ("name", r" (antiphon|my name) "),
-    ("farewell", r" (goodbye|bye) "),
-    ("greeting", r" (hello|hi) "),
-)
-
-
-def _leading_numbers(words: list[str]) -> tuple[int, int]:
-    """How many numbers `words` start with ("twenty one" is one) and how many words they take."""
-    numbers = used = 0
-    while used < len(words) and words[used] in _NUMBER_WORDS:
-        compound = words[used] in _TENS and used + 1 < len(words) and words[used + 1] in _ONES
-        used += 2 if compound else 1
-        numbers += 1
-    return numbers, used
-
-
-def answer_kind(text: str) -> str | None:
-    """Which intent's kind of answer the first sentence of `text` is (the forms of
-    app.train.content's answers: "Four plus five is nine.", "Eleven, twelve.", "C, A, T.",
-    "No, cats meow."); a count starts with two numbers or more, a number alone is a sum's
-    result; None if none or no text."""
-    first = next((part for part in re.split(r"[.!?]", text) if part.strip()), "")
-    sentence = normalise(first)
-    kind = next((kind for kind, pattern in _KINDS if re.search(pattern, sentence)), None)
-    if kind is not None:
-        return kind
-    words = sentence.split()
-    numbers, used = _leading_numbers(words)
-    if numbers >= 2:
-        return "count"
-    return "arithmetic" if numbers == 1 and used == len(words) else None
-
-
-def closest_candidate(text: str, candidates: list[str]) -> str | None:
-    """The candidate answer whose words are fewest edits from `text`'s (None if no text)."""
-    words = normalise(text).split()
-    if not words:
-        return None
-    return min(candidates, key=lambda c: edit_distance(words, normalise(c).split()))
 
 
 def _interruption(active: np.ndarray, interrupted_at: float, step: float) -> dict:

@@ -11,6 +11,7 @@ import pytest
 from tqdm import tqdm
 
 from app.train import content
+from app.train.answers import normalise
 from app.train.dialogues import (
     ASSISTANT,
     USER,
@@ -25,7 +26,6 @@ from app.train.dialogues import (
     write_dialogue,
 )
 from app.train.monologue import heard_tokens, hearing_text_tokens, text_tokens
-from app.train.quality import normalise
 from app.train.speech import SAMPLE_RATE, SpeechError, Voice, speak, synthesizer
 from model.errors import ConfigError
 

@@ -8,16 +8,10 @@ import numpy as np
 import pytest
 
 from app.train import content
+from app.train.answers import answer_kind, answer_right
 from app.train.dialogues import ASSISTANT, generate, read_dialogue, read_manifest
 from app.train.paired import format_paired, paired, read_report
-from app.train.quality import (
-    Session,
-    _Renderings,
-    answer_kind,
-    answer_right,
-    score_dialogue,
-    summarize,
-)
+from app.train.quality import Session, _Renderings, score_dialogue, summarize
 from model import SamplingParams
 from model.errors import ConfigError
 from tests.app.train.test_dialogues import require_espeak
