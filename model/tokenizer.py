@@ -98,9 +98,9 @@ class TextStream:
         self.tokenizer = tokenizer
         self.hidden_ids = frozenset({pad_id, end_of_padding_id})
         self.end_of_padding_id = end_of_padding_id
-        self.heard_ids = heard_ids
-        self._heard = (  # the heard words: a stream of their own, so each decodes as a whole
-            TextStream(tokenizer, pad_id=pad_id, end_of_padding_id=end_of_padding_id)
+        # the heard words: a stream of their own (so each decodes as a whole), and the marks
+        self._heard = (
+            (TextStream(tokenizer, pad_id=pad_id, end_of_padding_id=end_of_padding_id), *heard_ids)
             if heard_ids is not None
             else None
         )
@@ -110,13 +110,13 @@ class TextStream:
     @property
     def heard_text(self) -> str:
         """Everything the model wrote down of what it heard (with `heard_ids`)."""
-        return self._heard.text if self._heard is not None else ""
+        return self._heard[0].text if self._heard is not None else ""
 
     def reset(self) -> None:
         """Start a new stream (a new conversation)."""
         self.hearing = False
         if self._heard is not None:
-            self._heard.reset()
+            self._heard[0].reset()
         self._anchor: list[int] = []  # [] at the very start, else one committed id
         self._anchor_text = ""  # decode(self._anchor)
         self._pending: list[int] = []  # ids after the anchor
@@ -126,8 +126,8 @@ class TextStream:
     def step(self, token_id: SupportsIndex) -> str:
         """Feed one token id (int, numpy int or 0-d integer tensor); return the new text."""
         token_id = operator.index(token_id)
-        if self._heard is not None and self.heard_ids is not None:
-            opening, closing = self.heard_ids
+        if self._heard is not None:
+            heard, opening, closing = self._heard
             if token_id == opening:
                 self.hearing = True
                 return ""
@@ -135,7 +135,7 @@ class TextStream:
                 self.hearing = False
                 return ""
             if self.hearing:
-                return self._heard.step(token_id)
+                return heard.step(token_id)
         if token_id in self.hidden_ids or not 0 <= token_id < self.tokenizer.vocab_size:
             return ""
         self._pending.append(token_id)

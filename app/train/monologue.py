@@ -133,12 +133,18 @@ def heard_tokens(
     The training-only hearing head (`antiphon train lm --hear-weight`) learns to predict these
     from the LM's temporal transformer, so that the model is taught to recognise what was said
     and not only when to speak."""
-    heard = [
+    heard = _heard_words(alignments, delay_frames, frame_rate)
+    return text_tokens(heard, encode, num_frames, frame_rate, speaker=USER)
+
+
+def _heard_words(alignments: Sequence[Sequence], delay_frames: int, frame_rate: float) -> list:
+    """The user's words, each said at the instant it can be written down: `delay_frames` after
+    it ends."""
+    return [
         [word, [end + delay_frames / frame_rate] * 2, USER]
         for word, (_, end), speaker in alignments
         if speaker == USER
     ]
-    return text_tokens(heard, encode, num_frames, frame_rate, speaker=USER)
 
 
 HEARD_OPEN_ID, HEARD_CLOSE_ID = 1, 2  # SentencePiece's BOS and EOS: never a piece of text
@@ -168,9 +174,8 @@ def hearing_text_tokens(
     HEARD_GAP_FRAMES frames."""
     tokens = text_tokens(alignments, encode, num_frames, frame_rate, pad_id)
     due = sorted(  # (the frame from which the word can be written, its ids), as heard_tokens
-        (math.floor((end + delay_frames / frame_rate) * frame_rate), encode(word))
-        for word, (_, end), speaker in alignments
-        if speaker == USER
+        (math.floor(start * frame_rate), encode(word))
+        for word, (start, _), _ in _heard_words(alignments, delay_frames, frame_rate)
     )
     queue: deque[int] = deque()
     writing, next_word = False, 0
