@@ -69,6 +69,7 @@ def lm_config_from_kyutai(raw: dict[str, Any]) -> LMConfig:
             "config.json: depformer_weights_per_step=false cannot stream "
             "(Kyutai's code cannot either); no released model uses it"
         )
+    heard_ids = _heard_ids(take("heard_text_ids"))  # its own message, not "inconsistent"
     try:
         config = LMConfig(
             temporal=TransformerConfig(
@@ -103,7 +104,7 @@ def lm_config_from_kyutai(raw: dict[str, Any]) -> LMConfig:
             delays=tuple(take("delays", [0] * (n_q + 1))),
             text_padding_id=take("existing_text_padding_id", 3),
             depth_multi_linear=take("depformer_multi_linear", False),
-            heard_ids=_heard_ids(take("heard_text_ids")),
+            heard_ids=heard_ids,
         )
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"config.json: inconsistent LM config: {exc}") from exc
@@ -177,7 +178,11 @@ def _heard_ids(value: Any) -> tuple[int, int] | None:
     if value is None:
         return None
     if not (isinstance(value, list) and len(value) == 2 and all(type(v) is int for v in value)):
-        raise ConfigError(f"config.json: heard_text_ids must be two token ids, got {value!r}")
+        raise ConfigError(
+            f"config.json: heard_text_ids must be two token ids [open, close], got {value!r} "
+            "(`antiphon train export` writes it from a `train lm --monologue-hears` run: "
+            "export the model again)"
+        )
     return (value[0], value[1])
 
 
