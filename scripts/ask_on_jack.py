@@ -97,10 +97,8 @@ def transcript(
     correlation = np.fft.irfft(np.fft.rfft(raw, n) * np.conj(np.fft.rfft(script, n)), n)
     offset = int(np.argmax(correlation[: len(raw)])) / RATE  # when the script began, rec clock
     frame_s = FRAME / recording.sample_rate
-    texts = [  # what the model said (not what it wrote down of the question)
-        (e["frame"] * frame_s, e["text"])
-        for e in recording.events
-        if e["type"] == "text" and not e.get("heard")
+    texts = [  # what the model said
+        (e["frame"] * frame_s, e["text"]) for e in recording.events if e["type"] == "text"
     ]
     asked = [(offset + a, offset + b) for a, b in spans]
     out = [f"(before the first question: {_said(texts, 0, asked[0][0])!r})"]

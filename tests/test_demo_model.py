@@ -52,12 +52,11 @@ def say(text: str, path: Path) -> float:
 
 
 def reply_after(text_file: Path, start: float) -> str:
-    """What the model said in its inner monologue from `start` seconds on (not what it wrote
-    down of the question), lower case, words only."""
+    """What the model said in its inner monologue from `start` seconds on, lower case, words
+    only."""
     with text_file.open() as f:
         rows = list(csv.DictReader(f, delimiter="\t"))
-    said = [row for row in rows if row.get("heard") != "1"]
-    text = "".join(row["text"] for row in said if float(row["start_s"]) >= start)
+    text = "".join(row["text"] for row in rows if float(row["start_s"]) >= start)
     return " " + " ".join(re.sub(r"[^a-z0-9 ]", " ", text.lower()).split()) + " "
 
 

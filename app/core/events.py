@@ -28,22 +28,28 @@ class Event:
 
 @dataclass(frozen=True)
 class TextEvent(Event):
-    """A visible piece of the inner monologue (PAD and specials are not reported). `heard`: a
-    piece of what the model wrote down of the user's words (a model whose monologue does so:
-    `LMConfig.heard_ids`), not of what it says."""
+    """A visible piece of the inner monologue: what the model says (PAD and specials are not
+    reported)."""
 
     kind: ClassVar[str] = "text"
     token: int
     text: str
-    heard: bool = False
 
-    def to_dict(self) -> dict[str, Any]:
-        """As every event, "heard" only where true: a model that writes down nothing it
-        heard (Kyutai's) has the same records as before there was such a model."""
-        record = super().to_dict()
-        if not self.heard:
-            del record["heard"]
-        return record
+
+@dataclass(frozen=True)
+class HeardEvent(Event):
+    """A piece of what the model wrote down of the user's words, in its monologue between the
+    open and close marks (a model whose monologue does so: `LMConfig.heard_ids`). An event of its
+    own, so that whatever reads "text" reads only what the model says."""
+
+    kind: ClassVar[str] = "heard"
+    token: int
+    text: str
+
+
+def monologue_event(time: float, frame: int, token: int, text: str, heard: bool) -> Event:
+    """A monologue piece as its event: heard words (`StepResult.heard`) or said ones."""
+    return (HeardEvent if heard else TextEvent)(time, frame, token, text)
 
 
 @dataclass(frozen=True)

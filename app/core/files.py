@@ -4,8 +4,8 @@ front door writes and another reads.
 - `write_atomically(path, write)`: `write` fills a temporary file beside `path`, which then
   replaces `path` in one step (os.replace): readers see the old file or the new one, never a
   part. Recordings' meta.json, the hash cache, `run`'s outputs and training checkpoints.
-- The inner monologue as text, OUT.text.tsv: `antiphon run` writes it, `antiphon eval` reads it
-  (TEXT_FORMAT says how).
+- The inner monologue as text, OUT.text.tsv (and what a hearing model wrote down of the user,
+  OUT.heard.tsv): `antiphon run` writes them, `antiphon eval` reads the first (TEXT_FORMAT).
 - Full-Duplex-Bench's folder layout: input.wav (the user) and output.wav (the assistant), same
   length, time-aligned (`run --fdb`, `train eval --fdb-out`, recordings exported, `eval`).
 """
@@ -16,11 +16,11 @@ import json
 import os
 import re
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from .events import TextEvent
+from .events import HeardEvent, TextEvent
 
 FDB_INPUT = "input.wav"
 FDB_OUTPUT = "output.wav"
@@ -31,23 +31,23 @@ SMOOTH_TURN_TAKING = "smooth_turn_taking"
 USER_INTERRUPTION = "user_interruption"
 FDB_CATEGORIES = (PAUSE_HANDLING, BACKCHANNEL, SMOOTH_TURN_TAKING, USER_INTERRUPTION)
 TEXT_SUFFIX = ".text.tsv"
-TEXT_HEADER = ("start_s", "frame", "token", "text", "heard")
+HEARD_SUFFIX = ".heard.tsv"
+TEXT_HEADER = ("start_s", "frame", "token", "text")
 _ESCAPES = {ord("\\"): "\\\\", ord("\t"): "\\t", ord("\n"): "\\n", ord("\r"): "\\r"}
 TEXT_FORMAT = """\
 text file (OUT.text.tsv, output.text.tsv): tab-separated, a header line, then one row per piece
 of the inner monologue as it became readable:
 
-    start_s  frame  token  text   heard
-    1.040    13     2992    Hello  0
+    start_s  frame  token  text
+    1.040    13     2992    Hello
 
   start_s  start of the frame in which the model emitted it (frame * 0.08 s), on the WAVs' clock
-  text     the new text (a word start begins with a space, so the column joined, heard rows
-           left out, is the whole monologue); <id> for a model without tokenizer; tab, newline,
-           CR and backslash are written as \\t, \\n, \\r and \\\\ (app.core.files.read_text
-           reads it back)
-  heard    1: what the model wrote down of the user's words (a model whose monologue does so:
-           `antiphon train lm --monologue-hears`), not what it says; 0 otherwise (files
-           without the column: all 0)
+  text     the new text (a word start begins with a space, so the column joined is the whole
+           monologue); <id> for a model without tokenizer; tab, newline, CR and backslash are
+           written as \\t, \\n, \\r and \\\\ (app.core.files.read_text reads it back)
+
+A model whose monologue also writes down what it hears of the user (`antiphon train lm
+--monologue-hears`) gets those pieces in OUT.heard.tsv, in the same form.
 """
 
 
@@ -76,18 +76,19 @@ def text_path(output: Path) -> Path:
     return output.with_suffix(TEXT_SUFFIX)
 
 
-def write_text(path: Path, pieces: list[TextEvent]) -> None:
+def heard_path(output: Path) -> Path:
+    """What the model wrote down of the user's words, beside an output WAV: OUT.heard.tsv."""
+    return output.with_suffix(HEARD_SUFFIX)
+
+
+def write_text(path: Path, pieces: Sequence[TextEvent | HeardEvent]) -> None:
     rows = ["\t".join(TEXT_HEADER)]
-    rows += [
-        f"{p.time:.3f}\t{p.frame}\t{p.token}\t{p.text.translate(_ESCAPES)}\t{int(p.heard)}"
-        for p in pieces
-    ]
+    rows += [f"{p.time:.3f}\t{p.frame}\t{p.token}\t{p.text.translate(_ESCAPES)}" for p in pieces]
     write_atomically(path, lambda tmp: tmp.write_bytes(("\n".join(rows) + "\n").encode("utf-8")))
 
 
-def read_text(path: str | Path, heard: bool = False) -> list[tuple[float, int, int, str]]:
-    """A text file back as (start_s, frame, token, text) rows: what the model said, or with
-    `heard` what it wrote down of the user's words."""
+def read_text(path: str | Path) -> list[tuple[float, int, int, str]]:
+    """A text file (TEXT_FORMAT) back as (start_s, frame, token, text) rows."""
     unescape = {value: key for key, value in _ESCAPES.items()}
 
     def text(escaped: str) -> str:
@@ -95,8 +96,4 @@ def read_text(path: str | Path, heard: bool = False) -> list[tuple[float, int, i
 
     lines = Path(path).read_bytes().decode("utf-8").split("\n")[1:]
     rows = [line.split("\t") for line in lines if line]
-    return [
-        (float(row[0]), int(row[1]), int(row[2]), text(row[3]))
-        for row in rows
-        if (len(row) > 4 and row[4] == "1") == heard
-    ]
+    return [(float(row[0]), int(row[1]), int(row[2]), text(row[3])) for row in rows]

@@ -44,7 +44,7 @@ from .events import (
     EventSink,
     FrameStats,
     StateEvent,
-    TextEvent,
+    monologue_event,
 )
 from .recording import WRITE_FAILED_HINT, Origin, RecordingError
 from .timing import Timings
@@ -298,7 +298,7 @@ class Conversation:
                     self.events.emit(StateEvent(now, index, "sampling", detail))
                 if result.text:
                     self.events.emit(
-                        TextEvent(now, index, result.text_token, result.text, result.heard)
+                        monologue_event(now, index, result.text_token, result.text, result.heard)
                     )
                 self._recent_ms.append(result.compute_ms)
                 self._report_if_slow(now)

@@ -180,8 +180,7 @@ def load_recording(folder: Path) -> Conversation:
     pieces, frames, errors = [], [], []
     for event in events:
         kind = event.get("type")
-        if kind == "text" and isinstance(event.get("text"), str) and not event.get("heard"):
-            # (heard: what the model wrote down of the user's words, not what it said)
+        if kind == "text" and isinstance(event.get("text"), str):
             # the frame index is the WAV's clock; "time" is the runtime's wall clock
             frame, time = event.get("frame"), event.get("time")
             if isinstance(frame, int):

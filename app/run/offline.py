@@ -29,12 +29,22 @@ import soundfile
 from tqdm import tqdm
 
 from app.core.engine import COMPILE_NOTICE, Engine
-from app.core.events import EventFanout, EventLog, EventSink, FrameStats, StateEvent, TextEvent
+from app.core.events import (
+    EventFanout,
+    EventLog,
+    EventSink,
+    FrameStats,
+    HeardEvent,
+    StateEvent,
+    TextEvent,
+    monologue_event,
+)
 from app.core.files import (
     FDB_INPUT,
     FDB_OUTPUT,
     TEXT_FORMAT,
     TEXT_SUFFIX,
+    heard_path,
     text_path,
     write_atomically,
     write_text,
@@ -58,7 +68,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=Path,
         nargs="?",
         help=f"WAV written: the assistant, mono 24 kHz, as long as the input; the inner "
-        f"monologue goes next to it as OUTPUT{TEXT_SUFFIX} (start_s, frame, token, text, heard)",
+        f"monologue goes next to it as OUTPUT{TEXT_SUFFIX} (start_s, frame, token, text)",
     )
     parser.add_argument(
         "--fdb",
@@ -79,7 +89,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 @dataclass
 class Conversation:
     reply: np.ndarray  # [samples] float32 at the engine's rate, as long as the input
-    pieces: list[TextEvent]
+    pieces: list[TextEvent]  # what the model says
+    heard: list[HeardEvent]  # what it wrote down of the user's words (a model that does)
     stats: list[FrameStats]
     wall_s: float
 
@@ -107,7 +118,7 @@ def converse(
         now = t * engine.frame_duration
         text = result.text
         if text:
-            out.emit(TextEvent(now, t, result.text_token, text, result.heard))
+            out.emit(monologue_event(now, t, result.text_token, text, result.heard))
         out.emit(
             FrameStats(
                 now,
@@ -121,7 +132,8 @@ def converse(
         )
     wall_s = time.perf_counter() - start
     out.emit(StateEvent(len(frames) * engine.frame_duration, len(frames), "stopped"))
-    return Conversation(reply[: len(user)], events.of(TextEvent), events.of(FrameStats), wall_s)
+    pieces, stats = events.of(TextEvent), events.of(FrameStats)
+    return Conversation(reply[: len(user)], pieces, events.of(HeardEvent), stats, wall_s)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -140,7 +152,8 @@ def run(args: argparse.Namespace) -> int:
         return _run_fdb(engine, args)
     user = read_audio(args.input, sample_rate=engine.sample_rate)
     result = _one(engine, args.input, user, args.output, args.record, args)
-    print(f"wrote {args.output} and {text_path(args.output)}")
+    also = f" and {heard_path(args.output)}" if result.heard else ""
+    print(f"wrote {args.output} and {text_path(args.output)}{also}")
     print(_summary_line(engine, result.stats, result.wall_s))
     return 0
 
@@ -216,6 +229,10 @@ def _one(
     output.parent.mkdir(parents=True, exist_ok=True)
     write_atomically(output, lambda tmp: write_wav(tmp, reply, rate))
     write_text(text_path(output), result.pieces)
+    if result.heard:
+        write_text(heard_path(output), result.heard)
+    else:  # not one left from an earlier run with another model
+        heard_path(output).unlink(missing_ok=True)
     return result
 
 

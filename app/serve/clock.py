@@ -23,7 +23,7 @@ import aiomqtt
 import numpy as np
 
 from app.core.engine import BatchEngine, StepResult
-from app.core.events import CAUGHT_UP, ErrorEvent, Event, StateEvent, TextEvent
+from app.core.events import CAUGHT_UP, ErrorEvent, Event, StateEvent, monologue_event
 from app.wire.protocol import NODE_BEHIND, AudioFrame, encode_audio
 from model.errors import AntiphonError
 
@@ -238,7 +238,9 @@ class FrameClock:
         self.node.metrics.frames_out += 1
         publishing = [client.publish(session.topics.out_audio, encode_audio(reply))]
         if result.text:
-            event = TextEvent(session.elapsed, index, result.text_token, result.text, result.heard)
+            event = monologue_event(
+                session.elapsed, index, result.text_token, result.text, result.heard
+            )
             publishing.append(client.publish(session.topics.out_text, event.to_json()))
             if session.recorder is not None:
                 session.recorder.emit(event)

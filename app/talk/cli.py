@@ -15,7 +15,7 @@ from pathlib import Path
 
 from app.core.commands import run_until_signalled
 from app.core.engine import COMPILE_NOTICE, Engine
-from app.core.events import CAUGHT_UP, ErrorEvent, Event, StateEvent, TextEvent
+from app.core.events import CAUGHT_UP, ErrorEvent, Event, HeardEvent, StateEvent, TextEvent
 from app.core.models import add_model_arguments, load_from_args
 
 from . import remote
@@ -63,29 +63,37 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 class TerminalPrinter:
-    """The inner monologue on stdout as it comes; problems on stderr. What the model wrote
-    down of the user's words (a model whose monologue does so) goes on a line of its own,
-    after "you: "."""
+    """The inner monologue on stdout as it comes; notices and problems on stderr, each on a line
+    of its own. What the model wrote down of the user's words (a model whose monologue does so)
+    goes on a line of its own, after "you: "."""
 
     def __init__(self) -> None:
         self._hearing = False
+        self._mid_line = False  # monologue printed since the last line break
 
     def emit(self, event: Event) -> None:
-        if isinstance(event, TextEvent):
-            text = event.text
-            if event.heard != self._hearing:
-                self._hearing = event.heard
-                print("\nyou: " if event.heard else "\n", end="")
+        if isinstance(event, TextEvent | HeardEvent):
+            text, heard = event.text, isinstance(event, HeardEvent)
+            if heard != self._hearing or not self._mid_line:
+                self._hearing = heard
+                self.end_line()
+                print("you: " if heard else "", end="")
                 text = text.lstrip()
             print(text, end="", flush=True)
+            self._mid_line = True
         elif isinstance(event, ErrorEvent):
-            print(
-                f"\nantiphon: {event.message}" + (f" ({event.hint})" if event.hint else ""),
-                file=sys.stderr,
-                flush=True,
-            )
+            self.notice(event.message + (f" ({event.hint})" if event.hint else ""))
         elif isinstance(event, StateEvent) and event.state == CAUGHT_UP:
-            print(f"\nantiphon: {event.detail}", file=sys.stderr, flush=True)
+            self.notice(event.detail)
+
+    def notice(self, text: str) -> None:
+        self.end_line()
+        print(f"antiphon: {text}", file=sys.stderr, flush=True)
+
+    def end_line(self) -> None:
+        if self._mid_line:
+            print(flush=True)
+            self._mid_line = False
 
 
 def run(args: argparse.Namespace) -> int:
@@ -100,6 +108,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"antiphon: {COMPILE_NOTICE}", file=sys.stderr, flush=True)
     engine.warm_up()
     if not use_tui:
+        printer = TerminalPrinter()
         session = TalkSession(
             engine,
             args.input_device,
@@ -107,10 +116,11 @@ def run(args: argparse.Namespace) -> int:
             args.record,
             args.demo_out,
             echo_cancel=not args.no_echo_cancel,
+            notices=printer.notice,
             keep_microphone=args.record_microphone,
         )
-        session.events.sinks.append(TerminalPrinter())
-        return asyncio.run(_talk_in_terminal(session))
+        session.events.sinks.append(printer)
+        return asyncio.run(_talk_in_terminal(session, printer))
 
     from .tui import logging_into, make_app  # lazily: the headless server never loads textual
 
@@ -135,9 +145,10 @@ def run(args: argparse.Namespace) -> int:
 def _run_remote(args: argparse.Namespace, use_tui: bool) -> int:
     """The model on a server (`antiphon serve`), the microphone and speaker here."""
     if not use_tui:
-        session = remote.session_from_args(args)
-        session.events.sinks.append(TerminalPrinter())
-        return asyncio.run(_remote_in_terminal(session))
+        printer = TerminalPrinter()
+        session = remote.session_from_args(args, notices=printer.notice)
+        session.events.sinks.append(printer)
+        return asyncio.run(_remote_in_terminal(session, printer))
     from .tui import logging_into, make_app
 
     session = remote.session_from_args(args, notices=lambda text: tui.notice(text))
@@ -147,7 +158,7 @@ def _run_remote(args: argparse.Namespace, use_tui: bool) -> int:
     return tui.return_code or 0
 
 
-async def _talk_in_terminal(session: TalkSession) -> int:
+async def _talk_in_terminal(session: TalkSession, printer: TerminalPrinter) -> int:
     print(
         f"antiphon: {session.model_name}"
         + (f" | recording to {session.initial_record}" if session.initial_record else "")
@@ -155,7 +166,7 @@ async def _talk_in_terminal(session: TalkSession) -> int:
         file=sys.stderr,
     )
     timings = await run_until_signalled(session.run()) or session.timings
-    print()
+    printer.end_line()
     if timings is not None:
         figures = timings.summary(session.engine.frame_duration)
         compute = figures.get("compute_ms") or {"median": 0.0}
@@ -169,8 +180,8 @@ async def _talk_in_terminal(session: TalkSession) -> int:
     return 0
 
 
-async def _remote_in_terminal(session: remote.RemoteTalkSession) -> int:
+async def _remote_in_terminal(session: remote.RemoteTalkSession, printer: TerminalPrinter) -> int:
     print(f"antiphon: {session.model_name} | Ctrl-C to stop", file=sys.stderr)
     await run_until_signalled(session.run())  # the session reports its latency itself
-    print()
+    printer.end_line()
     return 1 if session.failure is not None else 0

@@ -34,7 +34,15 @@ import numpy as np
 from aiomqtt.exceptions import MqttConnectError
 
 from app.core.audio import AudioFormat, level_db
-from app.core.events import ErrorEvent, Event, EventFanout, FrameStats, StateEvent, TextEvent
+from app.core.events import (
+    ErrorEvent,
+    Event,
+    EventFanout,
+    FrameStats,
+    HeardEvent,
+    StateEvent,
+    TextEvent,
+)
 from app.core.recording import WRITE_FAILED_HINT, Origin, Recorder, RecordingError
 from app.core.runtime import (
     AudioSink,
@@ -554,7 +562,9 @@ def _leaves(group: BaseException) -> list[BaseException]:
 
 def _event_from(message: dict[str, Any]) -> Event | None:
     """A node's text/state/error JSON back into the runtime's event records."""
-    kinds: dict[str, type[Event]] = {"text": TextEvent, "state": StateEvent, "error": ErrorEvent}
+    kinds: dict[str, type[Event]] = {
+        "text": TextEvent, "heard": HeardEvent, "state": StateEvent, "error": ErrorEvent
+    }  # fmt: skip
     kind = kinds.get(str(message.get("type")))
     if kind is None:
         return None

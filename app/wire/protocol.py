@@ -15,7 +15,7 @@ each except the prefix, which may have several):
     antiphon/gpu-1/session/alice/Xb3.../in/audio         client -> node, audio frames
     antiphon/gpu-1/session/alice/Xb3.../ctl              client -> node, commands (JSON)
     antiphon/gpu-1/session/alice/Xb3.../out/audio        node -> client, audio frames
-    antiphon/gpu-1/session/alice/Xb3.../out/text         node -> client, TextEvent JSON
+    antiphon/gpu-1/session/alice/Xb3.../out/text         node -> client, TextEvent / HeardEvent JSON
     antiphon/gpu-1/session/alice/Xb3.../out/event        node -> client, state and error JSON
 """
 

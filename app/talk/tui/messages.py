@@ -14,7 +14,7 @@ from typing import Literal
 from textual.message import Message
 from textual.message_pump import MessagePump
 
-from app.core.events import ErrorEvent, Event, FrameStats, StateEvent, TextEvent
+from app.core.events import ErrorEvent, Event, FrameStats, HeardEvent, StateEvent, TextEvent
 
 Side = Literal["user", "assistant"]
 
@@ -114,8 +114,8 @@ class MessageBridge:
 
     def emit(self, event: Event) -> None:
         post = self.target.post_message
-        if isinstance(event, TextEvent):
-            post(TextArrived(event.time, event.text, event.heard))
+        if isinstance(event, TextEvent | HeardEvent):
+            post(TextArrived(event.time, event.text, isinstance(event, HeardEvent)))
         elif isinstance(event, FrameStats):
             user_level = -120.0 if self.muted else event.input_level_db
             sides: tuple[tuple[Side, VoiceActivity, float], ...] = (

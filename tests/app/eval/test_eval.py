@@ -18,7 +18,7 @@ import pytest
 import soundfile
 import soxr
 
-from app.core.events import FrameStats, TextEvent
+from app.core.events import FrameStats, HeardEvent, TextEvent
 from app.eval import cli as evaluate
 from app.eval import fdb, monologue, timeline, turns, vad
 from app.eval.turns import Piece, TurnRules
@@ -166,7 +166,7 @@ def write_recording(
         if (frame := round(time / FRAME)) >= 0
     ]
     # what a model that writes down the user's words heard: never taken for what it said
-    lines += [TextEvent(0.0, 0, 999, " never said by the assistant", heard=True).to_json()]
+    lines += [HeardEvent(0.0, 0, 999, " never said by the assistant").to_json()]
     lines += [
         FrameStats(t * FRAME, t, 5.0, 30.0, 5.0, 40.0 + t % 5, 0.5, underruns=t // 100).to_json()
         for t in range(len(assistant) // 1920)

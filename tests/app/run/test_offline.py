@@ -17,7 +17,6 @@ import torch
 
 from app.core import files
 from app.core.engine import Engine, StepResult
-from app.core.events import TextEvent
 from app.core.models import random_model
 from app.core.recording import SESSION_WAV, read_recording
 from app.run import offline
@@ -76,20 +75,37 @@ def test_file_in_wav_and_text_out(tmp_path: Path, capsys) -> None:
     assert f"{frames} frames" in printed and "real-time factor" in printed
 
 
-def test_the_text_file_keeps_what_the_model_heard_apart(tmp_path: Path) -> None:
-    """A model that writes down the user's words: those rows are marked, and read back apart
-    from what it said; a file of an older antiphon, without the column, reads as said."""
-    pieces = [
-        TextEvent(0.16, 2, 40, "add two", heard=True),
-        TextEvent(0.48, 6, 41, "Two\tplus", heard=False),
-    ]
-    path = tmp_path / "out.text.tsv"
-    files.write_text(path, pieces)
-    assert files.read_text(path) == [(0.48, 6, 41, "Two\tplus")]
-    assert files.read_text(path, heard=True) == [(0.16, 2, 40, "add two")]
-    older = tmp_path / "older.text.tsv"
-    older.write_text("start_s\tframe\ttoken\ttext\n0.080\t1\t7\tHello\n")
-    assert files.read_text(older) == [(0.08, 1, 7, "Hello")] and not files.read_text(older, True)
+class HearingEngine:
+    """A model whose monologue writes down the user's words: frames 1 and 2 carry what it heard,
+    frame 4 what it says."""
+
+    frame_size, sample_rate, frame_duration = F, 24000, F / 24000
+
+    def __init__(self) -> None:
+        self.frame = 0
+
+    def step(self, pcm: np.ndarray) -> StepResult:
+        t, self.frame = self.frame, self.frame + 1
+        heard = {1: " add two", 2: "\tand three"}.get(t, "")
+        said = " Five." if t == 4 else ""
+        token = 40 + t if heard or said else -1
+        return StepResult(0 * pcm, token, heard or said, 0.0, 0.0, 0.0, heard=bool(heard))
+
+
+def test_what_the_model_heard_goes_to_a_file_of_its_own(tmp_path: Path) -> None:
+    """The text file holds only what the model says (what `eval` and every reader of it want);
+    what it wrote down of the user goes to OUT.heard.tsv, which a model that hears nothing
+    does not get (an earlier run's is removed)."""
+    output = tmp_path / "reply.wav"
+    args = argparse.Namespace(fdb=None, overwrite=False)
+    user = np.zeros(6 * F, dtype=np.float32)
+    offline._one(HearingEngine(), tmp_path / "q.wav", user, output, None, args)  # type: ignore[arg-type]
+    assert files.read_text(files.text_path(output)) == [(0.32, 4, 44, " Five.")]
+    heard = files.read_text(files.heard_path(output))
+    assert heard == [(0.08, 1, 41, " add two"), (0.16, 2, 42, "\tand three")]
+
+    offline._one(EchoEngine(), tmp_path / "q.wav", user, output, None, args)  # type: ignore[arg-type]
+    assert not files.heard_path(output).exists() and not files.read_text(files.text_path(output))
 
 
 class EchoEngine:

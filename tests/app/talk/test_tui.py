@@ -33,8 +33,10 @@ from app.core.events import (
     EventFanout,
     EventLog,
     FrameStats,
+    HeardEvent,
     StateEvent,
     TextEvent,
+    monologue_event,
 )
 from app.core.models import random_model
 from app.core.recording import read_recording
@@ -197,8 +199,8 @@ def test_transcript_blocks_on_pauses_and_speaker_changes() -> None:
                 *(frame(i, mic_db=-20.0 if 40 <= i < 60 else -80.0) for i in range(36, 72))
             )
             # what the model wrote down of it (a model whose monologue does): in its block
-            session.emit(TextEvent(5.6, 70, 11, " add two", heard=True))
-            session.emit(TextEvent(5.7, 71, 12, " and three", heard=True))
+            session.emit(HeardEvent(5.6, 70, 11, " add two"))
+            session.emit(HeardEvent(5.7, 71, 12, " and three"))
             session.emit(TextEvent(5.8, 72, 10, " Right."))  # after the user: a new block
             await settle(pilot)
             turns = [(t.who, t.words) for t in app.query_one(Transcript).turns]
@@ -221,14 +223,20 @@ def test_transcript_blocks_on_pauses_and_speaker_changes() -> None:
 def test_the_printed_monologue_puts_what_was_heard_on_a_line_of_its_own(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    """`talk --no-tui`: a model that writes down the user's words shows them after "you: "."""
+    """`talk --no-tui`: a model that writes down the user's words shows them after "you: ";
+    notices go to stderr on a line of their own."""
     from app.talk.cli import TerminalPrinter
 
     printer = TerminalPrinter()
     for text, heard in (("Hello.", False), (" add two", True), (" and three", True)):
-        printer.emit(TextEvent(0.0, 0, 9, text, heard))
-    printer.emit(TextEvent(0.0, 0, 9, " Five.", False))
-    assert capsys.readouterr().out == "Hello.\nyou: add two and three\nFive."
+        printer.emit(monologue_event(0.0, 0, 9, text, heard))
+    printer.emit(TextEvent(0.0, 0, 9, " Five."))
+    printer.notice("wrote the reply to reply.wav")  # a notice never shares the monologue's line
+    printer.emit(TextEvent(0.0, 0, 9, " Bye."))
+    printer.end_line()
+    printed = capsys.readouterr()
+    assert printed.out == "Hello.\nyou: add two and three\nFive.\nBye.\n"
+    assert printed.err == "antiphon: wrote the reply to reply.wav\n"
 
 
 def test_levels_and_status_follow_the_frames() -> None:
