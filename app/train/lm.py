@@ -56,6 +56,7 @@ from .lm_data import (
     check_live_codes,
     codes_used,
     load_or_encode,
+    noisy_user_codes,
     with_training_rows,
 )
 from .monologue import HEARD_CLOSE_ID, HEARD_OPEN_ID
@@ -315,6 +316,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "losses keep every frame (1: all frames)",
     )
     parser.add_argument(
+        "--user-noise",
+        type=float,
+        nargs=2,
+        default=(0.0, 0.0),
+        metavar=("SEMANTIC", "ACOUSTIC"),
+        help="replace these shares of the user's codes by random ones in every batch: of the "
+        "first (semantic) codebook's, and of the others' (0 0: off), so that hearing cannot "
+        "lean on the exact codes of a training voice",
+    )
+    parser.add_argument(
         "--init",
         type=Path,
         metavar="RUN",
@@ -441,7 +452,8 @@ def train_lm(args: argparse.Namespace) -> int:
     def step(i: int) -> dict[str, float]:
         for group in optimizer.param_groups:
             group["lr"] = loop.learning_rate(i, args.lr, args.warmup, options.schedule_steps)
-        codes = sampler.batch(generator).to(device)
+        codes = noisy_user_codes(sampler.batch(generator), lm.config, *args.user_noise, generator)
+        codes = codes.to(device)
         depth_frames = None
         if args.depth_share < 1.0:
             frames = codes.shape[0] * codes.shape[2]

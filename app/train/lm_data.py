@@ -21,6 +21,7 @@ from tqdm import tqdm
 
 from app.core.files import write_atomically
 from model.codec import Codec
+from model.config import LMConfig
 from model.errors import ConfigError
 from model.tokenizer import TextTokenizer
 
@@ -338,3 +339,29 @@ class WindowSampler:
             window = tokens[:, start : start + T]
             out[i, :, : window.shape[1]] = window
         return torch.from_numpy(out)
+
+
+def noisy_user_codes(
+    codes: torch.Tensor,
+    config: LMConfig,
+    semantic: float,
+    acoustic: float,
+    generator: torch.Generator,
+) -> torch.Tensor:
+    """A training batch [B, streams, T] with a share of the user's codes replaced by random
+    ones: `semantic` of the first codebook's, `acoustic` of the others'. The same words in
+    another voice or room give other codes, the acoustic codebooks' most of all; an LM that sees
+    every code exactly learns its training dialogues by heart from them (held-out hearing far
+    behind the training dialogues'). IGNORE (no input) stays; the assistant's rows are not
+    touched."""
+    if semantic <= 0 and acoustic <= 0:
+        return codes
+    first, count = 1 + config.dep_q, config.user_codebooks
+    user = codes[:, first : first + count]
+    share = torch.full((count, 1), acoustic)
+    share[0] = semantic
+    hit = (torch.rand(user.shape, generator=generator) < share) & (user >= 0)
+    random = torch.randint(0, config.card, user.shape, generator=generator)
+    out = codes.clone()
+    out[:, first : first + count] = torch.where(hit, random, user)
+    return out

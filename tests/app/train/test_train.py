@@ -53,6 +53,7 @@ from app.train.lm_data import (
     codes_used,
     encode_dialogues,
     load_or_encode,
+    noisy_user_codes,
     with_training_rows,
 )
 from app.train.monologue import answer_frames, text_tokens
@@ -62,7 +63,7 @@ from app.train.tokenizer import dialogue_sentences, train_tokenizer
 from model.bundle import bundle_files
 from model.checkpoint import lm_config_from_kyutai, load_codec, load_lm
 from model.codec import Codec
-from model.config import tiny_mimi
+from model.config import tiny_lm, tiny_mimi
 from model.errors import ConfigError
 from model.lm import LM
 from model.quantizer import CodebookTraining
@@ -667,6 +668,22 @@ def test_windows_are_batched_by_length() -> None:
     again = WindowSampler(streams, 100, 200, 25).batch(torch.Generator().manual_seed(0))
     assert torch.equal(again, WindowSampler(streams, 100, 200, 25).batch(
         torch.Generator().manual_seed(0)))  # fmt: skip
+
+
+def test_user_noise_replaces_only_the_shares_of_the_users_codes_asked_for() -> None:
+    config = tiny_lm(dep_q=2, n_q=4, text_card=40, card=64)  # text, 2 assistant, 2 user
+    codes = torch.randint(0, 64, (4, 5, 500), generator=torch.Generator().manual_seed(1))
+    codes[:, :, 450:] = -1  # past a dialogue's end: no input, and it stays so
+    generator = torch.Generator().manual_seed(0)
+    assert noisy_user_codes(codes, config, 0.0, 0.0, generator) is codes  # off: untouched
+    noisy = noisy_user_codes(codes, config, 0.1, 0.6, generator)
+    assert torch.equal(noisy[:, :3], codes[:, :3])  # text and the assistant's codes
+    assert torch.equal(noisy[:, :, 450:], codes[:, :, 450:])
+    assert noisy.min() >= -1 and noisy.max() < 64
+    changed = (noisy != codes)[:, :, :450].float().mean(dim=(0, 2))  # per stream
+    # a random code is the old one 1 time in 64
+    assert changed[3].item() == pytest.approx(0.1 * 63 / 64, abs=0.02)
+    assert changed[4].item() == pytest.approx(0.6 * 63 / 64, abs=0.02)
 
 
 def test_the_allocator_is_tuned_for_the_loop_only() -> None:
