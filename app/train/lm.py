@@ -452,7 +452,8 @@ def train_lm(args: argparse.Namespace) -> int:
     def step(i: int) -> dict[str, float]:
         for group in optimizer.param_groups:
             group["lr"] = loop.learning_rate(i, args.lr, args.warmup, options.schedule_steps)
-        codes = noisy_user_codes(sampler.batch(generator), lm.config, *args.user_noise, generator)
+        semantic, acoustic = args.user_noise
+        codes = noisy_user_codes(sampler.batch(generator), lm.config, semantic, acoustic, generator)
         codes = codes.to(device)
         depth_frames = None
         if args.depth_share < 1.0:
