@@ -446,7 +446,7 @@ def test_a_run_trains_on_several_folders_each_encoded_once(
     second = tmp_path / "train2"  # more dialogues, of another seed, in a folder of their own
     generate(second, 2, seed=2, split="train", progress=False)
     run = tmp_path / "run"
-    argv = _lm_argv(work, run, "--steps", "1")
+    argv = _lm_argv(work, run, "--user-noise", "0.1", "0.5", "--steps", "1")
     argv.insert(argv.index("--data") + 2, str(second))
     with caplog.at_level(logging.INFO):
         train_lm(_args(*argv))
