@@ -132,3 +132,19 @@ class EventLog:
 
     def of(self, kind: type[Event]) -> list[Any]:
         return [e for e in self.events if isinstance(e, kind)]
+
+
+def event_from_record(record: dict[str, Any]) -> Event | None:
+    """A node's text, heard, state or error JSON (as `to_dict` wrote it) back into its event;
+    None for any other or a malformed one."""
+    kinds: dict[str, type[Event]] = {
+        k.kind: k for k in (TextEvent, HeardEvent, StateEvent, ErrorEvent)
+    }
+    kind = kinds.get(str(record.get("type")))
+    if kind is None:
+        return None
+    names = {f.name for f in dataclasses.fields(kind)}
+    try:
+        return kind(**{k: v for k, v in record.items() if k in names})
+    except TypeError:
+        return None

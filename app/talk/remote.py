@@ -39,9 +39,8 @@ from app.core.events import (
     Event,
     EventFanout,
     FrameStats,
-    HeardEvent,
     StateEvent,
-    TextEvent,
+    event_from_record,
 )
 from app.core.recording import WRITE_FAILED_HINT, Origin, Recorder, RecordingError
 from app.core.runtime import (
@@ -511,7 +510,7 @@ class RemoteTalkSession:
         self.events.emit(stats)
 
     def _on_event(self, message: dict[str, Any]) -> None:
-        event = self._on_our_clock(_event_from(message))
+        event = self._on_our_clock(event_from_record(message))
         if event is None:
             return
         self.events.emit(event)
@@ -558,21 +557,6 @@ def _leaves(group: BaseException) -> list[BaseException]:
     if isinstance(group, BaseExceptionGroup):
         return [leaf for inner in group.exceptions for leaf in _leaves(inner)]
     return [group]
-
-
-def _event_from(message: dict[str, Any]) -> Event | None:
-    """A node's text/state/error JSON back into the runtime's event records."""
-    kinds: dict[str, type[Event]] = {
-        "text": TextEvent, "heard": HeardEvent, "state": StateEvent, "error": ErrorEvent
-    }  # fmt: skip
-    kind = kinds.get(str(message.get("type")))
-    if kind is None:
-        return None
-    names = {f.name for f in dataclasses.fields(kind)}
-    try:
-        return kind(**{k: v for k, v in message.items() if k in names})
-    except TypeError:
-        return None
 
 
 # --- the command ---------------------------------------------------------------------------------

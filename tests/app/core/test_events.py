@@ -5,8 +5,14 @@ from __future__ import annotations
 
 import json
 
-from app.core.events import ErrorEvent, HeardEvent, StateEvent, TextEvent, monologue_event
-from app.talk.remote import _event_from
+from app.core.events import (
+    ErrorEvent,
+    HeardEvent,
+    StateEvent,
+    TextEvent,
+    event_from_record,
+    monologue_event,
+)
 
 
 def test_heard_words_are_an_event_of_their_own_and_cross_the_wire() -> None:
@@ -19,5 +25,5 @@ def test_heard_words_are_an_event_of_their_own_and_cross_the_wire() -> None:
         "type": "heard", "time": 1.2, "frame": 15, "token": 3, "text": " add"
     }  # fmt: skip
     for event in (said, heard, StateEvent(0.0, 0, "opened", "x"), ErrorEvent(3.2, 40, "bad")):
-        assert _event_from(json.loads(event.to_json())) == event
-    assert _event_from({"type": "mystery", "time": 0.0, "frame": 0}) is None
+        assert event_from_record(json.loads(event.to_json())) == event
+    assert event_from_record({"type": "mystery", "time": 0.0, "frame": 0}) is None
