@@ -362,6 +362,9 @@ def train_lm(args: argparse.Namespace) -> int:
     options = loop.loop_options(args)
     if not 0.0 < args.depth_share <= 1.0:
         raise ConfigError(f"--depth-share {args.depth_share}: a share of the frames, in (0, 1]")
+    if not all(0.0 <= share <= 1.0 for share in args.user_noise):
+        shares = " ".join(f"{share:g}" for share in args.user_noise)
+        raise ConfigError(f"--user-noise {shares}: two shares of the codes, each in [0, 1]")
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
     tokenizer = TextTokenizer(

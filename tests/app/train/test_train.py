@@ -508,6 +508,8 @@ def test_a_run_that_does_not_fit_gets_one_clear_line(work: Path, lm_run: Path) -
         train_lm(_lm_args(work, lm_run, "--hear-weight", "0", "--steps", "5"))
     with pytest.raises(ConfigError, match="no lm.safetensors"):
         train_lm(_lm_args(work, work / "lm_init_bad", "--init", str(work / "data")))
+    with pytest.raises(ConfigError, match="--user-noise 1.5 0: two shares"):
+        train_lm(_lm_args(work, work / "lm_noise_bad", "--user-noise", "1.5", "0"))
 
 
 def test_a_monologue_that_hears_is_trained_saved_and_kept_to(
