@@ -49,6 +49,12 @@ WEIGHTS, CONFIG = "codec.safetensors", "codec.json"
 PRESETS = {"demo": demo_mimi, "tiny": lambda: tiny_mimi(num_codebooks=4)}
 
 
+# What a resumed run must be given as it started (`loop.check_same_options`).
+LEARNING_OPTIONS = (
+    "lr", "warmup", "batch_size", "segment", "quantize_probability", "codebook_decay",
+    "vq_start", "phoneme_weight", "distill_weight", "waveform_weight", "commitment_weight",
+)  # fmt: skip
+
 CHANNELS = (ASSISTANT, USER)  # a dialogue's channels, in the order of its WAV file
 
 
@@ -314,9 +320,11 @@ def train_codec(args: argparse.Namespace) -> int:
     config = codec.config
     optimizer = torch.optim.AdamW(trainable, lr=args.lr, betas=(0.8, 0.99))
     start = 0
+    learning = loop.run_options(args, LEARNING_OPTIONS)
     if (out / loop.CHECKPOINT).is_file():
         start, extra = loop.load_checkpoint(out / loop.CHECKPOINT, trainee, optimizer, generator)
         loop.resume_steps(options, extra)
+        loop.check_same_options(out, extra, learning)
         log.info("codec: resuming %s at step %d", out, start)
     data = SpeechSegments(args.data, args.max_hours, config.sample_rate, config.frame_rate, table)
     mel_loss = MultiResolutionMelLoss(config.sample_rate).to(device)
@@ -372,7 +380,7 @@ def train_codec(args: argparse.Namespace) -> int:
         }
 
     def checkpoint(done: int) -> None:
-        extra = {"steps": options.steps}
+        extra = {"steps": options.steps, "options": learning}
         loop.save_checkpoint(out / loop.CHECKPOINT, trainee, optimizer, done, generator, extra)
         save_codec(codec, out)
 

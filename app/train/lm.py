@@ -94,6 +94,11 @@ def tiny_demo_lm(text_card: int, card: int, codebooks: int) -> LMConfig:
 
 
 PRESETS = {"demo": demo_lm, "tiny": tiny_demo_lm}
+# What a resumed run must be given as it started (`loop.check_same_options`).
+LEARNING_OPTIONS = (
+    "lr", "warmup", "batch_size", "frames", "pad_weight", "first_codebook_weight",
+    "hear_weight", "answer_weight", "hear_delay", "monologue_hears", "depth_share", "user_noise",
+)  # fmt: skip
 
 
 # --- the loss -----------------------------------------------------------------------------------
@@ -383,17 +388,13 @@ def train_lm(args: argparse.Namespace) -> int:
         model.parameters(), lr=args.lr, betas=(0.9, 0.95), weight_decay=0.1
     )
     start = 0
+    learning = loop.run_options(args, LEARNING_OPTIONS)
     if (out / loop.CHECKPOINT).is_file():
         start, extra = loop.load_checkpoint(
             out / loop.CHECKPOINT, model, optimizer, generator, "shape, another --hear-weight"
         )
         loop.resume_steps(options, extra)
-        if bool(extra.get("monologue_hears")) != args.monologue_hears:
-            said = "with" if extra.get("monologue_hears") else "without"
-            raise ConfigError(
-                f"{out} was started {said} --monologue-hears: continue it the same way, or "
-                "start a new --out"
-            )
+        loop.check_same_options(out, extra, learning)
         log.info("lm: resuming %s at step %d", out, start)
     elif args.init is not None:
         init_lm(lm, args.init)
@@ -477,7 +478,7 @@ def train_lm(args: argparse.Namespace) -> int:
         return {"loss": loss.item(), **metrics, "T": float(codes.shape[2])}
 
     def checkpoint(done: int) -> None:
-        extra = {"steps": options.steps, "monologue_hears": args.monologue_hears}
+        extra = {"steps": options.steps, "options": learning}
         loop.save_checkpoint(out / loop.CHECKPOINT, model, optimizer, done, generator, extra)
         save_lm(lm, out)
 

@@ -113,6 +113,42 @@ def load_checkpoint(
     return int(state["step"]), dict(state["extra"])
 
 
+def run_options(args: argparse.Namespace, names: tuple[str, ...]) -> dict[str, Any]:
+    """The options of a run that change what it learns, by their argparse names, as its
+    checkpoint keeps them (`save_checkpoint`'s extra, "options"). Paths are not among them: a
+    run folder moves between machines."""
+    return json.loads(json.dumps({name: getattr(args, name) for name in names}))
+
+
+def check_same_options(out: Path, extra: dict[str, Any], options: dict[str, Any]) -> None:
+    """A resumed run goes on with the options it started with: with other ones it would compute
+    other numbers than the run it continues, and say nothing. `--steps` (or `--minutes`) may
+    change; a checkpoint that kept no options is not checked."""
+    before = extra.get("options") or {}
+    changed = [name for name in options if name in before and before[name] != options[name]]
+    if changed:
+        raise ConfigError(
+            f"{out} was started with {_flags(before, changed)}; now {_flags(options, changed)}: "
+            "continue it with the options it started with, or start a new --out"
+        )
+
+
+def _flags(values: dict[str, Any], names: list[str]) -> str:
+    """`--user-noise 0.1 0.5, without --monologue-hears`, as on a command line."""
+    said = []
+    for name in names:
+        flag, value = "--" + name.replace("_", "-"), values[name]
+        if value is True:
+            said.append(flag)
+        elif value is False or value is None:
+            said.append(f"without {flag}")
+        elif isinstance(value, list):
+            said.append(" ".join([flag, *map(str, value)]))
+        else:
+            said.append(f"{flag} {value}")
+    return ", ".join(said)
+
+
 def state_dict_detail(error: Exception) -> str:
     """The line of a load_state_dict error that names the keys (its first line names only the
     module), or the error's first line."""

@@ -105,6 +105,11 @@ class Teacher(torch.nn.Module):
         return h[:, : 2 * frames].reshape(h.shape[0], frames, 2, -1).mean(2)
 
 
+# What a resumed run must be given as it started (`loop.check_same_options`).
+LEARNING_OPTIONS = (
+    "lr", "warmup", "batch_size", "seconds", "speed_perturb", "spec_augment", "dialogues",
+)  # fmt: skip
+
 MASK_BINS = 12  # of 64 mel bands: a formant's worth
 MASK_FRAMES = 10  # of 50 a second: 0.2 s, about a syllable
 
@@ -348,9 +353,11 @@ def train_teacher(args: argparse.Namespace) -> int:
     teacher = Teacher(TeacherConfig(table.classes, args.dim, args.layers)).to(device).train()
     optimizer = torch.optim.AdamW(teacher.parameters(), lr=args.lr, betas=(0.9, 0.98))
     start = 0
+    learning = loop.run_options(args, LEARNING_OPTIONS)
     if (out / loop.CHECKPOINT).is_file():
         start, extra = loop.load_checkpoint(out / loop.CHECKPOINT, teacher, optimizer, generator)
         loop.resume_steps(options, extra)
+        loop.check_same_options(out, extra, learning)
         log.info("teacher: resuming %s at step %d", out, start)
     data = WordRuns(args.data, table, args.dialogues)
     if args.eval_data is not None:
@@ -372,8 +379,9 @@ def train_teacher(args: argparse.Namespace) -> int:
 
     def checkpoint(done: int) -> None:
         loop.save_checkpoint(
-            out / loop.CHECKPOINT, teacher, optimizer, done, generator, {"steps": options.steps}
-        )
+            out / loop.CHECKPOINT, teacher, optimizer, done, generator,
+            {"steps": options.steps, "options": learning},
+        )  # fmt: skip
         save_teacher(teacher, out)
 
     done = loop.train_loop(step, checkpoint, start, options, out, "teacher")

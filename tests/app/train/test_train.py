@@ -460,6 +460,14 @@ def test_a_run_trains_on_several_folders_each_encoded_once(
     with caplog.at_level(logging.INFO):
         train_lm(_args(*argv[:-2], "--steps", "2"))  # goes on: nothing encoded again
     assert "encoding" not in caplog.text and "resuming" in caplog.text
+    from model.errors import ConfigError
+
+    noise = argv.index("--user-noise")
+    other = [*argv[:noise], "--user-noise", "0.2", "0.5", *argv[noise + 3 : -2], "--steps", "3"]
+    with pytest.raises(
+        ConfigError, match=r"started with --user-noise 0\.1 0\.5; now --user-noise 0\.2 0\.5"
+    ):
+        train_lm(_args(*other))  # other numbers than the run it continues: refused
 
 
 def test_audio_embeddings_start_from_the_codecs_codebooks(work: Path, lm_run: Path) -> None:
@@ -928,3 +936,19 @@ def test_the_codec_learns_the_teachers_states_and_ships_without_the_head(
     )
     with pytest.raises(ConfigError, match="train teacher"):
         train_codec(_codec_args(work, work / "codec-no-teacher", "--teacher", str(work)))
+
+
+def test_a_resumed_run_with_other_options_is_refused_by_name(tmp_path: Path) -> None:
+    from app.train.loop import check_same_options
+    from model.errors import ConfigError
+
+    started = {"options": {"lr": 0.001, "monologue_hears": True, "user_noise": [0.1, 0.5]}}
+    check_same_options(tmp_path, started, dict(started["options"]))  # the same: goes on
+    check_same_options(tmp_path, {"steps": 9}, {"lr": 0.5})  # kept no options: not checked
+    now = {"lr": 0.002, "monologue_hears": False, "user_noise": [0.1, 0.5]}
+    with pytest.raises(ConfigError) as refused:
+        check_same_options(tmp_path, started, now)
+    assert str(refused.value) == (
+        f"{tmp_path} was started with --lr 0.001, --monologue-hears; now --lr 0.002, without "
+        "--monologue-hears: continue it with the options it started with, or start a new --out"
+    )
