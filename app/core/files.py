@@ -94,6 +94,16 @@ def read_text(path: str | Path) -> list[tuple[float, int, int, str]]:
     def text(escaped: str) -> str:
         return re.sub(r"\\[\\tnr]", lambda m: chr(unescape[m.group()]), escaped)
 
-    lines = Path(path).read_bytes().decode("utf-8").split("\n")[1:]
-    rows = [line.split("\t") for line in lines if line]
-    return [(float(row[0]), int(row[1]), int(row[2]), text(row[3])) for row in rows]
+    lines = Path(path).read_bytes().decode("utf-8").split("\n")
+    rows = []
+    for number, line in enumerate(lines[1:], start=2):
+        if not line:
+            continue
+        row = line.split("\t")
+        if len(row) != len(TEXT_HEADER):
+            raise ValueError(
+                f"{path}, line {number}: {len(row)} columns, not the {len(TEXT_HEADER)} of "
+                f"{'/'.join(TEXT_HEADER)}"
+            )
+        rows.append((float(row[0]), int(row[1]), int(row[2]), text(row[3])))
+    return rows

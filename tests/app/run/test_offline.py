@@ -230,3 +230,10 @@ def test_an_unreachable_hub_fails_in_seconds_with_one_line(tmp_path: Path) -> No
     assert "cannot reach the Hugging Face hub" in line and "127.0.0.1:9" in line
     assert "org/not-cached" in line and "HF_HUB_OFFLINE" in line
     assert took < 15, f"took {took:.0f} s"
+
+
+def test_a_text_file_with_a_short_row_is_refused_with_its_line(tmp_path: Path) -> None:
+    path = tmp_path / "reply.text.tsv"
+    path.write_text("start_s\tframe\ttoken\ttext\n0.080\t1\t41\t Five\n0.160\t2\n")
+    with pytest.raises(ValueError, match=r"reply.text.tsv, line 3: 2 columns, not the 4 of"):
+        files.read_text(path)
