@@ -323,8 +323,7 @@ def train_codec(args: argparse.Namespace) -> int:
     learning = loop.run_options(args, LEARNING_OPTIONS)
     if (out / loop.CHECKPOINT).is_file():
         start, extra = loop.load_checkpoint(out / loop.CHECKPOINT, trainee, optimizer, generator)
-        loop.resume_steps(options, extra)
-        loop.check_same_options(out, extra, learning)
+        loop.resume(options, extra, out, start, learning)
         log.info("codec: resuming %s at step %d", out, start)
     data = SpeechSegments(args.data, args.max_hours, config.sample_rate, config.frame_rate, table)
     mel_loss = MultiResolutionMelLoss(config.sample_rate).to(device)

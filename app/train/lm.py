@@ -393,8 +393,7 @@ def train_lm(args: argparse.Namespace) -> int:
         start, extra = loop.load_checkpoint(
             out / loop.CHECKPOINT, model, optimizer, generator, "shape, another --hear-weight"
         )
-        loop.resume_steps(options, extra)
-        loop.check_same_options(out, extra, learning)
+        loop.resume(options, extra, out, start, learning)
         log.info("lm: resuming %s at step %d", out, start)
     elif args.init is not None:
         init_lm(lm, args.init)

@@ -120,6 +120,17 @@ def run_options(args: argparse.Namespace, names: tuple[str, ...]) -> dict[str, A
     return json.loads(json.dumps({name: getattr(args, name) for name in names}))
 
 
+def resume(
+    options: LoopOptions, extra: dict[str, Any], out: Path, start: int, learning: dict[str, Any]
+) -> None:
+    """A run resumed at `start`: the total it fixed (`resume_steps`), and, where it has steps
+    left to train, the options it started with (a finished run may be run again with others,
+    for its figures only)."""
+    resume_steps(options, extra)
+    if options.steps is None or start < options.steps:
+        check_same_options(out, extra, learning)
+
+
 def check_same_options(out: Path, extra: dict[str, Any], options: dict[str, Any]) -> None:
     """A resumed run goes on with the options it started with: with other ones it would compute
     other numbers than the run it continues, and say nothing. `--steps` (or `--minutes`) may

@@ -356,8 +356,7 @@ def train_teacher(args: argparse.Namespace) -> int:
     learning = loop.run_options(args, LEARNING_OPTIONS)
     if (out / loop.CHECKPOINT).is_file():
         start, extra = loop.load_checkpoint(out / loop.CHECKPOINT, teacher, optimizer, generator)
-        loop.resume_steps(options, extra)
-        loop.check_same_options(out, extra, learning)
+        loop.resume(options, extra, out, start, learning)
         log.info("teacher: resuming %s at step %d", out, start)
     data = WordRuns(args.data, table, args.dialogues)
     if args.eval_data is not None:
