@@ -49,7 +49,7 @@ WEIGHTS, CONFIG = "codec.safetensors", "codec.json"
 PRESETS = {"demo": demo_mimi, "tiny": lambda: tiny_mimi(num_codebooks=4)}
 
 
-# What a resumed run must be given as it started (`loop.check_same_options`).
+# What a resumed run must be given as it started (`loop.resume`).
 LEARNING_OPTIONS = (
     "lr", "warmup", "batch_size", "segment", "quantize_probability", "codebook_decay",
     "vq_start", "phoneme_weight", "distill_weight", "waveform_weight", "commitment_weight",
@@ -281,7 +281,7 @@ def run(args: argparse.Namespace) -> int:
 def train_codec(args: argparse.Namespace) -> int:
     """Train (or continue) a codec run; returns the steps done."""
     device = loop.device_from(args.device)
-    options = loop.loop_options(args)
+    options = loop.loop_options(args, LEARNING_OPTIONS)
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
     generator = loop.seed_everything(args.seed)
@@ -320,10 +320,9 @@ def train_codec(args: argparse.Namespace) -> int:
     config = codec.config
     optimizer = torch.optim.AdamW(trainable, lr=args.lr, betas=(0.8, 0.99))
     start = 0
-    learning = loop.run_options(args, LEARNING_OPTIONS)
     if (out / loop.CHECKPOINT).is_file():
         start, extra = loop.load_checkpoint(out / loop.CHECKPOINT, trainee, optimizer, generator)
-        loop.resume(options, extra, out, start, learning)
+        loop.resume(options, extra, out, start)
         log.info("codec: resuming %s at step %d", out, start)
     data = SpeechSegments(args.data, args.max_hours, config.sample_rate, config.frame_rate, table)
     mel_loss = MultiResolutionMelLoss(config.sample_rate).to(device)
@@ -379,8 +378,9 @@ def train_codec(args: argparse.Namespace) -> int:
         }
 
     def checkpoint(done: int) -> None:
-        extra = {"steps": options.steps, "options": learning}
-        loop.save_checkpoint(out / loop.CHECKPOINT, trainee, optimizer, done, generator, extra)
+        loop.save_checkpoint(
+            out / loop.CHECKPOINT, trainee, optimizer, done, generator, options.checkpoint_extra()
+        )
         save_codec(codec, out)
 
     done = loop.train_loop(step, checkpoint, start, options, out, "codec")

@@ -94,7 +94,7 @@ def tiny_demo_lm(text_card: int, card: int, codebooks: int) -> LMConfig:
 
 
 PRESETS = {"demo": demo_lm, "tiny": tiny_demo_lm}
-# What a resumed run must be given as it started (`loop.check_same_options`).
+# What a resumed run must be given as it started (`loop.resume`).
 LEARNING_OPTIONS = (
     "lr", "warmup", "batch_size", "frames", "pad_weight", "first_codebook_weight",
     "hear_weight", "answer_weight", "hear_delay", "monologue_hears", "depth_share", "user_noise",
@@ -364,7 +364,7 @@ def run(args: argparse.Namespace) -> int:
 def train_lm(args: argparse.Namespace) -> int:
     """Train (or continue) an LM run; returns the steps done."""
     device = loop.device_from(args.device)
-    options = loop.loop_options(args)
+    options = loop.loop_options(args, LEARNING_OPTIONS)
     if not 0.0 < args.depth_share <= 1.0:
         raise ConfigError(f"--depth-share {args.depth_share}: a share of the frames, in (0, 1]")
     if not all(0.0 <= share <= 1.0 for share in args.user_noise):
@@ -388,12 +388,11 @@ def train_lm(args: argparse.Namespace) -> int:
         model.parameters(), lr=args.lr, betas=(0.9, 0.95), weight_decay=0.1
     )
     start = 0
-    learning = loop.run_options(args, LEARNING_OPTIONS)
     if (out / loop.CHECKPOINT).is_file():
         start, extra = loop.load_checkpoint(
             out / loop.CHECKPOINT, model, optimizer, generator, "shape, another --hear-weight"
         )
-        loop.resume(options, extra, out, start, learning)
+        loop.resume(options, extra, out, start)
         log.info("lm: resuming %s at step %d", out, start)
     elif args.init is not None:
         init_lm(lm, args.init)
@@ -477,8 +476,9 @@ def train_lm(args: argparse.Namespace) -> int:
         return {"loss": loss.item(), **metrics, "T": float(codes.shape[2])}
 
     def checkpoint(done: int) -> None:
-        extra = {"steps": options.steps, "options": learning}
-        loop.save_checkpoint(out / loop.CHECKPOINT, model, optimizer, done, generator, extra)
+        loop.save_checkpoint(
+            out / loop.CHECKPOINT, model, optimizer, done, generator, options.checkpoint_extra()
+        )
         save_lm(lm, out)
 
     done = loop.train_loop(step, checkpoint, start, options, out, "lm")

@@ -20,7 +20,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -113,22 +113,13 @@ def load_checkpoint(
     return int(state["step"]), dict(state["extra"])
 
 
-def run_options(args: argparse.Namespace, names: tuple[str, ...]) -> dict[str, Any]:
-    """The options of a run that change what it learns, by their argparse names, as its
-    checkpoint keeps them (`save_checkpoint`'s extra, "options"). Paths are not among them: a
-    run folder moves between machines."""
-    return json.loads(json.dumps({name: getattr(args, name) for name in names}))
-
-
-def resume(
-    options: LoopOptions, extra: dict[str, Any], out: Path, start: int, learning: dict[str, Any]
-) -> None:
-    """A run resumed at `start`: the total it fixed (`resume_steps`), and, where it has steps
-    left to train, the options it started with (a finished run may be run again with others,
-    for its figures only)."""
+def resume(options: LoopOptions, extra: dict[str, Any], out: Path, start: int) -> None:
+    """A run resumed at `start` from a checkpoint with this extra: the total it fixed
+    (`resume_steps`), and, where it has steps left to train, the options it started with (a
+    finished run may be run again with others, for its figures only)."""
     resume_steps(options, extra)
     if options.steps is None or start < options.steps:
-        check_same_options(out, extra, learning)
+        check_same_options(out, extra, options.learning)
 
 
 def check_same_options(out: Path, extra: dict[str, Any], options: dict[str, Any]) -> None:
@@ -259,6 +250,14 @@ class LoopOptions:
     # evaluate the weights a new run starts from (another run's, `--init`): the first candidate
     # for the held-out best, so that a run that never beats them keeps them
     evaluate_first: bool = False
+    # the options that change what a run learns, by argparse name, in JSON types; kept in its
+    # checkpoints (`checkpoint_extra`) for `resume` to hold a resumed run to. Paths are not
+    # among them: a run folder moves between machines.
+    learning: dict[str, Any] = field(default_factory=dict)
+
+    def checkpoint_extra(self) -> dict[str, Any]:
+        """What a trainer's checkpoint keeps besides the weights, for `resume`."""
+        return {"steps": self.steps, "options": self.learning}
 
     @property
     def schedule_steps(self) -> int:
@@ -415,10 +414,13 @@ def add_loop_arguments(parser: argparse.ArgumentParser, batch_size: int) -> None
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
-def loop_options(args: argparse.Namespace) -> LoopOptions:
+def loop_options(args: argparse.Namespace, learning: tuple[str, ...] = ()) -> LoopOptions:
+    """The loop's options from the command line; `learning` names the trainer's options that
+    a resumed run must be given as it started."""
     if args.threads:
         torch.set_num_threads(args.threads)
     return LoopOptions(
+        learning=json.loads(json.dumps({name: getattr(args, name) for name in learning})),
         steps=args.steps,
         minutes=args.minutes,
         checkpoint_every=args.checkpoint_every,

@@ -105,7 +105,7 @@ class Teacher(torch.nn.Module):
         return h[:, : 2 * frames].reshape(h.shape[0], frames, 2, -1).mean(2)
 
 
-# What a resumed run must be given as it started (`loop.check_same_options`).
+# What a resumed run must be given as it started (`loop.resume`).
 LEARNING_OPTIONS = (
     "lr", "warmup", "batch_size", "seconds", "speed_perturb", "spec_augment", "dialogues",
 )  # fmt: skip
@@ -341,7 +341,7 @@ def run(args: argparse.Namespace) -> int:
 
 def train_teacher(args: argparse.Namespace) -> int:
     device = loop.device_from(args.device)
-    options = loop.loop_options(args)
+    options = loop.loop_options(args, LEARNING_OPTIONS)
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
     generator = loop.seed_everything(args.seed)
@@ -353,10 +353,9 @@ def train_teacher(args: argparse.Namespace) -> int:
     teacher = Teacher(TeacherConfig(table.classes, args.dim, args.layers)).to(device).train()
     optimizer = torch.optim.AdamW(teacher.parameters(), lr=args.lr, betas=(0.9, 0.98))
     start = 0
-    learning = loop.run_options(args, LEARNING_OPTIONS)
     if (out / loop.CHECKPOINT).is_file():
         start, extra = loop.load_checkpoint(out / loop.CHECKPOINT, teacher, optimizer, generator)
-        loop.resume(options, extra, out, start, learning)
+        loop.resume(options, extra, out, start)
         log.info("teacher: resuming %s at step %d", out, start)
     data = WordRuns(args.data, table, args.dialogues)
     if args.eval_data is not None:
@@ -378,9 +377,8 @@ def train_teacher(args: argparse.Namespace) -> int:
 
     def checkpoint(done: int) -> None:
         loop.save_checkpoint(
-            out / loop.CHECKPOINT, teacher, optimizer, done, generator,
-            {"steps": options.steps, "options": learning},
-        )  # fmt: skip
+            out / loop.CHECKPOINT, teacher, optimizer, done, generator, options.checkpoint_extra()
+        )
         save_teacher(teacher, out)
 
     done = loop.train_loop(step, checkpoint, start, options, out, "teacher")
