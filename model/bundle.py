@@ -7,9 +7,11 @@
                         file names and the sampling (`lm_gen_config`), as a released config.json
     codec.json          the codec's MimiConfig (`dataclasses.asdict`): Kyutai's config.json has
                         no codec shape
+    MODEL_CARD.md       (optional) what the model can do and how well, measured
+                        (`antiphon train card`); its "In one line" is what `talk` says at start
 
-`bundle_files(folder)` returns the `ModelFiles` to load; `save_safetensors` writes weights in
-a chosen precision.
+`bundle_files(folder)` returns the `ModelFiles` to load; `bundle_summary(folder)` the card's
+line; `save_safetensors` writes weights in a chosen precision.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from .errors import CheckpointError
 
 LM_FILE, CODEC_FILE, TOKENIZER_FILE = "model.safetensors", "codec.safetensors", "tokenizer.model"
 CONFIG_FILE, CODEC_CONFIG_FILE = "config.json", "codec.json"
+CARD_FILE, SUMMARY_PREFIX = "MODEL_CARD.md", "**In one line:** "
 FILES = (LM_FILE, CODEC_FILE, TOKENIZER_FILE, CONFIG_FILE, CODEC_CONFIG_FILE)
 
 
@@ -38,6 +41,7 @@ def save_safetensors(state: dict[str, torch.Tensor], path: Path, dtype: torch.dt
         for k, v in state.items()
     }
     save_file(out, str(path))
+    path.chmod(0o644)  # safetensors writes 0600: a wheel made of the folder must be readable
 
 
 def mimi_config_from_dict(raw: dict[str, Any]) -> MimiConfig:
@@ -89,3 +93,16 @@ __all__ = [
     "mimi_config_from_dict",
     "save_safetensors",
 ]
+
+
+def bundle_summary(folder: str | Path) -> str | None:
+    """The model card's "In one line" (what the model does and how often it is right), or None
+    where the folder has no card or the card no such line."""
+    try:
+        lines = (Path(folder) / CARD_FILE).read_text().splitlines()
+    except (OSError, UnicodeDecodeError):
+        return None
+    for line in lines:
+        if line.startswith(SUMMARY_PREFIX):
+            return line[len(SUMMARY_PREFIX) :].strip().rstrip(".") or None
+    return None

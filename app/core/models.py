@@ -28,7 +28,7 @@ from model import (
     tiny_lm,
     tiny_mimi,
 )
-from model.bundle import CONFIG_FILE, bundle_files
+from model.bundle import CONFIG_FILE, bundle_files, bundle_summary
 from model.errors import ConfigError
 from model.kvcache import CACHE_FORMATS, CacheFormat, check_cache_format
 from model.quantize import CODEC_WEIGHTS, codec_weights, quantize_lm_, store_codec_weights_
@@ -41,10 +41,10 @@ log = logging.getLogger(__name__)
 
 # The bundled demo model: package data of `app`, so a wheel carries it as an editable install does.
 ASSETS = Path(str(resources.files("app").joinpath("assets")))
+# What `talk` says of a bundle whose model card has no "In one line" (model.bundle).
 DEMO_NOTICE = (
-    "the bundled demo model: a small model trained on synthetic speech. In English it greets, "
-    "says its name, adds, subtracts and multiplies small numbers, counts, spells short words "
-    "and answers simple yes/no questions; nothing else (--hf-repo loads Kyutai's Moshi)"
+    "the bundled demo model: a small model trained on synthetic English speech (what it can "
+    "do and how well: app/assets/MODEL_CARD.md); --hf-repo loads Kyutai's Moshi"
 )
 UNTRAINED_NOTICE = (
     "no bundled model: this is a small RANDOMLY INITIALISED model, so it answers with noise "
@@ -209,6 +209,8 @@ def _load(args: argparse.Namespace) -> LoadedModel:
                 f"export --out DIR` writes one), nor `{RANDOM_MODEL}`"
             )
         notice = f"the model exported in {folder} ({source})"
+        if summary := bundle_summary(folder):
+            notice += f": {summary}"
         return bundled_model(device, args, dtype, folder=folder, name=str(folder), notice=notice)
     if args.hf_repo is None and not (args.moshi_weight and args.mimi_weight and args.tokenizer):
         raise ConfigError(
@@ -237,12 +239,14 @@ def bundled_model(
     *,
     folder: Path = ASSETS,
     name: str = "bundled demo model",
-    notice: str = DEMO_NOTICE,
+    notice: str | None = None,
 ) -> LoadedModel:
     """A bundle (`model.bundle`): the demo model shipped in app/assets/ (docs/demo-model.md),
     or another export of it in `folder`. Sampling is the bundle's, with the model options of
-    `args` (--text-temperature, ..., --seed) over it where they are given."""
+    `args` (--text-temperature, ..., --seed) over it where they are given. The notice `talk`
+    shows: `notice`, else the model card's one line, else DEMO_NOTICE."""
     files = bundle_files(folder)
+    notice = notice or bundle_summary(folder) or DEMO_NOTICE
     return LoadedModel(
         codec=load_codec(files.codec_weights, files.codec_config, device),
         lm=load_lm(files.lm_weights, files.lm_config, device, dtype),
@@ -258,7 +262,8 @@ def bundled_model(
 def random_model(
     device: torch.device, sampling: SamplingParams, seed: int = 0, notice: str = UNTRAINED_NOTICE
 ) -> LoadedModel:
-    """The stand-in until the bundled demo model exists: tiny shapes, random weights."""
+    """`--model random`: tiny shapes, random weights, for the sound path and the tests; also
+    the stand-in where app/assets/ has no model (a checkout without it)."""
     torch.manual_seed(seed & 0xFFFFFFFF)  # any integer the user gives is a seed
     codec = Codec(tiny_mimi()).to(device).eval()
     for module in codec.quantizer.modules():

@@ -16,13 +16,11 @@ from pathlib import Path
 from typing import Any
 
 from app.core.models import ASSETS
-from model.bundle import FILES
+from model.bundle import CARD_FILE, FILES, SUMMARY_PREFIX
 from model.errors import ConfigError
 
 from .dialogues import manifest_rows
 from .quality import HELD_OUT_VOICE_TARGET, TARGETS
-
-CARD = "MODEL_CARD.md"
 
 # Full-Duplex-Bench v1 (Lin et al., arXiv 2503.04721), Table 2, Moshi's row: as published.
 MOSHI_FDB: dict[str, dict[str, Any]] = {
@@ -36,14 +34,54 @@ CAN = """\
 CPU: it listens and speaks at once, in English, about a small closed world: greetings and
 goodbyes, its name, adding, subtracting and multiplying small numbers, counting up a range,
 spelling short words, yes/no facts about everyday things, and which of two numbers is larger.
-It answers when you finish, waits through a pause in the middle of a sentence, and stops when
-you tell it to.
+It was taught to answer when you finish, to wait through a pause in the middle of a sentence
+and to stop when you tell it to; how often it does each is measured below.
 
 **What it cannot do.** Anything outside that world: it has never heard any other question,
 and it will answer one with something from its own world or with silence. It has one voice
 (a synthesized one), was trained only on synthesized speech, and knows no facts beyond the
 fifteen it was taught. It is not a general assistant; for that, load Kyutai's released
 Moshi checkpoints (`--hf-repo kyutai/moshiko-pytorch-bf16`) on a GPU."""
+
+# The card's line that `antiphon talk` prints when it starts is SUMMARY_PREFIX + summary_line
+# (read back by model.bundle.bundle_summary).
+WORLD = (
+    "a small demo model trained on one CPU on synthetic English speech: it listens while it "
+    "speaks and answers greetings, its name, small sums, counting, spelling and yes/no facts"
+)
+
+
+def summary_line(report: dict | None) -> str:
+    """What the model is and how often it is right, in one line, from `train eval`'s report."""
+    right = (report or {}).get("figures", {}).get("answer_correct")
+    if right is None:
+        return f"{WORLD} (its answers not measured yet)"
+    if right >= TARGETS["answer_correct"]:
+        return f"{WORLD}; {right:.0%} of its answers to held-out questions are right"
+    return (
+        f"{WORLD}, but gets most answers wrong ({right:.0%} right on held-out questions): a "
+        "work in progress; --hf-repo loads Kyutai's Moshi"
+    )
+
+
+def how_well(report: dict) -> str:
+    """The behaviour figures of the report, as a sentence a person reads."""
+    figures = report["figures"]
+
+    def share(name: str) -> str:
+        value = figures.get(name)
+        return "n/a" if value is None else f"{value:.0%}"
+
+    return (
+        f"**How well.** On {report['counts']['dialogues']} held-out dialogues it answered "
+        f"{share('answer_correct')} of the requests right and {share('answer_kind_right')} with "
+        f"an answer of the right kind (a number for a sum, letters for a spelling); it was "
+        f"silent during {share('silent_while_user')} of the user's speech, answered within 1 s "
+        f"{share('answers_within_1s')} of the time, waited through a pause in the middle of a "
+        f"sentence {share('pause_kept_silent')} of the time and stopped within 0.5 s when "
+        f"interrupted {share('stops_within_0_5s')} of the time. The figures, per intent and "
+        "for a voice it never trained on, are below."
+    )
 
 
 def _read_json(path: Path) -> Any:
@@ -150,23 +188,19 @@ def fdb_table(report: dict) -> list[str]:
     return lines
 
 
-def write_card(run: Path, assets: Path, commands: dict[str, str]) -> str:
+RUN_LOGS = {"codec": "codec", "lm": "lm", "hear": "lm-hear", "decoder": "codec-decoder"}
+
+
+def training_table(run: Path, logs: dict[str, dict], commands: dict[str, str]) -> list[str]:
+    """How the model was trained, from the run folder's logs (`RUN_LOGS`, each summarised by
+    `run_summary`): one row per stage."""
     folders = [run / "data" / "train"]  # and data/train2 where the run made more
     if (run / "data" / "train2" / "manifest.jsonl").is_file():
         folders.append(run / "data" / "train2")
     manifest = [row for folder in folders for row in manifest_rows(folder)]
     train_hours = sum(row["duration"] for row in manifest) / 3600
-    codec = run_summary(_log(run / "codec" / "log.jsonl"))
-    lm = run_summary(_log(run / "lm" / "log.jsonl"))
-    hear = run_summary(_log(run / "lm-hear" / "log.jsonl"))
-    decoder = run_summary(_log(run / "codec-decoder" / "log.jsonl"))
-    report = _read_json(run / "eval.json")
-    fdb = _read_json(run / "fdb-eval" / "report.json")
-    bench = _read_json(run / "bench.json")
-    sizes = {name: (assets / name).stat().st_size for name in FILES if (assets / name).is_file()}
-
-    out = ["# antiphon demo model", "", CAN, "", "## How it was trained", ""]
-    out += [
+    codec, lm, hear, decoder = (logs[name] for name in RUN_LOGS)
+    return [
         f"On one machine: {platform.processor() or platform.machine()}, 2 CPU cores, no GPU; "
         "every stage by `scripts/train_demo.sh` (seed 0), resumable.",
         "",
@@ -199,6 +233,30 @@ def write_card(run: Path, assets: Path, commands: dict[str, str]) -> str:
             else []
         ),
         "",
+    ]
+
+
+def write_card(
+    run: Path, assets: Path, commands: dict[str, str], lineage: str | None = None
+) -> str:
+    """MODEL_CARD.md's text. `lineage`: how the model was trained, written by hand, for one
+    trained over several runs (each from the last one's weights) whose folders are not all
+    there; without it the table comes from the run folder's logs."""
+    logs = {
+        name: run_summary(_log(run / folder / "log.jsonl")) for name, folder in RUN_LOGS.items()
+    }
+    codec, lm, hear, decoder = (logs[name] for name in RUN_LOGS)
+    report = _read_json(run / "eval.json")
+    fdb = _read_json(run / "fdb-eval" / "report.json")
+    bench = _read_json(run / "bench.json")
+    sizes = {name: (assets / name).stat().st_size for name in FILES if (assets / name).is_file()}
+
+    out = ["# antiphon demo model", "", SUMMARY_PREFIX + summary_line(report) + ".", "", CAN, ""]
+    if report:
+        out += [how_well(report), ""]
+    out += ["## How it was trained", ""]
+    out += [lineage.strip(), ""] if lineage else training_table(run, logs, commands)
+    out += [
         "Shipped files: "
         + ", ".join(f"{name} ({size / 1e6:.1f} MB)" for name, size in sizes.items())
         + f"; {sum(sizes.values()) / 1e6:.1f} MB in all.",
@@ -272,11 +330,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--data-time", default="", help="wall-clock of the data stage, as the log printed it"
     )
+    parser.add_argument(
+        "--lineage",
+        type=Path,
+        help="how the model was trained, in Markdown, written by hand: for a model trained "
+        "over several runs, each from the last one's weights (trained/LINEAGE.md); replaces "
+        "the table made from the run folder's logs",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
     manifest = args.run / "data" / "train" / "manifest.jsonl"
-    if not manifest.is_file():
+    lineage = None
+    if args.lineage is not None:
+        try:
+            lineage = args.lineage.read_text()
+        except OSError as exc:
+            raise ConfigError(f"--lineage {args.lineage}: cannot read it ({exc})") from exc
+    elif not manifest.is_file():
         raise ConfigError(
             f"--run {args.run}: no {manifest.relative_to(args.run)}; give the run folder "
             "scripts/train_demo.sh wrote (RUN_DIR)"
@@ -291,6 +362,6 @@ def run(args: argparse.Namespace) -> int:
         f"--json {args.run}/eval.json --fdb-out {args.run}/fdb",
         "fdb": f"antiphon eval {args.run}/fdb --out {args.run}/fdb-eval --no-timeline",
     }
-    (args.assets / CARD).write_text(write_card(args.run, args.assets, commands))
-    print(f"wrote {args.assets / CARD}")
+    (args.assets / CARD_FILE).write_text(write_card(args.run, args.assets, commands, lineage))
+    print(f"wrote {args.assets / CARD_FILE}")
     return 0

@@ -10,12 +10,14 @@ import pytest
 import torch
 
 from model.bundle import (
+    CARD_FILE,
     CODEC_CONFIG_FILE,
     CODEC_FILE,
     CONFIG_FILE,
     LM_FILE,
     TOKENIZER_FILE,
     bundle_files,
+    bundle_summary,
     mimi_config_from_dict,
     save_safetensors,
 )
@@ -60,3 +62,14 @@ def test_a_bundle_reads_back(tmp_path: Path, tmp_path_factory: pytest.TempPathFa
     files = bundle_files(tmp_path)
     assert (files.lm_config, files.codec_config) == (lm_config, codec_config)
     assert files.lm_weights == tmp_path / LM_FILE and files.sampling.audio_temperature == 0.5
+    assert (tmp_path / LM_FILE).stat().st_mode & 0o444 == 0o444  # a wheel of it is readable
+
+
+def test_a_bundles_one_line_comes_from_its_card(tmp_path: Path) -> None:
+    assert bundle_summary(tmp_path) is None  # no card
+    (tmp_path / CARD_FILE).write_text("# a card\n\nno such line\n")
+    assert bundle_summary(tmp_path) is None
+    (tmp_path / CARD_FILE).write_bytes(b"\xff\xfe not text")
+    assert bundle_summary(tmp_path) is None
+    (tmp_path / CARD_FILE).write_text("# a card\n\n**In one line:** a model that counts.\n")
+    assert bundle_summary(tmp_path) == "a model that counts"

@@ -60,7 +60,7 @@ from app.train.monologue import answer_frames, text_tokens
 from app.train.phonemes import PhonemeTable
 from app.train.quality import FIGURES, evaluate
 from app.train.tokenizer import dialogue_sentences, train_tokenizer
-from model.bundle import bundle_files
+from model.bundle import CARD_FILE, bundle_files, bundle_summary
 from model.checkpoint import lm_config_from_kyutai, load_codec, load_lm
 from model.codec import Codec
 from model.config import tiny_lm, tiny_mimi
@@ -781,6 +781,16 @@ def test_demo_eval_reports_every_figure(
     assert "| LM, hearing |" in text and "LM, hearing held-out figures" in text
     assert "| answer_correct |" in text and "antiphon train eval ..." in text
     assert f"{report['counts']['dialogues']} held-out dialogues" in text
+    # its one line, with how often the model is right, is what `talk` says when it starts
+    (assets / CARD_FILE).write_text(text)
+    right = report["figures"]["answer_correct"]
+    assert bundle_summary(assets) == card.summary_line(report)
+    assert f"{right:.0%} right" in card.summary_line(report) or right >= 0.8
+    assert bundled_model(torch.device("cpu"), folder=assets).notice == card.summary_line(report)
+    # a model trained over several runs: its lineage, written by hand, replaces the table
+    text = card.write_card(run, assets, {}, lineage="| stage | a chain of runs |")
+    assert "| stage | a chain of runs |" in text and "| codec | Mimi architecture" not in text
+    assert "| answer_correct |" in text
 
 
 def test_a_time_budget_becomes_a_fixed_number_of_steps(tmp_path: Path) -> None:
