@@ -3,7 +3,7 @@
 Mimi distils a self-supervised speech model (WavLM) into its first codebook, so that the codes
 the LM reads first are about *what* is said more than *how*. No such model can be downloaded
 here, and without it the demo LM could not learn the user's words from the codes (the acoustic
-codes of many voices are too far apart: docs/demo-model.md, "The second phase"). The dialogues
+codes of many voices are too far apart: docs/demo-model-runs.md, "The second phase"). The dialogues
 come with their text and word timings instead, so the codec learns phonemes: espeak-ng writes
 each word as phonemes, they are spread evenly over the word's aligned span, and a training-only
 head on the first codebook's output learns them (`antiphon train codec --phoneme-weight`).
