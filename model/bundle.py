@@ -41,7 +41,9 @@ def save_safetensors(state: dict[str, torch.Tensor], path: Path, dtype: torch.dt
         for k, v in state.items()
     }
     save_file(out, str(path))
-    path.chmod(0o644)  # safetensors writes 0600: a wheel made of the folder must be readable
+    # safetensors writes 0600; model files are for whoever runs antiphon to read, and a wheel
+    # built from the folder keeps the mode: readable by all, on purpose, whatever the umask
+    path.chmod(0o644)
 
 
 def mimi_config_from_dict(raw: dict[str, Any]) -> MimiConfig:
@@ -82,19 +84,6 @@ def bundle_files(folder: str | Path) -> ModelFiles:
     return replace(files, codec_config=mimi_config_from_dict(raw))
 
 
-__all__ = [
-    "CODEC_CONFIG_FILE",
-    "CODEC_FILE",
-    "CONFIG_FILE",
-    "FILES",
-    "LM_FILE",
-    "TOKENIZER_FILE",
-    "bundle_files",
-    "mimi_config_from_dict",
-    "save_safetensors",
-]
-
-
 def bundle_summary(folder: str | Path) -> str | None:
     """The model card's "In one line" (what the model does and how often it is right), or None
     where the folder has no card or the card no such line."""
@@ -106,3 +95,19 @@ def bundle_summary(folder: str | Path) -> str | None:
         if line.startswith(SUMMARY_PREFIX):
             return line[len(SUMMARY_PREFIX) :].strip().rstrip(".") or None
     return None
+
+
+__all__ = [
+    "CARD_FILE",
+    "CODEC_CONFIG_FILE",
+    "CODEC_FILE",
+    "CONFIG_FILE",
+    "FILES",
+    "LM_FILE",
+    "SUMMARY_PREFIX",
+    "TOKENIZER_FILE",
+    "bundle_files",
+    "bundle_summary",
+    "mimi_config_from_dict",
+    "save_safetensors",
+]

@@ -266,7 +266,8 @@ def demo_mimi() -> MimiConfig:
 
 def demo_lm(text_card: int, card: int = 1024, codebooks: int = 8) -> LMConfig:
     """The bundled demo LM: about 11 M parameters (22 MB in bf16); with the demo codec,
-    encode + LM step + decode takes about 22 ms per frame on 2 CPU cores (docs/demo-model.md).
+    encode + LM step + decode takes 22-31 ms per frame on 2 CPU cores (docs/demo-model.md,
+    "Real time on a CPU"; the model card).
 
     The depth transformer shares weights between acoustic codebooks (schedule 0, 1, 2, 2, ...):
     a third of the parameters of one set per codebook, at the same speed."""

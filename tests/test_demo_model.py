@@ -6,8 +6,8 @@ samples), and the transcript is printed (`pytest -s`).
 
 The goal is every answer right. The model shipped today gets most of them wrong (its card,
 app/assets/MODEL_CARD.md, has the held-out figures), so the test holds it to what it did when it
-was shipped, as a floor: a change to the pipeline that makes it hear or answer worse fails here.
-Raise the floors with each better model.
+was shipped, as floors: a change to the pipeline that makes it hear or answer worse fails here.
+Raise the floors, and hold right answers to one, with each better model.
 
 Skipped (with the reason) only where no trained model is bundled in app/assets/.
 """
@@ -44,7 +44,7 @@ NUMBER = (
 # (question, the right answer, an answer of the right kind), as patterns on the reply's words
 # (lower case, one space between, a space at each end).
 QUESTIONS = [
-    ("What is two plus three?", " five ", f" {NUMBER} "),
+    ("What is two plus three?", "(^| is) five ", f" {NUMBER} "),
     ("What's your name?", " antiphon ", " (i am|my name|antiphon) "),
     ("Is fire cold?", "^ no ", "^ (yes|no) "),
     # a count that stops at four; any run of three numbers is a count
@@ -75,12 +75,16 @@ def reply_after(text_file: Path, start: float) -> str:
 
 SEEDS = (1, 2, 3, 4, 5, 6)
 # Floors, of the len(QUESTIONS) * len(SEEDS) conversations, from the shipped model's own run
-# (the ninth run's LM, 2026-12-03): it said something after 25 of the 30 questions, 18 times an
-# answer of the right kind (a number, a count, letters), and 2 times the right answer ("three
-# plus two is five", "I am Antiphon"). It counts on past four and spells dog with other letters.
+# (the ninth run's LM; 2026-12-03, AMD EPYC Zen 5, one thread, torch 2.13): it said something
+# after 25 of the 30 questions and gave an answer of the right kind (a number, a count, letters)
+# 18 times, but the right answer only twice ("Three plus two is five.", "I am Antiphon."): it
+# counts on past four, spells dog with other letters and answers "Is fire cold?" with silence or
+# a greeting. The seeds repeat a conversation exactly only on the same CPU, threads and torch, so
+# the floors leave room for another machine's draws; at 2 in 30, a floor on right answers would
+# fail on some machines by chance alone, so they are printed, not held to, until a model gets
+# enough right for a floor that holds everywhere.
 ANSWERED_AT_LEAST = 20
 RIGHT_KIND_AT_LEAST = 12
-RIGHT_AT_LEAST = 1
 
 
 @dataclass
@@ -137,8 +141,6 @@ def test_spoken_questions_get_spoken_answers(replies: list[Reply]) -> None:
 
 
 @pytest.mark.slow
-def test_as_many_answers_are_right_as_when_the_model_was_shipped(replies: list[Reply]) -> None:
+def test_answers_are_of_the_right_kind_as_often_as_when_shipped(replies: list[Reply]) -> None:
     kind = [(r.question, r.seed, r.text) for r in replies if r.right_kind]
     assert len(kind) >= RIGHT_KIND_AT_LEAST, f"{len(kind)} of the right kind: {kind}"
-    right = [(r.question, r.seed, r.text) for r in replies if r.right]
-    assert len(right) >= RIGHT_AT_LEAST, f"{len(right)} right: {right}"

@@ -41,14 +41,15 @@ log = logging.getLogger(__name__)
 
 # The bundled demo model: package data of `app`, so a wheel carries it as an editable install does.
 ASSETS = Path(str(resources.files("app").joinpath("assets")))
-# What `talk` says of a bundle whose model card has no "In one line" (model.bundle).
+# What `talk` says of an export whose folder has no model card with an "In one line"
+# (model.bundle.bundle_summary); `train card` writes one.
 DEMO_NOTICE = (
-    "the bundled demo model: a small model trained on synthetic English speech (what it can "
-    "do and how well: app/assets/MODEL_CARD.md); --hf-repo loads Kyutai's Moshi"
+    "a demo model trained by antiphon on synthetic English speech (no model card says what "
+    "it can do; `antiphon train card` writes one); --hf-repo loads Kyutai's Moshi"
 )
 UNTRAINED_NOTICE = (
-    "no bundled model: this is a small RANDOMLY INITIALISED model, so it answers with noise "
-    "and meaningless tokens; --hf-repo loads Kyutai's models"
+    "no model in app/assets/: this is a small RANDOMLY INITIALISED model, so it answers with "
+    "noise and meaningless tokens; --hf-repo loads Kyutai's models"
 )
 RANDOM_NOTICE = (
     "a small RANDOMLY INITIALISED model, as {source} asks: it answers with noise and "
@@ -196,7 +197,7 @@ def _load(args: argparse.Namespace) -> LoadedModel:
         if chosen is None:
             chosen, source = os.environ.get(MODEL_ENV) or None, f"${MODEL_ENV}"
         if chosen == RANDOM_MODEL or (chosen is None and not (ASSETS / CONFIG_FILE).is_file()):
-            notice = UNTRAINED_NOTICE  # nothing bundled yet: say so
+            notice = UNTRAINED_NOTICE  # no model in app/assets/ (a checkout without it)
             if chosen == RANDOM_MODEL:
                 notice = RANDOM_NOTICE.format(source=f"{source} {RANDOM_MODEL}")
             return random_model(device, _sampling(args, SamplingParams()), args.seed, notice)

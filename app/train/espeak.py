@@ -11,7 +11,7 @@ the word (20 ms analysis frames), well inside one 80 ms codec frame.
 
 The library keeps global state, so one process has one synthesiser behind a lock. The library's
 location can be overridden with ANTIPHON_ESPEAK_LIBRARY and its data with ESPEAK_DATA_PATH
-(used on machines without Debian's espeak-ng package, see docs/demo-model.md).
+(used on machines without Debian's espeak-ng package).
 """
 
 from __future__ import annotations
