@@ -9,14 +9,22 @@ found in its raw microphone, the model's inner monologue on the frame clock.
 
     .venv/bin/python scripts/ask_on_jack.py                       # five questions, the bundle
     .venv/bin/python scripts/ask_on_jack.py --question "Is ice hot?" -- --seed 3
+    .venv/bin/python scripts/ask_on_jack.py --tui docs            # docs/tui.svg and tui.txt
 
-Needs jackd2, espeak-ng and the test dependencies (`scripts/setup.sh --dev`).
+`--tui DIR` runs the app with its terminal UI in a 120x36 tmux window instead of `--no-tui`,
+presses `T` (text temperature up) the way a person tries the keys (it records from the start,
+`--record`, so the border shows `● rec`), and keeps
+what the screen showed a few seconds before the end: Textual's own screenshot (DIR/tui.svg) and
+tmux's text of the same screen (DIR/tui.txt).
+
+Needs jackd2, espeak-ng and the test dependencies (`scripts/setup.sh --dev`); `--tui`, tmux.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -46,10 +54,14 @@ RATE, FRAME = 24000, 1920
 
 
 def converse(
-    questions: list[str], wait: float, folder: Path, talk_args: list[str]
+    questions: list[str],
+    wait: float,
+    folder: Path,
+    talk_args: list[str],
+    tui: Path | None = None,
 ) -> tuple[np.ndarray, list[tuple[float, float]]]:
     """Run the app, ask, stop it. Returns the script played into the microphone and where each
-    question lies in it (seconds); the app's stderr goes to folder/talk.log."""
+    question lies in it (seconds); the app's stderr goes to folder/talk.log (without `tui`)."""
     lines = [espeak(q, "en-us", folder) for q in questions]
     parts, spans, at = [np.zeros(RATE, np.float32)], [], 1.0
     for line in lines:
@@ -60,14 +72,18 @@ def converse(
     server = start_jackd(RATE, FRAME)
     env = {**os.environ, "JACK_DEFAULT_SERVER": server.name, "JACK_NO_START_SERVER": "1"}
     env.pop(MODEL_ENV, None)  # the bundled model, unless talk_args name another
-    command = [sys.executable, "-m", "app.cli", "talk", "--no-tui", "--record", str(folder / "rec")]
+    command = [sys.executable, "-m", "app.cli", "talk", "--record", str(folder / "rec")]
     command += ["--input-device", "system", "--output-device", "system", "--record-microphone"]
+    command += talk_args
     try:
         with (
             JackPeer(server, record_seconds=len(script) / RATE + 10) as peer,
             open(folder / "talk.log", "w") as log,
         ):
-            app = subprocess.Popen(command + talk_args, cwd=ROOT, env=env, stderr=log, text=True)
+            if tui is None:
+                app = subprocess.Popen(command + ["--no-tui"], cwd=ROOT, env=env, stderr=log)
+            else:
+                app = in_tmux(command, env, tui, len(script) / RATE)
             try:
                 opened = lambda: peer.portaudio_opened() or app.poll() is not None  # noqa: E731
                 started = peer.wait_for(opened, 120)
@@ -76,14 +92,55 @@ def converse(
                 time.sleep(0.5)
                 peer.connect_portaudio()
                 peer.play(script)
+                if tui is not None:
+                    press_keys_and_capture(tui, len(script) / RATE)
                 if not peer.wait_played(timeout=len(script) / RATE + 30):
                     print("the questions did not finish playing in time", file=sys.stderr)
             finally:
+                if tui is not None:  # the app ends with `q`; tmux goes with it
+                    app.wait(timeout=60)
                 app.send_signal(signal.SIGTERM)
                 app.wait(timeout=60)
     finally:
         server.stop()
     return script, spans
+
+
+TMUX_SESSION = "antiphon-ask"
+
+
+def in_tmux(command: list[str], env: dict[str, str], out: Path, seconds: float) -> subprocess.Popen:
+    """The app with its TUI in a detached 120x36 tmux window; Textual saves its own screenshot
+    of the screen as out/tui.svg about when press_keys_and_capture takes tmux's text. Returns a
+    process that lives as long as the app (`tmux wait-for` the app's end)."""
+    out.mkdir(parents=True, exist_ok=True)
+    shot = {
+        "TEXTUAL_SCREENSHOT": str(round(seconds + 2)),  # the app opens its devices in ~5 s
+        "TEXTUAL_SCREENSHOT_LOCATION": str(out.resolve()),
+        "TEXTUAL_SCREENSHOT_FILENAME": "tui.svg",
+        "TERM": "xterm-256color",
+        "COLORTERM": "truecolor",
+    }
+    exports = [f"{k}={v}" for k, v in {**env, **shot}.items() if k.isidentifier()]
+    shell = shlex.join(["env", *exports, *command]) + f"; tmux wait-for -S {TMUX_SESSION}"
+    tmux = ["tmux", "new-session", "-d", "-s", TMUX_SESSION, "-x", "120", "-y", "36", shell]
+    subprocess.run(tmux, cwd=ROOT, check=True)
+    return subprocess.Popen(["tmux", "wait-for", TMUX_SESSION])
+
+
+def press_keys_and_capture(out: Path, seconds: float) -> None:
+    """`T` 7 s into the questions; tmux's text of the screen at about the moment Textual takes
+    its screenshot, into out/tui.txt; then `q`."""
+    keys = lambda *k: subprocess.run(["tmux", "send-keys", "-t", TMUX_SESSION, *k])  # noqa: E731
+    time.sleep(7)
+    keys("T")
+    time.sleep(max(seconds - 7 - 3, 0))
+    screen = subprocess.run(
+        ["tmux", "capture-pane", "-p", "-t", TMUX_SESSION], capture_output=True, text=True
+    )
+    (out / "tui.txt").write_text(screen.stdout)
+    time.sleep(8)  # Textual's screenshot is due by now
+    keys("q")
 
 
 def transcript(
@@ -118,15 +175,19 @@ def main() -> None:
     parser.add_argument("--question", action="append", help="a question (repeat; default: five)")
     parser.add_argument("--wait", type=float, default=6.0, help="seconds after each question")
     parser.add_argument("--keep", type=Path, help="keep the recording in this folder")
+    parser.add_argument(
+        "--tui", type=Path, metavar="DIR", help="run the TUI in tmux; its screen into DIR"
+    )
     parser.add_argument("talk_args", nargs="*", help="more `antiphon talk` arguments, after --")
     args = parser.parse_args()
     questions = args.question or list(QUESTIONS)
     with tempfile.TemporaryDirectory() as tmp:
         folder = args.keep or Path(tmp)
         folder.mkdir(parents=True, exist_ok=True)
-        script, spans = converse(questions, args.wait, folder, args.talk_args)
+        script, spans = converse(questions, args.wait, folder, args.talk_args, args.tui)
         said = [line for line in (folder / "talk.log").read_text().splitlines() if line.strip()]
-        print("antiphon talk printed:\n  " + "\n  ".join(said))
+        if said:
+            print("antiphon talk printed:\n  " + "\n  ".join(said))
         print("\n".join(transcript(folder / "rec", script, spans, questions)))
 
 
