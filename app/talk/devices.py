@@ -2,8 +2,9 @@
 
 The devices run in PortAudio's threads; their callbacks hand frames to the event loop with
 `call_soon_threadsafe` and never block. With no microphone on the machine (a server, CI), a
-demo utterance plays as the user's voice instead, in real time; with no speaker, the reply
-is collected for a WAV. A session needs only what `DeviceUser` names to have its devices
+demo utterance plays as the user's voice instead, in real time (a question spoken by espeak-ng,
+DEMO_QUESTION, shipped beside the model; else a hum with a syllable rhythm); with no speaker,
+the reply is collected for a WAV. A session needs only what `DeviceUser` names to have its devices
 opened: `TalkSession` and `RemoteTalkSession` both have it.
 """
 
@@ -20,6 +21,7 @@ import numpy as np
 
 from app.core.audio import AudioFormat
 from app.core.events import ErrorEvent, EventSink
+from app.core.models import ASSETS
 from app.core.runtime import (
     AudioSink,
     AudioSource,
@@ -31,7 +33,8 @@ from app.core.runtime import (
 )
 from audio_io.devices import DeviceInfo, find_device
 from audio_io.echo import EchoCancelError, EchoCanceller, EchoConfig
-from audio_io.errors import AudioDeviceError
+from audio_io.errors import AudioDeviceError, AudioFileError
+from audio_io.files import read_audio
 from audio_io.streams import Microphone, Speaker
 
 
@@ -57,6 +60,26 @@ class DeviceUser(Protocol):
     def devices(self) -> dict[str, str]: ...  # gets "input" and "output": what was opened
 
     def notice(self, text: str) -> None: ...
+
+
+DEMO_SECONDS = 6.0
+# What the demo utterance says: espeak-ng's voice, written by scripts/demo_question.py into
+# DEMO_QUESTION_FILE (a question the bundled model was trained on, so its answer shows what it
+# does with one).
+DEMO_QUESTION = "Hello! What's your name?"
+DEMO_QUESTION_FILE = ASSETS / "demo-question.flac"
+
+
+def demo_user_signal(sample_rate: int) -> tuple[np.ndarray, str]:
+    """DEMO_SECONDS of the user's side when there is no microphone, and what it is: the shipped
+    spoken question followed by silence for the answer, else the generated hum."""
+    try:
+        spoken = read_audio(DEMO_QUESTION_FILE, sample_rate)
+    except AudioFileError:
+        return generated_user_signal(DEMO_SECONDS, sample_rate), "demo utterance (generated)"
+    out = np.zeros(round(DEMO_SECONDS * sample_rate), np.float32)
+    out[: len(spoken)] = spoken[: len(out)]
+    return out, f'demo question "{DEMO_QUESTION}" (espeak-ng)'
 
 
 def generated_user_signal(seconds: float, sample_rate: int) -> np.ndarray:
@@ -151,15 +174,14 @@ def open_devices(
         if session.input_device is not None:
             raise
         session.notice(str(exc))
+        audio, names["input"] = demo_user_signal(format.sample_rate)
         session.notice(
-            "no microphone, so a demo utterance plays as your voice "
+            f"no microphone, so a demo utterance plays as your voice: {names['input']} "
             "(pass --input-device to choose one)"
         )
-        audio = generated_user_signal(6.0, format.sample_rate)
         source: AudioSource = PacedFileSource(
             audio, format.frame_size, format.sample_rate, session.clock
         )
-        names["input"] = "demo utterance (generated)"
     else:
         source = MicrophoneSource(microphone, session.events)
         names["input"] = microphone.describe()
