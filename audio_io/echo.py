@@ -30,17 +30,19 @@ from __future__ import annotations
 import importlib
 import logging
 import threading
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from .echo_delay import DelayTracker
+from .echo_delay import DelayTracker, LagEstimate
 from .errors import AudioError
 
 logger = logging.getLogger(__name__)
 
+LAG_HISTORY = 256  # frames of the delay tracker's estimates kept (about 20 s)
 INSTALL_HINT = "pip install livekit (or: bash scripts/setup.sh), or pass --no-echo-cancel"
 
 
@@ -178,6 +180,8 @@ class EchoCanceller:
         self._passing = False  # the last frame went out as the microphone had it
         # (frame, seconds) of each move of the echo's delay followed (follow_delay)
         self.delay_moves: list[tuple[int, float]] = []
+        # (frame, estimate) of the tracker's latest estimates, for telling why a move came late
+        self.lag_estimates: deque[tuple[int, LagEstimate]] = deque(maxlen=LAG_HISTORY)
         # (frame, samples) of each microphone frame whose capture time is more than `snap` off
         # one frame after the previous one's: a dropped frame, or the capture clock jumping
         self.capture_jumps: list[tuple[int, int]] = []
@@ -202,6 +206,7 @@ class EchoCanceller:
             self._quiet = 0.0
             self._passing = False
             self.delay_moves = []
+            self.lag_estimates.clear()
             self.capture_jumps = []
             self._last_capture = None
             config = self.config
@@ -255,6 +260,11 @@ class EchoCanceller:
                 raise EchoCancelError(f"WebRTC's echo canceller refused the audio: {exc}") from exc
             if config.follow_delay:
                 moved = self._tracker.observe(reference, mic)
+                last = self._tracker.last
+                if last is not None and not (
+                    self.lag_estimates and self.lag_estimates[-1][1] is last
+                ):
+                    self.lag_estimates.append((self.frames, last))
                 if moved:
                     self._shift += moved - config.follow_margin
                     self.delay_moves.append((self.frames, moved))

@@ -20,7 +20,7 @@ import asyncio
 import contextlib
 import json
 import subprocess
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,6 +32,7 @@ from app.core.engine import StepResult
 from app.core.recording import MICROPHONE_WAV, read_recording
 from app.core.runtime import Conversation
 from app.eval.vad import speech_segments
+from audio_io.echo_delay import LagEstimate
 from audio_io.files import read_audio
 from model import SamplingParams
 from tests.app.talk.echo_room import EchoPath, EchoRoom
@@ -295,6 +296,22 @@ def measure(folder: Path, room: EchoRoom) -> EchoFigures:
         first_echo=first_echo,
         change=change,
     )
+
+
+def late_move_trace(figures: EchoFigures, estimates: Iterable[tuple[int, LagEstimate]]) -> str:
+    """Where the path change took more than 1 s to re-converge (or never did): the delay
+    tracker's estimates from just before the change on (frames on the canceller's count, which
+    starts with the recording's), to tell whether the move waited for a sharp peak, for the
+    echo's share, or for a second estimate. Empty otherwise."""
+    if figures.resettled is not None and figures.resettled <= 1.0:
+        return ""
+    rows = [
+        f"  frame {frame}: lag {1000 * e.lag:.1f} ms, sharpness {e.sharpness:.1f}, "
+        f"share {e.share:.2f}"
+        for frame, e in estimates
+        if figures.change - 4 <= frame <= figures.change + 24
+    ]
+    return "re-converged late; the tracker's estimates after the path change:\n" + "\n".join(rows)
 
 
 def check(figures: EchoFigures, estimate_held: bool = True) -> None:

@@ -35,6 +35,7 @@ from tests.app.talk.echo_loop import (
     check,
     check_heard_is_recorded,
     far_end_speech,
+    late_move_trace,
     measure,
     talk_in_the_room,
 )
@@ -107,4 +108,5 @@ def test_echo_is_cancelled_on_a_real_jack_loop_and_the_user_survives(
     print(f"{figures.report()}\ndelay moves (frame, s) {echo.delay_moves}")
     print(f"placement jumps (played frame, samples) {echo.placement_jumps}")
     print(f"capture jumps (frame, samples) {echo.capture_jumps}")
+    print(late_move_trace(figures, echo.lag_estimates))
     check(figures)

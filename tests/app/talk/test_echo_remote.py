@@ -32,6 +32,7 @@ from tests.app.talk.echo_loop import (
     FarEndScript,
     check,
     far_end_speech,
+    late_move_trace,
     measure,
     talk_in_the_room,
 )
@@ -109,5 +110,6 @@ def test_talk_remote_cancels_echo_on_a_real_jack_loop_and_the_user_survives(
     if session.echo is not None:
         print(f"placement jumps (played frame, samples) {session.echo.placement_jumps}")
         print(f"capture jumps (frame, samples) {session.echo.capture_jumps}")
+        print(late_move_trace(figures, session.echo.lag_estimates))
     check(figures, estimate_held=False)
     assert session.devices["echo"] == "WebRTC AEC3"  # on by default
