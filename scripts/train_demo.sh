@@ -48,7 +48,9 @@
 #              and each request as a Full-Duplex-Bench sample                RUN_DIR/fdb
 #   fdb        `antiphon eval` on those samples                              RUN_DIR/fdb-eval
 #   bench      frame time of the demo shapes on THREADS threads               RUN_DIR/bench.json
-#   card       ASSETS/MODEL_CARD.md from everything above
+#   card       ASSETS/MODEL_CARD.md from everything above (LINEAGE=FILE: how a model  ASSETS
+#              made over several runs was trained, in place of this run's table:
+#              trained/LINEAGE.md for the shipped one)
 #
 # Every stage can be stopped at any moment (Ctrl-C, SIGTERM, a machine that goes away) and the
 # same command goes on: data and tokenizer stages are skipped once their output is there, codec
@@ -280,7 +282,8 @@ for stage in "$@"; do
             ;;
         card)
             train card --run "$run_dir" --assets "$assets" \
-                --data-time "${DATA_TIME:-see RUN_DIR/data-train.log}"
+                --data-time "${DATA_TIME:-see RUN_DIR/data-train.log}" \
+                ${LINEAGE:+--lineage "$LINEAGE"}
             ;;
         *)
             echo "train_demo: unknown stage $stage (see the top of this file)" >&2
