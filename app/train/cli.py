@@ -9,6 +9,7 @@
     antiphon train export --codec runs/codec --lm runs/lm --tokenizer runs/tokenizer --out assets
     antiphon train eval --assets assets --data data/eval --json runs/eval.json
     antiphon train card --run runs --assets assets
+    antiphon train plot runs/codec                 # runs/codec/curves.png
 
 (docs/demo-model.md has the exact sequence, seeds and expected times.) Also runnable without
 the rest of the app as `python -m app.train ...` (a training machine needs no sound devices).
@@ -32,7 +33,7 @@ from pathlib import Path
 
 from app.core.commands import main as run_main
 
-from . import card, codec, export, lm, quality, teacher, tokenizer
+from . import card, codec, export, lm, plot, quality, teacher, tokenizer
 from .dialogues import generate
 
 
@@ -61,6 +62,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         ("export", export, "write the trained model into assets/ (safetensors + configs)"),
         ("eval", quality, "measure the demo model's quality figures on held-out dialogues"),
         ("card", card, "write MODEL_CARD.md next to the weights from the run's records"),
+        ("plot", plot, "draw a run's training loss and held-out figures (curves.png)"),
     ):
         sub = stages.add_parser(name, help=text)
         module.add_arguments(sub)

@@ -1,0 +1,121 @@
+"""`antiphon train plot`: a run's curves at a glance, from its log.jsonl.
+
+    antiphon train plot runs/codec                        # runs/codec/curves.png
+    antiphon train plot runs/lm trained/lm --out lm.png   # two runs side by side
+
+The first panel is the training loss (each logged step, and its running mean over 10 rows); then
+one panel per held-out figure the runs logged (`eval` rows: STOI, phoneme accuracy, answer
+accuracy, ...), each run a line, steps on the x axis. A run resumed from another's weights
+starts at its own step 0. matplotlib (in the `train` and `eval` extras) is imported on first use,
+with the Agg backend: no display needed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+
+from model.errors import ConfigError
+
+INSTALL_HINT = "pip install matplotlib (or: bash scripts/setup.sh --train)"
+SMOOTH = 10  # rows in the training loss's running mean
+MAX_FIGURES = 12  # held-out panels at most (the first ones a log has, in its order)
+
+
+def read_log(run: Path) -> tuple[list[dict], list[dict]]:
+    """A run's training rows (with a loss) and held-out rows (with an `eval` dict)."""
+    path = run / "log.jsonl" if run.is_dir() else run
+    try:
+        lines = path.read_text().splitlines()
+    except OSError as exc:
+        raise ConfigError(f"{run}: no training log to plot ({exc})") from exc
+    rows = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"{path}, line {number}: not JSON ({exc.msg})") from exc
+    steps = [r for r in rows if "loss" in r and "step" in r]
+    evals = [r for r in rows if isinstance(r.get("eval"), dict) and "step" in r]
+    return steps, evals
+
+
+def held_out_names(evals: list[dict]) -> list[str]:
+    """The scalar held-out figures, in the order the log first has them."""
+    names: list[str] = []
+    for row in evals:
+        for name, value in row["eval"].items():
+            if isinstance(value, int | float) and name not in names:
+                names.append(name)
+    return names
+
+
+def plot_runs(runs: list[Path], out: Path) -> list[str]:
+    """Draw the runs' curves into `out` (PNG); returns the held-out figures drawn."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError as exc:
+        raise ConfigError(f"plotting needs matplotlib: {INSTALL_HINT}") from exc
+    logs = {run: read_log(run) for run in runs}
+    if not any(steps or evals for steps, evals in logs.values()):
+        raise ConfigError(f"{', '.join(map(str, runs))}: the logs have no steps to plot yet")
+    names: list[str] = []
+    for _, evals in logs.values():
+        names += [name for name in held_out_names(evals) if name not in names]
+    names = names[:MAX_FIGURES]
+    panels = 1 + len(names)
+    columns = min(3, panels)
+    rows = math.ceil(panels / columns)
+    figure, axes = plt.subplots(rows, columns, figsize=(5 * columns, 3.2 * rows), squeeze=False)
+    flat = list(axes.flat)
+    for run, (steps, evals) in logs.items():
+        label = run.name if run.is_dir() else run.parent.name
+        if steps:
+            x = np.array([r["step"] for r in steps])
+            loss = np.array([float(r["loss"]) for r in steps])
+            (line,) = flat[0].plot(x, loss, alpha=0.3, linewidth=0.8)
+            if len(loss) >= SMOOTH:
+                mean = np.convolve(loss, np.ones(SMOOTH) / SMOOTH, mode="valid")
+                flat[0].plot(x[SMOOTH - 1 :], mean, color=line.get_color(), label=label)
+        for axis, name in zip(flat[1:], names, strict=False):
+            points = [(r["step"], r["eval"][name]) for r in evals if name in r["eval"]]
+            if points:
+                xs, ys = zip(*points, strict=True)
+                axis.plot(xs, ys, marker="o", markersize=3, label=label)
+    flat[0].set_title("training loss")
+    for axis, name in zip(flat[1:], names, strict=False):
+        axis.set_title(f"held-out {name}")
+    for axis in flat[:panels]:
+        axis.set_xlabel("step")
+        axis.grid(alpha=0.3)
+    if len(runs) > 1:
+        flat[0].legend(fontsize="small")
+    for axis in flat[panels:]:
+        axis.set_visible(False)
+    figure.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(out, dpi=90)
+    plt.close(figure)
+    return names
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("runs", type=Path, nargs="+", help="run folders (or their log.jsonl)")
+    parser.add_argument("--out", type=Path, help="the PNG (default: the first run's curves.png)")
+
+
+def run(args: argparse.Namespace) -> int:
+    first = args.runs[0]
+    out = args.out or (first if first.is_dir() else first.parent) / "curves.png"
+    names = plot_runs(list(args.runs), out)
+    print(f"wrote {out}: the training loss and {len(names)} held-out figures")
+    return 0
