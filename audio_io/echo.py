@@ -181,7 +181,7 @@ class EchoCanceller:
         # (frame, seconds) of each move of the echo's delay followed (follow_delay)
         self.delay_moves: list[tuple[int, float]] = []
         # (frame, estimate) of the tracker's latest estimates, for telling why a move came late
-        self.lag_estimates: deque[tuple[int, LagEstimate]] = deque(maxlen=LAG_HISTORY)
+        self._lag_estimates: deque[tuple[int, LagEstimate]] = deque(maxlen=LAG_HISTORY)
         # (frame, samples) of each microphone frame whose capture time is more than `snap` off
         # one frame after the previous one's: a dropped frame, or the capture clock jumping
         self.capture_jumps: list[tuple[int, int]] = []
@@ -206,7 +206,7 @@ class EchoCanceller:
             self._quiet = 0.0
             self._passing = False
             self.delay_moves = []
-            self.lag_estimates.clear()
+            self._lag_estimates = deque(maxlen=LAG_HISTORY)
             self.capture_jumps = []
             self._last_capture = None
             config = self.config
@@ -225,6 +225,13 @@ class EchoCanceller:
         previous one ended (FarEndTimeline.jumps)."""
         with self._lock:
             return list(self._timeline.jumps)
+
+    @property
+    def lag_estimates(self) -> list[tuple[int, LagEstimate]]:
+        """(frame, estimate) of the delay tracker's last LAG_HISTORY estimates (a new one only
+        where the far end sounded), oldest first."""
+        with self._lock:
+            return list(self._lag_estimates)
 
     def cancel(self, mic: np.ndarray, capture_time: float) -> EchoFrame:
         """One microphone frame (float32 [frame_size]) whose first sample was captured at
@@ -262,9 +269,9 @@ class EchoCanceller:
                 moved = self._tracker.observe(reference, mic)
                 last = self._tracker.last
                 if last is not None and not (
-                    self.lag_estimates and self.lag_estimates[-1][1] is last
+                    self._lag_estimates and self._lag_estimates[-1][1] is last
                 ):
-                    self.lag_estimates.append((self.frames, last))
+                    self._lag_estimates.append((self.frames, last))
                 if moved:
                     self._shift += moved - config.follow_margin
                     self.delay_moves.append((self.frames, moved))

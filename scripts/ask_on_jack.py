@@ -13,9 +13,9 @@ found in its raw microphone, the model's inner monologue on the frame clock.
 
 `--tui DIR` runs the app with its terminal UI in a 120x36 tmux window instead of `--no-tui`,
 presses `T` (text temperature up) the way a person tries the keys (it records from the start,
-`--record`, so the border shows `● rec`), and keeps
-what the screen showed a few seconds before the end: Textual's own screenshot (DIR/tui.svg) and
-tmux's text of the same screen (DIR/tui.txt).
+`--record`, so the border shows `● rec`), and keeps what the screen showed once the answers
+are in: tmux's text of it (DIR/tui.txt) and, a few seconds later, Textual's own screenshot
+(DIR/tui.svg), after which Textual ends the app.
 
 Needs jackd2, espeak-ng and the test dependencies (`scripts/setup.sh --dev`); `--tui`, tmux.
 """
@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import os
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -83,7 +84,7 @@ def converse(
             if tui is None:
                 app = subprocess.Popen(command + ["--no-tui"], cwd=ROOT, env=env, stderr=log)
             else:
-                app = in_tmux(command, env, tui, len(script) / RATE)
+                app = in_tmux(command, env, tui, len(script) / RATE, folder / "talk.log")
             try:
                 opened = lambda: peer.portaudio_opened() or app.poll() is not None  # noqa: E731
                 started = peer.wait_for(opened, 120)
@@ -97,8 +98,12 @@ def converse(
                 if not peer.wait_played(timeout=len(script) / RATE + 30):
                     print("the questions did not finish playing in time", file=sys.stderr)
             finally:
-                if tui is not None:  # the app ends with `q`; tmux goes with it
-                    app.wait(timeout=60)
+                if tui is not None:  # the app ends itself once Textual took its screenshot
+                    try:
+                        app.wait(timeout=60)
+                    except subprocess.TimeoutExpired:
+                        print("the TUI did not end by itself: stopped", file=sys.stderr)
+                    subprocess.run([*TMUX, "kill-server"], stderr=subprocess.DEVNULL)
                 app.send_signal(signal.SIGTERM)
                 app.wait(timeout=60)
     finally:
@@ -106,41 +111,51 @@ def converse(
     return script, spans
 
 
-TMUX_SESSION = "antiphon-ask"
+# A tmux server of its own: it takes its environment from the process that starts it (the
+# app's, JACK's server name in it and $ANTIPHON_MODEL out of it), and it cannot clash with the
+# user's sessions.
+TMUX = ["tmux", "-L", "antiphon-ask"]
+TMUX_SESSION = "ask"
+SHOT_AFTER = 8.0  # seconds after the questions' script (counted from the UI's start) Textual
+# takes its screenshot and then ends the app; the devices open ~2 s after the UI starts, so
+# this is ~5 s after press_keys_and_capture took tmux's text of the same screen
 
 
-def in_tmux(command: list[str], env: dict[str, str], out: Path, seconds: float) -> subprocess.Popen:
-    """The app with its TUI in a detached 120x36 tmux window; Textual saves its own screenshot
-    of the screen as out/tui.svg about when press_keys_and_capture takes tmux's text. Returns a
-    process that lives as long as the app (`tmux wait-for` the app's end)."""
+def in_tmux(
+    command: list[str], env: dict[str, str], out: Path, seconds: float, log: Path
+) -> subprocess.Popen:
+    """The app with its TUI in a detached 120x36 tmux window (its stderr into `log`); Textual
+    saves its own screenshot as out/tui.svg and ends the app. Returns a process that lives as
+    long as the app (`tmux wait-for` the app's end)."""
     out.mkdir(parents=True, exist_ok=True)
+    subprocess.run([*TMUX, "kill-server"], stderr=subprocess.DEVNULL)  # an old one's env
     shot = {
-        "TEXTUAL_SCREENSHOT": str(round(seconds + 2)),  # the app opens its devices in ~5 s
+        "TEXTUAL_SCREENSHOT": str(round(seconds + SHOT_AFTER)),
         "TEXTUAL_SCREENSHOT_LOCATION": str(out.resolve()),
         "TEXTUAL_SCREENSHOT_FILENAME": "tui.svg",
         "TERM": "xterm-256color",
         "COLORTERM": "truecolor",
     }
-    exports = [f"{k}={v}" for k, v in {**env, **shot}.items() if k.isidentifier()]
-    shell = shlex.join(["env", *exports, *command]) + f"; tmux wait-for -S {TMUX_SESSION}"
-    tmux = ["tmux", "new-session", "-d", "-s", TMUX_SESSION, "-x", "120", "-y", "36", shell]
-    subprocess.run(tmux, cwd=ROOT, check=True)
-    return subprocess.Popen(["tmux", "wait-for", TMUX_SESSION])
+    shell = f"{shlex.join(command)} 2>{shlex.quote(str(log.resolve()))}; "
+    shell += shlex.join([*TMUX, "wait-for", "-S", TMUX_SESSION])
+    window = ["new-session", "-d", "-s", TMUX_SESSION, "-x", "120", "-y", "36", shell]
+    subprocess.run([*TMUX, *window], cwd=ROOT, env={**env, **shot}, check=True)
+    return subprocess.Popen([*TMUX, "wait-for", TMUX_SESSION])
 
 
 def press_keys_and_capture(out: Path, seconds: float) -> None:
-    """`T` 7 s into the questions; tmux's text of the screen at about the moment Textual takes
-    its screenshot, into out/tui.txt; then `q`."""
-    keys = lambda *k: subprocess.run(["tmux", "send-keys", "-t", TMUX_SESSION, *k])  # noqa: E731
+    """`T` 7 s into the questions; once they and the answers are done, tmux's text of the
+    screen into out/tui.txt."""
     time.sleep(7)
-    keys("T")
-    time.sleep(max(seconds - 7 - 3, 0))
+    subprocess.run([*TMUX, "send-keys", "-t", TMUX_SESSION, "T"], check=True)
+    time.sleep(max(seconds - 7 + 1, 0))
     screen = subprocess.run(
-        ["tmux", "capture-pane", "-p", "-t", TMUX_SESSION], capture_output=True, text=True
+        [*TMUX, "capture-pane", "-p", "-t", TMUX_SESSION], capture_output=True, text=True
     )
+    if screen.returncode != 0 or not screen.stdout.strip():
+        print(f"tmux gave no screen ({screen.stderr.strip()}): no tui.txt", file=sys.stderr)
+        return
     (out / "tui.txt").write_text(screen.stdout)
-    time.sleep(8)  # Textual's screenshot is due by now
-    keys("q")
 
 
 def transcript(
@@ -181,6 +196,8 @@ def main() -> None:
     parser.add_argument("talk_args", nargs="*", help="more `antiphon talk` arguments, after --")
     args = parser.parse_args()
     questions = args.question or list(QUESTIONS)
+    if args.tui is not None and shutil.which("tmux") is None:
+        raise SystemExit("--tui runs the app in tmux: apt-get install tmux")
     with tempfile.TemporaryDirectory() as tmp:
         folder = args.keep or Path(tmp)
         folder.mkdir(parents=True, exist_ok=True)

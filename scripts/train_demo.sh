@@ -48,7 +48,8 @@
 #              and each request as a Full-Duplex-Bench sample                RUN_DIR/fdb
 #   fdb        `antiphon eval` on those samples                              RUN_DIR/fdb-eval
 #   bench      frame time of the demo shapes on THREADS threads               RUN_DIR/bench.json
-#   card       ASSETS/MODEL_CARD.md from everything above (LINEAGE=FILE: how a model  ASSETS
+#   card       ASSETS/MODEL_CARD.md from everything above (LINEAGE=FILE, from the  ASSETS
+#              clone's root like every path here: how a model
 #              made over several runs was trained, in place of this run's table:
 #              trained/LINEAGE.md for the shipped one)
 #

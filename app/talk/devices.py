@@ -62,7 +62,8 @@ class DeviceUser(Protocol):
     def notice(self, text: str) -> None: ...
 
 
-DEMO_SECONDS = 6.0
+DEMO_SECONDS = 6.0  # at least: a question, then the answer's time
+ANSWER_SECONDS = 3.5  # at least, after the question
 # What the demo utterance says: espeak-ng's voice, written by scripts/demo_question.py into
 # DEMO_QUESTION_FILE (a question the bundled model was trained on, so its answer shows what it
 # does with one).
@@ -71,14 +72,18 @@ DEMO_QUESTION_FILE = ASSETS / "demo-question.flac"
 
 
 def demo_user_signal(sample_rate: int) -> tuple[np.ndarray, str]:
-    """DEMO_SECONDS of the user's side when there is no microphone, and what it is: the shipped
-    spoken question followed by silence for the answer, else the generated hum."""
+    """The user's side when there is no microphone, and what it is: the shipped spoken question
+    followed by silence for the answer (DEMO_SECONDS in all, longer for a long question), else
+    DEMO_SECONDS of the generated hum."""
     try:
         spoken = read_audio(DEMO_QUESTION_FILE, sample_rate)
     except AudioFileError:
         return generated_user_signal(DEMO_SECONDS, sample_rate), "demo utterance (generated)"
-    out = np.zeros(round(DEMO_SECONDS * sample_rate), np.float32)
-    out[: len(spoken)] = spoken[: len(out)]
+    length = max(
+        round(DEMO_SECONDS * sample_rate), len(spoken) + round(ANSWER_SECONDS * sample_rate)
+    )
+    out = np.zeros(length, np.float32)
+    out[: len(spoken)] = spoken
     return out, f'demo question "{DEMO_QUESTION}" (espeak-ng)'
 
 

@@ -5,9 +5,11 @@
 
 The first panel is the training loss (each logged step, and its running mean over 10 rows); then
 one panel per held-out figure the runs logged (`eval` rows: STOI, phoneme accuracy, answer
-accuracy, ...), each run a line, steps on the x axis. A run resumed from another's weights
-starts at its own step 0. matplotlib (in the `train` and `eval` extras) is imported on first use,
-with the Agg backend: no display needed.
+accuracy, ...), each run a line of its own colour, steps on the x axis. A run resumed from its
+checkpoint logs the steps since that checkpoint again: the last row of a step counts. A run
+from another's weights (`--init`) starts at its own step 0. matplotlib (the `eval` extra, which
+`scripts/setup.sh --train` installs) is imported on first use, with the Agg backend: no display
+needed.
 """
 
 from __future__ import annotations
@@ -41,9 +43,19 @@ def read_log(run: Path) -> tuple[list[dict], list[dict]]:
             rows.append(json.loads(line))
         except json.JSONDecodeError as exc:
             raise ConfigError(f"{path}, line {number}: not JSON ({exc.msg})") from exc
-    steps = [r for r in rows if "loss" in r and "step" in r]
-    evals = [r for r in rows if isinstance(r.get("eval"), dict) and "step" in r]
-    return steps, evals
+    steps = [r for r in rows if _number(r.get("loss")) and isinstance(r.get("step"), int)]
+    evals = [r for r in rows if isinstance(r.get("eval"), dict) and isinstance(r.get("step"), int)]
+    return _last_per_step(steps), _last_per_step(evals)
+
+
+def _number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _last_per_step(rows: list[dict]) -> list[dict]:
+    """One row per step, the last logged (a resumed run logs again what followed its
+    checkpoint), in step order."""
+    return sorted({row["step"]: row for row in rows}.values(), key=lambda row: row["step"])
 
 
 def held_out_names(evals: list[dict]) -> list[str]:
@@ -51,7 +63,7 @@ def held_out_names(evals: list[dict]) -> list[str]:
     names: list[str] = []
     for row in evals:
         for name, value in row["eval"].items():
-            if isinstance(value, int | float) and name not in names:
+            if _number(value) and name not in names:
                 names.append(name)
     return names
 
@@ -77,28 +89,31 @@ def plot_runs(runs: list[Path], out: Path) -> list[str]:
     rows = math.ceil(panels / columns)
     figure, axes = plt.subplots(rows, columns, figsize=(5 * columns, 3.2 * rows), squeeze=False)
     flat = list(axes.flat)
-    for run, (steps, evals) in logs.items():
-        label = run.name if run.is_dir() else run.parent.name
+    for i, (run, (steps, evals)) in enumerate(logs.items()):
+        colour = f"C{i % 10}"
+        folder = run if run.is_dir() else run.parent
+        label = "/".join(folder.resolve().parts[-2:])  # runs/codec and trained/codec differ
+        flat[0].plot([], [], color=colour, label=label)  # the legend's entry, every run
         if steps:
             x = np.array([r["step"] for r in steps])
             loss = np.array([float(r["loss"]) for r in steps])
-            (line,) = flat[0].plot(x, loss, alpha=0.3, linewidth=0.8)
+            alpha = 0.3 if len(loss) >= SMOOTH else 1.0
+            flat[0].plot(x, loss, color=colour, alpha=alpha, linewidth=0.8, marker=".")
             if len(loss) >= SMOOTH:
                 mean = np.convolve(loss, np.ones(SMOOTH) / SMOOTH, mode="valid")
-                flat[0].plot(x[SMOOTH - 1 :], mean, color=line.get_color(), label=label)
+                flat[0].plot(x[SMOOTH - 1 :], mean, color=colour)
         for axis, name in zip(flat[1:], names, strict=False):
-            points = [(r["step"], r["eval"][name]) for r in evals if name in r["eval"]]
+            points = [(r["step"], r["eval"][name]) for r in evals if _number(r["eval"].get(name))]
             if points:
                 xs, ys = zip(*points, strict=True)
-                axis.plot(xs, ys, marker="o", markersize=3, label=label)
+                axis.plot(xs, ys, color=colour, marker="o", markersize=3)
     flat[0].set_title("training loss")
     for axis, name in zip(flat[1:], names, strict=False):
         axis.set_title(f"held-out {name}")
     for axis in flat[:panels]:
         axis.set_xlabel("step")
         axis.grid(alpha=0.3)
-    if len(runs) > 1:
-        flat[0].legend(fontsize="small")
+    flat[0].legend(fontsize="small")  # which colour is which run, for every panel
     for axis in flat[panels:]:
         axis.set_visible(False)
     figure.tight_layout()

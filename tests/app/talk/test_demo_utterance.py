@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import soundfile
 
 from app.talk import devices
 from app.talk.devices import DEMO_QUESTION, DEMO_SECONDS, demo_user_signal
@@ -30,6 +31,17 @@ def test_the_shipped_question_is_spoken_then_silence_for_the_answer() -> None:
     assert not talk[:5].any()  # a moment of silence first
     assert 0.8 <= talk.sum() * 0.08 <= 3.0  # a short question...
     assert not talk[-40:].any()  # ...and at least 3.2 s for the answer
+
+
+def test_a_long_question_keeps_its_time_for_the_answer(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    long = tmp_path / "long.flac"
+    soundfile.write(long, np.full(8 * 16000, 0.1, np.float32), 16000, format="FLAC")
+    monkeypatch.setattr(devices, "DEMO_QUESTION_FILE", long)
+    audio, _ = demo_user_signal(RATE)
+    assert len(audio) == round((8 + devices.ANSWER_SECONDS) * RATE)  # resampled, not cut
+    assert speaking(audio)[:99].all() and not speaking(audio)[101:].any()
 
 
 @pytest.mark.parametrize("content", [None, b"not audio"])

@@ -8,8 +8,10 @@ from pathlib import Path
 import pytest
 
 from app.train import cli
-from app.train.plot import plot_runs
+from app.train.plot import plot_runs, read_log
 from model.errors import ConfigError
+
+pytest.importorskip("matplotlib", reason="plotting needs matplotlib (the eval extra)")
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -51,3 +53,21 @@ def test_a_log_it_cannot_read_is_named(tmp_path: Path) -> None:
     empty = write_log(tmp_path / "empty", [{"step": 0, "probe_s": 1.0}])
     with pytest.raises(ConfigError, match="no steps to plot yet"):
         plot_runs([empty], tmp_path / "x.png")
+
+
+def test_a_resumed_run_counts_each_step_once_and_odd_rows_are_left_out(tmp_path: Path) -> None:
+    rows: list[dict] = [
+        {"step": 25, "loss": 3.0},
+        {"step": 50, "loss": 2.0},
+        {"step": 50, "eval": {"stoi": 0.5, "ok": True}},
+        {"step": 25, "loss": 2.5},  # resumed from the checkpoint at step 0: logged again
+        {"step": 50, "loss": 1.5},
+        {"step": 75, "loss": None},
+        {"step": 75, "loss": float("nan")},
+    ]
+    run = write_log(tmp_path / "run", rows)
+    steps, evals = read_log(run)
+    assert [(r["step"], r["loss"]) for r in steps] == [(25, 2.5), (50, 1.5)]
+    assert plot_runs([run], tmp_path / "c.png") == ["stoi"]  # a boolean is not a figure
+    only_held_out = write_log(tmp_path / "eval-only", [rows[2]])
+    assert plot_runs([only_held_out], tmp_path / "e.png") == ["stoi"]
