@@ -84,7 +84,7 @@ def converse(
             if tui is None:
                 app = subprocess.Popen(command + ["--no-tui"], cwd=ROOT, env=env, stderr=log)
             else:
-                app = in_tmux(command, env, tui, len(script) / RATE, folder / "talk.log")
+                app = in_tmux(command, env, tui, len(script) / RATE)
             try:
                 opened = lambda: peer.portaudio_opened() or app.poll() is not None  # noqa: E731
                 started = peer.wait_for(opened, 120)
@@ -121,12 +121,11 @@ SHOT_AFTER = 8.0  # seconds after the questions' script (counted from the UI's s
 # this is ~5 s after press_keys_and_capture took tmux's text of the same screen
 
 
-def in_tmux(
-    command: list[str], env: dict[str, str], out: Path, seconds: float, log: Path
-) -> subprocess.Popen:
-    """The app with its TUI in a detached 120x36 tmux window (its stderr into `log`); Textual
-    saves its own screenshot as out/tui.svg and ends the app. Returns a process that lives as
-    long as the app (`tmux wait-for` the app's end)."""
+def in_tmux(command: list[str], env: dict[str, str], out: Path, seconds: float) -> subprocess.Popen:
+    """The app with its TUI in a detached 120x36 tmux window (Textual draws on stderr, so that
+    stays the terminal's and talk.log stays empty); Textual saves its own screenshot as
+    out/tui.svg and ends the app. Returns a process that lives as long as the app (`tmux
+    wait-for` the app's end)."""
     out.mkdir(parents=True, exist_ok=True)
     subprocess.run([*TMUX, "kill-server"], stderr=subprocess.DEVNULL)  # an old one's env
     shot = {
@@ -136,8 +135,7 @@ def in_tmux(
         "TERM": "xterm-256color",
         "COLORTERM": "truecolor",
     }
-    shell = f"{shlex.join(command)} 2>{shlex.quote(str(log.resolve()))}; "
-    shell += shlex.join([*TMUX, "wait-for", "-S", TMUX_SESSION])
+    shell = f"{shlex.join(command)}; {shlex.join([*TMUX, 'wait-for', '-S', TMUX_SESSION])}"
     window = ["new-session", "-d", "-s", TMUX_SESSION, "-x", "120", "-y", "36", shell]
     subprocess.run([*TMUX, *window], cwd=ROOT, env={**env, **shot}, check=True)
     return subprocess.Popen([*TMUX, "wait-for", TMUX_SESSION])
