@@ -20,6 +20,7 @@ from model.bundle import CARD_FILE, FILES, SUMMARY_PREFIX
 from model.errors import ConfigError
 
 from .dialogues import manifest_rows
+from .loop import LOG, read_log
 from .quality import HELD_OUT_VOICE_TARGET, TARGETS
 
 # Full-Duplex-Bench v1 (Lin et al., arXiv 2503.04721), Table 2, Moshi's row: as published.
@@ -91,12 +92,6 @@ def how_well(report: dict) -> str:
 
 def _read_json(path: Path) -> Any:
     return json.loads(path.read_text()) if path.is_file() else None
-
-
-def _log(path: Path) -> list[dict]:
-    if not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 def run_summary(log: list[dict]) -> dict[str, Any]:
@@ -247,9 +242,7 @@ def write_card(
     """MODEL_CARD.md's text. `lineage`: how the model was trained, written by hand, for one
     trained over several runs (each from the last one's weights) whose folders are not all
     there; without it the table comes from the run folder's logs."""
-    logs = {
-        name: run_summary(_log(run / folder / "log.jsonl")) for name, folder in RUN_LOGS.items()
-    }
+    logs = {name: run_summary(read_log(run / folder / LOG)) for name, folder in RUN_LOGS.items()}
     codec, lm, hear, decoder = (logs[name] for name in RUN_LOGS)
     report = _read_json(run / "eval.json")
     fdb = _read_json(run / "fdb-eval" / "report.json")

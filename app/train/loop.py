@@ -38,6 +38,22 @@ CHECKPOINT = "checkpoint.pt"
 LOG = "log.jsonl"
 
 
+def read_log(path: Path) -> list[dict]:
+    """A run's log.jsonl, row by row (none where it does not exist yet); a row that is not
+    JSON is a ConfigError naming the file and line."""
+    if not path.is_file():
+        return []
+    rows = []
+    for number, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"{path}, line {number}: not JSON ({exc.msg})") from exc
+    return rows
+
+
 def device_from(name: str) -> torch.device:
     device = torch.device(name)
     if device.type == "cuda":

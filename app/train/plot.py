@@ -15,13 +15,14 @@ needed.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 from pathlib import Path
 
 import numpy as np
 
 from model.errors import ConfigError
+
+from . import loop
 
 INSTALL_HINT = "pip install matplotlib (or: bash scripts/setup.sh --train)"
 SMOOTH = 10  # rows in the training loss's running mean
@@ -30,19 +31,10 @@ MAX_FIGURES = 12  # held-out panels at most (the first ones a log has, in its or
 
 def read_log(run: Path) -> tuple[list[dict], list[dict]]:
     """A run's training rows (with a loss) and held-out rows (with an `eval` dict)."""
-    path = run / "log.jsonl" if run.is_dir() else run
-    try:
-        lines = path.read_text().splitlines()
-    except OSError as exc:
-        raise ConfigError(f"{run}: no training log to plot ({exc})") from exc
-    rows = []
-    for number, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError as exc:
-            raise ConfigError(f"{path}, line {number}: not JSON ({exc.msg})") from exc
+    path = run / loop.LOG if run.is_dir() else run
+    if not path.is_file():
+        raise ConfigError(f"{run}: no training log to plot (no {path})")
+    rows = loop.read_log(path)
     steps = [r for r in rows if _number(r.get("loss")) and isinstance(r.get("step"), int)]
     evals = [r for r in rows if isinstance(r.get("eval"), dict) and isinstance(r.get("step"), int)]
     return _last_per_step(steps), _last_per_step(evals)
