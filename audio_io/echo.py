@@ -30,7 +30,6 @@ from __future__ import annotations
 import importlib
 import logging
 import threading
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -42,7 +41,6 @@ from .errors import AudioError
 
 logger = logging.getLogger(__name__)
 
-LAG_HISTORY = 256  # frames of the delay tracker's estimates kept (about 20 s)
 INSTALL_HINT = "pip install livekit (or: bash scripts/setup.sh), or pass --no-echo-cancel"
 
 
@@ -180,8 +178,6 @@ class EchoCanceller:
         self._passing = False  # the last frame went out as the microphone had it
         # (frame, seconds) of each move of the echo's delay followed (follow_delay)
         self.delay_moves: list[tuple[int, float]] = []
-        # (frame, estimate) of the tracker's latest estimates, for telling why a move came late
-        self._lag_estimates: deque[tuple[int, LagEstimate]] = deque(maxlen=LAG_HISTORY)
         # (frame, samples) of each microphone frame whose capture time is more than `snap` off
         # one frame after the previous one's: a dropped frame, or the capture clock jumping
         self.capture_jumps: list[tuple[int, int]] = []
@@ -206,7 +202,6 @@ class EchoCanceller:
             self._quiet = 0.0
             self._passing = False
             self.delay_moves = []
-            self._lag_estimates = deque(maxlen=LAG_HISTORY)
             self.capture_jumps = []
             self._last_capture = None
             config = self.config
@@ -228,10 +223,10 @@ class EchoCanceller:
 
     @property
     def lag_estimates(self) -> list[tuple[int, LagEstimate]]:
-        """(frame, estimate) of the delay tracker's last LAG_HISTORY estimates (a new one only
-        where the far end sounded), oldest first."""
+        """(frame, estimate) of the delay tracker's last estimates (one for each frame in which
+        the far end sounded), oldest first: why a move of the delay came when it did."""
         with self._lock:
-            return list(self._lag_estimates)
+            return list(self._tracker.estimates)
 
     def cancel(self, mic: np.ndarray, capture_time: float) -> EchoFrame:
         """One microphone frame (float32 [frame_size]) whose first sample was captured at
@@ -267,11 +262,6 @@ class EchoCanceller:
                 raise EchoCancelError(f"WebRTC's echo canceller refused the audio: {exc}") from exc
             if config.follow_delay:
                 moved = self._tracker.observe(reference, mic)
-                last = self._tracker.last
-                if last is not None and not (
-                    self._lag_estimates and self._lag_estimates[-1][1] is last
-                ):
-                    self._lag_estimates.append((self.frames, last))
                 if moved:
                     self._shift += moved - config.follow_margin
                     self.delay_moves.append((self.frames, moved))

@@ -34,6 +34,7 @@ that what moves is the room.
 
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass
 
 import numpy as np
@@ -78,7 +79,9 @@ class DelayTracker:
     """Observes each frame's reference (what AEC3 was given) and microphone; says how far the
     echo's lag behind the reference has moved since it settled, once it is sure."""
 
-    def __init__(self, sample_rate: int, config: DelayConfig | None = None) -> None:
+    def __init__(
+        self, sample_rate: int, config: DelayConfig | None = None, history: int = 256
+    ) -> None:
         self.config = config = config or DelayConfig()
         self.rate = sample_rate / config.decimation
         self._mic_len = round(config.window * self.rate)
@@ -87,12 +90,17 @@ class DelayTracker:
         self._ref = np.zeros(0, np.float32)
         self.lag: float | None = None  # seconds: the settled lag (None until it first settles)
         self.last: LagEstimate | None = None  # the latest estimate, passed or not
+        self.observed = 0  # frames observed
+        # (frame observed, estimate) of the last `history` estimates, passed or not: why a
+        # move came when it did
+        self.estimates: deque[tuple[int, LagEstimate]] = deque(maxlen=history)
         self._run_lag: float | None = None  # the lag of the sharp estimates in a row (a run)
         self._passed: list[float] = []  # those of them that passed the double-talk guard
 
     def observe(self, reference: np.ndarray, mic: np.ndarray) -> float:
         """Seconds by which the settled lag moved (positive: the echo now comes later), or 0.0.
         After a move the history is dropped: the reference it holds was taken the old way."""
+        self.observed += 1
         self._ref = np.concatenate([self._ref, self._decimate(reference)])
         self._ref = self._ref[-(self._mic_len + self._lag_len) :]
         self._mic = np.concatenate([self._mic, self._decimate(mic)])[-self._mic_len :]
@@ -101,6 +109,7 @@ class DelayTracker:
         if np.mean(np.square(self._ref)) < self.config.min_power:
             return 0.0  # the far end was (nearly) silent: no echo to find, nothing to break
         self.last = estimate = self._estimate()
+        self.estimates.append((self.observed - 1, estimate))
         config = self.config
         if self.lag is not None and abs(estimate.lag - self.lag) < config.moved:
             self._forget_run()  # where it settled: nothing to guard (the share was not computed)

@@ -7,7 +7,6 @@ app/assets/ beside the bundled model (app/talk/devices.py reads it).
 
 from __future__ import annotations
 
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -19,17 +18,14 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from app.talk.devices import DEMO_QUESTION, DEMO_QUESTION_FILE  # noqa: E402
-from audio_io.files import read_audio  # noqa: E402
+from tests.app.talk.echo_loop import RATE, espeak  # noqa: E402
 
-RATE = 24000
 LEAD = 0.5  # seconds of silence before the question
 
 
 def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
-        spoken = Path(tmp) / "question.wav"
-        subprocess.run(["espeak-ng", "-w", str(spoken), DEMO_QUESTION], check=True)
-        speech = read_audio(spoken, RATE)
+        speech = espeak(DEMO_QUESTION, "en", Path(tmp))  # espeak-ng's default voice, at RATE
     audio = np.concatenate([np.zeros(round(LEAD * RATE), np.float32), speech])
     soundfile.write(DEMO_QUESTION_FILE, audio, RATE, subtype="PCM_16", format="FLAC")
     print(f"wrote {DEMO_QUESTION_FILE}: {len(audio) / RATE:.2f} s, {DEMO_QUESTION!r}")
