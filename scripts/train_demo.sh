@@ -46,6 +46,7 @@
 #   export     the shipped files (LM bf16, codec fp16, tokenizer, configs)   ASSETS
 #   eval       the quality figures on EVAL_DIALOGUES held-out dialogues RUN_DIR/eval.json
 #              and each request as a Full-Duplex-Bench sample                RUN_DIR/fdb
+#              (AGAINST=FILE: another model's eval.json, compared request by request)
 #   fdb        `antiphon eval` on those samples                              RUN_DIR/fdb-eval
 #   bench      frame time of the demo shapes on THREADS threads               RUN_DIR/bench.json
 #   card       ASSETS/MODEL_CARD.md from everything above (LINEAGE=FILE, from the  ASSETS
@@ -272,7 +273,7 @@ for stage in "$@"; do
             OMP_NUM_THREADS=${EVAL_THREADS:-$threads} train eval --assets "$assets" \
                 --data "$run_dir/data/eval" --count "${EVAL_DIALOGUES:-300}" \
                 --device "$device" --json "$run_dir/eval.json" --fdb-out "$run_dir/fdb" \
-                --batch "${EVAL_BATCH:-8}"
+                --batch "${EVAL_BATCH:-8}" ${AGAINST:+--against "$AGAINST"}
             ;;
         fdb)
             "$py" -m app.cli eval "$run_dir/fdb" --out "$run_dir/fdb-eval" --no-timeline
