@@ -181,6 +181,9 @@ class EchoFigures:
     offset: int  # samples from the room's clock to the recording's
     first_echo: int  # frame of the first echo in the recording
     change: int  # frame of the path change
+    raw_power: np.ndarray  # per frame: mean square of the microphone as it came
+    clean_power: np.ndarray  # per frame: the same of what the model heard (cancelled)
+    user_frames: np.ndarray  # per frame: the room fed the user's speech (bool)
 
     @property
     def first_path(self) -> np.ndarray:
@@ -295,6 +298,9 @@ def measure(folder: Path, room: EchoRoom) -> EchoFigures:
         offset=shift,
         first_echo=first_echo,
         change=change,
+        raw_power=raw_power,
+        clean_power=clean_power,
+        user_frames=user > 0,
     )
 
 

@@ -60,7 +60,7 @@ class Devices:
         print(f"notice: {text}")
 
 
-async def _converse(
+async def converse(
     server: JackServer, far_end: ScriptedFarEnd, folder: Path
 ) -> tuple[EchoRoom, EchoCanceller]:
     """Run the loop: far end speaking, the room echoing it with the user on top; returns it
@@ -99,7 +99,7 @@ def test_echo_is_cancelled_on_a_real_jack_loop_and_the_user_survives(
 ) -> None:
     script = FarEndScript(far_end_speech(tmp_path))
     far_end = ScriptedFarEnd(script)
-    room, echo = asyncio.run(_converse(jack_server, far_end, tmp_path))
+    room, echo = asyncio.run(converse(jack_server, far_end, tmp_path))
 
     # What the far end heard is the recording's user channel, frame for frame; frames the
     # runtime dropped to keep up (the busy machine stalls it: 4 of 8 runs once) are silence.
