@@ -94,9 +94,9 @@ lm_folders() {  # the LM's training folders: data/train, and data/train2 once it
     [ ! -f "$run_dir/data/train2/manifest.jsonl" ] || lm_data+=("$run_dir/data/train2")
 }
 convert() {  # a safetensors file in another dtype: convert IN OUT float16|bfloat16
-    "$py" -c 'import sys, torch; from safetensors.torch import load_file
+    "$py" -c 'import sys, torch; from pathlib import Path; from safetensors.torch import load_file
 from model.bundle import save_safetensors
-save_safetensors(load_file(sys.argv[1]), sys.argv[2], getattr(torch, sys.argv[3]))' "$@"
+save_safetensors(load_file(sys.argv[1]), Path(sys.argv[2]), getattr(torch, sys.argv[3]))' "$@"
 }
 lm_extra=()
 # trained/ holds what is finished, committed (`keep`): the codec that ships (the LM learns its

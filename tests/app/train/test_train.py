@@ -793,6 +793,33 @@ def test_demo_eval_reports_every_figure(
     assert "| answer_correct |" in text
 
 
+def test_the_keep_stage_commits_a_runs_weights_in_their_shipped_dtypes(
+    work: Path, codec_run: Path, lm_run: Path, tmp_path: Path
+) -> None:
+    """scripts/train_demo.sh keep: the codec in fp16 and the LM in bf16, readable by all (what
+    trained/ holds, and a wheel built from it keeps the mode)."""
+    run = tmp_path / "run"
+    run.mkdir()
+    for name, target in (("codec", codec_run), ("lm", lm_run), ("tokenizer", work / "tokenizer")):
+        (run / name).symlink_to(target)
+    kept = tmp_path / "kept"
+    env = {**os.environ, "RUN_DIR": str(run), "KEPT": str(kept), "CONFIG": "tiny",
+           "PYTHON": sys.executable}  # fmt: skip
+    script = Path(__file__).resolve().parents[3] / "scripts" / "train_demo.sh"
+    done = subprocess.run(["bash", str(script), "keep"], env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    for file, dtype in (
+        ("codec/codec.safetensors", torch.float16),
+        ("lm/lm.safetensors", torch.bfloat16),
+    ):
+        path = kept / file
+        assert path.stat().st_mode & 0o777 == 0o644, file
+        floats = {v.dtype for v in load_file(path).values() if v.is_floating_point()}
+        assert floats == {dtype}, (file, floats)
+    assert (kept / "tokenizer" / "tokenizer.model").is_file()
+    assert (kept / "lm" / "config.json").is_file() and (kept / "codec" / "codec.json").is_file()
+
+
 def test_a_time_budget_becomes_a_fixed_number_of_steps(tmp_path: Path) -> None:
     options = loop.LoopOptions(steps=None, checkpoint_every=10**6, time_limit_s=None, minutes=0.01)
     done_steps: list[int] = []
