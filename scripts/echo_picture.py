@@ -71,20 +71,12 @@ def draw(figures: EchoFigures, moves: list[tuple[int, float]], out: Path) -> Non
         ax.axvline(at(figures.change), color="tab:red", linestyle="--", linewidth=1)
         for frame, _ in moves:
             ax.axvline(at(frame), color="tab:purple", linestyle=":", linewidth=1.2)
-    top.step(
-        seconds,
-        level_db(figures.raw_power[start:]),
-        where="post",
-        color="0.55",
-        label="microphone: the user and the echo of the assistant",
+    levels = (
+        (figures.raw_power, "0.55", "microphone: the user and the echo of the assistant"),
+        (figures.clean_power, "tab:blue", "what the model hears (echo cancelled)"),
     )
-    top.step(
-        seconds,
-        level_db(figures.clean_power[start:]),
-        where="post",
-        color="tab:blue",
-        label="what the model hears (echo cancelled)",
-    )
+    for power, color, label in levels:
+        top.step(seconds, level_db(power[start:]), where="post", color=color, label=label)
     top.set_ylabel("level, dBFS per 80 ms")
     top.set_ylim(-95, -5)
     top.legend(loc="lower left", fontsize=8, framealpha=0.9)
