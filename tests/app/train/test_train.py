@@ -836,14 +836,15 @@ def test_a_time_budget_becomes_a_fixed_number_of_steps(tmp_path: Path) -> None:
     assert resumed.steps == options.steps  # a resumed run keeps its schedule
 
 
-def test_the_committed_codec_and_tokenizer_load_and_encode() -> None:
-    """trained/ (what later training stages build on) holds a codec that loads and encodes
-    with live codes, and the tokenizer it was trained beside."""
+@pytest.mark.parametrize("folder", ["codec", "codec-long"])
+def test_the_committed_codec_and_tokenizer_load_and_encode(folder: str) -> None:
+    """trained/ (what later training stages build on) holds codecs that load and encode with
+    live codes, and the tokenizer they were trained beside."""
     from app.train.codec import load_trained_codec
     from model.tokenizer import TextTokenizer
 
     kept = Path(__file__).parents[3] / "trained"
-    codec = load_trained_codec(kept / "codec")
+    codec = load_trained_codec(kept / folder)
     pcm = torch.randn(1, 1, 25 * codec.frame_size, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         codes = codec.encode(0.1 * pcm)
