@@ -89,7 +89,6 @@ class DelayTracker:
         self._mic = np.zeros(0, np.float32)
         self._ref = np.zeros(0, np.float32)
         self.lag: float | None = None  # seconds: the settled lag (None until it first settles)
-        self.last: LagEstimate | None = None  # the latest estimate, passed or not
         self.observed = 0  # frames observed
         # (frame observed, estimate) of the last `history` estimates, passed or not: why a
         # move came when it did
@@ -108,7 +107,7 @@ class DelayTracker:
             return 0.0
         if np.mean(np.square(self._ref)) < self.config.min_power:
             return 0.0  # the far end was (nearly) silent: no echo to find, nothing to break
-        self.last = estimate = self._estimate()
+        estimate = self._estimate()
         self.estimates.append((self.observed - 1, estimate))
         config = self.config
         if self.lag is not None and abs(estimate.lag - self.lag) < config.moved:
