@@ -109,6 +109,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=Path("docs/echo-loop.png"))
     args = parser.parse_args()
+    args.out.parent.mkdir(parents=True, exist_ok=True)  # before the loop's 20 s, not after
     with tempfile.TemporaryDirectory() as tmp, jack_server() as server:
         script = FarEndScript(far_end_speech(Path(tmp)))
         room, echo = asyncio.run(converse(server, ScriptedFarEnd(script), Path(tmp)))
