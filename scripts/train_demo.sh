@@ -37,7 +37,8 @@
 #              embeddings from the codec's codebooks; MONOLOGUE_HEARS=1 has the monologue
 #              write the user's words down too, and answer from them; USER_NOISE="S A"
 #              replaces shares S and A of the user's semantic and acoustic codes by random
-#              ones in training (`train lm --user-noise`)                   RUN_DIR/lm
+#              ones in training (`train lm --user-noise`); FROZEN_USER_EMBEDDINGS=1 never
+#              trains the user's audio embeddings (`--frozen-user-embeddings`)   RUN_DIR/lm
 #              (and the held-out best so far, which keep and export take: RUN_DIR/lm/best)
 #   hear       HEAR_STEPS more steps from RUN_DIR/lm with the training-only hearing head (the
 #              user's words as targets), a new learning-rate schedule   RUN_DIR/lm-hear
@@ -194,6 +195,7 @@ for stage in "$@"; do
             [ "${MONOLOGUE_HEARS:-0}" = 0 ] || lm_codes+=(--monologue-hears)
             # shellcheck disable=SC2206  # two numbers: the semantic and the acoustic share
             [ -z "${USER_NOISE:-}" ] || lm_codes+=(--user-noise $USER_NOISE)
+            [ "${FROZEN_USER_EMBEDDINGS:-0}" = 0 ] || lm_codes+=(--frozen-user-embeddings)
             lm_init=()  # a new machine: go on from the kept LM (a new schedule, a new optimizer)
             [ -f "$run_dir/lm/checkpoint.pt" ] || [ ! -f "$kept/lm/lm.safetensors" ] \
                 || lm_init=(--init "$kept/lm")

@@ -98,6 +98,7 @@ PRESETS = {"demo": demo_lm, "tiny": tiny_demo_lm}
 LEARNING_OPTIONS = (
     "lr", "warmup", "batch_size", "frames", "pad_weight", "first_codebook_weight",
     "hear_weight", "answer_weight", "hear_delay", "monologue_hears", "depth_share", "user_noise",
+    "frozen_user_embeddings",
 )  # fmt: skip
 
 
@@ -346,6 +347,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "embeddings (learnt on another codec's codes, they mean nothing on this one's)",
     )
     parser.add_argument(
+        "--frozen-user-embeddings",
+        action="store_true",
+        help="never train the user's audio embedding tables: they stay where --codec-embeddings "
+        "(or the --init run) put them, in the codec's geometry, and the LM learns to read them "
+        "instead of moving them toward its training voices' exact codes",
+    )
+    parser.add_argument(
         "--eval-data", type=Path, help="held-out dialogues: loss and text accuracy to the log"
     )
     parser.add_argument(
@@ -384,14 +392,26 @@ def train_lm(args: argparse.Namespace) -> int:
     lm = LM(config)
     hearing = args.hear_weight > 0
     model = Trainee(lm, hearing).to(device).train()
+    if args.frozen_user_embeddings:
+        for table in lm.emb[config.dep_q :]:
+            table.requires_grad_(False)
     optimizer = torch.optim.AdamW(
-        model.parameters(), lr=args.lr, betas=(0.9, 0.95), weight_decay=0.1
-    )
+        [param for param in model.parameters() if param.requires_grad],
+        lr=args.lr, betas=(0.9, 0.95), weight_decay=0.1,
+    )  # fmt: skip
     start = 0
-    if (out / loop.CHECKPOINT).is_file():
-        start, extra = loop.load_checkpoint(
-            out / loop.CHECKPOINT, model, optimizer, generator, "shape, another --hear-weight"
+    resuming = (out / loop.CHECKPOINT).is_file()
+    if args.frozen_user_embeddings and not (resuming or args.codec_embeddings or args.init):
+        raise ConfigError(
+            "--frozen-user-embeddings keeps the user's embeddings where they start: give "
+            "--codec-embeddings (the codec's geometry) or --init (a trained run's), not "
+            "random ones"
         )
+    if resuming:
+        start, extra = loop.load_checkpoint(
+            out / loop.CHECKPOINT, model, optimizer, generator,
+            "shape, another --hear-weight or --frozen-user-embeddings",
+        )  # fmt: skip
         loop.resume(options, extra, out, start)
         log.info("lm: resuming %s at step %d", out, start)
     elif args.init is not None:

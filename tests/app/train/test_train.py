@@ -509,6 +509,27 @@ def test_audio_embeddings_start_from_the_codecs_codebooks(work: Path, lm_run: Pa
     assert all(torch.equal(trained[k], v) for k, v in load_lm_state(resumed).items())
 
 
+def test_frozen_user_embeddings_stay_in_the_codecs_geometry(work: Path, lm_run: Path) -> None:
+    from model.errors import ConfigError
+
+    started = work / "lm_frozen_start"  # the same init and start, untrained
+    train_lm(_lm_args(work, started, "--init", str(lm_run), "--codec-embeddings", "--steps", "0"))
+    frozen = work / "lm_frozen_user"
+    argv = ("--init", str(lm_run), "--codec-embeddings", "--frozen-user-embeddings")
+    train_lm(_lm_args(work, frozen, *argv, "--steps", "2"))
+    before, after = load_lm_state(started), load_lm_state(frozen)
+    codebooks = 4  # the tiny LM's: the assistant's emb.0-3, the user's emb.4-7
+    for k in range(codebooks, 2 * codebooks):  # the user's tables: not a bit moved
+        assert torch.equal(after[f"emb.{k}.weight"], before[f"emb.{k}.weight"]), k
+    for name in ("emb.0.weight", "depformer_emb.0.weight", "text_emb.weight"):  # the rest learns
+        assert not torch.equal(after[name], before[name]), name
+    thawed = ("--init", str(lm_run), "--codec-embeddings", "--steps", "3")  # resumed without it
+    with pytest.raises(ConfigError, match="another --hear-weight or --frozen-user-embeddings"):
+        train_lm(_lm_args(work, frozen, *thawed))
+    with pytest.raises(ConfigError, match="not random ones"):  # nothing to keep them at
+        train_lm(_lm_args(work, work / "lm_frozen_random", "--frozen-user-embeddings"))
+
+
 def test_a_run_that_does_not_fit_gets_one_clear_line(work: Path, lm_run: Path) -> None:
     from model.errors import ConfigError
 
