@@ -32,13 +32,11 @@ import math
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
-from typing import NamedTuple, cast
+from typing import NamedTuple
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file
-from torch import nn
 
 from model.bundle import save_safetensors
 from model.config import LMConfig, demo_lm, tiny_lm
@@ -59,12 +57,13 @@ from .lm_data import (
     noisy_user_codes,
     with_training_rows,
 )
+from .lm_start import CONFIG, WEIGHTS, embed_codes, freeze_user_embeddings, init_lm
 from .monologue import HEARD_CLOSE_ID, HEARD_OPEN_ID
 from .tokenizer import TOKENIZER_FILE
 
 log = logging.getLogger(__name__)
 
-WEIGHTS, CONFIG, TOKENS = "lm.safetensors", "config.json", "tokens.npz"
+TOKENS = "tokens.npz"
 # the run's held-out best so far (lm.safetensors, config.json, best.json): on a few thousand
 # dialogues the LM learns the answers by heart, and its last step is seldom its best held-out
 BEST, BEST_FIGURES = "best", "best.json"
@@ -393,8 +392,7 @@ def train_lm(args: argparse.Namespace) -> int:
     hearing = args.hear_weight > 0
     model = Trainee(lm, hearing).to(device).train()
     if args.frozen_user_embeddings:
-        for table in lm.emb[config.dep_q :]:
-            table.requires_grad_(False)
+        freeze_user_embeddings(lm)
     optimizer = torch.optim.AdamW(
         [param for param in model.parameters() if param.requires_grad],
         lr=args.lr, betas=(0.9, 0.95), weight_decay=0.1,
@@ -535,71 +533,6 @@ def keep_if_best(lm: LM, folder: Path, step: int, figures: dict[str, float]) -> 
     kept.write_text(json.dumps({"step": step, "score": round(score, 4), "figures": figures}))
     log.info("lm: held-out best so far at step %d (answer score %.4f): %s", step, score, folder)
     return True
-
-
-def init_lm(lm: LM, run: Path) -> None:
-    """Load another LM run's weights into `lm`, refusing another shape with one clear line."""
-    path = run / WEIGHTS
-    if not path.is_file():
-        raise ConfigError(f"--init {run}: no {WEIGHTS} there (an LM run folder has one)")
-    try:
-        lm.load_state_dict(load_file(str(path)))
-    except RuntimeError as error:
-        raise ConfigError(
-            f"--init {run}: its LM has another shape than this run's (--config, tokenizer, "
-            f"codec): {loop.state_dict_detail(error)}"
-        ) from error
-    config = run / CONFIG
-    if config.is_file():  # the same weights, another monologue: allowed (how one starts), said
-        hears = "heard_text_ids" in json.loads(config.read_text())
-        if hears != (lm.config.heard_ids is not None):
-            log.warning(
-                "lm: %s's monologue %s what it hears and this run's %s: its text stream is "
-                "learnt anew", run, "writes down" if hears else "does not write down",
-                "does" if lm.config.heard_ids is not None else "does not",
-            )  # fmt: skip
-
-
-@torch.no_grad()
-def embed_codes(lm: LM, vectors: torch.Tensor, seed: int) -> None:
-    """Set every audio embedding table of `lm` from the codec's code vectors [K, card, D]
-    (`SplitResidualVQ.code_vectors`): table row c of codebook k = vectors[k, c] through a fixed
-    random orthonormal map to the table's width, scaled to unit spread (nn.Embedding's own),
-    so that code similarity in the codec is similarity in the LM. The assistant's and the
-    user's tables of one codebook are summed in the LM's input: each speaker gets its own map
-    (orthogonal subspaces where the width allows), so that the speakers stay apart. The row
-    past `card` (the initial token) is kept."""
-    config = lm.config
-    codebooks, card, width = vectors.shape
-    if codebooks < max(config.dep_q, config.n_q - config.dep_q) or card != config.card:
-        raise ConfigError(
-            f"the codec has {codebooks} codebooks of {card} codes; the LM takes "
-            f"{config.dep_q} of {config.card}"
-        )
-    generator = torch.Generator().manual_seed(seed)
-
-    def maps(dim: int, speakers: int) -> list[torch.Tensor]:
-        if speakers * width <= dim:  # orthonormal columns, each speaker its own block
-            basis = torch.linalg.qr(torch.randn(dim, speakers * width, generator=generator)).Q
-            return [basis[:, s * width : (s + 1) * width].T for s in range(speakers)]
-        if width <= dim:  # each its own orthonormal map; the speakers' images may overlap
-            return [torch.linalg.qr(torch.randn(dim, width, generator=generator)).Q.T
-                    for _ in range(speakers)]  # fmt: skip
-        # a wider codec: a projection with orthonormal rows (keeps the largest part)
-        return [torch.linalg.qr(torch.randn(width, dim, generator=generator)).Q
-                for _ in range(speakers)]  # fmt: skip
-
-    def fill(table: nn.Embedding, k: int, projection: torch.Tensor) -> None:
-        rows = vectors[k].float() @ projection  # [card, dim]
-        table.weight[:card] = (rows / rows.std().clamp_min(1e-8)).to(table.weight.dtype)
-
-    speakers = maps(config.temporal.dim, 2)
-    for i, table in enumerate(lm.emb):  # the assistant's dep_q codebooks, then the user's
-        speaker, k = (0, i) if i < config.dep_q else (1, i - config.dep_q)
-        fill(cast(nn.Embedding, table), k, speakers[speaker])
-    (depth,) = maps(config.depth.dim, 1)
-    for j, table in enumerate(lm.depformer_emb):  # the assistant's codebook j, into step j + 1
-        fill(cast(nn.Embedding, table), j, depth)
 
 
 def save_lm(lm: LM, folder: Path, dtype: torch.dtype = torch.float32) -> None:
