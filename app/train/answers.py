@@ -14,18 +14,26 @@ def normalise(text: str) -> str:
     return " " + " ".join(re.sub(r"[^a-z0-9' ]", " ", text.lower()).split()) + " "
 
 
-WHOLE_ANSWER_INTENTS = ("compare", "fact")  # yes or no alone is right half the time by chance
+NAMED_ANSWER_INTENTS = ("greeting", "farewell", "name")  # any answer that says the word
+
+
+def first_sentence(text: str) -> str:
+    """The normalised first sentence of `text` (up to its first ".", "!" or "?"): the answer
+    the evaluation reads."""
+    return normalise(next((part for part in re.split(r"[.!?]", text) if part.strip()), ""))
 
 
 def answer_right(text: str, request: dict) -> bool:
-    """Whether the monologue `text` answers `request` (a dialogue's turn["turn"]): it holds one
-    of the request's `accept` phrases ("is twelve", "c a t"); for a comparison or a yes-or-no
-    fact, whose accept phrase is only "yes" or "no", the whole answer ("No, eleven is smaller
-    than nineteen.": a "No" about other numbers is not an answer to this question)."""
-    normalised = normalise(text)
-    if request["intent"] in WHOLE_ANSWER_INTENTS:
-        return any(normalise(answer) in normalised for answer in request["answers"])
-    return any(f" {accept} " in normalised for accept in request["accept"])
+    """Whether the monologue `text` answers `request` (a dialogue's turn["turn"]). Its first
+    sentence decides, as for `answer_kind`: for a greeting, a farewell or the name, it holds one
+    of the request's `accept` words ("hello", "bye", "antiphon"); for the others it is one of
+    the right answers, whole: a count that stops a number late or starts early ("Five, ...,
+    fourteen, fifteen."), "is twenty one" for "is twenty", an extra letter ("C, A, T, S."), a
+    "No" about other numbers, or a right answer after a wrong one is wrong."""
+    sentence = first_sentence(text)
+    if request["intent"] in NAMED_ANSWER_INTENTS:
+        return any(f" {accept} " in sentence for accept in request["accept"])
+    return any(sentence == normalise(answer) for answer in request["answers"])
 
 
 _TENS = {number_word(n) for n in range(20, 100, 10)}
@@ -57,8 +65,7 @@ def answer_kind(text: str) -> str | None:
     app.train.content's answers: "Four plus five is nine.", "Eleven, twelve.", "C, A, T.",
     "No, cats meow."); a count starts with two numbers or more, a number alone is a sum's
     result; None if none or no text."""
-    first = next((part for part in re.split(r"[.!?]", text) if part.strip()), "")
-    sentence = normalise(first)
+    sentence = first_sentence(text)
     kind = next((kind for kind, pattern in _KINDS if re.search(pattern, sentence)), None)
     if kind is not None:
         return kind

@@ -153,9 +153,10 @@ class Turn:
     intent: str
     question: str  # what the user says
     answer: str  # what the assistant says
-    # Correct if the inner monologue (lower case, punctuation removed) contains one of these
-    # word sequences: "is twelve", "c a t"; where it is only "yes" or "no" (a comparison, a
-    # fact), the whole answer (app.train.answers.answer_right).
+    # The words that make the answer right ("is twelve", "c a t", "hello"): the tokens the LM's
+    # loss weighs more (monologue.answer_frames). A greeting, farewell or name is judged right
+    # if the monologue's first sentence holds one; the others' first sentence must be one of
+    # `answers`, whole (app.train.answers.answer_right).
     accept: tuple[str, ...]
     # For the audio check: every correct answer text, and wrong answers of the same form.
     answers: tuple[str, ...]

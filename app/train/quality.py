@@ -4,8 +4,10 @@ Each held-out dialogue (`train data --split eval`: held-out phrasings, numbers a
 its user channel streamed through the model frame by frame, exactly as `antiphon run` does; the
 figures compare what the model said and wrote with what the dialogue asked for:
 
-- answer_correct     the inner monologue after a request contains the expected answer
-                     ("is twelve", "c a t", "yes"), per request           (target >= 0.80)
+- answer_correct     the first sentence of the inner monologue after a request is a right
+                     answer, whole ("Five, six, seven." for a count to seven, not one number
+                     more; for a greeting, a farewell or the name, it says the word: "hello",
+                     "bye", "antiphon"), per request (`answers.answer_right`) (target >= 0.80)
 - audio_matches      DTW on MFCCs of the assistant's audio after a request against renderings
                      (in the assistant's voice) of the right answer and of wrong answers of
                      the same form picks a right one
@@ -23,15 +25,17 @@ figures compare what the model said and wrote with what the dialogue asked for:
                      noise): what the model hears; lower, since noise is not speech
 - silent_while_user  share of the frames with user speech in which the assistant is silent
                                                                            (target >= 0.90)
-- answers_within_1s  share of requests answered (audio) within 1.0 s of the user's end
-                                                                           (target >= 0.80)
+- answers_within_1s  share of requests answered (audio) within 1.0 s of the user's end; an
+                     answer is new sound, not talk that began before the request and went on
+                     through it (`_answer_onset`)                          (target >= 0.80)
 - pause_kept_silent  share of mid-sentence pauses during which the assistant stayed silent
                                                                            (target >= 0.80)
 - stops_within_0_5s  share of interruptions (the assistant was speaking) after which it is
                      silent within 0.5 s                                   (target >= 0.80)
 
 Activity is the assistant channel's RMS per 80 ms frame above ACTIVE_RMS (the demo voice
-speaks at about 0.08). Every figure is also given per intent and for the users who speak with
+speaks at about 0.08). Each dialogue is followed by TAIL_S of silence, so that its last request
+has as long to be answered as the others. Every figure is also given per intent and for the users who speak with
 the held-out voice (a speaker no training dialogue has). A JSON report has every figure and
 the per-request details; `--fdb-out DIR` also cuts each request into a Full-Duplex-Bench
 sample (input.wav, output.wav, annotations; app.train.fdbsets) for `antiphon eval`.
@@ -58,7 +62,7 @@ from model.errors import ConfigError
 
 from .answers import answer_kind, answer_right, closest_candidate, normalise
 from .content import ASSISTANT_VOICE
-from .dialogues import USER, read_dialogue, read_manifest
+from .dialogues import USER, read_description, read_dialogue, read_manifest
 from .fdbsets import write_fdb_samples
 from .features import dtw_cost, edit_distance, mfcc
 from .paired import format_paired, paired, read_report
@@ -69,6 +73,7 @@ log = logging.getLogger(__name__)
 
 ACTIVE_RMS = 0.01  # -40 dBFS
 QUIET_FRAMES = 5  # 400 ms of silence: the assistant has stopped (not a pause between words)
+TAIL_S = 2.0  # silence after each dialogue, so that the last request has time to be answered
 FIGURES = (
     "answer_correct",
     "answered",
@@ -270,12 +275,12 @@ def _answer(
     text = session.text_between(user_end - step, window_end)
     correct = answer_right(text, turn["turn"])
     a, b = int(user_end / step), int(window_end / step)
-    onsets = np.flatnonzero(active[a:b])
-    latency = None if len(onsets) == 0 else max(0.0, float((a + onsets[0]) * step - user_end))
+    onset = _answer_onset(active, int(turn["user_start"] / step), a, b)
+    latency = None if onset is None else max(0.0, float(onset * step - user_end))
     picked, audio_ok = None, False
-    if len(onsets):
-        start = (a + onsets[0]) * step
-        stop = (a + onsets[-1] + 1) * step
+    if onset is not None:
+        start = onset * step
+        stop = (onset + int(np.flatnonzero(active[onset:b])[-1]) + 1) * step
         segment = session.assistant[int(start * SAMPLE_RATE) : int(stop * SAMPLE_RATE)]
         features = mfcc(segment, SAMPLE_RATE)
         answers, distractors = turn["turn"]["answers"], turn["turn"]["distractors"]
@@ -293,6 +298,24 @@ def _answer(
         "text_picked": written,
         "audio_says_text": picked is not None and picked == written,
     }
+
+
+def _answer_onset(active: np.ndarray, request_start: int, end: int, window_end: int) -> int | None:
+    """The frame the answer to a request starts in (None: none before `window_end`): the first
+    audible frame from the user's `end` on, unless the assistant was speaking before the
+    request began and still is (a count it was not stopped in, talk over the whole request):
+    that is no answer, and the answer is the next sound after it ends (QUIET_FRAMES of
+    silence). An answer that starts while the user is still asking starts at once (0 s)."""
+    frame = end
+    if end < len(active) and active[end]:
+        start = end  # back to where this speech began, over gaps between its words
+        while start > 0 and active[max(0, start - QUIET_FRAMES) : start].any():
+            start -= 1
+        if start < request_start:
+            while frame < window_end and active[frame : frame + QUIET_FRAMES].any():
+                frame += 1
+    onsets = np.flatnonzero(active[frame:window_end])
+    return None if len(onsets) == 0 else frame + int(onsets[0])
 
 
 def _interruption(active: np.ndarray, interrupted_at: float, step: float) -> dict:
@@ -426,7 +449,8 @@ def evaluate(
     def users() -> Iterator[np.ndarray]:
         for index, wav in enumerate(files):
             stereo[index], descriptions[index] = read_dialogue(wav)
-            yield stereo[index][1]
+            user = stereo[index][1]
+            yield np.concatenate([user, np.zeros(round(TAIL_S * SAMPLE_RATE), user.dtype)])
 
     results: list[dict] = [{} for _ in files]
     bar = tqdm(total=len(files), desc="eval", unit="dlg", disable=not progress)
@@ -507,7 +531,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=Path,
         metavar="REPORT",
         help="another model's --json report on the same dialogues: compare request by request "
-        "(which one is better, and how sure that is)",
+        "(which one is better, and how sure that is), its answers judged again by this "
+        "version's rules",
     )
     parser.add_argument(
         "--fdb-out",
@@ -516,8 +541,31 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def rejudged(report: dict, data: Path) -> dict:
+    """Another eval's `report` (perhaps an older antiphon's, with other rules for a right
+    answer) with every answer judged again by this version's `answer_right` and
+    `answer_kind`, from the monologue text it kept and the dialogues' descriptions in `data`:
+    a comparison then judges both models alike."""
+    for dialogue in report["dialogues"]:
+        turns = read_description(data / dialogue["file"])["turns"]
+        for request, turn in zip(dialogue["requests"], turns, strict=True):
+            if turn["turn"]["question"] != request["question"]:
+                raise ValueError(f"{dialogue['file']}: another request than {data}'s")
+            if "answer_correct" in request:
+                request["answer_correct"] = answer_right(request["text"], turn["turn"])
+                request["answer_kind"] = answer_kind(request["text"])
+    return report
+
+
 def run(args: argparse.Namespace) -> int:
-    other = None if args.against is None else read_report(args.against)
+    other = None
+    if args.against is not None:
+        try:
+            other = rejudged(read_report(args.against), args.data)
+        except (ValueError, KeyError) as error:
+            raise ConfigError(
+                f"--against {args.against}: {error!r} (give a report on the same --data)"
+            ) from error
     model = bundled_model(
         torch.device(args.device), args, folder=args.assets, name=str(args.assets)
     )

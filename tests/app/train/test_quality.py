@@ -3,6 +3,7 @@ says and writes exactly what the data says scores perfectly."""
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -11,7 +12,14 @@ from app.train import content
 from app.train.answers import answer_kind, answer_right
 from app.train.dialogues import ASSISTANT, generate, read_dialogue, read_manifest
 from app.train.paired import format_paired, paired, read_report
-from app.train.quality import Session, _Renderings, score_dialogue, summarize
+from app.train.quality import (
+    Session,
+    _answer_onset,
+    _Renderings,
+    rejudged,
+    score_dialogue,
+    summarize,
+)
 from model import SamplingParams
 from model.errors import ConfigError
 from tests.app.train.test_dialogues import require_espeak
@@ -69,8 +77,47 @@ def test_a_yes_or_no_is_right_only_about_the_question_asked() -> None:
     fact = {"intent": "fact", "accept": ("no",), "answers": ("No, a car cannot swim.",)}
     assert answer_right(" no, a car cannot swim", fact)
     assert not answer_right("No, a dog cannot fly.", fact)
-    spell = {"intent": "spell", "accept": ("c a t",), "answers": ("C, A, T.",)}
+    spell = {
+        "intent": "spell",
+        "accept": ("c a t",),
+        "answers": ("Cat is spelled C, A, T.", "C, A, T."),
+    }
     assert answer_right("Cat is spelled C, A, T.", spell) and not answer_right("C, A, R.", spell)
+
+
+def _asked(turn: content.Turn) -> dict:
+    return {"intent": turn.intent, "accept": turn.accept, "answers": turn.answers}
+
+
+def test_an_answer_is_right_only_whole_and_first() -> None:
+    """The first sentence is the answer, and it must be a right one whole: not a count that
+    goes on or starts early, a longer number, an extra letter, or a right answer after a
+    wrong one. Every distractor of every intent is wrong."""
+    rng = np.random.default_rng(3)
+    for intent in content.INTENTS:
+        for _ in range(20):
+            turn = content.request(rng, "eval", intent)
+            asked = _asked(turn)
+            for answer in turn.answers:
+                assert answer_right(answer, asked), answer
+                assert answer_right(f" {answer} Goodbye!", asked), answer  # then something else
+            if intent not in ("greeting", "farewell", "name"):  # theirs: other intents' words
+                for wrong in turn.distractors:
+                    assert not answer_right(wrong, asked), (turn.question, wrong)
+                    assert not answer_right(f"{wrong} {turn.answers[0]}", asked), wrong
+    count = {"intent": "count", "accept": ("five six seven",), "answers": ("Five, six, seven.",)}
+    assert not answer_right("Five, six, seven, eight.", count)  # one number late
+    assert not answer_right("Four, five, six, seven.", count)  # one early
+    assert answer_right("five, six, seven", count)  # cut at the window's end: all said
+    tens = {"intent": "arithmetic", "accept": ("is twenty",),
+            "answers": ("Five times four is twenty.", "That is twenty.")}  # fmt: skip
+    assert not answer_right("Five times four is twenty one.", tens)
+    assert not answer_right("That is twenty one.", tens) and answer_right("That is twenty!", tens)
+    spell = {"intent": "spell", "accept": ("c a t",), "answers": ("C, A, T.",)}
+    assert not answer_right("C, A, T, S.", spell)
+    hello = {"intent": "greeting", "accept": ("hello", "hi"), "answers": ("Hello there!",)}
+    assert answer_right("Hi! What can I do for you?", hello)
+    assert not answer_right("That is two. Hello!", hello)  # the greeting came second
 
 
 def test_every_answer_form_is_told_as_its_intents_kind() -> None:
@@ -160,3 +207,44 @@ def test_two_models_are_compared_request_by_request(tmp_path: Path) -> None:
     (tmp_path / "bad.json").write_text(json.dumps({"figures": {}}))
     with pytest.raises(ConfigError, match=r"--against .*bad\.json: not a report of"):
         read_report(tmp_path / "bad.json")
+
+
+def test_an_answer_starts_with_new_sound_not_with_talk_that_went_on() -> None:
+    """Latency is from the user's end to the answer's first sound: not to speech that began
+    before the request and ran on through it (which the earlier scoring took as an answer at
+    0 s), but an answer begun while the user still spoke starts at once."""
+
+    def active(*spans: tuple[int, int]) -> np.ndarray:
+        frames = np.zeros(60, dtype=bool)
+        for a, b in spans:
+            frames[a:b] = True
+        return frames
+
+    # the request is frames 5-10 (user_start 5, user_end 10), the window ends at 60
+    assert _answer_onset(active((12, 20)), 5, 10, 60) == 12
+    assert _answer_onset(active((8, 20)), 5, 10, 60) == 10  # begun during the request: at once
+    talked_over = active((0, 6), (8, 30), (41, 50))  # a count with a gap, then the answer
+    assert _answer_onset(talked_over, 5, 10, 60) == 41
+    assert _answer_onset(active((0, 60)), 5, 10, 60) is None  # never stopped: no answer
+    assert _answer_onset(active(), 5, 10, 60) is None
+
+
+def test_another_report_is_judged_again_by_this_versions_rules(tmp_path: Path) -> None:
+    """An older report counted a count that went on as right; compared against, its answers
+    are judged again from the text it kept, with the same dialogues' requests."""
+    count = {"intent": "count", "question": "Count from five to seven.",
+             "accept": ["five six seven"], "answers": ["Five, six, seven."]}  # fmt: skip
+    stop = {"intent": "stop", "question": "Stop."}
+    description = {"turns": [{"turn": count}, {"turn": stop}, {"turn": count}]}
+    (tmp_path / "eval_000000.json").write_text(json.dumps(description))
+    old: dict[str, Any] = {"dialogues": [{"file": "eval_000000.flac", "requests": [
+        {"question": count["question"], "text": "Five, six, seven, eight.", "answer_correct": True},
+        {"question": "Stop."},
+        {"question": count["question"], "text": "Five, six, seven.", "answer_correct": True},
+    ]}]}  # fmt: skip
+    requests = rejudged(old, tmp_path)["dialogues"][0]["requests"]
+    assert [r.get("answer_correct") for r in requests] == [False, None, True]
+    assert requests[0]["answer_kind"] == "count"
+    old["dialogues"][0]["requests"][2]["question"] = "Count from one to three."
+    with pytest.raises(ValueError, match="another request"):
+        rejudged(old, tmp_path)
