@@ -33,12 +33,13 @@ figures compare what the model said and wrote with what the dialogue asked for:
 - stops_within_0_5s  share of interruptions (the assistant was speaking) after which it is
                      silent within 0.5 s                                   (target >= 0.80)
 
-Activity is the assistant channel's RMS per 80 ms frame above ACTIVE_RMS (the demo voice
-speaks at about 0.08). Each dialogue is followed by TAIL_S of silence, so that its last request
-has as long to be answered as the others. Every figure is also given per intent and for the users who speak with
-the held-out voice (a speaker no training dialogue has). A JSON report has every figure and
-the per-request details; `--fdb-out DIR` also cuts each request into a Full-Duplex-Bench
-sample (input.wav, output.wav, annotations; app.train.fdbsets) for `antiphon eval`.
+Activity is the assistant channel's RMS per 80 ms frame above ACTIVE_RMS (the demo voice speaks
+at about 0.08). Each dialogue is followed by TAIL_S of silence, so that its last request has as
+long to be answered as the others. Every figure is also given per intent and for the users who
+speak with the held-out voice (a speaker no training dialogue has). A JSON report has every
+figure and the per-request details; `--fdb-out DIR` also cuts each request into a
+Full-Duplex-Bench sample (input.wav, output.wav, annotations; app.train.fdbsets) for
+`antiphon eval`.
 """
 
 from __future__ import annotations
