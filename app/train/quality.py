@@ -47,6 +47,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -273,7 +274,7 @@ def _answer(
 ) -> dict:
     step = session.frame_duration
     user_end = turn["user_end"]
-    text = session.text_between(user_end - step, window_end)
+    text = _answer_text(session, turn, window_end)
     correct = answer_right(text, turn["turn"])
     a, b = int(user_end / step), int(window_end / step)
     onset = _answer_onset(active, int(turn["user_start"] / step), a, b)
@@ -299,6 +300,16 @@ def _answer(
         "text_picked": written,
         "audio_says_text": picked is not None and picked == written,
     }
+
+
+def _answer_text(session: Session, turn: dict, window_end: float) -> str:
+    """The monologue after a request: from a frame before the user's end to the next request,
+    led by the sentence it was in the middle of there if that began during the request (an
+    answer's text runs ahead of its sound, and an early answer is read whole, not from its
+    second word)."""
+    start = turn["user_end"] - session.frame_duration
+    during = session.text_between(turn["user_start"], start)
+    return re.split(r"[.!?]", during)[-1] + session.text_between(start, window_end)
 
 
 def _answer_onset(active: np.ndarray, request_start: int, end: int, window_end: int) -> int | None:

@@ -15,6 +15,7 @@ from app.train.paired import format_paired, paired, read_report
 from app.train.quality import (
     Session,
     _answer_onset,
+    _answer_text,
     _Renderings,
     rejudged,
     score_dialogue,
@@ -248,3 +249,16 @@ def test_another_report_is_judged_again_by_this_versions_rules(tmp_path: Path) -
     old["dialogues"][0]["requests"][2]["question"] = "Count from one to three."
     with pytest.raises(ValueError, match="another request"):
         rejudged(old, tmp_path)
+
+
+def test_an_answer_begun_before_the_users_end_is_read_whole() -> None:
+    """The text runs ahead of the sound: an answer whose first word was written while the user
+    still spoke is read from that word, not from the next; a sentence finished during the
+    request, or written before it, is not part of the answer."""
+    turn = {"user_start": 0.8, "user_end": 2.0}  # frames 10 to 25 at 0.08 s
+    early = Session(np.zeros(0, np.float32), [(22, " That"), (25, " is twelve.")], 0.08)
+    assert _answer_text(early, turn, 4.0) == " That is twelve."
+    said = Session(
+        np.zeros(0, np.float32), [(5, " Goodbye"), (12, " Hm."), (26, " That is two.")], 0.08
+    )
+    assert _answer_text(said, turn, 4.0) == " That is two."
