@@ -17,10 +17,13 @@ def normalise(text: str) -> str:
 NAMED_ANSWER_INTENTS = ("greeting", "farewell", "name")  # any answer that says the word
 
 
+SENTENCE_END = re.compile(r"[.!?]")
+
+
 def first_sentence(text: str) -> str:
     """The normalised first sentence of `text` (up to its first ".", "!" or "?"): the answer
     the evaluation reads."""
-    return normalise(next((part for part in re.split(r"[.!?]", text) if part.strip()), ""))
+    return normalise(next((part for part in SENTENCE_END.split(text) if part.strip()), ""))
 
 
 def answer_right(text: str, request: dict) -> bool:

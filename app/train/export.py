@@ -32,8 +32,8 @@ from model.errors import CheckpointError
 
 from .codec import CONFIG as CODEC_RUN_CONFIG
 from .codec import WEIGHTS as CODEC_RUN_WEIGHTS
-from .lm import CONFIG as LM_RUN_CONFIG
-from .lm import WEIGHTS as LM_RUN_WEIGHTS
+from .lm_start import CONFIG as LM_RUN_CONFIG
+from .lm_start import WEIGHTS as LM_RUN_WEIGHTS
 
 log = logging.getLogger(__name__)
 

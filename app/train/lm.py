@@ -387,6 +387,13 @@ def train_lm(args: argparse.Namespace) -> int:
     config = PRESETS[args.config](tokenizer.vocab_size, card, codebooks)
     if args.monologue_hears:
         config = dataclasses.replace(config, heard_ids=(HEARD_OPEN_ID, HEARD_CLOSE_ID))
+    resuming = (out / loop.CHECKPOINT).is_file()
+    if args.frozen_user_embeddings and not (resuming or args.codec_embeddings or args.init):
+        raise ConfigError(
+            "--frozen-user-embeddings keeps the user's embeddings where they start: give "
+            "--codec-embeddings (the codec's geometry) or --init (a trained run's), not "
+            "random ones"
+        )
     generator = loop.seed_everything(args.seed)
     lm = LM(config)
     hearing = args.hear_weight > 0
@@ -398,13 +405,6 @@ def train_lm(args: argparse.Namespace) -> int:
         lr=args.lr, betas=(0.9, 0.95), weight_decay=0.1,
     )  # fmt: skip
     start = 0
-    resuming = (out / loop.CHECKPOINT).is_file()
-    if args.frozen_user_embeddings and not (resuming or args.codec_embeddings or args.init):
-        raise ConfigError(
-            "--frozen-user-embeddings keeps the user's embeddings where they start: give "
-            "--codec-embeddings (the codec's geometry) or --init (a trained run's), not "
-            "random ones"
-        )
     if resuming:
         start, extra = loop.load_checkpoint(
             out / loop.CHECKPOINT, model, optimizer, generator,

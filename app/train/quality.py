@@ -47,7 +47,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -62,7 +61,7 @@ from app.core.models import ASSETS, LoadedModel, add_format_arguments, bundled_m
 from model.codec import Codec
 from model.errors import ConfigError
 
-from .answers import answer_kind, answer_right, closest_candidate, normalise
+from .answers import SENTENCE_END, answer_kind, answer_right, closest_candidate, normalise
 from .content import ASSISTANT_VOICE
 from .dialogues import USER, read_description, read_dialogue, read_manifest
 from .fdbsets import write_fdb_samples
@@ -309,7 +308,7 @@ def _answer_text(session: Session, turn: dict, window_end: float) -> str:
     second word)."""
     start = turn["user_end"] - session.frame_duration
     during = session.text_between(turn["user_start"], start)
-    return re.split(r"[.!?]", during)[-1] + session.text_between(start, window_end)
+    return SENTENCE_END.split(during)[-1] + session.text_between(start, window_end)
 
 
 def _answer_onset(active: np.ndarray, request_start: int, end: int, window_end: int) -> int | None:
