@@ -558,7 +558,10 @@ def rejudged(report: dict, data: Path) -> dict:
     `answer_kind`, from the monologue text it kept and the dialogues' descriptions in `data`:
     a comparison then judges both models alike."""
     for dialogue in report["dialogues"]:
-        turns = read_description(data / dialogue["file"])["turns"]
+        wav = data / dialogue["file"]
+        if not wav.with_suffix(".json").is_file():
+            raise ValueError(f"it has {wav.stem}, which is not there")
+        turns = read_description(wav)["turns"]
         for request, turn in zip(dialogue["requests"], turns, strict=True):
             if turn["turn"]["question"] != request["question"]:
                 raise ValueError(f"{dialogue['file']}: another request than {data}'s")
@@ -571,11 +574,13 @@ def rejudged(report: dict, data: Path) -> dict:
 def run(args: argparse.Namespace) -> int:
     other = None
     if args.against is not None:
+        other = read_report(args.against)  # says itself what is wrong with the file
         try:
-            other = rejudged(read_report(args.against), args.data)
-        except (ValueError, KeyError) as error:
+            rejudged(other, args.data)
+        except (ValueError, KeyError) as error:  # a ConfigError too: a dialogue not in --data
             raise ConfigError(
-                f"--against {args.against}: {error!r} (give a report on the same --data)"
+                f"--against {args.against}: not a report on the dialogues of {args.data} "
+                f"({error}); give one that `train eval` wrote with the same --data"
             ) from error
     model = bundled_model(
         torch.device(args.device), args, folder=args.assets, name=str(args.assets)

@@ -249,6 +249,9 @@ def test_another_report_is_judged_again_by_this_versions_rules(tmp_path: Path) -
     old["dialogues"][0]["requests"][2]["question"] = "Count from one to three."
     with pytest.raises(ValueError, match="another request"):
         rejudged(old, tmp_path)
+    old["dialogues"][0]["file"] = "eval_000001.flac"  # a dialogue this folder does not have
+    with pytest.raises(ValueError, match="eval_000001, which is not there"):
+        rejudged(old, tmp_path)
 
 
 def test_an_answer_begun_before_the_users_end_is_read_whole() -> None:
