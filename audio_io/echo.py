@@ -19,8 +19,9 @@ estimator's job: it follows delays up to about 450 ms (measured) and re-locks wh
 but slowly (1.3 to 1.8 s for a 70 ms jump, offline). With `follow_delay` (on by default) a jump
 in the echo's lag behind the reference (`echo_delay.DelayTracker`, which the user's voice does
 not move) is taken back out by shifting the reference, so AEC3 keeps seeing the delay it has
-locked on. That needs a reference placed where it sounds, without jumps of its own: the devices'
-clocks (audio_io.streams.SampleClock) keep it so through underruns and xruns.
+locked on (the tracker measures against the reference unshifted, so a delay that comes back is
+followed back). That needs a reference placed where it sounds, without jumps of its own: the
+devices' clocks (audio_io.streams.SampleClock) keep it so through underruns and xruns.
 
 `played` and `cancel` may run on different threads (the event loop, the inference thread).
 """
@@ -244,8 +245,8 @@ class EchoCanceller:
                 if abs(step - config.frame_size) > self._timeline.snap:
                     self.capture_jumps.append((self.frames, step - config.frame_size))
             self._last_capture = capture_time
-            lead = config.lead + self.device_latency()
-            reference = self._timeline.read(capture_time + lead - self._shift, config.frame_size)
+            placed_at = capture_time + config.lead + self.device_latency()
+            reference = self._timeline.read(placed_at - self._shift, config.frame_size)
             near = _to_pcm16(mic)
             far = _to_pcm16(reference)
             n, rate = config.block_size, config.sample_rate
@@ -260,10 +261,16 @@ class EchoCanceller:
                     out[i : i + n] = np.frombuffer(near_block.data, np.int16)
             except RuntimeError as exc:
                 raise EchoCancelError(f"WebRTC's echo canceller refused the audio: {exc}") from exc
-            if config.follow_delay:
-                moved = self._tracker.observe(reference, mic)
+            if config.follow_delay:  # against the reference unshifted (echo_delay's docstring)
+                placed = reference
+                if self._shift:
+                    placed = self._timeline.read(placed_at, config.frame_size)
+                moved = self._tracker.observe(placed, mic)
                 if moved:
-                    self._shift += moved - config.follow_margin
+                    # AEC3 goes on seeing the lag it first locked on (+ the margin, once: each
+                    # move is measured from the placed reference, so no error adds up)
+                    assert self._tracker.lag is not None and self._tracker.first is not None
+                    self._shift = self._tracker.lag - self._tracker.first - config.follow_margin
                     self.delay_moves.append((self.frames, moved))
                     logger.info("the echo's delay moved by %+.0f ms: followed", 1000 * moved)
             self.frames += 1

@@ -28,6 +28,11 @@ remote JACK loop ERLE stayed under 10 dB for the rest of the run. The devices' c
 the placement continuous through underruns and xruns (audio_io/streams.py, docs/echo.md), so
 that what moves is the room.
 
+The lags are measured against the reference as it was placed, not as shifted for AEC3: against
+the shifted one, a delay that jumped, was followed and came back (a latency that grew by a JACK
+period at an xrun and shrank again) put the echo before the reference, where no lag is searched
+and AEC3 cannot cancel, and it was never followed back (tests/audio_io/test_echo_delay.py).
+
     tracker = DelayTracker(sample_rate=24000)
     moved = tracker.observe(reference_frame, mic_frame)  # seconds the echo's lag moved, or 0.0
 """
@@ -89,6 +94,7 @@ class DelayTracker:
         self._mic = np.zeros(0, np.float32)
         self._ref = np.zeros(0, np.float32)
         self.lag: float | None = None  # seconds: the settled lag (None until it first settles)
+        self.first: float | None = None  # seconds: the lag it first settled on
         self.observed = 0  # frames observed
         # (frame observed, estimate) of the last `history` estimates, passed or not: why a
         # move came when it did
@@ -98,7 +104,9 @@ class DelayTracker:
 
     def observe(self, reference: np.ndarray, mic: np.ndarray) -> float:
         """Seconds by which the settled lag moved (positive: the echo now comes later), or 0.0.
-        After a move the history is dropped: the reference it holds was taken the old way."""
+        `reference` is the far end as placed, before any shift that follows a move: the lags
+        stay on one scale, so the history holds through a move and the next estimate is at
+        once against the new lag."""
         self.observed += 1
         self._ref = np.concatenate([self._ref, self._decimate(reference)])
         self._ref = self._ref[-(self._mic_len + self._lag_len) :]
@@ -125,12 +133,11 @@ class DelayTracker:
             return 0.0
         lag = float(np.median(self._passed))
         self._forget_run()
-        if self.lag is None:
-            self.lag = lag
+        settled, self.lag = self.lag, lag
+        if settled is None:
+            self.first = lag
             return 0.0
-        self._ref = self._ref[:0]
-        self._mic = self._mic[:0]
-        return lag - self.lag
+        return lag - settled
 
     def _forget_run(self) -> None:
         self._run_lag = None
